@@ -1,0 +1,1 @@
+"""The ``vitkit`` command: parses arguments, calls the library, prints. No logic of its own."""

@@ -1,0 +1,58 @@
+"""Preprocessing with torchvision.transforms.v2, scaled to [-1, 1] as the original ViT."""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import v2
+
+# The original ViT scales inputs to [-1, 1]: (x - 0.5) / 0.5.
+MEAN = 0.5
+STD = 0.5
+
+
+class ToChannels(v2.Transform):
+    """Give an image tensor (C, H, W) the model's channel count: drop alpha, gray ↔ RGB."""
+
+    def __init__(self, in_chans: int) -> None:
+        super().__init__()
+        self.in_chans = in_chans
+
+    def transform(self, inpt: torch.Tensor, params: dict) -> torch.Tensor:
+        channels = inpt.shape[-3]
+        if channels == self.in_chans:
+            return inpt
+        if channels in (2, 4):  # gray + alpha, RGB + alpha
+            inpt, channels = inpt[..., : channels - 1, :, :], channels - 1
+        if channels == 1 and self.in_chans == 3:
+            return inpt.expand(*inpt.shape[:-3], 3, *inpt.shape[-2:])
+        if channels == 3 and self.in_chans == 1:
+            return v2.functional.rgb_to_grayscale(inpt)
+        if channels == self.in_chans:
+            return inpt
+        raise ValueError(f"cannot convert a {inpt.shape[-3]}-channel image to {self.in_chans} channels")
+
+
+def to_model_input(in_chans: int) -> v2.Compose:
+    """Any image (PIL, ndarray HWC, uint8 or float tensor) → float tensor in [-1, 1]."""
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            ToChannels(in_chans),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([MEAN] * in_chans, [STD] * in_chans),
+        ]
+    )
+
+
+def eval_transform(img_size: int | tuple[int, int], in_chans: int = 3, crop_fraction: float = 1.0) -> v2.Compose:
+    """Resize the short side to ``img_size / crop_fraction``, centre-crop ``img_size``, scale to [-1, 1]."""
+    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    resize = [round(s / crop_fraction) for s in size]
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(min(resize), antialias=True),
+            v2.CenterCrop(size),
+            to_model_input(in_chans),
+        ]
+    )

@@ -1,0 +1,8 @@
+"""The network and nothing else: no training, no file formats."""
+
+from .config import ViTConfig
+from .embed import resample_pos_embed
+from .registry import create_model, get_config, list_models
+from .vit import VisionTransformer
+
+__all__ = ["ViTConfig", "VisionTransformer", "create_model", "get_config", "list_models", "resample_pos_embed"]

@@ -1,0 +1,255 @@
+"""Turning an image into tokens: the patch embedding and the position-embedding kinds.
+
+Every additive position embedding takes the tokens ``(B, prefix + N, D)`` and the patch grid
+``(rows, cols)`` they came from, so one model can run at any resolution. The ``relative`` kind of
+App. D.4 is not additive; it lives in the attention (``RelativePositionLogits`` below).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Grid = tuple[int, int]
+
+POS_EMBED_KINDS = ("none", "learn", "learn2d", "relative", "sincos2d")
+
+
+class PatchEmbed(nn.Module):
+    """Split an image into non-overlapping P×P patches and project each to D (paper eq. 1).
+
+    A Conv2d with kernel = stride = P is exactly "flatten each patch, multiply by E".
+    Returns tokens ``(B, N, D)`` in raster order and the grid ``(H/P, W/P)``.
+    """
+
+    def __init__(self, *, in_chans: int, embed_dim: int, patch_size: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Grid]:
+        x = self.proj(x)
+        grid = (x.shape[-2], x.shape[-1])
+        return x.flatten(2).transpose(1, 2), grid
+
+
+def resample_pos_embed(
+    pos_embed: Tensor,
+    new_grid: Grid,
+    *,
+    old_grid: Grid | None = None,
+    num_prefix_tokens: int = 1,
+    mode: str = "bicubic",
+    antialias: bool = True,
+) -> Tensor:
+    """2-D interpolate learned position embeddings to a new patch grid (paper §3.2).
+
+    Args:
+        pos_embed: ``(1, num_prefix_tokens + rows * cols, D)``; the prefix rows (class token)
+            are kept as they are, the rest is treated as a ``rows × cols`` image with D channels.
+        new_grid: target ``(rows, cols)``; need not be square.
+        old_grid: source ``(rows, cols)``; inferred as square when omitted.
+        num_prefix_tokens: leading rows that belong to no patch.
+        mode: any ``torch.nn.functional.interpolate`` mode for 2-D inputs
+            (``"bicubic"``, ``"bilinear"``, ``"nearest"``, ``"area"``).
+        antialias: low-pass filter when shrinking (bilinear/bicubic only).
+
+    Returns the input itself when the grid does not change. Sampling positions are patch
+    centres (``align_corners=False``): each embedding keeps its location in the image.
+    """
+    num_patches = pos_embed.shape[1] - num_prefix_tokens
+    if old_grid is None:
+        side = math.isqrt(num_patches)
+        if side * side != num_patches:
+            raise ValueError(
+                f"cannot infer the grid of {num_patches} position embeddings: not a square; pass old_grid=(rows, cols)"
+            )
+        old_grid = (side, side)
+    if old_grid[0] * old_grid[1] != num_patches:
+        raise ValueError(
+            f"old_grid {old_grid} holds {old_grid[0] * old_grid[1]} patches but the embedding "
+            f"has {num_patches} patch rows (after {num_prefix_tokens} prefix rows)"
+        )
+    new_grid = (int(new_grid[0]), int(new_grid[1]))
+    if tuple(old_grid) == new_grid:
+        return pos_embed
+    prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    image = patches.reshape(1, old_grid[0], old_grid[1], -1).permute(0, 3, 1, 2)
+    smooth = mode in ("bilinear", "bicubic")
+    image = F.interpolate(
+        image.float(),
+        size=new_grid,
+        mode=mode,
+        align_corners=False if smooth else None,
+        antialias=antialias and smooth,
+    ).to(pos_embed.dtype)
+    patches = image.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1)
+    return torch.cat([prefix, patches], dim=1)
+
+
+class NoPosEmbed(nn.Module):
+    """No position information at all: the model sees a bag of patches (App. D.4 baseline)."""
+
+    def forward(self, x: Tensor, grid: Grid) -> Tensor:
+        return x
+
+    def set_grid(self, grid: Grid, mode: str) -> None:
+        pass
+
+
+class LearnedPosEmbed(nn.Module):
+    """1-D learned embeddings in raster order, with a row for each prefix token (the paper's default).
+
+    A grid other than the stored one is served by resampling on the fly (dynamic image size);
+    ``set_grid`` resamples the parameter itself.
+    """
+
+    def __init__(self, *, grid: Grid, embed_dim: int, num_prefix_tokens: int, interp: str) -> None:
+        super().__init__()
+        self.grid = grid
+        self.num_prefix_tokens = num_prefix_tokens
+        self.interp = interp
+        self.weight = nn.Parameter(torch.zeros(1, num_prefix_tokens + grid[0] * grid[1], embed_dim))
+
+    def forward(self, x: Tensor, grid: Grid) -> Tensor:
+        pos = self.weight
+        if grid != self.grid:
+            pos = resample_pos_embed(
+                pos, grid, old_grid=self.grid, num_prefix_tokens=self.num_prefix_tokens, mode=self.interp
+            )
+        return x + pos
+
+    def set_grid(self, grid: Grid, mode: str) -> None:
+        with torch.no_grad():
+            resampled = resample_pos_embed(
+                self.weight, grid, old_grid=self.grid, num_prefix_tokens=self.num_prefix_tokens, mode=mode
+            )
+        self.weight = nn.Parameter(resampled)
+        self.grid = grid
+
+
+class Learned2dPosEmbed(nn.Module):
+    """Separate learned row (Y) and column (X) embeddings of size D/2, concatenated per patch.
+
+    Prefix tokens get no position: they are learned vectors already, so a learned offset
+    would add nothing. Resizing resamples each table along its one axis.
+    """
+
+    def __init__(self, *, grid: Grid, embed_dim: int, num_prefix_tokens: int, interp: str) -> None:
+        super().__init__()
+        self.grid = grid
+        self.num_prefix_tokens = num_prefix_tokens
+        self.interp = interp
+        self.row = nn.Parameter(torch.zeros(grid[0], embed_dim // 2))
+        self.col = nn.Parameter(torch.zeros(grid[1], embed_dim // 2))
+
+    @staticmethod
+    def _resize_table(table: Tensor, length: int, mode: str) -> Tensor:
+        if table.shape[0] == length:
+            return table
+        # A (n, d) table is a 1 × n "image" with d channels; interpolate along n only.
+        resized = resample_pos_embed(
+            table.unsqueeze(0), (1, length), old_grid=(1, table.shape[0]), num_prefix_tokens=0, mode=mode
+        )
+        return resized.squeeze(0)
+
+    def _table(self, grid: Grid, mode: str) -> Tensor:
+        rows = self._resize_table(self.row, grid[0], mode)
+        cols = self._resize_table(self.col, grid[1], mode)
+        return torch.cat(
+            [rows[:, None, :].expand(-1, grid[1], -1), cols[None, :, :].expand(grid[0], -1, -1)], dim=-1
+        ).flatten(0, 1)
+
+    def forward(self, x: Tensor, grid: Grid) -> Tensor:
+        pos = self._table(grid, self.interp)
+        prefix, patches = x[:, : self.num_prefix_tokens], x[:, self.num_prefix_tokens :]
+        return torch.cat([prefix, patches + pos], dim=1)
+
+    def set_grid(self, grid: Grid, mode: str) -> None:
+        with torch.no_grad():
+            row = self._resize_table(self.row, grid[0], mode)
+            col = self._resize_table(self.col, grid[1], mode)
+        self.row, self.col = nn.Parameter(row.clone()), nn.Parameter(col.clone())
+        self.grid = grid
+
+
+def sincos_2d_table(grid: Grid, embed_dim: int, temperature: float = 10000.0) -> Tensor:
+    """Fixed 2-D sine-cosine embeddings ``(rows * cols, D)``: D/4 frequencies each for
+    sin(y), cos(y), sin(x), cos(x). D must be divisible by 4."""
+    y, x = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    omega = 1.0 / temperature ** (torch.arange(embed_dim // 4) / (embed_dim // 4))
+    y = y.flatten()[:, None] * omega[None, :]
+    x = x.flatten()[:, None] * omega[None, :]
+    return torch.cat([y.sin(), y.cos(), x.sin(), x.cos()], dim=1)
+
+
+class SinCos2dPosEmbed(nn.Module):
+    """Fixed (not learned) 2-D sine-cosine embeddings; prefix tokens get none."""
+
+    def __init__(self, *, grid: Grid, embed_dim: int, num_prefix_tokens: int) -> None:
+        super().__init__()
+        self.grid = grid
+        self.embed_dim = embed_dim
+        self.num_prefix_tokens = num_prefix_tokens
+        # Not persistent: it is a function of the grid, so checkpoints need not carry it.
+        self.register_buffer("table", sincos_2d_table(grid, embed_dim), persistent=False)
+
+    def forward(self, x: Tensor, grid: Grid) -> Tensor:
+        table = self.table if grid == self.grid else sincos_2d_table(grid, self.embed_dim).to(x.device)
+        prefix, patches = x[:, : self.num_prefix_tokens], x[:, self.num_prefix_tokens :]
+        return torch.cat([prefix, patches + table.to(x.dtype)], dim=1)
+
+    def set_grid(self, grid: Grid, mode: str) -> None:
+        self.table = sincos_2d_table(grid, self.embed_dim).to(self.table.device)
+        self.grid = grid
+
+
+def build_pos_embed(kind: str, *, grid: Grid, embed_dim: int, num_prefix_tokens: int, interp: str) -> nn.Module:
+    """The additive position embedding for ``kind`` (``relative`` adds nothing here)."""
+    if kind == "learn":
+        return LearnedPosEmbed(grid=grid, embed_dim=embed_dim, num_prefix_tokens=num_prefix_tokens, interp=interp)
+    if kind == "learn2d":
+        return Learned2dPosEmbed(grid=grid, embed_dim=embed_dim, num_prefix_tokens=num_prefix_tokens, interp=interp)
+    if kind == "sincos2d":
+        return SinCos2dPosEmbed(grid=grid, embed_dim=embed_dim, num_prefix_tokens=num_prefix_tokens)
+    if kind in ("none", "relative"):
+        return NoPosEmbed()
+    raise ValueError(f"unknown position embedding {kind!r}; choose one of {', '.join(POS_EMBED_KINDS)}")
+
+
+class RelativePositionLogits(nn.Module):
+    """1-D relative attention logits (App. D.4), one table per layer, shared by its heads.
+
+    Tokens are numbered 0..T-1 in sequence order (prefix tokens first, then patches in raster
+    order). Each offset ``i - j`` in ``[-(T-1), T-1]`` has a learned vector ``r`` of the head
+    size. The content query attends to these vectors as keys, and the result is added to the
+    content logits before the softmax::
+
+        logits[b, h, i, j] = (q[b, h, i] · k[b, h, j] + q[b, h, i] · r[i - j]) / sqrt(head_dim)
+
+    (Shaw et al. 2018's form for the keys.) The table is tied to the number of tokens it was
+    built for: 1-D raster offsets change meaning on another grid, so this kind cannot change
+    resolution.
+    """
+
+    def __init__(self, *, num_tokens: int, head_dim: int) -> None:
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.table = nn.Parameter(torch.zeros(2 * num_tokens - 1, head_dim))
+        positions = torch.arange(num_tokens)
+        offsets = positions[:, None] - positions[None, :] + num_tokens - 1
+        self.register_buffer("offsets", offsets, persistent=False)
+
+    def forward(self, q: Tensor) -> Tensor:
+        """``q`` (B, heads, T, head_dim) → additive logits (B, heads, T, T), already scaled."""
+        if q.shape[-2] != self.num_tokens:
+            raise ValueError(
+                f"relative position embeddings were built for {self.num_tokens} tokens but the input "
+                f"has {q.shape[-2]}; this kind cannot change resolution — use the image size the "
+                "model was created with"
+            )
+        keys = self.table[self.offsets]  # (T, T, head_dim): the relative "key" of every pair
+        return torch.einsum("bhid,ijd->bhij", q, keys.to(q.dtype)) * q.shape[-1] ** -0.5

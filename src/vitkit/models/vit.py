@@ -1,0 +1,358 @@
+"""The Vision Transformer (Dosovitskiy et al., ICLR 2021, §3.1, equations 1–4).
+
+    z0 = [x_class; x_p^1 E; ...; x_p^N E] + E_pos
+    z'_l = MSA(LN(z_{l-1})) + z_{l-1}
+    z_l = MLP(LN(z'_l)) + z'_l
+    y = LN(z_L)[class]  (or the mean of the patch tokens)
+
+Parameter names follow timm's (``patch_embed.proj``, ``blocks.i.attn.qkv``, ...) so people who
+know one know the other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ViTConfig, to_pair
+from .embed import Grid, PatchEmbed, RelativePositionLogits, build_pos_embed
+from .hybrid import HybridEmbed
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection.
+
+    ``forward(x)`` uses ``scaled_dot_product_attention`` (fused kernels); with
+    ``return_attention=True`` it computes the softmax explicitly and also returns the
+    attention weights ``(B, heads, N, N)``. Both give the same output.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        qkv_bias: bool = True,
+        attn_dropout: float = 0.0,
+        dropout: float = 0.0,
+        relative_tokens: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.attn_dropout = attn_dropout
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(dropout)
+        self.rel_pos = (
+            RelativePositionLogits(num_tokens=relative_tokens, head_dim=self.head_dim)
+            if relative_tokens is not None
+            else None
+        )
+
+    def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = self.rel_pos(q) if self.rel_pos is not None else None
+        dropout_p = self.attn_dropout if self.training else 0.0
+        if return_attention:
+            logits = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5
+            if bias is not None:
+                logits = logits + bias
+            weights = logits.softmax(dim=-1)
+            x = F.dropout(weights, dropout_p, self.training) @ v
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+        x = self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, D)))
+        return (x, weights) if return_attention else x
+
+
+class Mlp(nn.Module):
+    """Linear(D, M) → GELU → dropout → Linear(M, D) → dropout (the JAX MlpBlock)."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a residual branch for a whole sample with probability ``p``."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - self.p)
+        return x * keep / (1.0 - self.p)
+
+
+class Block(nn.Module):
+    """A pre-LN encoder block: ``x + MSA(LN(x))`` then ``x + MLP(LN(x))``."""
+
+    def __init__(self, config: ViTConfig, drop_path: float = 0.0, relative_tokens: int | None = None) -> None:
+        super().__init__()
+        dim = config.embed_dim
+        self.norm1 = nn.LayerNorm(dim, eps=config.norm_eps)
+        self.attn = Attention(
+            dim,
+            config.num_heads,
+            qkv_bias=config.qkv_bias,
+            attn_dropout=config.attn_dropout,
+            dropout=config.dropout,
+            relative_tokens=relative_tokens,
+        )
+        self.norm2 = nn.LayerNorm(dim, eps=config.norm_eps)
+        self.mlp = Mlp(dim, config.mlp_dim, config.dropout)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        if return_attention:
+            y, weights = self.attn(self.norm1(x), return_attention=True)
+        else:
+            y = self.attn(self.norm1(x))
+        x = x + self.drop_path(y)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return (x, weights) if return_attention else x
+
+
+class VisionTransformer(nn.Module):
+    """The ViT of the paper and its ablations, built from a :class:`ViTConfig`.
+
+    ``model(x)`` maps images ``(B, C, H, W)`` to logits ``(B, num_classes)``. The pieces:
+    ``forward_features`` (normalised tokens), ``forward_head`` (pool → pre-logits → classifier),
+    ``forward_intermediates`` (per-block outputs) and ``attention_maps`` (softmax weights).
+    """
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.config = config
+        D = config.embed_dim
+        if config.hybrid_layers:
+            self.patch_embed: nn.Module = HybridEmbed(
+                layers=config.hybrid_layers, in_chans=config.in_chans, embed_dim=D, patch_size=config.patch_size
+            )
+        else:
+            self.patch_embed = PatchEmbed(in_chans=config.in_chans, embed_dim=D, patch_size=config.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if config.class_token else None
+        self.pos_embed = build_pos_embed(
+            config.pos_embed,
+            grid=config.grid,
+            embed_dim=D,
+            num_prefix_tokens=config.num_prefix_tokens,
+            interp=config.pos_embed_interp,
+        )
+        self.pos_drop = nn.Dropout(config.dropout)
+        relative_tokens = self._num_tokens(config.grid) if config.pos_embed == "relative" else None
+        rates = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]
+        self.blocks = nn.ModuleList(Block(config, rate, relative_tokens) for rate in rates)
+        self.norm = nn.LayerNorm(D, eps=config.norm_eps)
+        self.pre_logits: nn.Module = nn.Identity()
+        if config.representation_size:
+            self.pre_logits = nn.Sequential(nn.Linear(D, config.representation_size), nn.Tanh())
+        self.head = self._new_head(config.num_classes)
+        self.init_weights()
+
+    # ----------------------------------------------------------------- construction
+    @property
+    def num_features(self) -> int:
+        """Width of what the classifier sees: ``representation_size`` or D."""
+        return self.config.representation_size or self.config.embed_dim
+
+    def _num_tokens(self, grid: Grid) -> int:
+        return self.config.num_prefix_tokens + grid[0] * grid[1]
+
+    def _new_head(self, num_classes: int) -> nn.Module:
+        if num_classes == 0:
+            return nn.Identity()
+        head = nn.Linear(self.num_features, num_classes)
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+        return head
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """The JAX reference's initialisation: xavier-uniform Linear weights with zero biases,
+        tiny-normal MLP biases, LeCun-normal patch projection, zero class token, position
+        embeddings normal(std 0.02), zero classifier."""
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                if name.endswith("attn.qkv"):
+                    # q, k and v are three D×D matrices in the reference: bound each as one.
+                    bound = math.sqrt(6.0 / (module.in_features + module.out_features // 3))
+                    nn.init.uniform_(module.weight, -bound, bound)
+                else:
+                    nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    if ".mlp." in f".{name}":
+                        nn.init.normal_(module.bias, std=1e-6)
+                    else:
+                        nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Conv2d):
+                fan_in = module.weight[0].numel()
+                nn.init.trunc_normal_(module.weight, std=math.sqrt(1.0 / fan_in) / 0.87962566103423978)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for param in self.pos_embed.parameters():
+            nn.init.normal_(param, std=0.02)
+        for block in self.blocks:
+            if block.attn.rel_pos is not None:
+                nn.init.normal_(block.attn.rel_pos.table, std=0.02)
+        if self.cls_token is not None:
+            nn.init.zeros_(self.cls_token)
+        if isinstance(self.head, nn.Linear):
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    def reset_classifier(self, num_classes: int, *, keep_pre_logits: bool = False) -> None:
+        """Replace the head by a zero-initialised linear layer for ``num_classes`` (the paper's
+        fine-tuning head). The pre-training MLP head's hidden layer goes too, unless
+        ``keep_pre_logits``. ``num_classes=0`` leaves no classifier (the model returns features)."""
+        if not keep_pre_logits and self.config.representation_size:
+            self.pre_logits = nn.Identity()
+            self.config = self.config.replace(representation_size=None)
+        device = next(self.parameters()).device
+        self.head = self._new_head(num_classes).to(device)
+        self.config = self.config.replace(num_classes=num_classes)
+
+    def set_image_size(self, img_size: int | tuple[int, int], *, mode: str | None = None) -> None:
+        """Change the resolution the model is built for (paper §3.2): the patch size stays, the
+        grid grows or shrinks, learned position embeddings are 2-D interpolated (``mode``
+        defaults to ``config.pos_embed_interp``)."""
+        new_config = self.config.replace(img_size=to_pair(img_size))
+        if self.config.pos_embed == "relative" and new_config.grid != self.config.grid:
+            raise ValueError(
+                "relative position embeddings are tied to the token count they were trained with "
+                f"({self._num_tokens(self.config.grid)}); a {new_config.img_size} image has a different count"
+            )
+        self.pos_embed.set_grid(new_config.grid, mode or self.config.pos_embed_interp)
+        self.config = new_config
+
+    # --------------------------------------------------------------------- forward
+    def _check_input(self, x: Tensor) -> Tensor:
+        """Refuse inputs the model cannot read with an error that says why; pad if asked to."""
+        config = self.config
+        if x.ndim != 4:
+            raise ValueError(
+                f"expected a batch of images shaped (B, C, H, W), got a tensor of shape {tuple(x.shape)}"
+                + ("; add a batch dimension with x.unsqueeze(0)" if x.ndim == 3 else "")
+            )
+        if x.shape[1] != config.in_chans:
+            raise ValueError(
+                f"the model expects {config.in_chans} channel(s) but the input has {x.shape[1]} "
+                f"(shape {tuple(x.shape)}); convert the images or create the model with in_chans={x.shape[1]}"
+            )
+        height, width = x.shape[-2:]
+        stride = config.stride
+        if height % stride or width % stride:
+            if not config.dynamic_img_pad:
+                raise ValueError(
+                    f"image size {height}×{width} is not divisible by the patch size {stride}; resize or "
+                    f"crop to a multiple of {stride}, or create the model with dynamic_img_pad=True"
+                )
+            x = F.pad(x, (0, -width % stride, 0, -height % stride))
+        elif (height, width) != config.img_size and not config.dynamic_img_size:
+            raise ValueError(
+                f"the model is built for {config.img_size[0]}×{config.img_size[1]} images but got "
+                f"{height}×{width}; call model.set_image_size(({height}, {width})) or create it with "
+                "dynamic_img_size=True"
+            )
+        return x
+
+    def _embed(self, x: Tensor) -> Tensor:
+        """Images → z0: patch tokens, class token prepended, position embeddings added."""
+        x, grid = self.patch_embed(self._check_input(x))
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        return self.pos_drop(self.pos_embed(x, grid))
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Images ``(B, C, H, W)`` → normalised tokens ``(B, prefix + N, D)``."""
+        x = self._embed(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def pool(self, tokens: Tensor) -> Tensor:
+        """Tokens ``(B, T, D)`` → one vector per image: the class token or the patch mean."""
+        if self.config.pool == "avg":
+            return tokens[:, self.config.num_prefix_tokens :].mean(dim=1)
+        return tokens[:, 0]
+
+    def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
+        """Normalised tokens → logits ``(B, num_classes)``, or with ``pre_logits`` the pooled
+        representation ``(B, num_features)`` the classifier would see."""
+        x = self.pre_logits(self.pool(features))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def _block_indices(self, indices: int | Sequence[int] | None) -> list[int]:
+        depth = len(self.blocks)
+        if indices is None:
+            return list(range(depth))
+        if isinstance(indices, int):
+            if not 0 < indices <= depth:
+                raise ValueError(f"asked for the last {indices} blocks of a model with {depth}")
+            return list(range(depth - indices, depth))
+        resolved = []
+        for index in indices:
+            if not -depth <= index < depth:
+                raise ValueError(f"block index {index} is out of range for a model with {depth} blocks")
+            resolved.append(index % depth)
+        return resolved
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        *,
+        as_maps: bool = False,
+        norm: bool = False,
+    ) -> list[Tensor]:
+        """Outputs of chosen blocks, for dense tasks and probing.
+
+        Args:
+            x: images ``(B, C, H, W)``.
+            indices: block indices (negative counts from the end), an int ``n`` for the last
+                ``n`` blocks, or None for all.
+            as_maps: return patch tokens as feature maps ``(B, D, H/P, W/P)`` (prefix tokens
+                dropped) instead of token sequences ``(B, prefix + N, D)``.
+            norm: apply the final LayerNorm to each output.
+        """
+        wanted = self._block_indices(indices)
+        height, width = x.shape[-2:]
+        x = self._embed(x)
+        grid = (math.ceil(height / self.config.stride), math.ceil(width / self.config.stride))
+        outputs: dict[int, Tensor] = {}
+        for index, block in enumerate(self.blocks[: max(wanted) + 1]):
+            x = block(x)
+            if index in wanted:
+                out = self.norm(x) if norm else x
+                if as_maps:
+                    out = out[:, self.config.num_prefix_tokens :].transpose(1, 2).reshape(out.shape[0], -1, *grid)
+                outputs[index] = out
+        return [outputs[i] for i in wanted]
+
+    def attention_maps(self, x: Tensor) -> list[Tensor]:
+        """Softmax attention weights of every block, each ``(B, heads, T, T)``, computed on the
+        explicit path for this call only (the model keeps its fused attention)."""
+        x = self._embed(x)
+        maps = []
+        for block in self.blocks:
+            x, weights = block(x, return_attention=True)
+            maps.append(weights)
+        return maps
