@@ -71,3 +71,10 @@ def test_bad_intermediate_count():
 def test_unknown_model_name():
     with pytest.raises(ValueError, match="did you mean"):
         vitkit.create_model("vit_small_patch16")
+
+
+def test_padding_alone_does_not_allow_another_resolution():
+    model = tiny_vit(dynamic_img_pad=True)
+    assert model(torch.randn(1, 3, 30, 30)).shape == (1, 10)  # padded to 32: the built size
+    with pytest.raises(ValueError, match="built for 32×32 images but got 40×40"):
+        model(torch.randn(1, 3, 38, 38))

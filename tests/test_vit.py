@@ -239,3 +239,8 @@ def test_config_round_trips_through_json():
     assert config == model.config
     rebuilt = vitkit.VisionTransformer(config)
     rebuilt.load_state_dict(model.state_dict())
+
+
+def test_default_path_compiles_without_graph_breaks():
+    explanation = torch._dynamo.explain(tiny_vit().eval())(images())
+    assert explanation.graph_break_count == 0, explanation.break_reasons

@@ -263,7 +263,8 @@ class VisionTransformer(nn.Module):
                     f"crop to a multiple of {stride}, or create the model with dynamic_img_pad=True"
                 )
             x = F.pad(x, (0, -width % stride, 0, -height % stride))
-        elif (height, width) != config.img_size and not config.dynamic_img_size:
+            height, width = x.shape[-2:]
+        if (height, width) != config.img_size and not config.dynamic_img_size:
             raise ValueError(
                 f"the model is built for {config.img_size[0]}×{config.img_size[1]} images but got "
                 f"{height}×{width}; call model.set_image_size(({height}, {width})) or create it with "
