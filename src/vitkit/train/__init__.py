@@ -1,0 +1,18 @@
+"""Training: config and presets, optimiser and schedule, the loop, checkpoints, evaluation."""
+
+from .config import PRESETS, ConfigError, TrainConfig, resolve_config
+from .evaluate import EvalResult, evaluate
+from .loop import RunSummary, TrainingDiverged, resume_run, train
+
+__all__ = [
+    "PRESETS",
+    "ConfigError",
+    "EvalResult",
+    "RunSummary",
+    "TrainConfig",
+    "TrainingDiverged",
+    "evaluate",
+    "resolve_config",
+    "resume_run",
+    "train",
+]

@@ -1,0 +1,153 @@
+"""A training run as data: preset ← config file ← command-line flags, saved in the run folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+PRESETS = ("demo", "paper-pretrain", "paper-finetune", "deit")
+
+
+def _opt(default: Any, help: str, **kwargs: Any) -> Any:
+    """A config field whose ``help`` becomes the command-line help text."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kwargs})
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. Field help texts are the CLI's help texts."""
+
+    # data
+    data: str = _opt("mnist", "built-in dataset (digits, mnist), an ImageFolder folder, or a path,label CSV")
+    val_fraction: float = _opt(0.1, "held-out fraction when the data has no val/ split (per class, seeded)")
+    img_size: int | None = _opt(None, "training resolution in pixels (default: the data's size, or 224 for files)")
+    in_chans: int | None = _opt(None, "image channels for files: 1 gray, 3 RGB (built-in datasets are gray)")
+    crop_scale: list[float] | None = _opt(
+        None, "random-resized crop area range, e.g. 0.08 1.0; omit for no crop augmentation", nargs=2
+    )
+    flip: bool | None = _opt(None, "random horizontal flips (default: on, off for digits and MNIST)")
+    randaugment: int | None = _opt(None, "RandAugment magnitude 0-30; omit for none")
+    mixup: float = _opt(0.0, "Mixup Beta(α, α) parameter; 0 = off")
+    cutmix: float = _opt(0.0, "CutMix Beta(α, α) parameter; 0 = off")
+    workers: int = _opt(0, "data-loader worker processes (0 = load in the training process)")
+    # model
+    model: str = _opt("S/16", "model name or alias (vitkit models lists them)")
+    model_args: dict[str, Any] = _opt(
+        {}, "ViTConfig overrides as KEY=VALUE, e.g. patch_size=7 embed_dim=128 (repeatable)", nargs="*"
+    )
+    dropout: float = _opt(0.0, "dropout after the position embeddings, in the MLP and after attention")
+    drop_path: float = _opt(0.0, "stochastic depth rate of the last block (rising linearly from 0)")
+    # optimisation
+    optimizer: str = _opt("adamw", "adamw, adam or sgd")
+    lr: float = _opt(1e-3, "peak learning rate")
+    lr_batch_base: int | None = _opt(
+        None, "if set, the learning rate is lr × global batch / lr_batch_base (the DeiT scaling rule)"
+    )
+    weight_decay: float = _opt(0.05, "decoupled weight decay (never on biases, norms, tokens, position embeddings)")
+    betas: list[float] = _opt([0.9, 0.999], "Adam β1 β2", nargs=2)
+    momentum: float = _opt(0.9, "SGD momentum")
+    schedule: str = _opt("cosine", "learning-rate decay after warmup: cosine, linear or constant")
+    warmup_epochs: float = _opt(0.0, "linear warmup length in epochs (fractions allowed)")
+    epochs: float = _opt(10.0, "training length in epochs (fractions allowed)")
+    batch_size: int = _opt(128, "images per optimiser micro-batch")
+    accum_steps: int = _opt(1, "micro-batches per optimiser step (global batch = batch_size × accum_steps)")
+    grad_clip: float = _opt(1.0, "clip the global gradient norm to this value; 0 = no clipping")
+    label_smoothing: float = _opt(0.0, "label smoothing of the cross-entropy")
+    ema: float = _opt(0.0, "keep an exponential moving average of the weights with this decay, e.g. 0.9999; 0 = off")
+    # machinery
+    precision: str = _opt("auto", "bf16, fp32, or auto (bf16 on CUDA and on CPUs with native bf16, else fp32)")
+    device: str = _opt("auto", "cpu, cuda, or auto")
+    seed: int = _opt(0, "seed of initialisation, data order and augmentation")
+    deterministic: bool = _opt(False, "use only deterministic kernels (slower)")
+    checkpoint_every: int = _opt(500, "write a checkpoint every N optimiser steps (and at each epoch end)")
+    init: str | None = _opt(None, "start from these weights (a vitkit model or run folder); the head is re-made")
+    out: str | None = _opt(None, "run folder (default: runs/<date>-<time>-<model>)")
+    preset: str = _opt("demo", "the recipe the file and flags start from: " + ", ".join(PRESETS))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.accum_steps
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr * self.global_batch / self.lr_batch_base if self.lr_batch_base else self.lr
+
+
+class ConfigError(ValueError):
+    """A config file or value that cannot be used; the message names it."""
+
+
+def _check_keys(values: dict[str, Any], source: str) -> None:
+    known = [f.name for f in dataclasses.fields(TrainConfig)]
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{source}: unknown setting {key!r}{hint}")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Settings from a ``.toml``, ``.yaml``/``.yml`` or ``.json`` file (a ``[model_args]`` table
+    holds model overrides)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            values = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        elif path.suffix == ".json":
+            values = json.loads(text)
+        else:
+            raise ConfigError(f"config file {path}: use .toml, .yaml, .yml or .json")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, ValueError) as error:
+        raise ConfigError(f"config file {path} is not valid: {error}") from error
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a table of settings")
+    _check_keys(values, str(path))
+    return values
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, PRESETS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"unknown preset {name!r}; {hint}choose one of {', '.join(PRESETS)}")
+    text = resources.files("vitkit.train.presets").joinpath(f"{name}.toml").read_text()
+    return tomllib.loads(text)
+
+
+def resolve_config(
+    preset: str | None = None, file: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
+    """Build the run's config: defaults ← preset ← file ← overrides (flags). ``model_args``
+    tables are merged key by key rather than replaced."""
+    file_values = read_config_file(file) if file else {}
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    _check_keys(overrides, "flags")
+    preset = overrides.get("preset") or file_values.get("preset") or preset or "demo"
+    values: dict[str, Any] = {}
+    for layer in (preset_values(preset), file_values, overrides):
+        model_args = {**values.get("model_args", {}), **layer.get("model_args", {})}
+        values.update(layer)
+        values["model_args"] = model_args
+    values["preset"] = preset
+    return TrainConfig(**values)

@@ -1,0 +1,100 @@
+"""Accuracy of a classifier on a data loader: top-1, top-5, per class, confusion matrix."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data.datasets import TransformedDataset, collate_skipping_broken, load_data, preprocess_in_memory
+from ..interop.folder import LoadedModel
+
+
+@dataclass
+class EvalResult:
+    top1: float
+    top5: float
+    loss: float
+    count: int
+    #: confusion[true, predicted] counts
+    confusion: torch.Tensor
+    skipped: list[str] = field(default_factory=list)
+
+    def per_class_accuracy(self) -> list[float]:
+        totals = self.confusion.sum(dim=1).clamp(min=1)
+        return (self.confusion.diagonal() / totals).tolist()
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for ``precision == "bf16"``, nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, loader: DataLoader, *, num_classes: int, device: torch.device, precision: str = "fp32"
+) -> EvalResult:
+    """Run ``model`` over ``loader`` (batches of ``(images, labels, broken)``, see
+    :func:`vitkit.data.datasets.collate_skipping_broken`) and count every sample exactly once."""
+    was_training = model.training
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    top5_hits, loss_sum, count, skipped = 0, 0.0, 0, []
+    for images, labels, broken in loader:
+        skipped += broken
+        if images is None:
+            continue
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with autocast(device, precision):
+            logits = model(images)
+        logits = logits.float()
+        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+        k = min(5, num_classes)
+        top5_hits += (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum().item()
+        predicted = logits.argmax(dim=1)
+        confusion += torch.bincount(
+            (labels * num_classes + predicted).cpu(), minlength=num_classes * num_classes
+        ).reshape(num_classes, num_classes)
+        count += len(labels)
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("no readable image to evaluate on")
+    return EvalResult(
+        top1=confusion.diagonal().sum().item() / count,
+        top5=top5_hits / count,
+        loss=loss_sum / count,
+        count=count,
+        confusion=confusion,
+        skipped=skipped,
+    )
+
+
+def evaluate_model_on(
+    loaded: LoadedModel, data_spec: str, *, split: str = "val", batch_size: int = 256, workers: int = 0
+) -> EvalResult:
+    """Evaluate a loaded model folder on a data spec's ``split`` ("val" or "train"), with the
+    model's own preprocessing. The data's classes must be the model's."""
+    model, preprocess, class_names = loaded
+    data = load_data(data_spec, in_chans=model.config.in_chans)
+    if data.class_names != class_names:
+
+        def shown(names: list[str]) -> str:
+            return ", ".join(names[:10]) + (", …" if len(names) > 10 else "")
+
+        raise ValueError(
+            f"the classes of {data_spec} ({shown(data.class_names)}) are not the model's ({shown(class_names)})"
+        )
+    if split not in ("val", "train"):
+        raise ValueError(f"split must be 'val' or 'train', got {split!r}")
+    base = data.val if split == "val" else data.train
+    dataset = preprocess_in_memory(base, preprocess) or TransformedDataset(base, preprocess)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping_broken)
+    device = next(model.parameters()).device
+    result = evaluate(model, loader, num_classes=len(class_names), device=device)
+    result.skipped = sorted(set(data.skipped) | set(result.skipped))
+    return result

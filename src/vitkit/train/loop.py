@@ -1,0 +1,373 @@
+"""The training loop: data → model → optimiser steps → checkpoints, metrics and a model folder.
+
+Exact resumption rests on three facts: the data order of epoch ``e`` is a permutation drawn
+from (seed, e); each sample's augmentation is drawn from (seed, e, index); and everything else
+random (dropout, mixing) comes from the global generator, whose state the checkpoint carries.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ..data.datasets import (
+    DataSplits,
+    TransformedDataset,
+    collate_skipping_broken,
+    load_data,
+    preprocess_in_memory,
+)
+from ..data.transforms import batch_mixing, eval_transform, train_transform
+from ..fileio import atomic_write
+from ..interop.adapt import load_state_into
+from ..interop.folder import load_model, save_model
+from ..models import VisionTransformer, create_model
+from . import report
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .config import ConfigError, TrainConfig
+from .evaluate import EvalResult, autocast, evaluate
+from .optim import build_optimizer, build_scheduler
+
+TRAIN_CONFIG_NAME = "train_config.json"
+SUMMARY_NAME = "summary.json"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class RunSummary:
+    run_dir: str
+    best_top1: float
+    best_epoch: int
+    final_top1: float
+    final_top5: float
+    epochs: float
+    steps: int
+    wall_seconds: float
+    train_images_per_second: float
+    skipped_files: int
+    device: str
+    precision: str
+
+
+# ------------------------------------------------------------------ machinery
+def cpu_has_native_bf16() -> bool:
+    """AMX or AVX512-BF16: without either, bf16 matmuls are emulated and far slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' asked for but no CUDA GPU is visible; use --device cpu")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device {name!r}; choose cpu, cuda or auto")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    if name not in ("bf16", "fp32"):
+        raise ConfigError(f"unknown precision {name!r}; choose bf16, fp32 or auto")
+    return name
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    model = config.model.replace("/", "-").replace("+", "-")
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}-{config.data.split('/')[-1] or 'data'}"
+
+
+# ------------------------------------------------------------------ data and model
+def _image_size(config: TrainConfig, data: DataSplits, stride: int) -> int:
+    """The configured size, else the data's native size rounded up to a multiple of the patch."""
+    if config.img_size:
+        return config.img_size
+    if data.image_size is None:
+        return 224
+    return math.ceil(max(data.image_size) / stride) * stride
+
+
+def build_model(config: TrainConfig, *, num_classes: int, in_chans: int) -> VisionTransformer:
+    """A fresh model, or with ``config.init`` one started from saved weights (re-headed)."""
+    overrides = {**config.model_args, "dropout": config.dropout, "drop_path": config.drop_path}
+    if not config.init:
+        return create_model(config.model, num_classes=num_classes, in_chans=in_chans, **overrides)
+    source = load_model(config.init).model
+    vit_config = source.config.replace(
+        num_classes=num_classes,
+        representation_size=None,
+        dropout=config.dropout,
+        drop_path=config.drop_path,
+        **config.model_args,
+    )
+    if vit_config.in_chans != in_chans:
+        raise ConfigError(
+            f"--init {config.init} takes {vit_config.in_chans}-channel images but the data has {in_chans}"
+        )
+    model = VisionTransformer(vit_config)
+    load_state_into(model, source.state_dict())
+    return model
+
+
+def _loader(dataset: Dataset, *, batch_size: int, indices: list[int] | None, workers: int, device: torch.device):
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=indices,
+        shuffle=False,
+        drop_last=indices is not None,
+        num_workers=workers,
+        collate_fn=collate_skipping_broken,
+        pin_memory=device.type == "cuda",
+        # Its own generator: creating an iterator must not draw from the global one, or a
+        # resumed run's dropout would see other numbers than the uninterrupted run's.
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def epoch_order(size: int, seed: int, epoch: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(size, generator=generator).tolist()
+
+
+# ------------------------------------------------------------------ the run
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> RunSummary:
+    """Train as ``config`` says; with ``resume`` continue from ``config.out``'s checkpoint.
+
+    Writes into the run folder: ``train_config.json``, ``checkpoint.safetensors`` (every
+    ``checkpoint_every`` steps and at each epoch end), ``metrics.jsonl``, ``tensorboard/``,
+    and at the end the model folder files (``config.json``, ``model.safetensors``),
+    ``summary.json``, ``curves.png`` and ``confusion.png``.
+    """
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    torch.manual_seed(config.seed)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
+    run_dir = Path(config.out) if config.out else default_run_dir(config)
+    config.out = str(run_dir)
+
+    data = load_data(config.data, in_chans=config.in_chans or 3, val_fraction=config.val_fraction, seed=config.seed)
+    model = build_model(config, num_classes=len(data.class_names), in_chans=data.in_chans)
+    img_size = _image_size(config, data, model.config.stride)
+    if model.config.img_size != (img_size, img_size):
+        model.set_image_size(img_size)
+    model.to(device)
+
+    flip = data.flip_ok if config.flip is None else config.flip
+    augment = config.crop_scale is not None or flip or config.randaugment is not None
+    if augment:
+        transform = train_transform(
+            img_size,
+            data.in_chans,
+            crop_scale=tuple(config.crop_scale or (1.0, 1.0)),
+            flip=flip,
+            randaugment=config.randaugment,
+        )
+        train_set: Dataset = TransformedDataset(data.train, transform, seed=config.seed)
+    else:
+        transform = eval_transform(img_size, data.in_chans)
+        train_set = preprocess_in_memory(data.train, transform) or TransformedDataset(data.train, transform)
+    eval_tf = eval_transform(img_size, data.in_chans)
+    val_set = preprocess_in_memory(data.val, eval_tf) or TransformedDataset(data.val, eval_tf)
+    mixing = batch_mixing(len(data.class_names), config.mixup, config.cutmix)
+
+    micro_per_epoch = len(train_set) // config.batch_size
+    steps_per_epoch = micro_per_epoch // config.accum_steps
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"the training set has {len(train_set)} images, fewer than one global batch of "
+            f"{config.global_batch}; lower batch_size or accum_steps"
+        )
+    total_steps = max(1, round(config.epochs * steps_per_epoch))
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
+
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema else None
+
+    checkpoint_path = run_dir / CHECKPOINT_NAME
+    # Everything about progress that a resumed run needs; JSON, stored in the checkpoint.
+    state = {
+        "epoch": 0,
+        "step_in_epoch": 0,
+        "step": 0,
+        "epoch_loss_sum": 0.0,
+        "epoch_loss_count": 0,
+        "best_top1": -1.0,
+        "best_epoch": 0,
+        "images": 0,
+        "train_seconds": 0.0,
+        "skipped": sorted(data.skipped),
+    }
+    if resume:
+        if not checkpoint_path.is_file():
+            raise ConfigError(f"{run_dir} has no {CHECKPOINT_NAME} to resume from")
+        state = load_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema)
+        report.keep_metrics_until(run_dir, state["epoch"])
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / report.METRICS_NAME).unlink(missing_ok=True)
+    atomic_write(run_dir / TRAIN_CONFIG_NAME, lambda tmp: tmp.write_text(config.to_json()))
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=state["step"] or None)
+    eval_model = ema.module if ema is not None else model
+
+    def checkpoint() -> None:
+        save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema, progress=state)
+
+    result: EvalResult | None = None
+    bar = tqdm(total=total_steps, initial=state["step"], disable=not progress, unit="step", dynamic_ncols=True)
+    model.train()
+    for epoch in range(state["epoch"], num_epochs):
+        if isinstance(train_set, TransformedDataset):
+            train_set.set_epoch(epoch)
+        order = epoch_order(len(train_set), config.seed, epoch)
+        start = state["step_in_epoch"] * config.accum_steps * config.batch_size
+        loader = _loader(
+            train_set,
+            batch_size=config.batch_size,
+            indices=order[start : micro_per_epoch * config.batch_size],
+            workers=config.workers,
+            device=device,
+        )
+        tick = time.perf_counter()
+        for micro, (images, labels, broken) in enumerate(loader, start=1):
+            state["skipped"] = sorted({*state["skipped"], *broken})
+            if images is not None:
+                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                if mixing is not None:
+                    images, labels = mixing(images, labels)
+                with autocast(device, precision):
+                    logits = model(images)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+                value = loss.item()
+                if not math.isfinite(value):
+                    writer.close()
+                    bar.close()
+                    kept = checkpoint_path if checkpoint_path.exists() else "none written yet"
+                    raise TrainingDiverged(
+                        f"the loss became {value} at step {state['step'] + 1} (epoch {epoch + 1}); stopped. "
+                        f"The last good checkpoint is kept: {kept}. "
+                        "Lower the learning rate, raise the warmup, or use --precision fp32."
+                    )
+                (loss / config.accum_steps).backward()
+                state["epoch_loss_sum"] += value
+                state["epoch_loss_count"] += 1
+                state["images"] += len(images)
+            if micro % config.accum_steps:
+                continue
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            state["step"] += 1
+            state["step_in_epoch"] += 1
+            lr = scheduler.get_last_lr()[0]
+            now = time.perf_counter()
+            state["train_seconds"] += now - tick
+            tick = now
+            images_per_s = state["images"] / max(state["train_seconds"], 1e-9)
+            bar.update(1)
+            bar.set_postfix(
+                epoch=epoch + 1, loss=f"{value:.3f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.0f}", refresh=False
+            )
+            writer.add_scalar("train/loss", value, state["step"])
+            writer.add_scalar("train/lr", lr, state["step"])
+            if state["step"] == total_steps:
+                break
+            if config.checkpoint_every and state["step"] % config.checkpoint_every == 0:
+                checkpoint()
+                tick = time.perf_counter()  # checkpoint time is not training time
+
+        val_loader = _loader(val_set, batch_size=256, indices=None, workers=config.workers, device=device)
+        result = evaluate(eval_model, val_loader, num_classes=len(data.class_names), device=device, precision=precision)
+        state["skipped"] = sorted({*state["skipped"], *result.skipped})
+        if result.top1 > state["best_top1"]:
+            state["best_top1"], state["best_epoch"] = result.top1, epoch + 1
+        record = {
+            "epoch": epoch + 1,
+            "step": state["step"],
+            "train_loss": state["epoch_loss_sum"] / max(state["epoch_loss_count"], 1),
+            "val_loss": result.loss,
+            "val_top1": result.top1,
+            "val_top5": result.top5,
+            "lr": scheduler.get_last_lr()[0],
+            "images_per_second": state["images"] / max(state["train_seconds"], 1e-9),
+        }
+        report.append_metrics(run_dir, record)
+        for key in ("train_loss", "val_loss", "val_top1", "val_top5"):
+            writer.add_scalar(f"epoch/{key}", record[key], epoch + 1)
+        bar.write(
+            f"epoch {epoch + 1}/{num_epochs}: train loss {record['train_loss']:.4f}  held-out loss "
+            f"{result.loss:.4f}  top-1 {100 * result.top1:.2f}%  top-5 {100 * result.top5:.2f}%"
+        )
+        state.update(epoch=epoch + 1, step_in_epoch=0, epoch_loss_sum=0.0, epoch_loss_count=0)
+        checkpoint()
+    bar.close()
+    writer.close()
+    if result is None:  # resumed a run that had already finished
+        val_loader = _loader(val_set, batch_size=256, indices=None, workers=config.workers, device=device)
+        result = evaluate(eval_model, val_loader, num_classes=len(data.class_names), device=device, precision=precision)
+
+    save_model(
+        run_dir,
+        eval_model.cpu() if device.type != "cpu" else eval_model,
+        class_names=data.class_names,
+        model_name=config.model,
+    )
+    metrics = report.read_metrics(run_dir)
+    report.plot_curves(metrics, run_dir / "curves.png")
+    report.plot_confusion(result.confusion, data.class_names, run_dir / "confusion.png")
+    summary = RunSummary(
+        run_dir=str(run_dir),
+        best_top1=state["best_top1"],
+        best_epoch=state["best_epoch"],
+        final_top1=result.top1,
+        final_top5=result.top5,
+        epochs=state["step"] / steps_per_epoch,
+        steps=state["step"],
+        wall_seconds=time.perf_counter() - started,
+        train_images_per_second=state["images"] / max(state["train_seconds"], 1e-9),
+        skipped_files=len(state["skipped"]),
+        device=str(device),
+        precision=precision,
+    )
+    atomic_write(run_dir / SUMMARY_NAME, lambda tmp: tmp.write_text(json.dumps(asdict(summary), indent=2)))
+    return summary
+
+
+def resume_run(run_dir: str | Path, *, progress: bool = True) -> RunSummary:
+    """Continue the run in ``run_dir`` exactly where its last checkpoint left it."""
+    run_dir = Path(run_dir)
+    path = run_dir / TRAIN_CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a vitkit run folder (no {TRAIN_CONFIG_NAME}); nothing to resume")
+    config = TrainConfig(**json.loads(path.read_text()))
+    config.out = str(run_dir)
+    return train(config, resume=True, progress=progress)

@@ -1,0 +1,212 @@
+"""End-to-end training on the real digits dataset: train → eval → predict, resume, NaN, errors."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from vitkit.cli.main import main
+from vitkit.train import TrainingDiverged, resolve_config, resume_run, train
+
+# A 2-block ViT on 8×8 digits with 2×2 patches (16 tokens): an epoch takes about a second.
+TINY = {"patch_size": 2, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_dim": 64}
+
+
+def digits_config(tmp_path, **overrides):
+    settings = {
+        "data": "digits",
+        "model_args": TINY,
+        "epochs": 2,
+        "batch_size": 64,
+        "lr": 3e-3,
+        "warmup_epochs": 0.2,
+        "out": str(tmp_path / "run"),
+        "checkpoint_every": 5,
+    }
+    settings.update(overrides)
+    return resolve_config(preset="demo", overrides=settings)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("digits")
+    summary = train(digits_config(tmp, epochs=6), progress=False)
+    return Path(summary.run_dir), summary
+
+
+def test_training_on_digits_learns_and_leaves_a_complete_run_folder(trained_run):
+    run_dir, summary = trained_run
+    assert summary.final_top1 > 0.6  # 10 classes: chance is 0.1
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "train_config.json",
+        "checkpoint.safetensors",
+        "metrics.jsonl",
+        "summary.json",
+        "curves.png",
+        "confusion.png",
+    ):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tensorboard").iterdir())
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == list(range(1, 7))
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    saved = json.loads((run_dir / "train_config.json").read_text())
+    assert saved["data"] == "digits" and saved["model_args"] == TINY and saved["preset"] == "demo"
+
+
+def test_eval_and_predict_from_the_cli(trained_run, tmp_path, capsys):
+    run_dir, summary = trained_run
+    assert main(["eval", str(run_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["top1"] == pytest.approx(summary.final_top1)
+    assert report["images"] == 359 and len(report["per_class"]) == 10  # round(1797 × 0.2) held out
+
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for i in range(3):
+        Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8)).save(tmp_path / f"digit{i}.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    assert main(["predict", str(run_dir), str(tmp_path), "--top-k", "3", "--json"]) == 0
+    predictions = json.loads(capsys.readouterr().out)
+    assert len(predictions) == 4
+    broken = next(p for p in predictions if p["path"].endswith("broken.png"))
+    assert broken["error"] and not broken["top"]
+    good = [p for p in predictions if not p["error"]]
+    assert all(len(p["top"]) == 3 and abs(sum(q for _, q in p["top"])) <= 1.0001 for p in good)
+
+
+def test_resume_after_kill_9_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    settings = {"epochs": 2, "dropout": 0.1, "drop_path": 0.1}
+    full = train(digits_config(tmp_path / "a", **settings), progress=False)
+    stopped = _run_until_checkpoint(digits_config(tmp_path / "b", **settings), min_step=27)  # mid epoch 2
+    resumed = resume_run(stopped, progress=False)
+    assert resumed.steps == full.steps
+    a = load_file(str(Path(full.run_dir) / "model.safetensors"))
+    b = load_file(str(Path(resumed.run_dir) / "model.safetensors"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+    def metrics(run_dir):
+        lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if k != "images_per_second"} for x in lines]
+
+    assert metrics(full.run_dir) == metrics(resumed.run_dir)
+
+
+def _run_until_checkpoint(config, min_step):
+    """Start ``vitkit train`` in a subprocess and kill -9 it once a checkpoint at or after
+    ``min_step`` exists (mid-epoch for the configs used here)."""
+    run_dir = Path(config.out)
+    config_file = run_dir.parent / "config.json"
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(config.to_json())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vitkit.cli.main", "train", "--config", str(config_file), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            checkpoint = run_dir / "checkpoint.safetensors"
+            if checkpoint.exists():
+                from safetensors import safe_open
+
+                try:
+                    with safe_open(str(checkpoint), "pt") as handle:
+                        step = json.loads(handle.metadata()["progress"])["step"]
+                except Exception:  # being replaced right now: look again
+                    step = -1
+                if step >= min_step:
+                    break
+            if process.poll() is not None:
+                pytest.fail("the training process ended before it could be interrupted")
+            time.sleep(0.05)
+        else:
+            pytest.fail("no checkpoint appeared in time")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert not (run_dir / "model.safetensors").exists()  # it really was cut short
+    return run_dir
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    import vitkit.train.loop as loop
+
+    build_model = loop.build_model
+    calls = {"forward": 0}
+
+    def poisoned_after_12_steps(*args, **kwargs):
+        """Fault injection: the real model, whose input turns to NaN from its 13th call."""
+        model = build_model(*args, **kwargs)
+
+        def poison(module, inputs):
+            calls["forward"] += 1
+            if calls["forward"] > 12 and module.training:
+                return (inputs[0] * float("nan"),)
+
+        model.register_forward_pre_hook(poison)
+        return model
+
+    monkeypatch.setattr(loop, "build_model", poisoned_after_12_steps)
+    config = digits_config(tmp_path, checkpoint_every=5)
+    with pytest.raises(TrainingDiverged, match=r"the loss became nan at step 13 \(epoch 1\); stopped.*checkpoint"):
+        train(config, progress=False)
+    checkpoint_file = Path(config.out) / "checkpoint.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint_file), "pt") as handle:
+        assert json.loads(handle.metadata()["progress"])["step"] == 10
+    weights = load_file(str(checkpoint_file))
+    assert all(torch.isfinite(v).all() for k, v in weights.items() if k.startswith("model."))
+    assert not (Path(config.out) / "model.safetensors").exists()
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
+    assert "is neither a built-in dataset" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--preset", "fast"])
+    assert "invalid choice: 'fast'" in capsys.readouterr().err
+    not_a_model = tmp_path / "not_a_model"
+    not_a_model.mkdir()
+    (not_a_model / "config.json").write_text('{"hello": 1}')
+    assert main(["eval", str(not_a_model), "--data", "digits"]) == 2
+    assert "is not a vitkit model config" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "nowhere"), "x.png"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "not a vitkit run folder" in capsys.readouterr().err
+
+
+def test_unknown_preset_and_setting_in_a_config_file(tmp_path):
+    from vitkit.train import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown preset 'deit3'; did you mean 'deit'"):
+        resolve_config(preset="deit3")
+    bad = tmp_path / "run.toml"
+    bad.write_text("learning_rate = 0.1\n")
+    with pytest.raises(ConfigError, match="unknown setting 'learning_rate'"):
+        resolve_config(file=bad)
+
+
+def test_config_layers_merge_in_order(tmp_path):
+    file = tmp_path / "run.yaml"
+    file.write_text("preset: deit\nlr: 0.002\nmodel_args:\n  depth: 3\n")
+    config = resolve_config(file=file, overrides={"epochs": 1.5, "model_args": {"embed_dim": 64}})
+    assert config.preset == "deit" and config.mixup == 0.8  # from the preset
+    assert config.lr == 0.002 and config.epochs == 1.5
+    assert config.model_args == {"depth": 3, "embed_dim": 64}
+    assert config.peak_lr == pytest.approx(0.002 * 128 / 512)
