@@ -22,7 +22,7 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     else:
         top = 65535 if image.mode.startswith("I;16") or array.max() > 255 else 255
         array = array.astype(np.float64) * (255.0 / top)
-    return Image.fromarray(np.round(array).astype(np.uint8), mode="L")
+    return Image.fromarray(np.round(array).astype(np.uint8))
 
 
 def convert_image(image: Image.Image, in_chans: int) -> Image.Image:

@@ -1,0 +1,77 @@
+"""Time to accuracy of the main job: `vitkit train` (demo preset, MNIST) on this machine.
+
+Target (issue 3): >= 98.5 % MNIST test top-1 within 5 minutes of training on a 2-core CPU.
+Prints a Markdown table and writes JSON next to this script (results/mnist_demo.json).
+
+    python benchmarks/mnist_demo.py [--seeds 0 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from vitkit.train import resolve_config, train
+from vitkit.train.loop import cpu_has_native_bf16
+
+TARGET_TOP1 = 0.985
+TARGET_SECONDS = 300.0
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed")
+    args = parser.parse_args()
+
+    machine = f"{cpu_name()}, {torch.get_num_threads()} threads, native bf16: {cpu_has_native_bf16()}"
+    rows = []
+    for seed in args.seeds:
+        with tempfile.TemporaryDirectory() as out:
+            config = resolve_config(preset="demo", overrides={"seed": seed, "out": out})
+            start = time.perf_counter()
+            summary = train(config, progress=False)
+            wall = time.perf_counter() - start
+        rows.append(
+            {
+                "seed": seed,
+                "top1": summary.final_top1,
+                "train_seconds": wall,
+                "epochs": summary.epochs,
+                "img_per_s": summary.train_images_per_second,
+                "precision": summary.precision,
+                "met": summary.final_top1 >= TARGET_TOP1 and wall <= TARGET_SECONDS,
+            }
+        )
+        print(f"seed {seed}: top-1 {100 * summary.final_top1:.2f}% in {wall:.0f} s", flush=True)
+
+    print(f"\nMachine: {machine}; torch {torch.__version__}\n")
+    print("| seed | MNIST test top-1 | time (data + train + eval) | epochs | train img/s | precision | target met |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['seed']} | {100 * r['top1']:.2f} % | {r['train_seconds']:.0f} s | {r['epochs']:.1f} | "
+            f"{r['img_per_s']:.0f} | {r['precision']} | {'yes' if r['met'] else 'no'} |"
+        )
+    results = Path(__file__).parent / "results"
+    results.mkdir(exist_ok=True)
+    (results / "mnist_demo.json").write_text(json.dumps({"machine": machine, "runs": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
