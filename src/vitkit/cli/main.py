@@ -16,7 +16,7 @@ import torch
 import vitkit
 from vitkit.interop import load_model
 from vitkit.predict import predict_files
-from vitkit.train import PRESETS, TrainConfig, TrainingDiverged, resolve_config, resume_run, train
+from vitkit.train import TrainConfig, TrainingDiverged, resolve_config, resume_run, train
 from vitkit.train.evaluate import evaluate_model_on
 from vitkit.train.loop import TRAIN_CONFIG_NAME
 
@@ -53,12 +53,12 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         if isinstance(kind, types.UnionType):  # X | None
             kind = next(t for t in typing.get_args(kind) if t is not type(None))
         options: dict[str, Any] = {"help": spec.metadata["help"], "default": argparse.SUPPRESS, "dest": spec.name}
-        if spec.name == "preset":
-            options["choices"] = PRESETS
+        if "choices" in spec.metadata:
+            options["choices"] = spec.metadata["choices"]
         if kind is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is dict:
-            options.update(nargs="*", type=_parse_model_arg, metavar="KEY=VALUE")
+            options.update(nargs="+", action="extend", type=_parse_model_arg, metavar="KEY=VALUE")
         elif typing.get_origin(kind) is list:
             options.update(nargs=spec.metadata["nargs"], type=typing.get_args(kind)[0])
         else:

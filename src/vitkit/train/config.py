@@ -46,7 +46,7 @@ class TrainConfig:
     dropout: float = _opt(0.0, "dropout after the position embeddings, in the MLP and after attention")
     drop_path: float = _opt(0.0, "stochastic depth rate of the last block (rising linearly from 0)")
     # optimisation
-    optimizer: str = _opt("adamw", "adamw, adam or sgd")
+    optimizer: str = _opt("adamw", "adamw, adam or sgd", choices=("adamw", "adam", "sgd"))
     lr: float = _opt(1e-3, "peak learning rate")
     lr_batch_base: int | None = _opt(
         None, "if set, the learning rate is lr × global batch / lr_batch_base (the DeiT scaling rule)"
@@ -54,7 +54,11 @@ class TrainConfig:
     weight_decay: float = _opt(0.05, "decoupled weight decay (never on biases, norms, tokens, position embeddings)")
     betas: list[float] = _opt([0.9, 0.999], "Adam β1 β2", nargs=2)
     momentum: float = _opt(0.9, "SGD momentum")
-    schedule: str = _opt("cosine", "learning-rate decay after warmup: cosine, linear or constant")
+    schedule: str = _opt(
+        "cosine",
+        "learning-rate decay after warmup: cosine, linear or constant",
+        choices=("cosine", "linear", "constant"),
+    )
     warmup_epochs: float = _opt(0.0, "linear warmup length in epochs (fractions allowed)")
     epochs: float = _opt(10.0, "training length in epochs (fractions allowed)")
     batch_size: int = _opt(128, "images per optimiser micro-batch")
@@ -63,14 +67,18 @@ class TrainConfig:
     label_smoothing: float = _opt(0.0, "label smoothing of the cross-entropy")
     ema: float = _opt(0.0, "keep an exponential moving average of the weights with this decay, e.g. 0.9999; 0 = off")
     # machinery
-    precision: str = _opt("auto", "bf16, fp32, or auto (bf16 on CUDA and on CPUs with native bf16, else fp32)")
-    device: str = _opt("auto", "cpu, cuda, or auto")
+    precision: str = _opt(
+        "auto",
+        "bf16, fp32, or auto (bf16 on CUDA and on CPUs with native bf16, else fp32)",
+        choices=("auto", "bf16", "fp32"),
+    )
+    device: str = _opt("auto", "cpu, cuda, or auto", choices=("auto", "cpu", "cuda"))
     seed: int = _opt(0, "seed of initialisation, data order and augmentation")
     deterministic: bool = _opt(False, "use only deterministic kernels (slower)")
     checkpoint_every: int = _opt(500, "write a checkpoint every N optimiser steps (and at each epoch end)")
     init: str | None = _opt(None, "start from these weights (a vitkit model or run folder); the head is re-made")
     out: str | None = _opt(None, "run folder (default: runs/<date>-<time>-<model>)")
-    preset: str = _opt("demo", "the recipe the file and flags start from: " + ", ".join(PRESETS))
+    preset: str = _opt("demo", "the recipe the file and flags start from", choices=PRESETS)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -7,6 +7,7 @@ random (dropout, mixing) comes from the global generator, whose state the checkp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -165,7 +166,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
     run_dir = Path(config.out) if config.out else default_run_dir(config)
-    config.out = str(run_dir)
+    config = dataclasses.replace(config, out=str(run_dir))
 
     data = load_data(config.data, in_chans=config.in_chans or 3, val_fraction=config.val_fraction, seed=config.seed)
     model = build_model(config, num_classes=len(data.class_names), in_chans=data.in_chans)
@@ -238,6 +239,15 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     def checkpoint() -> None:
         save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema, progress=state)
 
+    if progress:
+        params = sum(p.numel() for p in model.parameters())
+        print(
+            f"{'resuming' if resume else 'training'} {config.model} ({params:,} parameters, {img_size} px, "
+            f"{model.config.grid[0] * model.config.grid[1]} patches) on {config.data}: {len(train_set):,} training / "
+            f"{len(val_set):,} held-out images, {len(data.class_names)} classes; {device} {precision}; "
+            f"run folder {run_dir}",
+            flush=True,
+        )
     result: EvalResult | None = None
     bar = tqdm(total=total_steps, initial=state["step"], disable=not progress, unit="step", dynamic_ncols=True)
     model.train()

@@ -37,7 +37,7 @@ def plot_curves(metrics: list[dict[str, Any]], path: Path) -> None:
     """Training loss, held-out loss and accuracy per epoch."""
     epochs = [m["epoch"] for m in metrics]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    loss_ax.plot(epochs, [m["train_loss"] for m in metrics], "o-", label="train")
+    loss_ax.plot(epochs, [m["train_loss"] for m in metrics], "o-", label="train (as optimised: smoothing, mixing)")
     loss_ax.plot(epochs, [m["val_loss"] for m in metrics], "o-", label="held-out")
     loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
     loss_ax.legend()
@@ -47,6 +47,7 @@ def plot_curves(metrics: list[dict[str, Any]], path: Path) -> None:
     acc_ax.legend()
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
