@@ -23,6 +23,7 @@ TINY = {"patch_size": 2, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_dim":
 def digits_config(tmp_path, **overrides):
     settings = {
         "data": "digits",
+        "img_size": 8,
         "model_args": TINY,
         "epochs": 2,
         "batch_size": 64,
@@ -210,3 +211,32 @@ def test_config_layers_merge_in_order(tmp_path):
     assert config.lr == 0.002 and config.epochs == 1.5
     assert config.model_args == {"depth": 3, "embed_dim": 64}
     assert config.peak_lr == pytest.approx(0.002 * 128 / 512)
+
+
+def test_gradient_accumulation_matches_a_bigger_batch(tmp_path):
+    # SGD, not Adam: Adam divides by the gradient's own size, which turns float noise in
+    # gradients that are exactly zero in theory (the key bias) into full-size steps.
+    settings = {"epochs": 0.5, "grad_clip": 0.0, "optimizer": "sgd", "lr": 0.05}
+    big = train(digits_config(tmp_path / "big", batch_size=64, **settings), progress=False)
+    accumulated = train(digits_config(tmp_path / "acc", batch_size=32, accum_steps=2, **settings), progress=False)
+    assert big.steps == accumulated.steps
+    a = load_file(str(Path(big.run_dir) / "model.safetensors"))
+    b = load_file(str(Path(accumulated.run_dir) / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=1e-4, msg=key)
+
+
+def test_ema_weights_are_what_the_run_saves(tmp_path):
+    summary = train(digits_config(tmp_path, epochs=1, ema=0.9), progress=False)
+    run_dir = Path(summary.run_dir)
+    saved = load_file(str(run_dir / "model.safetensors"))
+    checkpoint = load_file(str(run_dir / "checkpoint.safetensors"))
+    key = "blocks.0.mlp.fc1.weight"
+    assert torch.equal(saved[key], checkpoint[f"ema.module.{key}"])
+    assert not torch.equal(saved[key], checkpoint[f"model.{key}"])
+
+
+def test_deterministic_mode_is_restored_after_the_run(tmp_path):
+    assert not torch.are_deterministic_algorithms_enabled()
+    train(digits_config(tmp_path, epochs=0.2, deterministic=True), progress=False)
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -159,12 +159,19 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     and at the end the model folder files (``config.json``, ``model.safetensors``),
     ``summary.json``, ``curves.png`` and ``confusion.png``.
     """
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(config.deterministic or deterministic_before)
+    try:
+        return _train(config, resume=resume, progress=progress)
+    finally:
+        torch.use_deterministic_algorithms(deterministic_before)
+
+
+def _train(config: TrainConfig, *, resume: bool, progress: bool) -> RunSummary:
     started = time.perf_counter()
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)
-    if config.deterministic:
-        torch.use_deterministic_algorithms(True)
     run_dir = Path(config.out) if config.out else default_run_dir(config)
     config = dataclasses.replace(config, out=str(run_dir))
 
