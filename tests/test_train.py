@@ -192,6 +192,14 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert "not a vitkit run folder" in capsys.readouterr().err
 
 
+def test_a_new_run_never_overwrites_an_old_one(trained_run, capsys):
+    run_dir, _ = trained_run
+    before = (run_dir / "model.safetensors").read_bytes()
+    assert main(["train", "--data", "digits", "--out", str(run_dir), "--quiet"]) == 2
+    assert "already holds a run; continue it with --resume" in capsys.readouterr().err
+    assert (run_dir / "model.safetensors").read_bytes() == before
+
+
 def test_unknown_preset_and_setting_in_a_config_file(tmp_path):
     from vitkit.train import ConfigError
 

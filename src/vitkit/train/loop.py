@@ -150,6 +150,27 @@ def epoch_order(size: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(size, generator=generator).tolist()
 
 
+def _datasets(config: TrainConfig, data: DataSplits, img_size: int) -> tuple[Dataset, Dataset]:
+    """Training and held-out sets with their transforms. Without random augmentation, in-memory
+    data is preprocessed once rather than per sample and epoch."""
+    flip = data.flip_ok if config.flip is None else config.flip
+    if config.crop_scale is not None or flip or config.randaugment is not None:
+        augment = train_transform(
+            img_size,
+            data.in_chans,
+            crop_scale=tuple(config.crop_scale or (1.0, 1.0)),
+            flip=flip,
+            randaugment=config.randaugment,
+        )
+        train_set: Dataset = TransformedDataset(data.train, augment, seed=config.seed)
+    else:
+        plain = eval_transform(img_size, data.in_chans)
+        train_set = preprocess_in_memory(data.train, plain) or TransformedDataset(data.train, plain)
+    evaluation = eval_transform(img_size, data.in_chans)
+    val_set = preprocess_in_memory(data.val, evaluation) or TransformedDataset(data.val, evaluation)
+    return train_set, val_set
+
+
 # ------------------------------------------------------------------ the run
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> RunSummary:
     """Train as ``config`` says; with ``resume`` continue from ``config.out``'s checkpoint.
@@ -182,22 +203,7 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> RunSummary:
         model.set_image_size(img_size)
     model.to(device)
 
-    flip = data.flip_ok if config.flip is None else config.flip
-    augment = config.crop_scale is not None or flip or config.randaugment is not None
-    if augment:
-        transform = train_transform(
-            img_size,
-            data.in_chans,
-            crop_scale=tuple(config.crop_scale or (1.0, 1.0)),
-            flip=flip,
-            randaugment=config.randaugment,
-        )
-        train_set: Dataset = TransformedDataset(data.train, transform, seed=config.seed)
-    else:
-        transform = eval_transform(img_size, data.in_chans)
-        train_set = preprocess_in_memory(data.train, transform) or TransformedDataset(data.train, transform)
-    eval_tf = eval_transform(img_size, data.in_chans)
-    val_set = preprocess_in_memory(data.val, eval_tf) or TransformedDataset(data.val, eval_tf)
+    train_set, val_set = _datasets(config, data, img_size)
     mixing = batch_mixing(len(data.class_names), config.mixup, config.cutmix)
 
     micro_per_epoch = len(train_set) // config.batch_size
@@ -234,11 +240,14 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> RunSummary:
         state = load_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema)
         report.keep_metrics_until(run_dir, state["epoch"])
     else:
+        if checkpoint_path.exists() or (run_dir / TRAIN_CONFIG_NAME).exists():
+            raise ConfigError(
+                f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out"
+            )
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / report.METRICS_NAME).unlink(missing_ok=True)
     atomic_write(run_dir / TRAIN_CONFIG_NAME, lambda tmp: tmp.write_text(config.to_json()))
 
-    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter  # imported here: it takes seconds to import
 
     writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=state["step"] or None)
     eval_model = ema.module if ema is not None else model
