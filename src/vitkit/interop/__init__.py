@@ -1,5 +1,17 @@
-"""Reading and writing model files."""
+"""Reading and writing model files: one loader for every format, and the writers."""
 
+from .adapt import LoadReport
 from .folder import LoadedModel, load_model, save_model
+from .formats import load_weights, read_state_dict
+from .timm import timm_to_vitkit, vitkit_to_timm
 
-__all__ = ["LoadedModel", "load_model", "save_model"]
+__all__ = [
+    "LoadReport",
+    "LoadedModel",
+    "load_model",
+    "load_weights",
+    "read_state_dict",
+    "save_model",
+    "timm_to_vitkit",
+    "vitkit_to_timm",
+]

@@ -31,6 +31,7 @@ from ..data.transforms import batch_mixing, eval_transform, train_transform
 from ..fileio import atomic_write
 from ..interop.adapt import load_state_into
 from ..interop.folder import load_model, save_model
+from ..interop.formats import load_weights
 from ..models import VisionTransformer, create_model
 from . import report
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -112,6 +113,10 @@ def build_model(config: TrainConfig, *, num_classes: int, in_chans: int) -> Visi
     overrides = {**config.model_args, "dropout": config.dropout, "drop_path": config.drop_path}
     if not config.init:
         return create_model(config.model, num_classes=num_classes, in_chans=in_chans, **overrides)
+    if not Path(config.init).is_dir():  # a bare weight file (timm, ...): the architecture comes from --model
+        model = create_model(config.model, num_classes=num_classes, in_chans=in_chans, **overrides)
+        load_weights(model, config.init)
+        return model
     source = load_model(config.init).model
     vit_config = source.config.replace(
         num_classes=num_classes,
