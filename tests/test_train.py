@@ -248,3 +248,45 @@ def test_deterministic_mode_is_restored_after_the_run(tmp_path):
     assert not torch.are_deterministic_algorithms_enabled()
     train(digits_config(tmp_path, epochs=0.2, deterministic=True), progress=False)
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_fine_tune_from_timm_weights_at_a_higher_resolution(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    # A small timm ViT "pre-trained" (randomly initialised) at 8 px, saved with its own names.
+    peer = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=8,
+        patch_size=2,
+        in_chans=1,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        mlp_ratio=2.0,
+        num_classes=3,
+    )
+    save_file(peer.state_dict(), str(tmp_path / "timm.safetensors"))
+    config = digits_config(
+        tmp_path,
+        img_size=16,
+        epochs=1,
+        init=str(tmp_path / "timm.safetensors"),
+        preset="paper-finetune",
+        model="Ti/16",
+        batch_size=64,
+        accum_steps=1,
+        lr=0.03,
+        crop_scale=None,
+    )
+    from vitkit.train.loop import build_model
+
+    start = build_model(config, num_classes=10, in_chans=1)
+    assert torch.equal(start.blocks[1].attn.qkv.weight, peer.blocks[1].attn.qkv.weight)
+    assert start.head.weight.shape == (10, 32) and torch.count_nonzero(start.head.weight) == 0
+    summary = train(config, progress=False)
+    from vitkit import load_model
+
+    model = load_model(summary.run_dir).model
+    assert model.config.img_size == (16, 16) and model.pos_embed.weight.shape == (1, 1 + 64, 32)
