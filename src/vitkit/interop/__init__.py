@@ -3,6 +3,7 @@
 from .adapt import LoadReport
 from .folder import LoadedModel, load_model, save_model
 from .formats import load_weights, read_state_dict
+from .hf import save_hf
 from .timm import timm_to_vitkit, vitkit_to_timm
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "load_model",
     "load_weights",
     "read_state_dict",
+    "save_hf",
     "save_model",
     "timm_to_vitkit",
     "vitkit_to_timm",

@@ -10,13 +10,14 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torchvision.transforms import v2
 
 from ..data.transforms import eval_transform
 from ..fileio import atomic_write
 from ..models import VisionTransformer, ViTConfig
+from .files import read_weight_file
+from .hf import class_names_from_hf, config_from_hf, hf_to_vitkit, is_hf_config
 
 FORMAT = "vitkit-model/1"
 CONFIG_NAME = "config.json"
@@ -65,37 +66,51 @@ def save_model(
     return folder
 
 
-def read_model_config(folder: str | Path) -> dict[str, Any]:
-    """The parsed ``config.json`` of a vitkit model folder, with errors that say what is wrong."""
-    folder = Path(folder)
+def _read_folder_config(folder: Path) -> dict[str, Any]:
+    """The parsed ``config.json`` of a model folder, with errors that say what is wrong."""
     if not folder.exists():
         raise ValueError(f"{folder} does not exist")
     if not folder.is_dir():
-        raise ValueError(f"{folder} is not a vitkit model folder (expected a folder with {CONFIG_NAME})")
+        raise ValueError(f"{folder} is not a model folder (expected a folder with {CONFIG_NAME})")
     path = folder / CONFIG_NAME
     if not path.is_file():
-        raise ValueError(f"{folder} is not a vitkit model folder: it has no {CONFIG_NAME} (has the run finished?)")
+        raise ValueError(f"{folder} is not a model folder: it has no {CONFIG_NAME} (has the run finished?)")
     try:
         document = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from error
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise ValueError(f'{path} is not a vitkit model config (no "format": "{FORMAT}")')
+    if not isinstance(document, dict) or not (document.get("format") == FORMAT or is_hf_config(document)):
+        raise ValueError(f'{path} is not a vitkit model config (no "format": "{FORMAT}") nor a Hugging Face ViT config')
     return document
 
 
-def load_model(folder: str | Path, *, device: str = "cpu") -> LoadedModel:
-    """Load a vitkit model folder (a finished run folder is one): the model in eval mode, its
-    preprocessing and its class names."""
+def folder_weights_path(folder: Path) -> Path:
+    """The weight file of a vitkit or Hugging Face model folder."""
+    _read_folder_config(folder)
+    for name in (WEIGHTS_NAME, "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    raise ValueError(f"{folder} has a {CONFIG_NAME} but no {WEIGHTS_NAME} or pytorch_model.bin")
+
+
+def load_model(folder: str | Path, *, device: str = "cpu", keep_pre_logits: bool = False) -> LoadedModel:
+    """Load a vitkit model folder (a finished run folder is one) or a Hugging Face ViT folder
+    (as ``save_pretrained`` writes it): the model in eval mode, its preprocessing and its class
+    names. A transformers pooler is dropped unless ``keep_pre_logits``, as
+    ViTForImageClassification does not use it."""
     folder = Path(folder)
-    document = read_model_config(folder)
-    model = VisionTransformer(ViTConfig.from_dict(document["vit"]))
-    weights_path = folder / WEIGHTS_NAME
-    try:
-        weights = load_file(str(weights_path))
-    except (SafetensorError, OSError) as error:
-        raise ValueError(f"{weights_path} is not a readable safetensors file: {error}") from error
+    document = _read_folder_config(folder)
+    weights = read_weight_file(folder_weights_path(folder))
+    if is_hf_config(document):
+        weights = hf_to_vitkit(weights, keep_pooler=keep_pre_logits)
+        config = config_from_hf(document, keep_pooler=keep_pre_logits, classifier="head.weight" in weights)
+        class_names = class_names_from_hf(document) if config.num_classes else []
+        crop_fraction = 1.0
+    else:
+        config = ViTConfig.from_dict(document["vit"])
+        class_names = list(document["class_names"])
+        crop_fraction = document["preprocess"].get("crop_fraction", 1.0)
+    model = VisionTransformer(config)
     model.load_state_dict(weights)
-    pre = document["preprocess"]
-    preprocess = eval_transform(tuple(pre["img_size"]), pre["in_chans"], pre.get("crop_fraction", 1.0))
-    return LoadedModel(model.to(device).eval(), preprocess, list(document["class_names"]))
+    preprocess = eval_transform(config.img_size, config.in_chans, crop_fraction)
+    return LoadedModel(model.to(device).eval(), preprocess, class_names)

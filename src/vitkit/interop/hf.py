@@ -1,0 +1,177 @@
+"""Hugging Face ``transformers`` ViT folders (``config.json`` + ``model.safetensors``) ↔ vitkit.
+
+Files written by ``save_pretrained`` use the ``vit.encoder.layer.{i}.attention.attention.query``
+layout; the separate q, k and v projections become vitkit's fused ``qkv`` (stacked in that
+order). ``layer_norm_eps`` (1e-12 by default in transformers) is carried into the config.
+``ViTForImageClassification`` classifies the class token's normalised output and does not use
+the pooler, so the pooler (Linear + tanh, the paper's pre-logits) is kept only when asked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor
+
+from ..fileio import atomic_write
+from ..models import VisionTransformer, ViTConfig
+
+_LAYER = r"^vit\.encoder\.layer\.(\d+)\."
+_RENAMES = [
+    (r"^vit\.embeddings\.cls_token$", "cls_token"),
+    (r"^vit\.embeddings\.position_embeddings$", "pos_embed.weight"),
+    (r"^vit\.embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (_LAYER + r"layernorm_before\.", r"blocks.\1.norm1."),
+    (_LAYER + r"layernorm_after\.", r"blocks.\1.norm2."),
+    (_LAYER + r"attention\.output\.dense\.", r"blocks.\1.attn.proj."),
+    (_LAYER + r"intermediate\.dense\.", r"blocks.\1.mlp.fc1."),
+    (_LAYER + r"output\.dense\.", r"blocks.\1.mlp.fc2."),
+    (r"^vit\.layernorm\.", "norm."),
+    (r"^vit\.pooler\.dense\.", "pre_logits.0."),
+    (r"^classifier\.", "head."),
+]
+_QKV = re.compile(_LAYER + r"attention\.attention\.(query|key|value)\.(weight|bias)$")
+
+
+def is_hf_config(document: dict[str, Any]) -> bool:
+    return document.get("model_type") == "vit"
+
+
+def config_from_hf(document: dict[str, Any], *, keep_pooler: bool = False, classifier: bool = True) -> ViTConfig:
+    """A :class:`ViTConfig` equal to a transformers ``ViTConfig`` dict (``classifier=False`` for
+    a bare ViTModel, which has no classification head)."""
+    if document.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(f"hidden_act {document['hidden_act']!r} is not supported; vitkit's MLP uses exact GELU")
+    labels = document.get("id2label") or {}
+    return ViTConfig(
+        img_size=document.get("image_size", 224),
+        patch_size=document.get("patch_size", 16),
+        in_chans=document.get("num_channels", 3),
+        num_classes=(len(labels) if labels else document.get("num_labels", 2)) if classifier else 0,
+        embed_dim=document["hidden_size"],
+        depth=document["num_hidden_layers"],
+        num_heads=document["num_attention_heads"],
+        mlp_dim=document["intermediate_size"],
+        qkv_bias=document.get("qkv_bias", True),
+        norm_eps=document.get("layer_norm_eps", 1e-12),
+        representation_size=document.get("pooler_output_size", document["hidden_size"]) if keep_pooler else None,
+    )
+
+
+def class_names_from_hf(document: dict[str, Any]) -> list[str]:
+    labels = document.get("id2label") or {}
+    return [labels.get(str(i), labels.get(i, str(i))) for i in range(len(labels))]
+
+
+def is_hf_state(state: dict[str, Tensor]) -> bool:
+    """transformers' layout: ViTForImageClassification (``vit.`` prefix) or a bare ViTModel."""
+    return "vit.embeddings.cls_token" in state or "embeddings.cls_token" in state
+
+
+def hf_to_vitkit(state: dict[str, Tensor], *, keep_pooler: bool = False) -> dict[str, Tensor]:
+    """Rename a transformers ViT state dict to vitkit's keys, fusing q, k and v."""
+    if "embeddings.cls_token" in state:  # a bare ViTModel: same names without the "vit." prefix
+        state = {f"vit.{k}": v for k, v in state.items()}
+    converted: dict[str, Tensor] = {}
+    parts: dict[tuple[str, str], dict[str, Tensor]] = {}
+    for key, value in state.items():
+        match = _QKV.match(key)
+        if match:
+            layer, which, kind = match.groups()
+            parts.setdefault((layer, kind), {})[which] = value
+            continue
+        if key.startswith("vit.pooler.") and not keep_pooler:
+            continue
+        for pattern, replacement in _RENAMES:
+            new_key, count = re.subn(pattern, replacement, key)
+            if count:
+                key = new_key
+                break
+        converted[key] = value
+    for (layer, kind), qkv in parts.items():
+        converted[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([qkv["query"], qkv["key"], qkv["value"]])
+    return converted
+
+
+def vitkit_to_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """vitkit keys → the layout ``save_pretrained`` writes (q, k, v split again)."""
+    converted: dict[str, Tensor] = {}
+    inverse = [
+        (r"^cls_token$", "vit.embeddings.cls_token"),
+        (r"^pos_embed\.weight$", "vit.embeddings.position_embeddings"),
+        (r"^patch_embed\.proj\.", "vit.embeddings.patch_embeddings.projection."),
+        (r"^blocks\.(\d+)\.norm1\.", r"vit.encoder.layer.\1.layernorm_before."),
+        (r"^blocks\.(\d+)\.norm2\.", r"vit.encoder.layer.\1.layernorm_after."),
+        (r"^blocks\.(\d+)\.attn\.proj\.", r"vit.encoder.layer.\1.attention.output.dense."),
+        (r"^blocks\.(\d+)\.mlp\.fc1\.", r"vit.encoder.layer.\1.intermediate.dense."),
+        (r"^blocks\.(\d+)\.mlp\.fc2\.", r"vit.encoder.layer.\1.output.dense."),
+        (r"^norm\.", "vit.layernorm."),
+        (r"^pre_logits\.0\.", "vit.pooler.dense."),
+        (r"^head\.", "classifier."),
+    ]
+    for key, value in state.items():
+        match = re.match(r"^blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", key)
+        if match:
+            layer, kind = match.groups()
+            for name, chunk in zip(("query", "key", "value"), value.chunk(3), strict=True):
+                converted[f"vit.encoder.layer.{layer}.attention.attention.{name}.{kind}"] = chunk.contiguous()
+            continue
+        for pattern, replacement in inverse:
+            new_key, count = re.subn(pattern, replacement, key)
+            if count:
+                key = new_key
+                break
+        converted[key] = value.contiguous()
+    return converted
+
+
+def hf_config_document(config: ViTConfig, class_names: list[str]) -> dict[str, Any]:
+    """The ``config.json`` transformers needs to rebuild ``config`` as ViTForImageClassification."""
+    if config.pos_embed != "learn" or config.pool != "token" or config.hybrid_layers or not config.class_token:
+        raise ValueError(
+            "transformers' ViT has learned 1-D position embeddings, a class token and no CNN stem; "
+            f"this model (pos_embed={config.pos_embed!r}, pool={config.pool!r}, hybrid={bool(config.hybrid_layers)}) "
+            "cannot be written as one"
+        )
+    if config.representation_size:
+        raise ValueError(
+            "ViTForImageClassification classifies without the pre-logits layer this model has; "
+            "re-head it first (model.reset_classifier(...))"
+        )
+    if config.img_size[0] != config.img_size[1]:
+        raise ValueError(f"transformers' ViTConfig takes a square image_size; this model is {config.img_size}")
+    return {
+        "architectures": ["ViTForImageClassification"],
+        "model_type": "vit",
+        "hidden_size": config.embed_dim,
+        "num_hidden_layers": config.depth,
+        "num_attention_heads": config.num_heads,
+        "intermediate_size": config.mlp_dim,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "layer_norm_eps": config.norm_eps,
+        "image_size": config.img_size[0],
+        "patch_size": config.patch_size,
+        "num_channels": config.in_chans,
+        "qkv_bias": config.qkv_bias,
+        "id2label": {str(i): name for i, name in enumerate(class_names)},
+        "label2id": {name: i for i, name in enumerate(class_names)},
+    }
+
+
+def save_hf(folder: str | Path, model: VisionTransformer, class_names: list[str] | None = None) -> Path:
+    """Write ``model`` as a transformers ViT folder that
+    ``ViTForImageClassification.from_pretrained(folder)`` loads."""
+    folder = Path(folder)
+    names = class_names or [str(i) for i in range(model.config.num_classes)]
+    document = hf_config_document(model.config, names)
+    weights = vitkit_to_hf({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    atomic_write(folder / "model.safetensors", lambda tmp: save_file(weights, str(tmp), metadata={"format": "pt"}))
+    atomic_write(folder / "config.json", lambda tmp: tmp.write_text(json.dumps(document, indent=2)))
+    return folder
