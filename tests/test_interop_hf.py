@@ -106,3 +106,43 @@ def test_pooler_is_kept_only_when_asked(tmp_path):
         pooled = model.forward_head(model.forward_features(images()), pre_logits=True)
         torch.testing.assert_close(pooled, peer(images()).pooler_output, atol=1e-4, rtol=1e-4)
     assert isinstance(vitkit.load_model(tmp_path / "hf").model.pre_logits, torch.nn.Identity)
+
+
+def test_convert_timm_file_to_vitkit_to_transformers_keeps_the_logits(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from vitkit.cli.main import main
+
+    torch.manual_seed(0)
+    peer = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3).eval()
+    with torch.no_grad():
+        peer.head.weight.normal_(std=0.02)
+    save_file(peer.state_dict(), str(tmp_path / "timm.safetensors"))
+    assert (
+        main(
+            ["convert", str(tmp_path / "timm.safetensors"), str(tmp_path / "vk"), "--to", "vitkit", "--model", "Ti/16"]
+        )
+        == 0
+    )
+    assert main(["convert", str(tmp_path / "vk"), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "back.safetensors"), "--to", "timm"]) == 0
+    hf = ViTForImageClassification.from_pretrained(tmp_path / "hf").eval()
+    back = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3).eval()
+    from safetensors.torch import load_file
+
+    back.load_state_dict(load_file(str(tmp_path / "back.safetensors")))
+    with torch.no_grad():
+        expected = peer(images())
+        assert (hf(images()).logits - expected).abs().max().item() <= 1e-4
+        assert (back(images()) - expected).abs().max().item() <= 1e-4
+
+
+def test_convert_needs_an_architecture_for_a_bare_file(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from vitkit.cli.main import main
+
+    save_file(vitkit.create_model("Ti/16").state_dict(), str(tmp_path / "w.safetensors"))
+    assert main(["convert", str(tmp_path / "w.safetensors"), str(tmp_path / "out"), "--to", "hf"]) == 2
+    assert "name one with --model" in capsys.readouterr().err

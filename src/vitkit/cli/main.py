@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 import vitkit
-from vitkit.interop import load_model
+from vitkit.interop import convert, load_model
+from vitkit.interop.convert import TARGETS
 from vitkit.predict import predict_files
 from vitkit.train import TrainConfig, TrainingDiverged, resolve_config, resume_run, train
 from vitkit.train.evaluate import evaluate_model_on
@@ -136,6 +137,11 @@ def _predict(args: argparse.Namespace) -> None:
             print(f"{prediction.path}: {ranked}")
 
 
+def _convert(args: argparse.Namespace) -> None:
+    written = convert(args.src, args.dst, to=args.to, model_name=args.model)
+    print(f"wrote {written} ({args.to})")
+
+
 # ------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -171,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict_cmd.add_argument("--top-k", type=int, default=5, help="how many classes to show per image")
     predict_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
     predict_cmd.set_defaults(func=_predict)
+
+    convert_cmd = commands.add_parser("convert", help="write a model in another library's format")
+    convert_cmd.add_argument("src", help="a vitkit or Hugging Face folder, or a weight file (.safetensors, .pth)")
+    convert_cmd.add_argument("dst", help="output folder (vitkit, hf) or .safetensors file (timm)")
+    convert_cmd.add_argument("--to", required=True, choices=TARGETS, help="target format")
+    convert_cmd.add_argument("--model", help="architecture of a bare weight file, e.g. S/16")
+    convert_cmd.set_defaults(func=_convert)
 
     models = commands.add_parser("models", help="list the registered model names and their sizes")
     models.add_argument("pattern", nargs="?", help="shell-style filter, e.g. '*base*'")

@@ -1,6 +1,7 @@
 """Reading and writing model files: one loader for every format, and the writers."""
 
 from .adapt import LoadReport
+from .convert import convert
 from .folder import LoadedModel, load_model, save_model
 from .formats import load_weights, read_state_dict
 from .hf import save_hf
@@ -9,6 +10,7 @@ from .timm import timm_to_vitkit, vitkit_to_timm
 __all__ = [
     "LoadReport",
     "LoadedModel",
+    "convert",
     "load_model",
     "load_weights",
     "read_state_dict",
