@@ -128,14 +128,8 @@ def collate_skipping_broken(batch: list) -> tuple[torch.Tensor | None, torch.Ten
     return images, labels, broken
 
 
-class PreprocessedDataset(Dataset):
-    """Float tensors prepared once, for in-memory data whose transform has no randomness."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
+class PreprocessedDataset(ArrayImageDataset):
+    """Model inputs (float tensors) prepared once, for in-memory data whose transform has no randomness."""
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.images[index], int(self.labels[index])

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..fileio import atomic_write
 from ..models import VisionTransformer, ViTConfig
+from .keys import rename_key
 
 _LAYER = r"^vit\.encoder\.layer\.(\d+)\."
 _RENAMES = [
@@ -87,12 +88,7 @@ def hf_to_vitkit(state: dict[str, Tensor], *, keep_pooler: bool = False) -> dict
             continue
         if key.startswith("vit.pooler.") and not keep_pooler:
             continue
-        for pattern, replacement in _RENAMES:
-            new_key, count = re.subn(pattern, replacement, key)
-            if count:
-                key = new_key
-                break
-        converted[key] = value
+        converted[rename_key(key, _RENAMES)] = value
     for (layer, kind), qkv in parts.items():
         converted[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([qkv["query"], qkv["key"], qkv["value"]])
     return converted
@@ -121,12 +117,7 @@ def vitkit_to_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
             for name, chunk in zip(("query", "key", "value"), value.chunk(3), strict=True):
                 converted[f"vit.encoder.layer.{layer}.attention.attention.{name}.{kind}"] = chunk.contiguous()
             continue
-        for pattern, replacement in inverse:
-            new_key, count = re.subn(pattern, replacement, key)
-            if count:
-                key = new_key
-                break
-        converted[key] = value.contiguous()
+        converted[rename_key(key, inverse)] = value.contiguous()
     return converted
 
 

@@ -7,9 +7,9 @@ names inside the ResNet stem. Two explicit rule tables, one per direction.
 
 from __future__ import annotations
 
-import re
-
 from torch import Tensor
+
+from .keys import rename_keys
 
 _STAGE = r"patch_embed\.backbone\.stages\.(\d+)"
 
@@ -43,24 +43,12 @@ def is_timm_state(state: dict[str, Tensor]) -> bool:
     return "pos_embed" in state and "blocks.0.attn.qkv.weight" in state
 
 
-def _rename(state: dict[str, Tensor], rules: list[tuple[str, str]]) -> dict[str, Tensor]:
-    renamed = {}
-    for key, value in state.items():
-        for pattern, replacement in rules:
-            new_key, count = re.subn(pattern, replacement, key)
-            if count:
-                key = new_key
-                break
-        renamed[key] = value
-    return renamed
-
-
 def timm_to_vitkit(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Rename a timm ViT state dict (plain or hybrid) to vitkit's names; values untouched."""
     hybrid = any(k.startswith("patch_embed.backbone.") for k in state)
-    return _rename(state, ([_HYBRID_PROJ] if hybrid else []) + _TIMM_TO_VITKIT)
+    return rename_keys(state, ([_HYBRID_PROJ] if hybrid else []) + _TIMM_TO_VITKIT)
 
 
 def vitkit_to_timm(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Rename a vitkit state dict to timm's names (the inverse of :func:`timm_to_vitkit`)."""
-    return _rename(state, _VITKIT_TO_TIMM)
+    return rename_keys(state, _VITKIT_TO_TIMM)
