@@ -11,11 +11,12 @@ from ..fileio import atomic_write
 from ..models import VisionTransformer, create_model, get_config
 from .adapt import load_state_into
 from .folder import load_model, save_model
-from .formats import read_state_dict, to_vitkit_keys
+from .formats import read_vitkit_state
 from .hf import save_hf
+from .npz import save_npz
 from .timm import vitkit_to_timm
 
-TARGETS = ("vitkit", "timm", "hf")
+TARGETS = ("vitkit", "timm", "hf", "npz")
 
 
 def _model_from_file(path: Path, model_name: str | None) -> VisionTransformer:
@@ -23,7 +24,7 @@ def _model_from_file(path: Path, model_name: str | None) -> VisionTransformer:
     count and resolution from the tensors themselves."""
     if not model_name:
         raise ValueError(f"{path} is a bare weight file with no architecture in it; name one with --model (e.g. S/16)")
-    state = to_vitkit_keys(read_state_dict(path))
+    state = read_vitkit_state(path)
     num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
     config = get_config(model_name)
     overrides = {}
@@ -38,8 +39,8 @@ def _model_from_file(path: Path, model_name: str | None) -> VisionTransformer:
 def convert(src: str | Path, dst: str | Path, *, to: str, model_name: str | None = None) -> Path:
     """Write the model in ``src`` (a vitkit or transformers folder, or a weight file with
     ``model_name``) to ``dst`` in the ``to`` format: ``vitkit`` (folder), ``timm`` (a
-    ``.safetensors`` state dict with timm's names) or ``hf`` (a folder for
-    ``ViTForImageClassification.from_pretrained``)."""
+    ``.safetensors`` state dict with timm's names), ``hf`` (a folder for
+    ``ViTForImageClassification.from_pretrained``) or ``npz`` (vit_jax layout)."""
     if to not in TARGETS:
         raise ValueError(f"unknown target format {to!r}; choose one of {', '.join(TARGETS)}")
     src, dst = Path(src), Path(dst)
@@ -51,6 +52,10 @@ def convert(src: str | Path, dst: str | Path, *, to: str, model_name: str | None
         return save_model(dst, model, class_names=class_names, model_name=model_name)
     if to == "hf":
         return save_hf(dst, model, class_names)
+    if to == "npz":
+        if dst.suffix != ".npz":
+            raise ValueError(f"a Google checkpoint is written as one .npz file; got {dst}")
+        return save_npz(dst, model.state_dict(), model.config.num_heads)
     if dst.suffix != ".safetensors":
         raise ValueError(f"a timm state dict is written as one .safetensors file; got {dst}")
     weights = vitkit_to_timm({k: v.detach().contiguous() for k, v in model.state_dict().items()})

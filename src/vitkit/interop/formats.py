@@ -1,7 +1,7 @@
 """One loader for every weight source: detect the format, rename to vitkit's keys, adapt, load.
 
-Sources: a vitkit model folder, a Hugging Face ViT folder, or a single weight file
-(``.safetensors``, ``.pth``/``.pt``/``.bin``) in timm's, transformers' or vitkit's layout.
+Sources: a vitkit model folder, a Hugging Face ViT folder, a Google ``.npz``, or a single weight
+file (``.safetensors``, ``.pth``/``.pt``/``.bin``) in timm's, transformers' or vitkit's layout.
 Nothing is ever unpickled beyond plain tensors (see :mod:`vitkit.interop.files`).
 """
 
@@ -16,6 +16,7 @@ from .adapt import LoadReport, load_state_into
 from .files import read_weight_file
 from .folder import folder_weights_path
 from .hf import hf_to_vitkit, is_hf_state
+from .npz import npz_to_vitkit, read_npz
 from .timm import is_timm_state, timm_to_vitkit
 
 
@@ -37,8 +38,18 @@ def to_vitkit_keys(state: dict[str, Tensor], *, keep_pre_logits: bool = False) -
     return state
 
 
+def read_vitkit_state(path: str | Path, *, keep_pre_logits: bool = True) -> dict[str, Tensor]:
+    """Any supported source as a state dict with vitkit's keys: Google ``.npz`` files, weight
+    files in timm's, transformers' or vitkit's layout, and model folders."""
+    if Path(path).suffix.lower() == ".npz":
+        arrays = read_npz(path)
+        state = npz_to_vitkit(arrays, hybrid="conv_root/kernel" in arrays)
+        return state if keep_pre_logits else {k: v for k, v in state.items() if not k.startswith("pre_logits.")}
+    return to_vitkit_keys(read_state_dict(path), keep_pre_logits=keep_pre_logits)
+
+
 def load_weights(model: VisionTransformer, path: str | Path, *, keep_pre_logits: bool = False) -> LoadReport:
     """Load any supported weights into ``model``, adapting position embeddings and the head (see
-    :func:`vitkit.interop.adapt.load_state_into`). A transformers pooler (pre-logits layer) is
-    dropped unless ``keep_pre_logits``. Returns what happened to each key."""
-    return load_state_into(model, to_vitkit_keys(read_state_dict(path), keep_pre_logits=keep_pre_logits))
+    :func:`vitkit.interop.adapt.load_state_into`). A pre-logits layer (Google's ``pre_logits``,
+    transformers' pooler) is dropped unless ``keep_pre_logits``. Returns what happened to each key."""
+    return load_state_into(model, read_vitkit_state(path, keep_pre_logits=keep_pre_logits))
