@@ -103,3 +103,15 @@ def test_pickled_npz_is_refused(tmp_path):
         np.savez(handle, thing=np.array([{"a": 1}], dtype=object))
     with pytest.raises(ValueError, match=r"not a readable \.npz"):
         vitkit.load_weights(vitkit.create_model("Ti/16"), tmp_path / "evil.npz")
+
+
+def test_hybrid_npz_round_trips_through_timms_reader(tmp_path):
+    ours = random_model("R26+S/32")
+    save_npz(tmp_path / "hybrid.npz", ours.state_dict(), ours.config.num_heads)
+    peer = timm.create_model("vit_small_r26_s32_224", pretrained=False).eval()
+    timm_load_npz(peer, str(tmp_path / "hybrid.npz"))
+    assert (logits(peer) - logits(ours)).abs().max().item() <= 1e-4
+    again = vitkit.create_model("R26+S/32").eval()
+    report = vitkit.load_weights(again, tmp_path / "hybrid.npz")
+    assert not report.missing and not report.unexpected, str(report)
+    assert torch.equal(logits(again), logits(ours))

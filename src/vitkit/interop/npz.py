@@ -4,7 +4,7 @@ Layouts read: vit_jax / AugReg (``Transformer/encoderblock_{i}/MultiHeadDotProdu
 the older ``opt/target/`` prefix, big_vision (``params/`` prefix, ``..._0`` / ``LayerNorm_1``
 names, ``pos_embedding`` without a class row, "scan" checkpoints with the blocks stacked on a
 leading axis), hybrid ResNet stems, ``pre_logits`` and arrays stored as raw bfloat16.
-Written: the vit_jax layout of plain ViTs, which vit_jax and timm read.
+Written: the vit_jax layout (plain and hybrid), which vit_jax and timm read.
 """
 
 from __future__ import annotations
@@ -149,8 +149,6 @@ def _resnet_entry(state: dict[str, Tensor], name: str, array: np.ndarray) -> Non
 
 def vitkit_to_npz(state: dict[str, Tensor], num_heads: int) -> dict[str, np.ndarray]:
     """A plain vitkit ViT's state dict → vit_jax-layout arrays (the inverse of :func:`npz_to_vitkit`)."""
-    if any(k.startswith("patch_embed.backbone") for k in state):
-        raise ValueError("writing hybrid (ResNet-stem) models as .npz is not supported yet")
     arrays: dict[str, np.ndarray] = {}
 
     def numpy(tensor: Tensor) -> np.ndarray:
@@ -158,9 +156,9 @@ def vitkit_to_npz(state: dict[str, Tensor], num_heads: int) -> dict[str, np.ndar
 
     for key, tensor in state.items():
         value = numpy(tensor)
-        if key == "patch_embed.proj.weight":
+        if key in ("patch_embed.proj.weight", "patch_embed.patch.proj.weight"):
             arrays["embedding/kernel"] = value.transpose(2, 3, 1, 0)
-        elif key == "patch_embed.proj.bias":
+        elif key in ("patch_embed.proj.bias", "patch_embed.patch.proj.bias"):
             arrays["embedding/bias"] = value
         elif key == "cls_token":
             arrays["cls"] = value
@@ -173,6 +171,8 @@ def vitkit_to_npz(state: dict[str, Tensor], num_heads: int) -> dict[str, np.ndar
             arrays[f"{module}/{'kernel' if key.endswith('weight') else 'bias'}"] = value.T if value.ndim == 2 else value
         elif key.startswith("blocks."):
             _write_block(arrays, key, value, num_heads)
+        elif key.startswith("patch_embed.backbone."):
+            _write_resnet(arrays, key, value)
         else:
             raise ValueError(f"{key} has no place in a vit_jax checkpoint")
     return arrays
@@ -199,6 +199,20 @@ def _write_block(arrays: dict[str, np.ndarray], key: str, value: np.ndarray, num
         dim = value.shape[0]
         name = f"{block}/{_ATTN}_1/out/{leaf_dense}"
         arrays[name] = value.T.reshape(num_heads, dim // num_heads, dim) if value.ndim == 2 else value
+
+
+def _write_resnet(arrays: dict[str, np.ndarray], key: str, value: np.ndarray) -> None:
+    rest = key.removeprefix("patch_embed.backbone.")
+    module, leaf = rest.rsplit(".", 1)
+    match = re.match(r"stages\.(\d+)\.(\d+)\.(.*)", module)
+    if match:
+        stage, unit, part = match.groups()
+        part = {"proj.0": "conv_proj", "proj.1": "gn_proj"}.get(part, part)
+        module = f"block{int(stage) + 1}/unit{int(unit) + 1}/{part}"
+    if value.ndim == 4:
+        arrays[f"{module}/kernel"] = value.transpose(2, 3, 1, 0)
+    else:
+        arrays[f"{module}/{'scale' if leaf == 'weight' else 'bias'}"] = value
 
 
 def save_npz(path: str | Path, state: dict[str, Tensor], num_heads: int) -> Path:
