@@ -115,3 +115,12 @@ def test_hybrid_npz_round_trips_through_timms_reader(tmp_path):
     report = vitkit.load_weights(again, tmp_path / "hybrid.npz")
     assert not report.missing and not report.unexpected, str(report)
     assert torch.equal(logits(again), logits(ours))
+
+
+def test_create_model_with_weights(tmp_path):
+    ours = random_model()
+    save_npz(tmp_path / "vit.npz", ours.state_dict(), ours.config.num_heads)
+    same = vitkit.create_model("Ti/16", weights=tmp_path / "vit.npz").eval()
+    assert torch.equal(logits(same), logits(ours))
+    tuned = vitkit.create_model("Ti/16", weights=tmp_path / "vit.npz", num_classes=10, img_size=384)
+    assert tuned.pos_embed.weight.shape == (1, 577, 192) and torch.count_nonzero(tuned.head.weight) == 0
