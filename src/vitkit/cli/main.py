@@ -142,6 +142,17 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"wrote {written} ({args.to})")
 
 
+def _export(args: argparse.Namespace) -> None:
+    from vitkit.interop.onnx import export_onnx
+
+    model = load_model(args.model).model
+    written = export_onnx(model, args.out, dynamic_batch=args.dynamic)
+    print(
+        f"wrote {written} (ONNX, input {'B' if args.dynamic else 1}×{model.config.in_chans}×"
+        f"{model.config.img_size[0]}×{model.config.img_size[1]})"
+    )
+
+
 # ------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -184,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     convert_cmd.add_argument("--to", required=True, choices=TARGETS, help="target format")
     convert_cmd.add_argument("--model", help="architecture of a bare weight file, e.g. S/16")
     convert_cmd.set_defaults(func=_convert)
+
+    export_cmd = commands.add_parser("export", help="export a model folder to ONNX")
+    export_cmd.add_argument("model", help="a run folder or model folder (vitkit or Hugging Face)")
+    export_cmd.add_argument("out", help="the .onnx file to write")
+    export_cmd.add_argument("--format", default="onnx", choices=("onnx",), help="export format")
+    export_cmd.add_argument("--dynamic", action="store_true", help="leave the batch size free (default: 1)")
+    export_cmd.set_defaults(func=_export)
 
     models = commands.add_parser("models", help="list the registered model names and their sizes")
     models.add_argument("pattern", nargs="?", help="shell-style filter, e.g. '*base*'")
