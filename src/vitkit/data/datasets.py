@@ -262,6 +262,12 @@ def load_image_folder(root: Path, *, in_chans: int, val_fraction: float, seed: i
             )
     else:
         train, val = _hold_out(_scan_class_folders(root, skipped), val_fraction, seed)
+    return _file_splits(train, val, in_chans, skipped)
+
+
+def _file_splits(
+    train: dict[str, list[Path]], val: dict[str, list[Path]], in_chans: int, skipped: list[str]
+) -> DataSplits:
     class_names = sorted(train)
     return DataSplits(
         train=FileImageDataset(_samples(train, class_names), in_chans),
@@ -295,16 +301,7 @@ def load_csv(path: Path, *, in_chans: int, val_fraction: float, seed: int) -> Da
     if not found:
         raise DataError(f"no readable image listed in {path}")
     train, val = _hold_out(found, val_fraction, seed)
-    class_names = sorted(found)
-    return DataSplits(
-        train=FileImageDataset(_samples(train, class_names), in_chans),
-        val=FileImageDataset(_samples(val, class_names), in_chans),
-        class_names=class_names,
-        in_chans=in_chans,
-        image_size=None,
-        flip_ok=True,
-        skipped=skipped,
-    )
+    return _file_splits(train, val, in_chans, skipped)
 
 
 def load_data(spec: str, *, in_chans: int = 3, val_fraction: float = 0.1, seed: int = 0) -> DataSplits:
