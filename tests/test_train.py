@@ -290,3 +290,16 @@ def test_fine_tune_from_timm_weights_at_a_higher_resolution(tmp_path):
 
     model = load_model(summary.run_dir).model
     assert model.config.img_size == (16, 16) and model.pos_embed.weight.shape == (1, 1 + 64, 32)
+
+
+def test_init_from_a_run_folder_keeps_its_architecture(trained_run, tmp_path):
+    from vitkit.train.loop import build_model
+
+    run_dir, _ = trained_run
+    config = resolve_config(
+        preset="demo", overrides={"init": str(run_dir), "data": "digits", "out": str(tmp_path / "ft")}
+    )  # the demo preset's model_args describe another architecture
+    with pytest.warns(UserWarning, match="fixes the architecture; ignoring model_args"):
+        model = build_model(config, num_classes=10, in_chans=1)
+    assert model.config.embed_dim == TINY["embed_dim"] and model.config.patch_size == TINY["patch_size"]
+    assert torch.count_nonzero(model.head.weight) == 0

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +41,22 @@ from .evaluate import EvalResult, autocast, evaluate
 from .optim import build_optimizer, build_scheduler
 
 TRAIN_CONFIG_NAME = "train_config.json"
+# ViTConfig fields that decide the shapes of the weights.
+ARCHITECTURE_FIELDS = frozenset(
+    {
+        "patch_size",
+        "in_chans",
+        "embed_dim",
+        "depth",
+        "num_heads",
+        "mlp_dim",
+        "qkv_bias",
+        "pos_embed",
+        "pool",
+        "class_token",
+        "hybrid_layers",
+    }
+)
 SUMMARY_NAME = "summary.json"
 
 
@@ -109,21 +126,29 @@ def _image_size(config: TrainConfig, data: DataSplits, stride: int) -> int:
 
 
 def build_model(config: TrainConfig, *, num_classes: int, in_chans: int) -> VisionTransformer:
-    """A fresh model, or with ``config.init`` one started from saved weights (re-headed)."""
+    """A fresh model, or with ``config.init`` one started from saved weights with a new,
+    zero-initialised head (the paper's fine-tuning head), whatever the class count."""
     overrides = {**config.model_args, "dropout": config.dropout, "drop_path": config.drop_path}
     if not config.init:
         return create_model(config.model, num_classes=num_classes, in_chans=in_chans, **overrides)
     if not Path(config.init).is_dir():  # a bare weight file (timm, ...): the architecture comes from --model
         model = create_model(config.model, num_classes=num_classes, in_chans=in_chans, **overrides)
         load_weights(model, config.init)
+        model.reset_classifier(num_classes)  # the paper's fine-tuning head: new and zero
         return model
     source = load_model(config.init).model
+    # The folder fixes the architecture: a preset's model_args may only change what the weights
+    # do not depend on (regularisation, resampling, dynamic sizes).
+    ignored = {k: v for k, v in config.model_args.items() if k in ARCHITECTURE_FIELDS}
+    clashing = {k: v for k, v in ignored.items() if getattr(source.config, k) != v}
+    if clashing:
+        warnings.warn(f"--init {config.init} fixes the architecture; ignoring model_args {clashing}", stacklevel=2)
     vit_config = source.config.replace(
         num_classes=num_classes,
         representation_size=None,
         dropout=config.dropout,
         drop_path=config.drop_path,
-        **config.model_args,
+        **{k: v for k, v in config.model_args.items() if k not in ARCHITECTURE_FIELDS},
     )
     if vit_config.in_chans != in_chans:
         raise ConfigError(
@@ -131,6 +156,7 @@ def build_model(config: TrainConfig, *, num_classes: int, in_chans: int) -> Visi
         )
     model = VisionTransformer(vit_config)
     load_state_into(model, source.state_dict())
+    model.reset_classifier(num_classes)  # the paper's fine-tuning head: new and zero
     return model
 
 
