@@ -14,8 +14,9 @@ from typing import Any
 import torch
 
 import vitkit
-from vitkit.interop import convert, load_model
+from vitkit.interop import convert, export_model, load_model
 from vitkit.interop.convert import TARGETS
+from vitkit.interop.export import EXPORT_FORMATS
 from vitkit.predict import predict_files
 from vitkit.train import TrainConfig, TrainingDiverged, resolve_config, resume_run, train
 from vitkit.train.evaluate import evaluate_model_on
@@ -143,14 +144,15 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from vitkit.interop.onnx import export_onnx
-
     model = load_model(args.model).model
-    written = export_onnx(model, args.out, dynamic_batch=args.dynamic)
-    print(
-        f"wrote {written} (ONNX, input {'B' if args.dynamic else 1}×{model.config.in_chans}×"
-        f"{model.config.img_size[0]}×{model.config.img_size[1]})"
+    written = export_model(model, args.out, format=args.format, dynamic=args.dynamic)
+    config = model.config
+    shape = (
+        f"B×{config.in_chans}×H×W, H and W multiples of {config.stride}"
+        if args.dynamic
+        else (f"1×{config.in_chans}×{config.img_size[0]}×{config.img_size[1]}")
     )
+    print(f"wrote {written} ({args.format}, input {shape})")
 
 
 # ------------------------------------------------------------------ parser
@@ -196,11 +198,20 @@ def build_parser() -> argparse.ArgumentParser:
     convert_cmd.add_argument("--model", help="architecture of a bare weight file, e.g. S/16")
     convert_cmd.set_defaults(func=_convert)
 
-    export_cmd = commands.add_parser("export", help="export a model folder to ONNX")
+    export_cmd = commands.add_parser("export", help="export a model for deployment (ONNX or torch.export)")
     export_cmd.add_argument("model", help="a run folder or model folder (vitkit or Hugging Face)")
-    export_cmd.add_argument("out", help="the .onnx file to write")
-    export_cmd.add_argument("--format", default="onnx", choices=("onnx",), help="export format")
-    export_cmd.add_argument("--dynamic", action="store_true", help="leave the batch size free (default: 1)")
+    export_cmd.add_argument("out", help="the file to write (.onnx or .pt2)")
+    export_cmd.add_argument(
+        "--format",
+        default="onnx",
+        choices=EXPORT_FORMATS,
+        help="onnx (onnxruntime, TensorRT, ...) or pt2 (torch.export)",
+    )
+    export_cmd.add_argument(
+        "--dynamic",
+        action="store_true",
+        help="leave the batch and image size free (default: 1 image at the model's size)",
+    )
     export_cmd.set_defaults(func=_export)
 
     models = commands.add_parser("models", help="list the registered model names and their sizes")

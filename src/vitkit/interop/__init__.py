@@ -2,6 +2,7 @@
 
 from .adapt import LoadReport
 from .convert import convert
+from .export import export_model, export_onnx, export_program
 from .folder import LoadedModel, load_model, save_model
 from .formats import load_weights, read_state_dict
 from .hf import save_hf
@@ -11,6 +12,9 @@ __all__ = [
     "LoadReport",
     "LoadedModel",
     "convert",
+    "export_model",
+    "export_onnx",
+    "export_program",
     "load_model",
     "load_weights",
     "read_state_dict",

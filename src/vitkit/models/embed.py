@@ -15,6 +15,13 @@ from torch import Tensor, nn
 
 Grid = tuple[int, int]
 
+
+def is_symbolic(grid: Grid) -> bool:
+    """True while ``torch.export`` traces a free image size: the grid is then symbolic, so the
+    embeddings must always be resampled (comparing it with the stored grid would pin its value)."""
+    return not all(isinstance(n, int) for n in grid)
+
+
 POS_EMBED_KINDS = ("none", "learn", "learn2d", "relative", "sincos2d")
 
 
@@ -73,9 +80,10 @@ def resample_pos_embed(
             f"old_grid {old_grid} holds {old_grid[0] * old_grid[1]} patches but the embedding "
             f"has {num_patches} patch rows (after {num_prefix_tokens} prefix rows)"
         )
-    new_grid = (int(new_grid[0]), int(new_grid[1]))
-    if tuple(old_grid) == new_grid:
-        return pos_embed
+    if not is_symbolic(new_grid):
+        new_grid = (int(new_grid[0]), int(new_grid[1]))
+        if tuple(old_grid) == new_grid:
+            return pos_embed
     prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     image = patches.reshape(1, old_grid[0], old_grid[1], -1).permute(0, 3, 1, 2)
     smooth = mode in ("bilinear", "bicubic")
@@ -116,7 +124,7 @@ class LearnedPosEmbed(nn.Module):
 
     def forward(self, x: Tensor, grid: Grid) -> Tensor:
         pos = self.weight
-        if grid != self.grid:
+        if is_symbolic(grid) or grid != self.grid:
             pos = resample_pos_embed(
                 pos, grid, old_grid=self.grid, num_prefix_tokens=self.num_prefix_tokens, mode=self.interp
             )
@@ -148,7 +156,7 @@ class Learned2dPosEmbed(nn.Module):
 
     @staticmethod
     def _resize_table(table: Tensor, length: int, mode: str) -> Tensor:
-        if table.shape[0] == length:
+        if not is_symbolic((length, 1)) and table.shape[0] == length:
             return table
         # A (n, d) table is a 1 × n "image" with d channels; interpolate along n only.
         resized = resample_pos_embed(
@@ -198,7 +206,10 @@ class SinCos2dPosEmbed(nn.Module):
         self.register_buffer("table", sincos_2d_table(grid, embed_dim), persistent=False)
 
     def forward(self, x: Tensor, grid: Grid) -> Tensor:
-        table = self.table if grid == self.grid else sincos_2d_table(grid, self.embed_dim).to(x.device)
+        if is_symbolic(grid) or grid != self.grid:
+            table = sincos_2d_table(grid, self.embed_dim).to(x.device)
+        else:
+            table = self.table
         prefix, patches = x[:, : self.num_prefix_tokens], x[:, self.num_prefix_tokens :]
         return torch.cat([prefix, patches + table.to(x.dtype)], dim=1)
 

@@ -7,8 +7,6 @@ reference JAX models, so their weights give the same feature maps. R50 uses stag
 
 from __future__ import annotations
 
-import math
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -17,7 +15,12 @@ from .embed import Grid, PatchEmbed
 
 def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """TF "SAME": output = ceil(size / stride); any odd pixel of padding goes after."""
-    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    # With size = q·stride + r the last window starts at (ceil(size/stride) - 1)·stride, so it
+    # overhangs by kernel - r (kernel - stride when r = 0). Written this way the padding of the
+    # sizes a dynamic-size export traces (multiples of the stride) is a constant, which keeps the
+    # traced size expressions small.
+    remainder = size % stride
+    total = max(kernel - (remainder or stride), 0)
     return total // 2, total - total // 2
 
 

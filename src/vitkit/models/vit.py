@@ -264,7 +264,7 @@ class VisionTransformer(nn.Module):
                 )
             x = F.pad(x, (0, -width % stride, 0, -height % stride))
             height, width = x.shape[-2:]
-        if (height, width) != config.img_size and not config.dynamic_img_size:
+        if not config.dynamic_img_size and (height, width) != config.img_size:
             raise ValueError(
                 f"the model is built for {config.img_size[0]}×{config.img_size[1]} images but got "
                 f"{height}×{width}; call model.set_image_size(({height}, {width})) or create it with "

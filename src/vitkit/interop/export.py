@@ -1,0 +1,98 @@
+"""Export for deployment: ONNX (through ``torch.onnx.export(dynamo=True)``) and ``torch.export``
+programs (``.pt2``). Both trace the model with ``torch.export``.
+
+By default the graph is traced at the model's image size with batch 1, so the position
+embeddings are baked in for that grid. ``dynamic=True`` leaves the batch and the image size free:
+the graph then resamples the position embeddings for the grid of each input (the same bicubic,
+antialiased resampling as ``set_image_size``; in ONNX a ``Resize`` with ``antialias``, opset 18).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..models import VisionTransformer
+
+# The largest grid side a dynamic export accepts (e.g. 128 × 16 = 2048 px for /16 models).
+MAX_GRID_SIDE = 128
+EXPORT_FORMATS = ("onnx", "pt2")
+
+
+@contextmanager
+def _traceable(model: VisionTransformer, dynamic: bool) -> Iterator[tuple[tuple[torch.Tensor], dict[str, Any] | None]]:
+    """Put ``model`` in eval mode (and, if ``dynamic``, accepting any size) and yield the example
+    input and ``dynamic_shapes`` for ``torch.export``; restore the model afterwards."""
+    config = model.config
+    if dynamic and config.pos_embed == "relative":
+        raise ValueError(
+            "this model's relative position embeddings are tied to its token count, so its image size cannot be "
+            "left free; export without --dynamic"
+        )
+    example = torch.zeros(2 if dynamic else 1, config.in_chans, *config.img_size)
+    dynamic_shapes = None
+    if dynamic:
+        # Sizes are multiples of the stride by construction, so no divisibility check is traced.
+        rows = torch.export.Dim("rows", min=1, max=MAX_GRID_SIDE)
+        cols = torch.export.Dim("cols", min=1, max=MAX_GRID_SIDE)
+        dynamic_shapes = {"x": {0: torch.export.Dim("batch"), 2: config.stride * rows, 3: config.stride * cols}}
+    was_training = model.training
+    model.eval()
+    # The exported graph must accept every size, whatever the model was created with.
+    model.config = config.replace(dynamic_img_size=True) if dynamic else config
+    try:
+        yield (example,), dynamic_shapes
+    finally:
+        model.config = config
+        model.train(was_training)
+
+
+def export_onnx(model: VisionTransformer, path: str | Path, *, dynamic: bool = False) -> Path:
+    """Write ``model`` as ONNX with input ``images`` (B, C, H, W) in [-1, 1] and output ``logits``.
+
+    Fixed ``1 × C × H × W`` at the model's image size unless ``dynamic``, which frees the batch
+    and the image size (any multiple of the patch size; pad or resize other sizes first).
+    Needs the ``onnx`` and ``onnxscript`` packages (``pip install 'vitkit[onnx]'``).
+    """
+    try:
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+    except ImportError as error:
+        raise ValueError("ONNX export needs the onnx and onnxscript packages: pip install 'vitkit[onnx]'") from error
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _traceable(model, dynamic) as (args, dynamic_shapes):
+        torch.onnx.export(
+            model,
+            args,
+            str(path),
+            dynamo=True,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=dynamic_shapes,
+            verbose=False,
+        )
+    return path
+
+
+def export_program(model: VisionTransformer, path: str | Path, *, dynamic: bool = False) -> Path:
+    """Write ``model`` as a ``torch.export`` program (``.pt2``): load it with
+    ``torch.export.load(path).module()``, in Python without vitkit, or compile it ahead of time
+    (AOTInductor). Input and sizes as in :func:`export_onnx`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _traceable(model, dynamic) as (args, dynamic_shapes):
+        program = torch.export.export(model, args, dynamic_shapes=dynamic_shapes)
+    torch.export.save(program, str(path))
+    return path
+
+
+def export_model(model: VisionTransformer, path: str | Path, *, format: str = "onnx", dynamic: bool = False) -> Path:
+    """Export ``model`` to ``path`` in ``format`` (``onnx`` or ``pt2``)."""
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    writer = export_onnx if format == "onnx" else export_program
+    return writer(model, path, dynamic=dynamic)
