@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 import vitkit
+from vitkit.analysis import inspect_model, inspection_images
 from vitkit.interop import convert, export_model, load_model
 from vitkit.interop.convert import TARGETS
 from vitkit.interop.export import EXPORT_FORMATS
@@ -46,13 +47,25 @@ def _parse_model_arg(text: str) -> tuple[str, Any]:
         return key, value
 
 
+def _or_none(kind: type) -> Any:
+    """An argparse type that reads ``none`` as None (to switch off a preset's setting)."""
+
+    def parse(text: str) -> Any:
+        return None if text.lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error messages
+    return parse
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, its help taken from the field; unset flags stay unset."""
+    """One flag per TrainConfig field, its help taken from the field; unset flags stay unset.
+    Settings that may be None take the value ``none``."""
     hints = typing.get_type_hints(TrainConfig)
     for spec in dataclasses.fields(TrainConfig):
         flag = "--" + spec.name.replace("_", "-")
         kind = hints[spec.name]
-        if isinstance(kind, types.UnionType):  # X | None
+        optional = isinstance(kind, types.UnionType)  # X | None
+        if optional:
             kind = next(t for t in typing.get_args(kind) if t is not type(None))
         options: dict[str, Any] = {"help": spec.metadata["help"], "default": argparse.SUPPRESS, "dest": spec.name}
         if "choices" in spec.metadata:
@@ -62,10 +75,27 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         elif typing.get_origin(kind) is dict:
             options.update(nargs="+", action="extend", type=_parse_model_arg, metavar="KEY=VALUE")
         elif typing.get_origin(kind) is list:
-            options.update(nargs=spec.metadata["nargs"], type=typing.get_args(kind)[0])
+            item = typing.get_args(kind)[0]
+            options.update(nargs=spec.metadata["nargs"], type=item)
+            if optional:  # either the values or the single word none
+                options.update(nargs="+", type=_or_none(item))
         else:
-            options["type"] = kind
+            options["type"] = _or_none(kind) if optional else kind
         parser.add_argument(flag, **options)
+
+
+def _checked_lists(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``--crop-scale none`` → None; otherwise a list flag must have its number of values."""
+    for spec in dataclasses.fields(TrainConfig):
+        values = overrides.get(spec.name)
+        if not isinstance(values, list) or spec.name == "model_args":
+            continue
+        if values == [None]:
+            overrides[spec.name] = None
+        elif None in values or len(values) != spec.metadata["nargs"]:
+            flag = "--" + spec.name.replace("_", "-")
+            raise ValueError(f"{flag} takes {spec.metadata['nargs']} numbers or the word none, got {values}")
+    return overrides
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -75,7 +105,7 @@ def _train(args: argparse.Namespace) -> None:
         overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
         if "model_args" in overrides:
             overrides["model_args"] = dict(overrides["model_args"])
-        config = resolve_config(file=args.config, overrides=overrides)
+        config = resolve_config(file=args.config, overrides=_checked_lists(overrides))
         summary = train(config, progress=not args.quiet)
     print(
         f"\n{summary.run_dir}: held-out top-1 {100 * summary.final_top1:.2f}% (best {100 * summary.best_top1:.2f}% "
@@ -87,14 +117,17 @@ def _train(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------ eval / predict
+def _run_data(model: str) -> str | None:
+    """The data a run folder was trained on; None for other folders."""
+    run_config = Path(model) / TRAIN_CONFIG_NAME
+    return json.loads(run_config.read_text())["data"] if run_config.is_file() else None
+
+
 def _eval(args: argparse.Namespace) -> None:
     loaded = load_model(args.model)
-    data = args.data
+    data = args.data or _run_data(args.model)
     if data is None:
-        run_config = Path(args.model) / TRAIN_CONFIG_NAME
-        if not run_config.is_file():
-            raise ValueError(f"{args.model} is not a run folder; say which data to evaluate on with --data")
-        data = json.loads(run_config.read_text())["data"]
+        raise ValueError(f"{args.model} is not a run folder; say which data to evaluate on with --data")
     result = evaluate_model_on(loaded, data, split=args.split, batch_size=args.batch_size)
     per_class = dict(zip(loaded.class_names, result.per_class_accuracy(), strict=True))
     if args.json:
@@ -136,6 +169,20 @@ def _predict(args: argparse.Namespace) -> None:
         else:
             ranked = "  ".join(f"{name} {100 * p:.1f}%" for name, p in prediction.top)
             print(f"{prediction.path}: {ranked}")
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    loaded = load_model(args.model)
+    data = args.data or _run_data(args.model)
+    shown = inspection_images(loaded, paths=args.images, data=data, count=args.count)
+    # The attention distance is an average: over the files given, or a larger sample of the data.
+    averaged = inspection_images(loaded, data=data, count=args.distance_images) if data and not args.images else None
+    report = inspect_model(loaded.model, shown, args.out, distance_images=averaged)
+    for title, path, _ in report.figures:
+        print(f"{path}  {title}")
+    for title, reason in report.skipped:
+        print(f"skipped {title}: {reason}")
+    print(f"open {report.page}")
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -190,6 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict_cmd.add_argument("--top-k", type=int, default=5, help="how many classes to show per image")
     predict_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
     predict_cmd.set_defaults(func=_predict)
+
+    inspect_cmd = commands.add_parser(
+        "inspect", help="the paper's analysis figures (attention, rollout, distances, position embeddings, filters)"
+    )
+    inspect_cmd.add_argument("model", help="a run folder or model folder (vitkit or Hugging Face)")
+    inspect_cmd.add_argument("images", nargs="*", help="image files or folders (default: held-out images of --data)")
+    inspect_cmd.add_argument("--out", required=True, help="folder for the PNGs and index.html")
+    inspect_cmd.add_argument("--data", help="dataset to take images from (default: the run's own data)")
+    inspect_cmd.add_argument("--count", type=int, default=8, help="images to show attention and rollout for")
+    inspect_cmd.add_argument(
+        "--distance-images", type=int, default=256, help="images of --data to average attention distances over"
+    )
+    inspect_cmd.set_defaults(func=_inspect)
 
     convert_cmd = commands.add_parser("convert", help="write a model in another library's format")
     convert_cmd.add_argument("src", help="a vitkit or Hugging Face folder, or a weight file (.safetensors, .pth)")

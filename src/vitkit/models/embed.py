@@ -107,6 +107,10 @@ class NoPosEmbed(nn.Module):
     def set_grid(self, grid: Grid, mode: str) -> None:
         pass
 
+    def patch_table(self) -> Tensor | None:
+        """No per-patch embeddings to show."""
+        return None
+
 
 class LearnedPosEmbed(nn.Module):
     """1-D learned embeddings in raster order, with a row for each prefix token (the paper's default).
@@ -137,6 +141,10 @@ class LearnedPosEmbed(nn.Module):
             )
         self.weight = nn.Parameter(resampled)
         self.grid = grid
+
+    def patch_table(self) -> Tensor:
+        """The embedding added to each patch, ``(rows * cols, D)`` in raster order."""
+        return self.weight[0, self.num_prefix_tokens :]
 
 
 class Learned2dPosEmbed(nn.Module):
@@ -183,6 +191,10 @@ class Learned2dPosEmbed(nn.Module):
         self.row, self.col = nn.Parameter(row.clone()), nn.Parameter(col.clone())
         self.grid = grid
 
+    def patch_table(self) -> Tensor:
+        """The embedding added to each patch, ``(rows * cols, D)`` in raster order."""
+        return self._table(self.grid, self.interp)
+
 
 def sincos_2d_table(grid: Grid, embed_dim: int, temperature: float = 10000.0) -> Tensor:
     """Fixed 2-D sine-cosine embeddings ``(rows * cols, D)``: D/4 frequencies each for
@@ -216,6 +228,10 @@ class SinCos2dPosEmbed(nn.Module):
     def set_grid(self, grid: Grid, mode: str) -> None:
         self.table = sincos_2d_table(grid, self.embed_dim).to(self.table.device)
         self.grid = grid
+
+    def patch_table(self) -> Tensor:
+        """The embedding added to each patch, ``(rows * cols, D)`` in raster order."""
+        return self.table
 
 
 def build_pos_embed(kind: str, *, grid: Grid, embed_dim: int, num_prefix_tokens: int, interp: str) -> nn.Module:

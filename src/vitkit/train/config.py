@@ -31,10 +31,10 @@ class TrainConfig:
     img_size: int | None = _opt(None, "training resolution in pixels (default: the data's size, or 224 for files)")
     in_chans: int | None = _opt(None, "image channels for files: 1 gray, 3 RGB (built-in datasets are gray)")
     crop_scale: list[float] | None = _opt(
-        None, "random-resized crop area range, e.g. 0.08 1.0; omit for no crop augmentation", nargs=2
+        None, "random-resized crop area range, e.g. 0.08 1.0; none for no crop augmentation", nargs=2
     )
     flip: bool | None = _opt(None, "random horizontal flips (default: on, off for digits and MNIST)")
-    randaugment: int | None = _opt(None, "RandAugment magnitude 0-30; omit for none")
+    randaugment: int | None = _opt(None, "RandAugment magnitude 0-30, or none")
     mixup: float = _opt(0.0, "Mixup Beta(α, α) parameter; 0 = off")
     cutmix: float = _opt(0.0, "CutMix Beta(α, α) parameter; 0 = off")
     workers: int = _opt(0, "data-loader worker processes (0 = load in the training process)")
@@ -147,9 +147,10 @@ def resolve_config(
     preset: str | None = None, file: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
     """Build the run's config: defaults ← preset ← file ← overrides (flags). ``model_args``
-    tables are merged key by key rather than replaced."""
+    tables are merged key by key rather than replaced; an override of None switches a preset's
+    setting off (e.g. ``crop_scale``)."""
     file_values = read_config_file(file) if file else {}
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    overrides = dict(overrides or {})
     _check_keys(overrides, "flags")
     preset = overrides.get("preset") or file_values.get("preset") or preset or "demo"
     values: dict[str, Any] = {}

@@ -1,0 +1,216 @@
+"""``inspect_model``: every §4.5 figure for one model, as PNGs and a self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from ..data.datasets import load_data
+from ..data.images import load_image
+from ..fileio import atomic_write
+from ..interop.folder import LoadedModel
+from ..models import VisionTransformer
+from ..predict import expand_image_paths
+from . import compute, plots
+
+PAGE_NAME = "index.html"
+# Images per chunk when averaging attention distances: bounds memory for big models.
+DISTANCE_CHUNK = 32
+
+
+@dataclass
+class InspectReport:
+    """What :func:`inspect_model` wrote: figure files with captions, and what did not apply."""
+
+    out_dir: Path
+    #: (title, PNG path, caption)
+    figures: list[tuple[str, Path, str]] = field(default_factory=list)
+    #: (title, reason) for each figure the model has no use for
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: mean attention distance per (layer, head) in pixels, when computed
+    attention_distance: Tensor | None = None
+
+    @property
+    def page(self) -> Path:
+        return self.out_dir / PAGE_NAME
+
+
+def inspection_images(
+    loaded: LoadedModel, *, paths: Sequence[str | Path] = (), data: str | None = None, count: int = 8
+) -> Tensor:
+    """Preprocessed images ``(B, C, H, W)`` for :func:`inspect_model`: the image files (or
+    folders of them) in ``paths``, else the first ``count`` held-out images of ``data`` (a
+    built-in dataset name, folder or CSV). Unreadable files are errors naming them."""
+    model, preprocess, _ = loaded
+    if paths:
+        files = expand_image_paths(paths)
+        if not files:
+            raise ValueError(f"no image files found in {', '.join(map(str, paths))}")
+        images = []
+        for path in files[:count]:
+            try:
+                images.append(preprocess(load_image(path, model.config.in_chans)))
+            except OSError as error:
+                raise ValueError(f"cannot read {path} as an image: {error}") from error
+        return torch.stack(images)
+    if data is None:
+        raise ValueError("give image files to inspect, or a dataset to take them from (--data)")
+    held_out = load_data(data, in_chans=model.config.in_chans).val
+    return torch.stack([preprocess(held_out[index][0]) for index in range(min(count, len(held_out)))])
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
+    return path
+
+
+def inspect_model(
+    model: VisionTransformer,
+    images: Tensor,
+    out_dir: str | Path,
+    *,
+    distance_images: Tensor | None = None,
+    max_head_figures: int = 2,
+) -> InspectReport:
+    """Write the paper's inspection figures for ``model`` into ``out_dir``.
+
+    Args:
+        model: any vitkit model (put in eval mode for this call).
+        images: preprocessed images ``(B, C, H, W)`` for the per-head maps (the first
+            ``max_head_figures``) and the rollout (all of them; a handful reads best).
+        out_dir: created if needed; PNGs and ``index.html`` are written there.
+        distance_images: the batch the mean attention distance is averaged over (a few hundred
+            images is plenty); ``images`` when omitted.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = InspectReport(out_dir)
+    config = model.config
+    prefix = config.num_prefix_tokens
+    grid = (images.shape[-2] // config.stride, images.shape[-1] // config.stride)
+    was_training = model.training
+    model.eval()
+    try:
+        attentions = compute.attention_maps(model, images)
+        for index in range(min(max_head_figures, images.shape[0])):
+            figure = plots.attention_heads_figure(
+                images[index],
+                [weights[index] for weights in attentions],
+                num_prefix_tokens=prefix,
+                grid=grid,
+                pool=config.pool,
+            )
+            report.figures.append(
+                (
+                    f"Attention maps, image {index + 1}",
+                    _save(figure, out_dir / f"attention_heads_{index + 1}.png"),
+                    "Each layer (row) and head (column): the attention weights of the output token over "
+                    "the patches, computed on the explicit attention path for this call only.",
+                )
+            )
+        rollout = compute.attention_rollout(attentions, num_prefix_tokens=prefix, grid=grid, pool=config.pool)
+        report.figures.append(
+            (
+                "Attention rollout (Fig. 6)",
+                _save(plots.rollout_figure(images, rollout), out_dir / "attention_rollout.png"),
+                "Heads averaged, identity added for the residual path, rows re-normalised, layers multiplied "
+                "(Abnar & Zuidema 2020); the output token's row, upsampled over the image.",
+            )
+        )
+        del attentions
+        distances = _mean_attention_distance(model, images if distance_images is None else distance_images)
+        report.attention_distance = distances
+        count = (images if distance_images is None else distance_images).shape[0]
+        report.figures.append(
+            (
+                "Mean attention distance (Fig. 7 right, Fig. 11)",
+                _save(
+                    plots.attention_distance_figure(distances, grid=grid, patch_pixels=config.stride),
+                    out_dir / "attention_distance.png",
+                ),
+                f"Per head, the attention-weighted distance between query and key patches, averaged over {count} "
+                "images. Heads near the line attend globally; low dots are local heads.",
+            )
+        )
+    finally:
+        model.train(was_training)
+    for title, name, make, caption in (
+        (
+            "Position-embedding similarity (Fig. 7 centre, Fig. 10)",
+            "pos_embed_similarity.png",
+            lambda: plots.pos_embed_similarity_figure(compute.pos_embed_similarity(model)),
+            "Cosine similarity of each patch's position embedding with those of all other patches, "
+            "one small map per patch, laid out like the patch grid.",
+        ),
+        (
+            "Embedding filters (Fig. 7 left)",
+            "embedding_filters.png",
+            lambda: plots.embedding_filters_figure(*compute.embedding_filters(model)),
+            "The top principal components of the linear patch-embedding filters, with the share of the "
+            "filters' variance each explains.",
+        ),
+    ):
+        try:
+            report.figures.append((title, _save(make(), out_dir / name), caption))
+        except compute.NotApplicable as reason:
+            report.skipped.append((title, str(reason)))
+    _write_page(report, model)
+    return report
+
+
+def _mean_attention_distance(model: VisionTransformer, images: Tensor) -> Tensor:
+    config = model.config
+    grid = (images.shape[-2] // config.stride, images.shape[-1] // config.stride)
+    total = None
+    for start in range(0, images.shape[0], DISTANCE_CHUNK):
+        chunk = images[start : start + DISTANCE_CHUNK]
+        distances = compute.mean_attention_distance(
+            compute.attention_maps(model, chunk),
+            num_prefix_tokens=config.num_prefix_tokens,
+            grid=grid,
+            patch_pixels=config.stride,
+        )
+        weighted = distances * chunk.shape[0]
+        total = weighted if total is None else total + weighted
+    return total / images.shape[0]
+
+
+def _write_page(report: InspectReport, model: VisionTransformer) -> None:
+    """One HTML file with the PNGs inlined, so it can be mailed or attached as it is."""
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>vitkit inspect</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "img{max-width:100%;border:1px solid #ddd}figure{margin:2em 0}figcaption{color:#555}</style>",
+        "<h1>What the model learned</h1>",
+        f"<p>{html.escape(_describe(model))}</p>",
+    ]
+    for title, path, caption in report.figures:
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        parts.append(
+            f"<figure><h2>{html.escape(title)}</h2><img src='data:image/png;base64,{data}' alt='{html.escape(title)}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+    if report.skipped:
+        parts.append("<h2>Not applicable to this model</h2><ul>")
+        parts += [f"<li><b>{html.escape(title)}</b>: {html.escape(reason)}</li>" for title, reason in report.skipped]
+        parts.append("</ul>")
+    text = "\n".join(parts) + "\n"
+    atomic_write(report.page, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _describe(model: VisionTransformer) -> str:
+    config = model.config
+    return (
+        f"{config.depth} layers, width {config.embed_dim}, {config.num_heads} heads, "
+        f"{config.img_size[0]}×{config.img_size[1]} px in {config.stride}-px patches "
+        f"({config.grid[0]}×{config.grid[1]}), "
+        f"{config.in_chans} channel(s), position embeddings {config.pos_embed!r}, pooling {config.pool!r}, "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters."
+    )
