@@ -112,7 +112,8 @@ def inspect_model(
                     f"Attention maps, image {index + 1}",
                     _save(figure, out_dir / f"attention_heads_{index + 1}.png"),
                     "Each layer (row) and head (column): the attention weights of the output token over "
-                    "the patches, computed on the explicit attention path for this call only.",
+                    "the patches (each panel scaled to its own maximum), computed on the explicit attention path "
+                    "for this call only.",
                 )
             )
         rollout = compute.attention_rollout(attentions, num_prefix_tokens=prefix, grid=grid, pool=config.pool)
