@@ -206,3 +206,14 @@ def test_inspect_without_images_or_data_is_a_clear_error(tmp_path, capsys):
     save_model(tmp_path / "model", tiny_vit())
     assert main(["inspect", str(tmp_path / "model"), "--out", str(tmp_path / "figures")]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_inspect_average_pooled_and_hybrid_models(tmp_path):
+    # Without a class token the figures read the mean patch query; a hybrid has no pixel filters.
+    pooled = tiny_vit(class_token=False, pool="avg")
+    report = analysis.inspect_model(pooled, torch.randn(3, 3, 32, 32), tmp_path / "pooled")
+    assert not report.skipped and report.attention_distance.shape == (2, 4)
+    hybrid = vitkit.create_model("R26+S/32", img_size=64, depth=1, num_classes=3)
+    report = analysis.inspect_model(hybrid, torch.randn(2, 3, 64, 64), tmp_path / "hybrid")
+    assert [title for title, _ in report.skipped] == ["Embedding filters (Fig. 7 left)"]
+    assert (tmp_path / "hybrid" / "pos_embed_similarity.png").is_file()
