@@ -244,3 +244,16 @@ def test_config_round_trips_through_json():
 def test_default_path_compiles_without_graph_breaks():
     explanation = torch._dynamo.explain(tiny_vit().eval())(images())
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    model = randomize_head(tiny_vit(drop_path=0.0)).train()
+    x = torch.randn(4, 3, 32, 32)
+    grads = []
+    for enabled in (False, True):
+        model.zero_grad()
+        model.set_grad_checkpointing(enabled)
+        model(x).square().sum().backward()
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)

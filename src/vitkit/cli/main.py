@@ -15,6 +15,7 @@ import torch
 
 import vitkit
 from vitkit.analysis import inspect_model, inspection_images
+from vitkit.benchmark import LIBRARIES, PRECISIONS, format_table, run_benchmark
 from vitkit.interop import convert, export_model, load_model
 from vitkit.interop.convert import TARGETS
 from vitkit.interop.export import EXPORT_FORMATS
@@ -185,6 +186,29 @@ def _inspect(args: argparse.Namespace) -> None:
     print(f"open {report.page}")
 
 
+def _benchmark(args: argparse.Namespace) -> None:
+    results = []
+    for img_size in args.img_size:
+        results += run_benchmark(
+            model=args.model,
+            batch=args.batch,
+            img_size=img_size,
+            task=args.task,
+            libraries=tuple(args.libraries),
+            precisions=tuple(args.precisions),
+            compile=args.compile,
+            grad_checkpointing=(False, True) if args.grad_checkpointing else (False,),
+            reps=args.reps,
+            memory=args.memory,
+            device=args.device,
+        )
+    print(f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(format_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
 def _convert(args: argparse.Namespace) -> None:
     written = convert(args.src, args.dst, to=args.to, model_name=args.model)
     print(f"wrote {written} ({args.to})")
@@ -273,6 +297,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave the batch and image size free (default: 1 image at the model's size)",
     )
     export_cmd.set_defaults(func=_export)
+
+    bench = commands.add_parser("benchmark", help="img/s, FLOP rate and memory next to timm and transformers")
+    bench.add_argument("--model", default="S/16", help="model name or alias")
+    bench.add_argument("--batch", type=int, default=32, help="images per step")
+    bench.add_argument("--img-size", type=int, nargs="+", default=[224], help="one or more resolutions")
+    bench.add_argument("--task", default="inference", choices=("inference", "train"), help="what a step is")
+    bench.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=LIBRARIES, help="who to time")
+    bench.add_argument(
+        "--precisions", nargs="+", default=["fp32", "bf16-autocast"], choices=PRECISIONS, help="numeric formats"
+    )
+    bench.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
+    bench.add_argument("--grad-checkpointing", action="store_true", help="also train vitkit with it (task train)")
+    bench.add_argument("--reps", type=int, default=5, help="timed repetitions per variant (median reported)")
+    bench.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="peak memory probes")
+    bench.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to run")
+    bench.add_argument("--json", help="also write the results to this JSON file")
+    bench.set_defaults(func=_benchmark)
 
     models = commands.add_parser("models", help="list the registered model names and their sizes")
     models.add_argument("pattern", nargs="?", help="shell-style filter, e.g. '*base*'")

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import ViTConfig, to_pair
 from .embed import Grid, PatchEmbed, RelativePositionLogits, build_pos_embed
@@ -163,6 +164,8 @@ class VisionTransformer(nn.Module):
         if config.representation_size:
             self.pre_logits = nn.Sequential(nn.Linear(D, config.representation_size), nn.Tanh())
         self.head = self._new_head(config.num_classes)
+        #: recompute each block's activations in the backward pass instead of storing them
+        self.grad_checkpointing = False
         self.init_weights()
 
     # ----------------------------------------------------------------- construction
@@ -279,11 +282,19 @@ class VisionTransformer(nn.Module):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         return self.pos_drop(self.pos_embed(x, grid))
 
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Activation checkpointing while training: keep only each block's input and recompute
+        the rest during the backward pass (less memory, about one more forward pass of time)."""
+        self.grad_checkpointing = enabled
+
     def forward_features(self, x: Tensor) -> Tensor:
         """Images ``(B, C, H, W)`` → normalised tokens ``(B, prefix + N, D)``."""
         x = self._embed(x)
         for block in self.blocks:
-            x = block(x)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
         return self.norm(x)
 
     def pool(self, tokens: Tensor) -> Tensor:

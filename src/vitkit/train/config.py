@@ -72,6 +72,7 @@ class TrainConfig:
         "bf16, fp32, or auto (bf16 on CUDA and on CPUs with native bf16, else fp32)",
         choices=("auto", "bf16", "fp32"),
     )
+    grad_checkpointing: bool = _opt(False, "recompute block activations in the backward pass: less memory, more time")
     device: str = _opt("auto", "cpu, cuda, or auto", choices=("auto", "cpu", "cuda"))
     seed: int = _opt(0, "seed of initialisation, data order and augmentation")
     deterministic: bool = _opt(False, "use only deterministic kernels (slower)")

@@ -229,6 +229,7 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> RunSummary:
 
     data = load_data(config.data, in_chans=config.in_chans or 3, val_fraction=config.val_fraction, seed=config.seed)
     model = build_model(config, num_classes=len(data.class_names), in_chans=data.in_chans)
+    model.set_grad_checkpointing(config.grad_checkpointing)
     img_size = _image_size(config, data, model.config.stride)
     if model.config.img_size != (img_size, img_size):
         model.set_image_size(img_size)

@@ -1,0 +1,292 @@
+"""Throughput, FLOP rate and memory of vitkit next to timm and transformers, measured in one process.
+
+Every compared variant gets the same model, batch, resolution and precision. Variants are timed
+interleaved (A B C A B C …) after a warm-up, so drifting clocks and neighbours hit all of them
+alike, and the median of the repetitions is reported. The FLOP rate is set against the machine's
+own matmul peak measured in the same run. Peak memory comes from a fresh process per variant (the
+high-water mark of one process says nothing about the next variant's): RSS on CPU, max allocated
+on CUDA. timm and transformers are needed only for their rows (``pip install timm transformers``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .models import create_model, get_config
+from .models.registry import resolve_name
+
+LIBRARIES = ("vitkit", "timm", "transformers")
+#: fp32; bf16 autocast over fp32 weights; bf16 weights and inputs without autocast
+PRECISIONS = ("fp32", "bf16-autocast", "bf16-weights")
+
+
+@dataclass
+class Result:
+    """One measured variant."""
+
+    task: str  # "inference" or "train"
+    library: str
+    model: str
+    precision: str
+    batch: int
+    img_size: int
+    compiled: bool = False
+    grad_checkpointing: bool = False
+    images_per_second: float = 0.0  # median over repetitions
+    seconds: list[float] = field(default_factory=list)  # every repetition, for the record
+    gflop_per_image: float = 0.0
+    achieved_gflops: float = 0.0
+    peak_fraction: float | None = None  # of the matmul peak at this precision, measured in the same run
+    #: memory the steps take above the model, optimizer state and inputs (RSS on CPU, allocated on CUDA)
+    peak_memory_mb: float | None = None
+
+
+def build_peer(library: str, name: str, *, img_size: int, num_classes: int = 1000) -> nn.Module:
+    """The same architecture from ``library`` with random weights, as a module ``images → logits``."""
+    if library == "vitkit":
+        return create_model(name, img_size=img_size, num_classes=num_classes)
+    if library == "timm":
+        import timm
+
+        return timm.create_model(resolve_name(name), pretrained=False, img_size=img_size, num_classes=num_classes)
+    if library == "transformers":
+        import transformers
+
+        from .interop.hf import hf_config_document
+
+        config = get_config(name, img_size=img_size, num_classes=num_classes)
+        document = hf_config_document(config, [str(i) for i in range(num_classes)])
+        hf_config = transformers.ViTConfig(**document)
+        hf_config._attn_implementation = "sdpa"
+        return _LogitsOnly(transformers.ViTForImageClassification(hf_config))
+    raise ValueError(f"unknown library {library!r}; choose from {', '.join(LIBRARIES)}")
+
+
+class _LogitsOnly(nn.Module):
+    """transformers returns an output object; the timing loop wants the logits tensor."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).logits
+
+
+def _autocast(precision: str, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-autocast")
+
+
+def inference_step(model: nn.Module, images: torch.Tensor, precision: str) -> Callable[[], None]:
+    """A closure running one forward pass in eval mode without autograd."""
+    model.eval()
+    if precision == "bf16-weights":
+        model.to(torch.bfloat16)
+        images = images.to(torch.bfloat16)
+
+    def step() -> None:
+        with torch.inference_mode(), _autocast(precision, images.device):
+            model(images)
+
+    return step
+
+
+def train_step(model: nn.Module, images: torch.Tensor, precision: str) -> Callable[[], None]:
+    """A closure running forward, backward and a (foreach) AdamW step."""
+    if precision == "bf16-weights":
+        raise ValueError("training with bf16 weights is not measured; use bf16-autocast")
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    labels = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
+
+    def step() -> None:
+        with _autocast(precision, images.device):
+            loss = nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(
+    steps: dict[str, Callable[[], None]], *, reps: int, warmup: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Seconds per call of each step, timed A B C A B C … after ``warmup`` calls of each."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {key: [] for key in steps}
+    for _ in range(reps):
+        for key, step in steps.items():
+            _synchronize(device)
+            start = time.perf_counter()
+            step()
+            _synchronize(device)
+            times[key].append(time.perf_counter() - start)
+    return times
+
+
+def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, size: int = 2048, reps: int = 5) -> float:
+    """The machine's matmul rate at ``dtype``: the median of ``reps`` square ``size`` products."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    times = interleaved({"mm": lambda: a @ b}, reps=reps, warmup=2, device=device)["mm"]
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def count_gflop(step: Callable[[], None]) -> float:
+    """FLOPs of one call of ``step`` (forward, and backward if it has one), in GFLOP."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / 1e9
+
+
+def _peak_memory_mb(spec: dict[str, Any]) -> float:
+    """Peak memory of one variant, measured in a fresh Python process (see the module docstring)."""
+    code = "import json, sys; from vitkit.benchmark import _probe; print(json.dumps(_probe(json.loads(sys.argv[1]))))"
+    # Big blocks straight from mmap, so freed memory leaves the RSS at once instead of being kept
+    # by malloc for reuse (which would hide the next step's peak).
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, check=False, env=env
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"memory probe failed for {spec}: {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _probe(spec: dict[str, Any]) -> float:
+    """Run by ``_peak_memory_mb`` in its own process: build, take one step (which creates the
+    gradients and optimizer state), then report how far memory rises during the next step above
+    what the process held before it, in MB. On CPU a thread samples the RSS every millisecond."""
+    device = torch.device(spec["device"])
+    torch.set_num_threads(spec["threads"])
+    model = build_peer(spec["library"], spec["model"], img_size=spec["img_size"]).to(device)
+    if spec["grad_checkpointing"]:
+        model.set_grad_checkpointing(True)
+    images = torch.randn(spec["batch"], 3, spec["img_size"], spec["img_size"], device=device)
+    make = train_step if spec["task"] == "train" else inference_step
+    step = make(model, images, spec["precision"])
+    step()
+    if device.type == "cuda":
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    before = peak = _rss_mb()
+    running = True
+
+    def sample() -> None:
+        nonlocal peak
+        while running:
+            peak = max(peak, _rss_mb())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    step()
+    running = False
+    sampler.join()
+    return peak - before
+
+
+def run_benchmark(
+    *,
+    model: str = "S/16",
+    batch: int = 32,
+    img_size: int = 224,
+    task: str = "inference",
+    libraries: tuple[str, ...] = LIBRARIES,
+    precisions: tuple[str, ...] = ("fp32", "bf16-autocast"),
+    compile: bool = False,
+    grad_checkpointing: tuple[bool, ...] = (False,),
+    reps: int = 5,
+    warmup: int = 2,
+    memory: bool = True,
+    device: str = "cpu",
+) -> list[Result]:
+    """Measure ``task`` for every library × precision (× compiled, × grad checkpointing for
+    vitkit training), interleaved; see the module docstring for how."""
+    target = torch.device(device)
+    peaks = {
+        "fp32": matmul_peak_gflops(torch.float32, target),
+        "bf16": matmul_peak_gflops(torch.bfloat16, target),
+    }
+    steps: dict[str, Callable[[], None]] = {}
+    results: dict[str, Result] = {}
+    for library in libraries:
+        for precision in precisions:
+            for checkpointing in grad_checkpointing if task == "train" and library == "vitkit" else (False,):
+                for compiled in (False, True) if compile else (False,):
+                    net = build_peer(library, model, img_size=img_size).to(target)
+                    if checkpointing:
+                        net.set_grad_checkpointing(True)
+                    images = torch.randn(batch, 3, img_size, img_size, device=target)
+                    make = train_step if task == "train" else inference_step
+                    step = make(torch.compile(net) if compiled else net, images, precision)
+                    key = f"{library}/{precision}/{compiled}/{checkpointing}"
+                    steps[key] = step
+                    flops = count_gflop(make(net, images[:1].clone(), precision))
+                    results[key] = Result(
+                        task, library, model, precision, batch, img_size, compiled, checkpointing, gflop_per_image=flops
+                    )
+    timings = interleaved(steps, reps=reps, warmup=warmup, device=target)
+    for key, result in results.items():
+        result.seconds = timings[key]
+        result.images_per_second = batch / statistics.median(timings[key])
+        result.achieved_gflops = result.gflop_per_image * result.images_per_second
+        result.peak_fraction = result.achieved_gflops / peaks["fp32" if result.precision == "fp32" else "bf16"]
+        if memory and not result.compiled:
+            spec = {**asdict(result), "device": device, "threads": torch.get_num_threads()}
+            result.peak_memory_mb = _peak_memory_mb(spec)
+    return list(results.values())
+
+
+def format_table(results: list[Result], *, baseline: str = "timm") -> str:
+    """A Markdown table; ``× baseline`` compares each row with the baseline library's row of the
+    same task, precision and compile setting."""
+    reference = {
+        (r.task, r.precision, r.compiled, r.img_size): r.images_per_second
+        for r in results
+        if r.library == baseline and not r.grad_checkpointing
+    }
+    lines = [
+        "| task | model | px | library | precision | compiled | grad ckpt | img/s | × " + baseline + " | GFLOP/s "
+        "| % of matmul peak | step memory MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        base = reference.get((r.task, r.precision, r.compiled, r.img_size))
+        ratio = f"{r.images_per_second / base:.2f}" if base else "—"
+        memory = f"{r.peak_memory_mb:.0f}" if r.peak_memory_mb is not None else "—"
+        lines.append(
+            f"| {r.task} | {r.model} | {r.img_size} | {r.library} | {r.precision} | {'yes' if r.compiled else 'no'} "
+            f"| {'yes' if r.grad_checkpointing else 'no'} | {r.images_per_second:.1f} | {ratio} "
+            f"| {r.achieved_gflops:.0f} | {100 * (r.peak_fraction or 0):.0f} % | {memory} |"
+        )
+    return "\n".join(lines)
