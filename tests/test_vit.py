@@ -257,3 +257,15 @@ def test_grad_checkpointing_gives_the_same_gradients():
         grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
+
+
+def test_bf16_on_cpu_takes_the_explicit_attention_path_and_agrees_with_fp32():
+    model = randomize_head(tiny_vit()).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        reference = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x).float()
+    assert vitkit.models.vit._math_attention_is_faster(torch.zeros(1, dtype=torch.bfloat16))
+    assert not vitkit.models.vit._math_attention_is_faster(torch.zeros(1))
+    torch.testing.assert_close(low, reference, atol=5e-2, rtol=5e-2)

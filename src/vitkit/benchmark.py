@@ -237,6 +237,13 @@ def run_benchmark(
         "fp32": matmul_peak_gflops(torch.float32, target),
         "bf16": matmul_peak_gflops(torch.bfloat16, target),
     }
+    make = train_step if task == "train" else inference_step
+    # FLOPs are the architecture's, the same for every library (tested). They are counted on
+    # vitkit's bf16 CPU path, where attention is plain matmuls: FlopCounterMode does not count
+    # PyTorch's fused CPU attention kernel.
+    # Counted on the CPU whatever the target: the count does not depend on the device.
+    reference = build_peer("vitkit", model, img_size=img_size)
+    flops = count_gflop(make(reference, torch.randn(1, 3, img_size, img_size), "bf16-autocast"))
     steps: dict[str, Callable[[], None]] = {}
     results: dict[str, Result] = {}
     for library in libraries:
@@ -247,11 +254,8 @@ def run_benchmark(
                     if checkpointing:
                         net.set_grad_checkpointing(True)
                     images = torch.randn(batch, 3, img_size, img_size, device=target)
-                    make = train_step if task == "train" else inference_step
-                    step = make(torch.compile(net) if compiled else net, images, precision)
                     key = f"{library}/{precision}/{compiled}/{checkpointing}"
-                    steps[key] = step
-                    flops = count_gflop(make(net, images[:1].clone(), precision))
+                    steps[key] = make(torch.compile(net) if compiled else net, images, precision)
                     results[key] = Result(
                         task, library, model, precision, batch, img_size, compiled, checkpointing, gflop_per_image=flops
                     )
