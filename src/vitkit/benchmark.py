@@ -3,9 +3,10 @@
 Every compared variant gets the same model, batch, resolution and precision. Variants are timed
 interleaved (A B C A B C …) after a warm-up, so drifting clocks and neighbours hit all of them
 alike, and the median of the repetitions is reported. The FLOP rate is set against the machine's
-own matmul peak measured in the same run. Peak memory comes from a fresh process per variant (the
-high-water mark of one process says nothing about the next variant's): RSS on CPU, max allocated
-on CUDA. timm and transformers are needed only for their rows (``pip install timm transformers``).
+own matmul peak measured in the same run. Step memory (how far memory rises during a step above
+the weights, optimizer state and inputs) comes from a fresh process per variant, since one
+process's high-water mark says nothing about the next variant's: RSS on CPU, allocated on CUDA.
+timm and transformers are needed only for their rows (``pip install timm transformers``).
 """
 
 from __future__ import annotations
@@ -238,10 +239,9 @@ def run_benchmark(
         "bf16": matmul_peak_gflops(torch.bfloat16, target),
     }
     make = train_step if task == "train" else inference_step
-    # FLOPs are the architecture's, the same for every library (tested). They are counted on
-    # vitkit's bf16 CPU path, where attention is plain matmuls: FlopCounterMode does not count
-    # PyTorch's fused CPU attention kernel.
-    # Counted on the CPU whatever the target: the count does not depend on the device.
+    # FLOPs are the architecture's, the same for every library and device (tested). They are
+    # counted on vitkit's bf16 CPU path, where attention is plain matmuls: FlopCounterMode does
+    # not count PyTorch's fused CPU attention kernel.
     reference = build_peer("vitkit", model, img_size=img_size)
     flops = count_gflop(make(reference, torch.randn(1, 3, img_size, img_size), "bf16-autocast"))
     steps: dict[str, Callable[[], None]] = {}
