@@ -126,9 +126,9 @@ def inspect_model(
             )
         )
         del attentions
-        distances = _mean_attention_distance(model, images if distance_images is None else distance_images)
+        averaged = images if distance_images is None else distance_images
+        distances = _mean_attention_distance(model, averaged)
         report.attention_distance = distances
-        count = (images if distance_images is None else distance_images).shape[0]
         report.figures.append(
             (
                 "Mean attention distance (Fig. 7 right, Fig. 11)",
@@ -136,8 +136,8 @@ def inspect_model(
                     plots.attention_distance_figure(distances, grid=grid, patch_pixels=config.stride),
                     out_dir / "attention_distance.png",
                 ),
-                f"Per head, the attention-weighted distance between query and key patches, averaged over {count} "
-                "images. Heads near the line attend globally; low dots are local heads.",
+                "Per head, the attention-weighted distance between query and key patches, averaged over "
+                f"{averaged.shape[0]} images. Heads near the line attend globally; low dots are local heads.",
             )
         )
     finally:

@@ -175,9 +175,11 @@ def _predict(args: argparse.Namespace) -> None:
 def _inspect(args: argparse.Namespace) -> None:
     loaded = load_model(args.model)
     data = args.data or _run_data(args.model)
-    shown = inspection_images(loaded, paths=args.images, data=data, count=args.count)
-    # The attention distance is an average: over the files given, or a larger sample of the data.
-    averaged = inspection_images(loaded, data=data, count=args.distance_images) if data and not args.images else None
+    if args.images:  # the attention distance is then averaged over the files given
+        shown, averaged = inspection_images(loaded, paths=args.images, count=args.count), None
+    else:  # one read of the data: the first images are shown, a larger sample is averaged
+        averaged = inspection_images(loaded, data=data, count=max(args.count, args.distance_images))
+        shown = averaged[: args.count]
     report = inspect_model(loaded.model, shown, args.out, distance_images=averaged)
     for title, path, _ in report.figures:
         print(f"{path}  {title}")
