@@ -1,3 +1,10 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -22,3 +29,41 @@ def randomize_head(model):
         for p in model.head.parameters():
             p.normal_(std=0.1)
     return model
+
+
+def run_until_checkpoint(config, min_step):
+    """Start ``vitkit train`` in a subprocess (any objective: the config file says which) and
+    kill -9 it once a checkpoint at or after ``min_step`` exists (mid-epoch for the configs used here)."""
+    run_dir = Path(config.out)
+    config_file = run_dir.parent / "config.json"
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(config.to_json())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vitkit.cli.main", "train", "--config", str(config_file), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            checkpoint = run_dir / "checkpoint.safetensors"
+            if checkpoint.exists():
+                from safetensors import safe_open
+
+                try:
+                    with safe_open(str(checkpoint), "pt") as handle:
+                        step = json.loads(handle.metadata()["progress"])["step"]
+                except Exception:  # being replaced right now: look again
+                    step = -1
+                if step >= min_step:
+                    break
+            if process.poll() is not None:
+                pytest.fail("the training process ended before it could be interrupted")
+            time.sleep(0.05)
+        else:
+            pytest.fail("no checkpoint appeared in time")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert not (run_dir / "model.safetensors").exists()  # it really was cut short
+    return run_dir

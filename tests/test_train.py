@@ -1,15 +1,12 @@
 """End-to-end training on the real digits dataset: train → eval → predict, resume, NaN, errors."""
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_until_checkpoint
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -90,7 +87,7 @@ def test_eval_and_predict_from_the_cli(trained_run, tmp_path, capsys):
 def test_resume_after_kill_9_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     settings = {"epochs": 2, "dropout": 0.1, "drop_path": 0.1}
     full = train(digits_config(tmp_path / "a", **settings), progress=False)
-    stopped = _run_until_checkpoint(digits_config(tmp_path / "b", **settings), min_step=27)  # mid epoch 2
+    stopped = run_until_checkpoint(digits_config(tmp_path / "b", **settings), min_step=27)  # mid epoch 2
     resumed = resume_run(stopped, progress=False)
     assert resumed.steps == full.steps
     a = load_file(str(Path(full.run_dir) / "model.safetensors"))
@@ -103,44 +100,6 @@ def test_resume_after_kill_9_gives_the_same_weights_as_an_uninterrupted_run(tmp_
         return [{k: v for k, v in json.loads(x).items() if k != "images_per_second"} for x in lines]
 
     assert metrics(full.run_dir) == metrics(resumed.run_dir)
-
-
-def _run_until_checkpoint(config, min_step):
-    """Start ``vitkit train`` in a subprocess and kill -9 it once a checkpoint at or after
-    ``min_step`` exists (mid-epoch for the configs used here)."""
-    run_dir = Path(config.out)
-    config_file = run_dir.parent / "config.json"
-    config_file.parent.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(config.to_json())
-    process = subprocess.Popen(
-        [sys.executable, "-m", "vitkit.cli.main", "train", "--config", str(config_file), "--quiet"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline:
-            checkpoint = run_dir / "checkpoint.safetensors"
-            if checkpoint.exists():
-                from safetensors import safe_open
-
-                try:
-                    with safe_open(str(checkpoint), "pt") as handle:
-                        step = json.loads(handle.metadata()["progress"])["step"]
-                except Exception:  # being replaced right now: look again
-                    step = -1
-                if step >= min_step:
-                    break
-            if process.poll() is not None:
-                pytest.fail("the training process ended before it could be interrupted")
-            time.sleep(0.05)
-        else:
-            pytest.fail("no checkpoint appeared in time")
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    assert not (run_dir / "model.safetensors").exists()  # it really was cut short
-    return run_dir
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):

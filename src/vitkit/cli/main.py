@@ -20,9 +20,11 @@ from vitkit.interop import convert, export_model, load_model
 from vitkit.interop.convert import TARGETS
 from vitkit.interop.export import EXPORT_FORMATS
 from vitkit.predict import predict_files
-from vitkit.train import TrainConfig, TrainingDiverged, resolve_config, resume_run, train
+from vitkit.probe import POOLS, fewshot_evaluate, linear_probe
+from vitkit.train import RunSummary, TrainConfig, TrainingDiverged, resolve_config, resume_run, train
 from vitkit.train.evaluate import evaluate_model_on
 from vitkit.train.loop import TRAIN_CONFIG_NAME
+from vitkit.train.report import describe
 
 
 # ------------------------------------------------------------------ models
@@ -58,11 +60,13 @@ def _or_none(kind: type) -> Any:
     return parse
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, its help taken from the field; unset flags stay unset.
-    Settings that may be None take the value ``none``."""
+def _add_config_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    """One flag per TrainConfig field that applies to ``command`` ("classify" or "pretrain"), its
+    help taken from the field; unset flags stay unset. Settings that may be None take ``none``."""
     hints = typing.get_type_hints(TrainConfig)
     for spec in dataclasses.fields(TrainConfig):
+        if spec.metadata.get("only", command) != command:
+            continue
         flag = "--" + spec.name.replace("_", "-")
         kind = hints[spec.name]
         optional = isinstance(kind, types.UnionType)  # X | None
@@ -85,6 +89,14 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, **options)
 
 
+def _add_run_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    """The flags of a training command: config file, resume, quiet, and every setting."""
+    parser.add_argument("--config", help="a .toml, .yaml or .json file of settings (names as the flags)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly; other flags ignored")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_flags(parser, command)
+
+
 def _checked_lists(overrides: dict[str, Any]) -> dict[str, Any]:
     """``--crop-scale none`` → None; otherwise a list flag must have its number of values."""
     for spec in dataclasses.fields(TrainConfig):
@@ -99,18 +111,45 @@ def _checked_lists(overrides: dict[str, Any]) -> dict[str, Any]:
     return overrides
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    if "model_args" in overrides:
+        overrides["model_args"] = dict(overrides["model_args"])
+    return _checked_lists(overrides)
+
+
 def _train(args: argparse.Namespace) -> None:
     if args.resume:
         summary = resume_run(args.resume, progress=not args.quiet)
     else:
-        overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
-        if "model_args" in overrides:
-            overrides["model_args"] = dict(overrides["model_args"])
-        config = resolve_config(file=args.config, overrides=_checked_lists(overrides))
+        summary = train(resolve_config(file=args.config, overrides=_overrides(args)), progress=not args.quiet)
+    _print_summary(summary)
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    if args.resume:
+        summary = resume_run(args.resume, progress=not args.quiet)
+    else:
+        overrides = _overrides(args)
+        if "objective" in overrides and "preset" not in overrides:
+            overrides["preset"] = f"{overrides['objective']}-demo"
+        config = resolve_config(file=args.config, overrides=overrides)
+        if config.objective == "classify":
+            raise ValueError("say what to pre-train with: --objective mpp or --objective mae (or an mpp-/mae- preset)")
         summary = train(config, progress=not args.quiet)
+    _print_summary(summary)
+
+
+def _print_summary(summary: RunSummary) -> None:
+    if summary.final_top1 is not None:
+        result = (
+            f"held-out top-1 {100 * summary.final_top1:.2f}% (best {100 * summary.best_top1:.2f}% "
+            f"at epoch {summary.best_epoch}), top-5 {100 * summary.final_top5:.2f}%"
+        )
+    else:
+        result = f"{summary.objective} pre-training, {describe(summary.final_metrics)}; the encoder is in this folder"
     print(
-        f"\n{summary.run_dir}: held-out top-1 {100 * summary.final_top1:.2f}% (best {100 * summary.best_top1:.2f}% "
-        f"at epoch {summary.best_epoch}), top-5 {100 * summary.final_top5:.2f}%\n"
+        f"\n{summary.run_dir}: {result}\n"
         f"{summary.steps} steps ({summary.epochs:.2f} epochs) in {summary.wall_seconds:.0f} s, "
         f"{summary.train_images_per_second:.0f} training img/s on {summary.device} ({summary.precision})"
         + (f", {summary.skipped_files} unreadable file(s) skipped" if summary.skipped_files else "")
@@ -126,9 +165,7 @@ def _run_data(model: str) -> str | None:
 
 def _eval(args: argparse.Namespace) -> None:
     loaded = load_model(args.model)
-    data = args.data or _run_data(args.model)
-    if data is None:
-        raise ValueError(f"{args.model} is not a run folder; say which data to evaluate on with --data")
+    data = _data_of(args)
     result = evaluate_model_on(loaded, data, split=args.split, batch_size=args.batch_size)
     per_class = dict(zip(loaded.class_names, result.per_class_accuracy(), strict=True))
     if args.json:
@@ -156,6 +193,53 @@ def _eval(args: argparse.Namespace) -> None:
         print(f"  {name:>20s}  {100 * accuracy:6.2f}%")
     if result.skipped:
         print(f"{len(result.skipped)} unreadable file(s) skipped")
+
+
+def _data_of(args: argparse.Namespace) -> str:
+    data = args.data or _run_data(args.model)
+    if data is None:
+        raise ValueError(f"{args.model} is not a run folder; say which data to use with --data")
+    return data
+
+
+def _number_list(kind: type) -> Any:
+    """An argparse type for comma-separated numbers, e.g. ``1,5,10,25``."""
+
+    def parse(text: str) -> list:
+        try:
+            return [kind(part) for part in text.split(",") if part.strip()]
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from error
+
+    return parse
+
+
+def _fewshot(args: argparse.Namespace) -> None:
+    data = _data_of(args)
+    results = fewshot_evaluate(
+        load_model(args.model), data, shots=args.shots, seeds=range(args.seeds), l2s=args.l2, pool=args.pool
+    )
+    if args.json:
+        rows = [{"shots": r.shots, "l2": r.l2, "mean": r.mean, "std": r.std, "per_seed": r.accuracies} for r in results]
+        print(json.dumps({"data": data, "pool": args.pool, "results": rows}, indent=2))
+        return
+    print(f"few-shot linear evaluation on {data} (held-out split), {args.seeds} seeds, features: {args.pool}")
+    for r in results:
+        print(f"  {r.shots:3d}-shot  l2 {r.l2:<8g}  {100 * r.mean:6.2f}% ± {100 * r.std:.2f}")
+
+
+def _linear_probe(args: argparse.Namespace) -> None:
+    data = _data_of(args)
+    result = linear_probe(
+        load_model(args.model), data, train_images=args.train_images, regularization=args.c, pool=args.pool
+    )
+    if args.json:
+        print(json.dumps({"data": data, "pool": args.pool, **dataclasses.asdict(result)}, indent=2))
+        return
+    print(
+        f"linear probe on {data}: held-out top-1 {100 * result.top1:.2f}% ({result.test_images} images); "
+        f"fit on {result.train_images} training images (their top-1 {100 * result.train_top1:.2f}%)"
+    )
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -241,13 +325,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="train or fine-tune a ViT (no arguments: the demo preset on MNIST)",
         description="Settings come from the preset, then --config FILE, then the flags below.",
     )
-    train_cmd.add_argument("--config", help="a .toml, .yaml or .json file of settings (names as the flags)")
-    train_cmd.add_argument(
-        "--resume", metavar="RUN_DIR", help="continue an interrupted run exactly; other flags ignored"
-    )
-    train_cmd.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_config_flags(train_cmd)
+    _add_run_flags(train_cmd, "classify")
     train_cmd.set_defaults(func=_train)
+
+    pretrain_cmd = commands.add_parser(
+        "pretrain",
+        help="self-supervised pre-training: masked patch prediction (mpp) or masked autoencoder (mae)",
+        description="--objective mpp|mae starts from the <objective>-demo preset (MNIST on a CPU); "
+        "--preset mpp-paper / mae-paper hold the papers' settings. Fine-tune the result with "
+        "vitkit train --init RUN_DIR.",
+    )
+    _add_run_flags(pretrain_cmd, "pretrain")
+    pretrain_cmd.set_defaults(func=_pretrain)
 
     eval_cmd = commands.add_parser("eval", help="accuracy of a trained model: top-1, top-5, per class")
     eval_cmd.add_argument("model", help="a run folder or model folder")
@@ -256,6 +345,31 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cmd.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     eval_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
     eval_cmd.set_defaults(func=_eval)
+
+    fewshot_cmd = commands.add_parser(
+        "fewshot", help="few-shot linear evaluation of frozen features (paper §4.1): closed-form least squares"
+    )
+    fewshot_cmd.add_argument("model", help="a run folder or model folder (vitkit or Hugging Face)")
+    fewshot_cmd.add_argument("--data", help="dataset: shots from its training split, scored on its held-out split")
+    fewshot_cmd.add_argument(
+        "--shots", type=_number_list(int), default=[1, 5, 10, 25], help="images per class, comma-separated"
+    )
+    fewshot_cmd.add_argument("--seeds", type=int, default=3, help="draws of the shots (mean ± std reported)")
+    fewshot_cmd.add_argument(
+        "--l2", type=_number_list(float), default=[1024.0], help="L2 strengths, comma-separated (one solve serves all)"
+    )
+    fewshot_cmd.add_argument("--pool", default="head", choices=POOLS, help="which features (see vitkit.probe)")
+    fewshot_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    fewshot_cmd.set_defaults(func=_fewshot)
+
+    probe_cmd = commands.add_parser("linear-probe", help="logistic regression on frozen features")
+    probe_cmd.add_argument("model", help="a run folder or model folder (vitkit or Hugging Face)")
+    probe_cmd.add_argument("--data", help="dataset (default: the run's own data)")
+    probe_cmd.add_argument("--train-images", type=int, help="fit on this many training images (equal per class)")
+    probe_cmd.add_argument("--c", type=float, default=1.0, help="inverse L2 strength (scikit-learn's C)")
+    probe_cmd.add_argument("--pool", default="head", choices=POOLS, help="which features (see vitkit.probe)")
+    probe_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    probe_cmd.set_defaults(func=_linear_probe)
 
     predict_cmd = commands.add_parser("predict", help="top-k classes of image files")
     predict_cmd.add_argument("model", help="a run folder or model folder")

@@ -284,12 +284,31 @@ class VisionTransformer(nn.Module):
             )
         return x
 
-    def _embed(self, x: Tensor) -> Tensor:
-        """Images → z0: patch tokens, class token prepended, position embeddings added."""
-        x, grid = self.patch_embed(self._check_input(x))
+    # The three stages of the forward pass are public so that self-supervised objectives
+    # (vitkit.pretrain) can change the token sequence between them: corrupt patch embeddings
+    # before the positions are added, or drop tokens before the encoder sees them.
+    def embed_patches(self, x: Tensor) -> tuple[Tensor, Grid]:
+        """Images ``(B, C, H, W)`` → patch embeddings ``(B, N, D)`` (no class token, no
+        positions) and the patch grid ``(rows, cols)``."""
+        return self.patch_embed(self._check_input(x))
+
+    def add_positions(self, patches: Tensor, grid: Grid) -> Tensor:
+        """Patch embeddings → z0: the class token prepended, position embeddings added (eq. 1)."""
         if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
-        return self.pos_drop(self.pos_embed(x, grid))
+            patches = torch.cat([self.cls_token.expand(patches.shape[0], -1, -1).to(patches.dtype), patches], dim=1)
+        return self.pos_drop(self.pos_embed(patches, grid))
+
+    def encode(self, tokens: Tensor) -> Tensor:
+        """Any token sequence ``(B, T, D)`` → the encoder's normalised output ``(B, T, D)``."""
+        for block in self.blocks:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                tokens = checkpoint(block, tokens, use_reentrant=False)
+            else:
+                tokens = block(tokens)
+        return self.norm(tokens)
+
+    def _embed(self, x: Tensor) -> Tensor:
+        return self.add_positions(*self.embed_patches(x))
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """Activation checkpointing while training: keep only each block's input and recompute
@@ -298,13 +317,7 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Images ``(B, C, H, W)`` → normalised tokens ``(B, prefix + N, D)``."""
-        x = self._embed(x)
-        for block in self.blocks:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return self.norm(x)
+        return self.encode(self._embed(x))
 
     def pool(self, tokens: Tensor) -> Tensor:
         """Tokens ``(B, T, D)`` → one vector per image: the class token or the patch mean."""

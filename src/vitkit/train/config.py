@@ -11,7 +11,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-PRESETS = ("demo", "paper-pretrain", "paper-finetune", "deit")
+PRESETS = ("demo", "paper-pretrain", "paper-finetune", "deit", "mpp-demo", "mpp-paper", "mae-demo", "mae-paper")
+OBJECTIVES = ("classify", "mpp", "mae")
 
 
 def _opt(default: Any, help: str, **kwargs: Any) -> Any:
@@ -28,6 +29,9 @@ class TrainConfig:
     # data
     data: str = _opt("mnist", "built-in dataset (digits, mnist), an ImageFolder folder, or a path,label CSV")
     val_fraction: float = _opt(0.1, "held-out fraction when the data has no val/ split (per class, seeded)")
+    train_images: int | None = _opt(
+        None, "use only this many training images, equally many per class (seeded): few-label experiments"
+    )
     img_size: int | None = _opt(None, "training resolution in pixels (default: the data's size, or 224 for files)")
     in_chans: int | None = _opt(None, "image channels for files: 1 gray, 3 RGB (built-in datasets are gray)")
     crop_scale: list[float] | None = _opt(
@@ -35,8 +39,8 @@ class TrainConfig:
     )
     flip: bool | None = _opt(None, "random horizontal flips (default: on, off for digits and MNIST)")
     randaugment: int | None = _opt(None, "RandAugment magnitude 0-30, or none")
-    mixup: float = _opt(0.0, "Mixup Beta(α, α) parameter; 0 = off")
-    cutmix: float = _opt(0.0, "CutMix Beta(α, α) parameter; 0 = off")
+    mixup: float = _opt(0.0, "Mixup Beta(α, α) parameter; 0 = off", only="classify")
+    cutmix: float = _opt(0.0, "CutMix Beta(α, α) parameter; 0 = off", only="classify")
     workers: int = _opt(0, "data-loader worker processes (0 = load in the training process)")
     # model
     model: str = _opt("S/16", "model name or alias (vitkit models lists them)")
@@ -60,12 +64,35 @@ class TrainConfig:
         choices=("cosine", "linear", "constant"),
     )
     warmup_epochs: float = _opt(0.0, "linear warmup length in epochs (fractions allowed)")
+    warmup_steps: int | None = _opt(None, "linear warmup length in optimiser steps (replaces warmup_epochs)")
     epochs: float = _opt(10.0, "training length in epochs (fractions allowed)")
+    steps: int | None = _opt(None, "training length in optimiser steps (replaces epochs)")
     batch_size: int = _opt(128, "images per optimiser micro-batch")
     accum_steps: int = _opt(1, "micro-batches per optimiser step (global batch = batch_size × accum_steps)")
     grad_clip: float = _opt(1.0, "clip the global gradient norm to this value; 0 = no clipping")
-    label_smoothing: float = _opt(0.0, "label smoothing of the cross-entropy")
+    label_smoothing: float = _opt(0.0, "label smoothing of the cross-entropy", only="classify")
     ema: float = _opt(0.0, "keep an exponential moving average of the weights with this decay, e.g. 0.9999; 0 = off")
+    # self-supervised pre-training (vitkit pretrain)
+    objective: str = _opt(
+        "classify",
+        "classify (supervised), mpp (masked patch prediction) or mae (masked autoencoder)",
+        choices=OBJECTIVES,
+        only="pretrain",
+    )
+    mask_ratio: float | None = _opt(
+        None,
+        "fraction of patches corrupted (mpp; default 0.5) or hidden from the encoder (mae; default 0.75)",
+        only="pretrain",
+    )
+    color_bits: int = _opt(
+        3, "mpp: bits per channel of the predicted mean colour (3: 512 RGB / 8 gray classes)", only="pretrain"
+    )
+    decoder_dim: int = _opt(512, "mae: decoder width", only="pretrain")
+    decoder_depth: int = _opt(8, "mae: decoder blocks", only="pretrain")
+    decoder_heads: int = _opt(16, "mae: decoder attention heads", only="pretrain")
+    norm_pix_loss: bool = _opt(
+        True, "mae: reconstruct pixels normalised per patch (the MAE paper's best target)", only="pretrain"
+    )
     # machinery
     precision: str = _opt(
         "auto",

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -24,11 +23,12 @@ from tqdm import tqdm
 from ..data.datasets import (
     DataSplits,
     TransformedDataset,
+    balanced_subset,
     collate_skipping_broken,
     load_data,
     preprocess_in_memory,
 )
-from ..data.transforms import batch_mixing, eval_transform, train_transform
+from ..data.transforms import eval_transform, train_transform
 from ..fileio import atomic_write
 from ..interop.adapt import load_state_into
 from ..interop.folder import load_model, save_model
@@ -37,7 +37,7 @@ from ..models import VisionTransformer, create_model
 from . import report
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
-from .evaluate import EvalResult, autocast, evaluate
+from .objectives import Evaluation, build_objective
 from .optim import build_optimizer, build_scheduler
 
 TRAIN_CONFIG_NAME = "train_config.json"
@@ -66,11 +66,16 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class RunSummary:
+    """How a run ended. ``best_epoch`` is by held-out top-1 (classification) or loss
+    (pre-training); the top-1/top-5 fields are None for pre-training runs."""
+
     run_dir: str
-    best_top1: float
+    objective: str
+    best_top1: float | None
     best_epoch: int
-    final_top1: float
-    final_top5: float
+    final_top1: float | None
+    final_top5: float | None
+    final_metrics: dict[str, float]
     epochs: float
     steps: int
     wall_seconds: float
@@ -228,15 +233,19 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> RunSummary:
     config = dataclasses.replace(config, out=str(run_dir))
 
     data = load_data(config.data, in_chans=config.in_chans or 3, val_fraction=config.val_fraction, seed=config.seed)
-    model = build_model(config, num_classes=len(data.class_names), in_chans=data.in_chans)
+    num_classes = len(data.class_names)
+    if config.train_images:
+        data.train = balanced_subset(data.train, config.train_images, num_classes=num_classes, seed=config.seed)
+    supervised = config.objective == "classify"
+    model = build_model(config, num_classes=num_classes if supervised else 0, in_chans=data.in_chans)
     model.set_grad_checkpointing(config.grad_checkpointing)
     img_size = _image_size(config, data, model.config.stride)
     if model.config.img_size != (img_size, img_size):
         model.set_image_size(img_size)
-    model.to(device)
+    objective = build_objective(config, model.to(device), num_classes=num_classes, device=device, precision=precision)
+    module = objective.module
 
     train_set, val_set = _datasets(config, data, img_size)
-    mixing = batch_mixing(len(data.class_names), config.mixup, config.cutmix)
 
     micro_per_epoch = len(train_set) // config.batch_size
     steps_per_epoch = micro_per_epoch // config.accum_steps
@@ -245,12 +254,12 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> RunSummary:
             f"the training set has {len(train_set)} images, fewer than one global batch of "
             f"{config.global_batch}; lower batch_size or accum_steps"
         )
-    total_steps = max(1, round(config.epochs * steps_per_epoch))
+    total_steps = config.steps or max(1, round(config.epochs * steps_per_epoch))
     num_epochs = math.ceil(total_steps / steps_per_epoch)
 
-    optimizer = build_optimizer(model, config)
+    optimizer = build_optimizer(module, config)
     scheduler = build_scheduler(optimizer, config, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema else None
+    ema = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema else None
 
     checkpoint_path = run_dir / CHECKPOINT_NAME
     # Everything about progress that a resumed run needs; JSON, stored in the checkpoint.
@@ -260,7 +269,7 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> RunSummary:
         "step": 0,
         "epoch_loss_sum": 0.0,
         "epoch_loss_count": 0,
-        "best_top1": -1.0,
+        "best_score": -math.inf,
         "best_epoch": 0,
         "images": 0,
         "train_seconds": 0.0,
@@ -269,7 +278,7 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> RunSummary:
     if resume:
         if not checkpoint_path.is_file():
             raise ConfigError(f"{run_dir} has no {CHECKPOINT_NAME} to resume from")
-        state = load_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema)
+        state = load_checkpoint(checkpoint_path, model=module, optimizer=optimizer, scheduler=scheduler, ema=ema)
         report.keep_metrics_until(run_dir, state["epoch"])
     else:
         if checkpoint_path.exists() or (run_dir / TRAIN_CONFIG_NAME).exists():
@@ -282,23 +291,30 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> RunSummary:
     from torch.utils.tensorboard import SummaryWriter  # imported here: it takes seconds to import
 
     writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=state["step"] or None)
-    eval_model = ema.module if ema is not None else model
+    eval_module = ema.module if ema is not None else module
 
     def checkpoint() -> None:
-        save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema, progress=state)
+        save_checkpoint(
+            checkpoint_path, model=module, optimizer=optimizer, scheduler=scheduler, ema=ema, progress=state
+        )
+
+    def held_out() -> Evaluation:
+        loader = _loader(val_set, batch_size=256, indices=None, workers=config.workers, device=device)
+        return objective.evaluate(eval_module, loader)
 
     if progress:
         params = sum(p.numel() for p in model.parameters())
+        doing = ("resuming " if resume else "") + ("training" if supervised else f"pre-training ({config.objective})")
         print(
-            f"{'resuming' if resume else 'training'} {config.model} ({params:,} parameters, {img_size} px, "
+            f"{doing} {config.model} ({params:,} parameters, {img_size} px, "
             f"{model.config.grid[0] * model.config.grid[1]} patches) on {config.data}: {len(train_set):,} training / "
             f"{len(val_set):,} held-out images, {len(data.class_names)} classes; {device} {precision}; "
             f"run folder {run_dir}",
             flush=True,
         )
-    result: EvalResult | None = None
+    result: Evaluation | None = None
     bar = tqdm(total=total_steps, initial=state["step"], disable=not progress, unit="step", dynamic_ncols=True)
-    model.train()
+    module.train()
     for epoch in range(state["epoch"], num_epochs):
         if isinstance(train_set, TransformedDataset):
             train_set.set_epoch(epoch)
@@ -316,11 +332,7 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> RunSummary:
             state["skipped"] = sorted({*state["skipped"], *broken})
             if images is not None:
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                if mixing is not None:
-                    images, labels = mixing(images, labels)
-                with autocast(device, precision):
-                    logits = model(images)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+                loss = objective.loss(module, images, labels)
                 value = loss.item()
                 if not math.isfinite(value):
                     writer.close()
@@ -338,12 +350,12 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> RunSummary:
             if micro % config.accum_steps:
                 continue
             if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             if ema is not None:
-                ema.update_parameters(model)
+                ema.update_parameters(module)
             state["step"] += 1
             state["step_in_epoch"] += 1
             lr = scheduler.get_last_lr()[0]
@@ -363,51 +375,46 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> RunSummary:
                 checkpoint()
                 tick = time.perf_counter()  # checkpoint time is not training time
 
-        val_loader = _loader(val_set, batch_size=256, indices=None, workers=config.workers, device=device)
-        result = evaluate(eval_model, val_loader, num_classes=len(data.class_names), device=device, precision=precision)
-        state["skipped"] = sorted({*state["skipped"], *result.skipped})
-        if result.top1 > state["best_top1"]:
-            state["best_top1"], state["best_epoch"] = result.top1, epoch + 1
+        result = held_out()
+        state["skipped"] = sorted({*state["skipped"], *(result.skipped or [])})
+        if result.score > state["best_score"]:
+            state["best_score"], state["best_epoch"] = result.score, epoch + 1
         record = {
             "epoch": epoch + 1,
             "step": state["step"],
             "train_loss": state["epoch_loss_sum"] / max(state["epoch_loss_count"], 1),
-            "val_loss": result.loss,
-            "val_top1": result.top1,
-            "val_top5": result.top5,
+            **result.metrics,
             "lr": scheduler.get_last_lr()[0],
             "images_per_second": state["images"] / max(state["train_seconds"], 1e-9),
         }
         report.append_metrics(run_dir, record)
-        for key in ("train_loss", "val_loss", "val_top1", "val_top5"):
+        for key in ("train_loss", *result.metrics):
             writer.add_scalar(f"epoch/{key}", record[key], epoch + 1)
         bar.write(
-            f"epoch {epoch + 1}/{num_epochs}: train loss {record['train_loss']:.4f}  held-out loss "
-            f"{result.loss:.4f}  top-1 {100 * result.top1:.2f}%  top-5 {100 * result.top5:.2f}%"
+            f"epoch {epoch + 1}/{num_epochs}: train loss {record['train_loss']:.4f}  " + report.describe(result.metrics)
         )
         state.update(epoch=epoch + 1, step_in_epoch=0, epoch_loss_sum=0.0, epoch_loss_count=0)
         checkpoint()
     bar.close()
     writer.close()
     if result is None:  # resumed a run that had already finished
-        val_loader = _loader(val_set, batch_size=256, indices=None, workers=config.workers, device=device)
-        result = evaluate(eval_model, val_loader, num_classes=len(data.class_names), device=device, precision=precision)
+        result = held_out()
 
-    save_model(
-        run_dir,
-        eval_model.cpu() if device.type != "cpu" else eval_model,
-        class_names=data.class_names,
-        model_name=config.model,
-    )
-    metrics = report.read_metrics(run_dir)
-    report.plot_curves(metrics, run_dir / "curves.png")
-    report.plot_confusion(result.confusion, data.class_names, run_dir / "confusion.png")
+    kept = objective.vit(eval_module.cpu() if device.type != "cpu" else eval_module)
+    save_model(run_dir, kept, class_names=data.class_names if supervised else [], model_name=config.model)
+    report.plot_curves(report.read_metrics(run_dir), run_dir / "curves.png")
+    if result.confusion is not None:
+        report.plot_confusion(result.confusion, data.class_names, run_dir / "confusion.png")
+    if config.objective == "mae":
+        report.plot_reconstructions(eval_module, val_set, run_dir / "reconstructions.png")
     summary = RunSummary(
         run_dir=str(run_dir),
-        best_top1=state["best_top1"],
+        objective=config.objective,
+        best_top1=state["best_score"] if supervised else None,
         best_epoch=state["best_epoch"],
-        final_top1=result.top1,
-        final_top5=result.top5,
+        final_top1=result.metrics.get("val_top1"),
+        final_top5=result.metrics.get("val_top5"),
+        final_metrics=result.metrics,
         epochs=state["step"] / steps_per_epoch,
         steps=state["step"],
         wall_seconds=time.perf_counter() - started,

@@ -11,13 +11,13 @@ from .config import ConfigError, TrainConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: matrices and conv kernels decay; biases, norms, the class token and the
-    position embeddings do not (they are vectors or additive offsets, which decay would pull to 0)."""
+    """Two groups: matrices and conv kernels decay; biases, norms, the class and [mask] tokens
+    and the position embeddings do not (they are vectors or additive offsets, which decay would pull to 0)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        vector_like = param.ndim <= 1 or "pos_embed" in name or "cls_token" in name or "rel_pos" in name
+        vector_like = param.ndim <= 1 or any(k in name for k in ("pos_embed", "cls_token", "rel_pos", "mask_token"))
         (no_decay if vector_like else decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
@@ -57,7 +57,9 @@ def lr_multiplier(step: int, *, total_steps: int, warmup_steps: int, schedule: s
 def build_scheduler(
     optimizer: torch.optim.Optimizer, config: TrainConfig, *, total_steps: int, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    warmup_steps = (
+        config.warmup_steps if config.warmup_steps is not None else round(config.warmup_epochs * steps_per_epoch)
+    )
     lr_multiplier(0, total_steps=total_steps, warmup_steps=warmup_steps, schedule=config.schedule)  # validate now
 
     def multiplier(step: int) -> float:

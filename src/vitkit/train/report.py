@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.ticker import MaxNLocator
 
+from ..data.transforms import MEAN, STD
+
 METRICS_NAME = "metrics.jsonl"
 
 
@@ -34,21 +36,61 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
+#: held-out metrics shown as percentages, and their names for people
+PERCENT_METRICS = {"val_top1": "top-1", "val_top5": "top-5", "val_color_accuracy": "colour accuracy"}
+
+
+def describe(metrics: dict[str, float]) -> str:
+    """One line for the log, e.g. ``held-out loss 0.1234  top-1 98.10%  top-5 99.90%``."""
+    parts = [f"held-out loss {metrics['val_loss']:.4f}"]
+    parts += [f"{label} {100 * metrics[key]:.2f}%" for key, label in PERCENT_METRICS.items() if key in metrics]
+    return "  ".join(parts)
+
+
 def plot_curves(metrics: list[dict[str, Any]], path: Path) -> None:
-    """Training loss, held-out loss and accuracy per epoch."""
+    """Training and held-out loss per epoch, and the held-out accuracies the run has."""
     epochs = [m["epoch"] for m in metrics]
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    loss_ax.plot(epochs, [m["train_loss"] for m in metrics], "o-", label="train (as optimised: smoothing, mixing)")
+    shown = [key for key in PERCENT_METRICS if metrics and key in metrics[0]]
+    fig, axes = plt.subplots(1, 2 if shown else 1, figsize=(10 if shown else 5.5, 4), squeeze=False)
+    loss_ax = axes[0, 0]
+    loss_ax.plot(epochs, [m["train_loss"] for m in metrics], "o-", label="train (as optimised)")
     loss_ax.plot(epochs, [m["val_loss"] for m in metrics], "o-", label="held-out")
-    loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss")
     loss_ax.legend()
-    acc_ax.plot(epochs, [100 * m["val_top1"] for m in metrics], "o-", label="top-1")
-    acc_ax.plot(epochs, [100 * m["val_top5"] for m in metrics], "o-", label="top-5")
-    acc_ax.set(xlabel="epoch", ylabel="held-out accuracy (%)", title="Accuracy")
-    acc_ax.legend()
-    for ax in (loss_ax, acc_ax):
+    if shown:
+        acc_ax = axes[0, 1]
+        for key in shown:
+            acc_ax.plot(epochs, [100 * m[key] for m in metrics], "o-", label=PERCENT_METRICS[key])
+        acc_ax.set(xlabel="epoch", ylabel="held-out accuracy (%)", title="Accuracy")
+        acc_ax.legend()
+    for ax in axes.flat:
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def plot_reconstructions(autoencoder: Any, dataset: Any, path: Path, count: int = 8) -> None:
+    """MAE at work on the first ``count`` held-out images: the visible patches, the
+    reconstruction (visible patches pasted back), the original."""
+    images = torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        was_training = autoencoder.training
+        masked, pasted = autoencoder.eval().reconstruct(images.to(next(autoencoder.parameters()).device))
+        autoencoder.train(was_training)
+    rows = [("encoder input", masked.cpu()), ("reconstruction", pasted.cpu()), ("original", images)]
+    fig, axes = plt.subplots(3, len(images), figsize=(1.3 * len(images), 4.2), squeeze=False)
+    for row, (title, batch) in enumerate(rows):
+        for col, image in enumerate(batch):
+            pixels = (image.float() * STD + MEAN).clamp(0, 1).permute(1, 2, 0).numpy()
+            axes[row, col].imshow(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels, cmap="gray", vmin=0, vmax=1)
+            axes[row, col].set_xticks([])
+            axes[row, col].set_yticks([])
+        axes[row, 0].set_ylabel(title, fontsize=8)
+    fig.suptitle("Masked autoencoder on held-out images")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

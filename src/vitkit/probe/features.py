@@ -1,0 +1,55 @@
+"""Frozen features of a dataset: one vector per image."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.datasets import TransformedDataset, collate_skipping_broken, preprocess_in_memory
+from ..models import VisionTransformer
+
+#: "head": what the classifier would see (the model's own pooling and pre-logits);
+#: "token": the class token's output; "avg": the mean of the patch tokens' outputs.
+POOLS = ("head", "token", "avg")
+
+
+@torch.inference_mode()
+def extract_features(
+    model: VisionTransformer,
+    dataset: Dataset,
+    preprocess: Callable,
+    *,
+    pool: str = "head",
+    batch_size: int = 256,
+) -> tuple[Tensor, Tensor]:
+    """Features ``(N, D)`` (float32, CPU) and labels ``(N,)`` of every readable image of
+    ``dataset`` (samples ``(image, label)``), preprocessed as the model expects."""
+    if pool not in POOLS:
+        raise ValueError(f"unknown feature pooling {pool!r}; choose one of {', '.join(POOLS)}")
+    if pool == "token" and not model.config.class_token:
+        raise ValueError("the model has no class token; use --pool avg or head")
+    was_training = model.training
+    model.eval()
+    inputs = preprocess_in_memory(dataset, preprocess) or TransformedDataset(dataset, preprocess)
+    loader = DataLoader(inputs, batch_size=batch_size, collate_fn=collate_skipping_broken)
+    device = next(model.parameters()).device
+    features, labels = [], []
+    for images, batch_labels, _ in loader:
+        if images is None:
+            continue
+        tokens = model.forward_features(images.to(device))
+        if pool == "head":
+            vectors = model.forward_head(tokens, pre_logits=True)
+        elif pool == "token":
+            vectors = tokens[:, 0]
+        else:
+            vectors = tokens[:, model.config.num_prefix_tokens :].mean(dim=1)
+        features.append(vectors.float().cpu())
+        labels.append(batch_labels)
+    model.train(was_training)
+    if not features:
+        raise ValueError("no readable image to compute features of")
+    return torch.cat(features), torch.cat(labels)

@@ -1,0 +1,136 @@
+"""Few-shot linear evaluation (paper §4.1): a closed-form, L2-regularised least-squares map from
+frozen features of ``shots`` images per class to {-1, 1}^K targets, scored on held-out images.
+
+As in big_vision: features are standardised with the training shots' statistics, a constant
+bias column is appended (large, so the bias is all but unregularised), and one
+eigendecomposition serves every L2 strength — for N shots of D features it is the D×D Gram
+matrix when N ≥ D, else the N×N kernel matrix (the same solution, smaller problem).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..data.datasets import dataset_labels, load_data, per_class_indices, select
+from ..interop.folder import LoadedModel
+from .features import extract_features
+
+#: the bias column's value: large, so that the L2 penalty hardly touches the bias
+BIAS_FEATURE = 100.0
+#: big_vision's default L2 strength for few-shot evaluation
+DEFAULT_L2 = 1024.0
+
+
+class RidgeSolver:
+    """``W = argmin ‖XW − Y‖² + l2‖W‖²`` for many ``l2`` from one eigendecomposition.
+
+    ``x`` ``(N, D)`` features, ``y`` ``(N,)`` integer labels < ``num_classes``. Computed in float64.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, num_classes: int) -> None:
+        x = x.double()
+        self.mean = x.mean(dim=0, keepdim=True)
+        self.std = x.std(dim=0, unbiased=False, keepdim=True) + 1e-5
+        design = self.design(x)
+        targets = 2.0 * torch.nn.functional.one_hot(y.long(), num_classes).double() - 1.0
+        if design.shape[0] >= design.shape[1]:  # (XᵀX + λI)⁻¹ XᵀY with XᵀX = Q Λ Qᵀ
+            self.eigenvalues, q = torch.linalg.eigh(design.T @ design)
+            self.left, self.right = q, q.T @ (design.T @ targets)
+        else:  # Xᵀ (XXᵀ + λI)⁻¹ Y with XXᵀ = Q Λ Qᵀ
+            self.eigenvalues, q = torch.linalg.eigh(design @ design.T)
+            self.left, self.right = design.T @ q, q.T @ targets
+
+    def design(self, x: Tensor) -> Tensor:
+        """Standardised features with the bias column: ``(N, D + 1)``."""
+        standard = (x.double() - self.mean) / self.std
+        return torch.cat([standard, torch.full_like(standard[:, :1], BIAS_FEATURE)], dim=1)
+
+    def weights(self, l2: float) -> Tensor:
+        """The solution ``(D + 1, K)`` for this L2 strength (the last row acts on the bias column)."""
+        return (self.left / (self.eigenvalues + l2)) @ self.right
+
+    def predict(self, x: Tensor, l2: float) -> Tensor:
+        """Class indices ``(N,)`` for features ``x``."""
+        return (self.design(x) @ self.weights(l2)).argmax(dim=1)
+
+
+@dataclass
+class FewShotResult:
+    """Held-out accuracy of ``shots`` images per class at one L2 strength, one value per seed."""
+
+    shots: int
+    l2: float
+    accuracies: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return float(torch.tensor(self.accuracies).mean())
+
+    @property
+    def std(self) -> float:
+        return float(torch.tensor(self.accuracies).std(unbiased=False))
+
+
+def fewshot_accuracies(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    *,
+    num_classes: int,
+    shots: Sequence[int],
+    seeds: Sequence[int] = (0, 1, 2),
+    l2s: Sequence[float] = (DEFAULT_L2,),
+) -> list[FewShotResult]:
+    """For each seed and shot count, sample ``shots`` training images per class, solve once,
+    score every L2 strength on all test features."""
+    results = {(s, l2): FewShotResult(s, l2) for s in shots for l2 in l2s}
+    for seed in seeds:
+        for count in shots:
+            chosen = per_class_indices(train_labels, count, seed=seed, num_classes=num_classes)
+            solver = RidgeSolver(train_features[chosen], train_labels[chosen], num_classes)
+            for l2 in l2s:
+                hits = (solver.predict(test_features, l2) == test_labels).double().mean()
+                results[count, l2].accuracies.append(float(hits))
+    return list(results.values())
+
+
+def fewshot_evaluate(
+    loaded: LoadedModel,
+    data_spec: str,
+    *,
+    shots: Sequence[int] = (1, 5, 10, 25),
+    seeds: Sequence[int] = (0, 1, 2),
+    l2s: Sequence[float] = (DEFAULT_L2,),
+    pool: str = "head",
+    batch_size: int = 256,
+) -> list[FewShotResult]:
+    """Few-shot accuracy of a model's frozen features on a data spec: shots from its training
+    split, scored on its held-out split. Only the sampled training images are passed through
+    the model."""
+    model, preprocess, _ = loaded
+    data = load_data(data_spec, in_chans=model.config.in_chans)
+    num_classes = len(data.class_names)
+    labels = dataset_labels(data.train)
+    counts = torch.bincount(labels, minlength=num_classes)
+    if max(shots) > counts.min():
+        raise ValueError(
+            f"{max(shots)} shots per class asked for, but class {data.class_names[int(counts.argmin())]!r} "
+            f"of {data_spec} has only {int(counts.min())} training images"
+        )
+    # Every shot set is a prefix of its seed's per-class permutation: the largest covers all.
+    needed = torch.cat([per_class_indices(labels, max(shots), seed=s, num_classes=num_classes) for s in seeds])
+    needed = needed.unique()
+    features, _ = extract_features(model, select(data.train, needed), preprocess, pool=pool, batch_size=batch_size)
+    if len(features) != len(needed):
+        raise ValueError(f"some sampled training images of {data_spec} are unreadable; remove them and retry")
+    train_features = torch.zeros(len(labels), features.shape[1])
+    train_features[needed] = features
+    test_features, test_labels = extract_features(model, data.val, preprocess, pool=pool, batch_size=batch_size)
+    return fewshot_accuracies(
+        train_features, labels, test_features, test_labels, num_classes=num_classes, shots=shots, seeds=seeds, l2s=l2s
+    )

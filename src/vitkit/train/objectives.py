@@ -1,0 +1,139 @@
+"""What a run optimises and how it is scored: supervised classification, or a self-supervised
+objective from :mod:`vitkit.pretrain`. The training loop is the same for all of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from ..data.transforms import batch_mixing
+from ..models import VisionTransformer
+from ..pretrain import MaskedAutoencoder, MaskedPatchPrediction
+from .config import ConfigError, TrainConfig
+from .evaluate import autocast, evaluate
+
+#: default fraction of patches each objective corrupts or hides (the papers' values)
+DEFAULT_MASK_RATIO = {"mpp": 0.5, "mae": 0.75}
+
+
+@dataclass
+class Evaluation:
+    """Held-out metrics of one epoch; ``score`` ranks epochs (higher is better)."""
+
+    metrics: dict[str, float]
+    score: float
+    confusion: Tensor | None = None
+    skipped: list[str] | None = None
+
+
+class Objective(Protocol):
+    #: the module the optimiser trains and the checkpoint holds
+    module: nn.Module
+
+    def loss(self, module: nn.Module, images: Tensor, labels: Tensor) -> Tensor: ...
+
+    def evaluate(self, module: nn.Module, loader: DataLoader) -> Evaluation: ...
+
+    def vit(self, module: nn.Module) -> VisionTransformer:
+        """The ViT inside ``module`` (the module or its EMA copy) that the run folder keeps."""
+        ...
+
+
+@dataclass
+class Classification:
+    module: VisionTransformer
+    num_classes: int
+    label_smoothing: float
+    mixup: float
+    cutmix: float
+    device: torch.device
+    precision: str
+
+    def __post_init__(self) -> None:
+        self.mixing = batch_mixing(self.num_classes, self.mixup, self.cutmix)
+
+    def loss(self, module: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
+        if self.mixing is not None:
+            images, labels = self.mixing(images, labels)
+        with autocast(self.device, self.precision):
+            logits = module(images)
+        return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+
+    def evaluate(self, module: nn.Module, loader: DataLoader) -> Evaluation:
+        result = evaluate(module, loader, num_classes=self.num_classes, device=self.device, precision=self.precision)
+        metrics = {"val_loss": result.loss, "val_top1": result.top1, "val_top5": result.top5}
+        return Evaluation(metrics, result.top1, result.confusion, result.skipped)
+
+    def vit(self, module: nn.Module) -> VisionTransformer:
+        return module  # type: ignore[return-value]
+
+
+@dataclass
+class Pretraining:
+    module: MaskedPatchPrediction | MaskedAutoencoder
+    device: torch.device
+    precision: str
+
+    def loss(self, module: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
+        with autocast(self.device, self.precision):
+            return module(images).loss
+
+    @torch.inference_mode()
+    def evaluate(self, module: nn.Module, loader: DataLoader) -> Evaluation:
+        """Mean held-out loss and metrics; the same masks every epoch (a fixed seed, the
+        training random state untouched) so epochs compare fairly."""
+        was_training = module.training
+        module.eval()
+        sums: dict[str, float] = {}
+        count, skipped = 0, []
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(0)
+            for images, _, broken in loader:
+                skipped += broken
+                if images is None:
+                    continue
+                with autocast(self.device, self.precision):
+                    output = module(images.to(self.device, non_blocking=True))
+                for name, value in {"loss": output.loss, **output.metrics}.items():
+                    sums[f"val_{name}"] = sums.get(f"val_{name}", 0.0) + value.item() * len(images)
+                count += len(images)
+        module.train(was_training)
+        if count == 0:
+            raise ValueError("no readable image to evaluate on")
+        metrics = {name: total / count for name, total in sums.items()}
+        return Evaluation(metrics, -metrics["val_loss"], skipped=skipped)
+
+    def vit(self, module: nn.Module) -> VisionTransformer:
+        return module.encoder  # type: ignore[return-value]
+
+
+def build_objective(
+    config: TrainConfig, model: VisionTransformer, *, num_classes: int, device: torch.device, precision: str
+) -> Classification | Pretraining:
+    """The objective ``config.objective`` names, around ``model`` (already sized for the data)."""
+    if config.objective == "classify":
+        return Classification(
+            model, num_classes, config.label_smoothing, config.mixup, config.cutmix, device, precision
+        )
+    ratio = config.mask_ratio if config.mask_ratio is not None else DEFAULT_MASK_RATIO.get(config.objective)
+    if config.objective == "mpp":
+        module: MaskedPatchPrediction | MaskedAutoencoder = MaskedPatchPrediction(
+            model, ratio=ratio, color_bits=config.color_bits
+        )
+    elif config.objective == "mae":
+        module = MaskedAutoencoder(
+            model,
+            mask_ratio=ratio,
+            decoder_dim=config.decoder_dim,
+            decoder_depth=config.decoder_depth,
+            decoder_heads=config.decoder_heads,
+            norm_pix_loss=config.norm_pix_loss,
+        )
+    else:
+        raise ConfigError(f"unknown objective {config.objective!r}; choose classify, mpp or mae")
+    return Pretraining(module.to(device), device, precision)
