@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import vitkit
+from vitkit.train import resolve_config
 
 
 @pytest.fixture(autouse=True)
@@ -67,3 +68,23 @@ def run_until_checkpoint(config, min_step):
         process.wait()
     assert not (run_dir / "model.safetensors").exists()  # it really was cut short
     return run_dir
+
+
+# A 2-block ViT on 8×8 digits with 2×2 patches (16 tokens): an epoch takes about a second.
+TINY = {"patch_size": 2, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_dim": 64}
+
+
+def digits_config(tmp_path, **overrides):
+    settings = {
+        "data": "digits",
+        "img_size": 8,
+        "model_args": TINY,
+        "epochs": 2,
+        "batch_size": 64,
+        "lr": 3e-3,
+        "warmup_epochs": 0.2,
+        "out": str(tmp_path / "run"),
+        "checkpoint_every": 5,
+    }
+    settings.update(overrides)
+    return resolve_config(preset="demo", overrides=settings)

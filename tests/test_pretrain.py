@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_until_checkpoint
+from conftest import TINY, run_until_checkpoint
 from safetensors.torch import load_file
 
 from vitkit.cli.main import main
@@ -19,8 +19,6 @@ from vitkit.pretrain.masking import KEPT, MASKED, RANDOM, UNTOUCHED
 from vitkit.train import resolve_config, resume_run, train
 from vitkit.train.loop import build_model
 from vitkit.train.objectives import build_objective
-
-TINY = {"patch_size": 2, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_dim": 64}
 
 
 def encoder(**overrides):

@@ -6,31 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_until_checkpoint
+from conftest import TINY, digits_config, run_until_checkpoint
 from PIL import Image
 from safetensors.torch import load_file
 
 from vitkit.cli.main import main
 from vitkit.train import TrainingDiverged, resolve_config, resume_run, train
-
-# A 2-block ViT on 8×8 digits with 2×2 patches (16 tokens): an epoch takes about a second.
-TINY = {"patch_size": 2, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_dim": 64}
-
-
-def digits_config(tmp_path, **overrides):
-    settings = {
-        "data": "digits",
-        "img_size": 8,
-        "model_args": TINY,
-        "epochs": 2,
-        "batch_size": 64,
-        "lr": 3e-3,
-        "warmup_epochs": 0.2,
-        "out": str(tmp_path / "run"),
-        "checkpoint_every": 5,
-    }
-    settings.update(overrides)
-    return resolve_config(preset="demo", overrides=settings)
 
 
 @pytest.fixture(scope="module")
