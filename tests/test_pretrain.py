@@ -211,3 +211,25 @@ def test_pretrain_from_the_cli(tmp_path, capsys):
     assert json.loads((out / "train_config.json").read_text())["preset"] == "mae-demo"
     assert main(["pretrain", "--data", "digits"]) == 2
     assert "--objective mpp or --objective mae" in capsys.readouterr().err
+
+
+def test_pretraining_on_a_flat_folder_of_unlabeled_images(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    images = load_digits().train.images[:200, 0].numpy()
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, pixels in enumerate(images):
+        Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "run"
+    args = ["pretrain", "--objective", "mpp", "--data", str(folder), "--in-chans", "1", "--img-size", "8"]
+    args += ["--epochs", "1", "--batch-size", "32", "--quiet", "--out", str(out), "--model-args"]
+    args += [f"{k}={v}" for k, v in TINY.items()]
+    assert main(args) == 0
+    capsys.readouterr()
+    # Classification still needs classes; an encoder has no classifier to evaluate.
+    assert main(["train", "--data", str(folder), "--epochs", "1"]) == 2
+    assert "no class sub-folders" in capsys.readouterr().err
+    assert main(["eval", str(out)]) == 2
+    assert "no classifier" in capsys.readouterr().err

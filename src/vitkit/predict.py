@@ -39,6 +39,7 @@ def predict_files(
     loaded: LoadedModel, paths: Iterable[str | Path], *, top_k: int = 5, batch_size: int = 64
 ) -> list[Prediction]:
     """Class probabilities (softmax) for each image file; unreadable files get an ``error``."""
+    loaded.require_classifier("predict")
     model, preprocess, class_names = loaded
     device = next(model.parameters()).device
     k = min(top_k, len(class_names))

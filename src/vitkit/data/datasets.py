@@ -256,8 +256,16 @@ def _readable(path: Path, skipped: list[str]) -> bool:
         return False
 
 
-def _scan_class_folders(root: Path, skipped: list[str]) -> dict[str, list[Path]]:
+#: the one "class" of a folder of images without labels (self-supervised pre-training)
+UNLABELED = "unlabeled"
+
+
+def _scan_class_folders(root: Path, skipped: list[str], labels: bool = True) -> dict[str, list[Path]]:
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes and not labels:  # a flat folder of images is fine when labels are not needed
+        files = sorted(p for p in root.iterdir() if p.is_file() and is_image_file(p))
+        if files:
+            return {UNLABELED: [p for p in files if _readable(p, skipped)]}
     if not classes:
         raise DataError(f"{root} has no class sub-folders; expected {root}/<class name>/<image files>")
     found: dict[str, list[Path]] = {}
@@ -292,12 +300,12 @@ def _hold_out(
     return train, val
 
 
-def load_image_folder(root: Path, *, in_chans: int, val_fraction: float, seed: int) -> DataSplits:
+def load_image_folder(root: Path, *, in_chans: int, val_fraction: float, seed: int, labels: bool = True) -> DataSplits:
     skipped: list[str] = []
     val_dir = next((root / n for n in ("val", "valid", "validation", "test") if (root / n).is_dir()), None)
     if (root / "train").is_dir() and val_dir is not None:
-        train = _scan_class_folders(root / "train", skipped)
-        val = _scan_class_folders(val_dir, skipped)
+        train = _scan_class_folders(root / "train", skipped, labels)
+        val = _scan_class_folders(val_dir, skipped, labels)
         if sorted(train) != sorted(val):
             only_train = sorted(set(train) - set(val))
             only_val = sorted(set(val) - set(train))
@@ -306,7 +314,7 @@ def load_image_folder(root: Path, *, in_chans: int, val_fraction: float, seed: i
                 f"only in {val_dir.name} {only_val}; give both folders the same class sub-folders"
             )
     else:
-        train, val = _hold_out(_scan_class_folders(root, skipped), val_fraction, seed)
+        train, val = _hold_out(_scan_class_folders(root, skipped, labels), val_fraction, seed)
     return _file_splits(train, val, in_chans, skipped)
 
 
@@ -349,11 +357,15 @@ def load_csv(path: Path, *, in_chans: int, val_fraction: float, seed: int) -> Da
     return _file_splits(train, val, in_chans, skipped)
 
 
-def load_data(spec: str, *, in_chans: int = 3, val_fraction: float = 0.1, seed: int = 0) -> DataSplits:
+def load_data(
+    spec: str, *, in_chans: int = 3, val_fraction: float = 0.1, seed: int = 0, labels: bool = True
+) -> DataSplits:
     """Resolve a data spec (``"digits"``, ``"mnist"``, a folder or a ``.csv``) into splits.
 
     ``in_chans`` applies to files (built-in datasets are grayscale); ``val_fraction`` and
-    ``seed`` define the held-out part when the source has no split of its own.
+    ``seed`` define the held-out part when the source has no split of its own. With
+    ``labels=False`` (self-supervised pre-training) a folder may also hold its images directly,
+    without class sub-folders: they form one class, ``"unlabeled"``.
     """
     if spec == "digits":
         return load_digits()
@@ -365,7 +377,7 @@ def load_data(spec: str, *, in_chans: int = 3, val_fraction: float = 0.1, seed: 
             f"data {spec!r} is neither a built-in dataset ({', '.join(BUILTIN)}) nor an existing folder or CSV file"
         )
     if path.is_dir():
-        return load_image_folder(path, in_chans=in_chans, val_fraction=val_fraction, seed=seed)
+        return load_image_folder(path, in_chans=in_chans, val_fraction=val_fraction, seed=seed, labels=labels)
     if path.suffix.lower() == ".csv":
         return load_csv(path, in_chans=in_chans, val_fraction=val_fraction, seed=seed)
     raise DataError(f"{path} is a file but not a .csv; give a folder of class sub-folders or a CSV of path,label")

@@ -32,6 +32,14 @@ class LoadedModel(NamedTuple):
     preprocess: v2.Compose
     class_names: list[str]
 
+    def require_classifier(self, what: str) -> None:
+        """Refuse ``what`` (e.g. "evaluate") for an encoder without a classifier, saying what to do."""
+        if not self.model.config.num_classes:
+            raise ValueError(
+                f"cannot {what}: this model has no classifier (a pre-trained encoder); fine-tune it with "
+                "vitkit train --init MODEL, or measure its features with vitkit fewshot / vitkit linear-probe"
+            )
+
 
 def save_model(
     folder: str | Path,

@@ -79,6 +79,7 @@ def evaluate_model_on(
 ) -> EvalResult:
     """Evaluate a loaded model folder on a data spec's ``split`` ("val" or "train"), with the
     model's own preprocessing. The data's classes must be the model's."""
+    loaded.require_classifier("evaluate")
     model, preprocess, class_names = loaded
     data = load_data(data_spec, in_chans=model.config.in_chans)
     if data.class_names != class_names:

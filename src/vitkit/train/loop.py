@@ -232,11 +232,17 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> RunSummary:
     run_dir = Path(config.out) if config.out else default_run_dir(config)
     config = dataclasses.replace(config, out=str(run_dir))
 
-    data = load_data(config.data, in_chans=config.in_chans or 3, val_fraction=config.val_fraction, seed=config.seed)
+    supervised = config.objective == "classify"
+    data = load_data(
+        config.data,
+        in_chans=config.in_chans or 3,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        labels=supervised,
+    )
     num_classes = len(data.class_names)
     if config.train_images:
         data.train = balanced_subset(data.train, config.train_images, num_classes=num_classes, seed=config.seed)
-    supervised = config.objective == "classify"
     model = build_model(config, num_classes=num_classes if supervised else 0, in_chans=data.in_chans)
     model.set_grad_checkpointing(config.grad_checkpointing)
     img_size = _image_size(config, data, model.config.stride)
