@@ -214,18 +214,33 @@ def _number_list(kind: type) -> Any:
     return parse
 
 
+def _l2_list(text: str) -> list:
+    return ["auto"] if text == "auto" else _number_list(float)(text)
+
+
 def _fewshot(args: argparse.Namespace) -> None:
     data = _data_of(args)
     results = fewshot_evaluate(
         load_model(args.model), data, shots=args.shots, seeds=range(args.seeds), l2s=args.l2, pool=args.pool
     )
     if args.json:
-        rows = [{"shots": r.shots, "l2": r.l2, "mean": r.mean, "std": r.std, "per_seed": r.accuracies} for r in results]
+        rows = [
+            {
+                "shots": r.shots,
+                "l2": r.l2,
+                "mean": r.mean,
+                "std": r.std,
+                "per_seed": r.accuracies,
+                "chosen_l2": r.chosen_l2,
+            }
+            for r in results
+        ]
         print(json.dumps({"data": data, "pool": args.pool, "results": rows}, indent=2))
         return
     print(f"few-shot linear evaluation on {data} (held-out split), {args.seeds} seeds, features: {args.pool}")
     for r in results:
-        print(f"  {r.shots:3d}-shot  l2 {r.l2:<8g}  {100 * r.mean:6.2f}% ± {100 * r.std:.2f}")
+        chosen = f" (chosen: {', '.join(f'{v:g}' for v in r.chosen_l2)})" if r.l2 == "auto" else ""
+        print(f"  {r.shots:3d}-shot  {100 * r.mean:6.2f}% ± {100 * r.std:.2f}  l2 {r.l2}{chosen}")
 
 
 def _linear_probe(args: argparse.Namespace) -> None:
@@ -356,7 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fewshot_cmd.add_argument("--seeds", type=int, default=3, help="draws of the shots (mean ± std reported)")
     fewshot_cmd.add_argument(
-        "--l2", type=_number_list(float), default=[1024.0], help="L2 strengths, comma-separated (one solve serves all)"
+        "--l2",
+        type=_l2_list,
+        default=["auto"],
+        help="auto (chosen per solve by leave-one-out on the shots) or L2 strengths, comma-separated",
     )
     fewshot_cmd.add_argument("--pool", default="head", choices=POOLS, help="which features (see vitkit.probe)")
     fewshot_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")

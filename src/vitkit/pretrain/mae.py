@@ -134,6 +134,8 @@ class MaskedAutoencoder(nn.Module):
             predicted = predicted.float() * (pixels.var(dim=-1, keepdim=True) + 1e-6).sqrt()
             predicted = predicted + pixels.mean(dim=-1, keepdim=True)
         shown = hidden[..., None]
-        masked = unpatchify(torch.where(shown, torch.full_like(pixels, -1.0), pixels), size, grid, channels)
+        masked = unpatchify(
+            torch.where(shown, torch.zeros_like(pixels), pixels), size, grid, channels
+        )  # hidden: mid-gray
         pasted = unpatchify(torch.where(shown, predicted.float(), pixels), size, grid, channels)
         return masked, pasted

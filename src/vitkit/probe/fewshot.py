@@ -5,6 +5,11 @@ As in big_vision: features are standardised with the training shots' statistics,
 bias column is appended (large, so the bias is all but unregularised), and one
 eigendecomposition serves every L2 strength — for N shots of D features it is the D×D Gram
 matrix when N ≥ D, else the N×N kernel matrix (the same solution, smaller problem).
+
+big_vision uses one fixed L2 strength (2^10). The best strength depends on the feature width
+and the number of shots (measured on MNIST, 128-wide features, 25 shots: 81 % at 64 vs 74 % at
+1024), so by default it is chosen per solve from :data:`L2_GRID` by leave-one-out on the shots
+themselves — exact and almost free for ridge regression, and it needs no extra labels.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ from .features import extract_features
 
 #: the bias column's value: large, so that the L2 penalty hardly touches the bias
 BIAS_FEATURE = 100.0
-#: big_vision's default L2 strength for few-shot evaluation
-DEFAULT_L2 = 1024.0
+#: the L2 strengths "auto" chooses from: 4^-3 … 4^8
+L2_GRID = tuple(4.0**k for k in range(-3, 9))
 
 
 class RidgeSolver:
@@ -37,12 +42,17 @@ class RidgeSolver:
         self.std = x.std(dim=0, unbiased=False, keepdim=True) + 1e-5
         design = self.design(x)
         targets = 2.0 * torch.nn.functional.one_hot(y.long(), num_classes).double() - 1.0
+        self.targets = targets
+        # W = left · diag(1/(Λ+λ)) · right; fitted values XW = a · diag(1/(Λ+λ)) · right and the
+        # hat matrix H (XW = HY) = a · diag(1/(Λ+λ)) · bᵀ, for leave-one-out.
         if design.shape[0] >= design.shape[1]:  # (XᵀX + λI)⁻¹ XᵀY with XᵀX = Q Λ Qᵀ
             self.eigenvalues, q = torch.linalg.eigh(design.T @ design)
             self.left, self.right = q, q.T @ (design.T @ targets)
+            self.hat_a = self.hat_b = design @ q
         else:  # Xᵀ (XXᵀ + λI)⁻¹ Y with XXᵀ = Q Λ Qᵀ
             self.eigenvalues, q = torch.linalg.eigh(design @ design.T)
             self.left, self.right = design.T @ q, q.T @ targets
+            self.hat_a, self.hat_b = q * self.eigenvalues, q
 
     def design(self, x: Tensor) -> Tensor:
         """Standardised features with the bias column: ``(N, D + 1)``."""
@@ -57,14 +67,36 @@ class RidgeSolver:
         """Class indices ``(N,)`` for features ``x``."""
         return (self.design(x) @ self.weights(l2)).argmax(dim=1)
 
+    def leave_one_out_residuals(self, l2: float) -> Tensor:
+        """``(N, K)``: each training target minus the prediction of the fit without that sample
+        (same standardisation), from the closed form (y − ŷ) / (1 − H_ii)."""
+        scale = 1.0 / (self.eigenvalues + l2)
+        fitted = (self.hat_a * scale) @ self.right
+        leverage = (self.hat_a * self.hat_b * scale).sum(dim=1, keepdim=True)
+        return (self.targets - fitted) / (1.0 - leverage).clamp(min=1e-12)
+
+    def best_l2(self, grid: Sequence[float] = L2_GRID) -> float:
+        """The strength in ``grid`` with the best leave-one-out accuracy, ties broken by the
+        least leave-one-out squared error (with one shot per class, accuracy cannot tell)."""
+        labels = self.targets.argmax(dim=1)
+
+        def quality(l2: float) -> tuple[float, float]:
+            residuals = self.leave_one_out_residuals(l2)
+            held_out_predictions = (self.targets - residuals).argmax(dim=1)
+            return float((held_out_predictions == labels).double().mean()), -float(residuals.pow(2).mean())
+
+        return max(grid, key=quality)
+
 
 @dataclass
 class FewShotResult:
-    """Held-out accuracy of ``shots`` images per class at one L2 strength, one value per seed."""
+    """Held-out accuracy of ``shots`` images per class at one L2 strength (a number, or "auto":
+    chosen per seed by leave-one-out), one value per seed; ``chosen_l2`` the strengths used."""
 
     shots: int
-    l2: float
+    l2: float | str
     accuracies: list[float] = field(default_factory=list)
+    chosen_l2: list[float] = field(default_factory=list)
 
     @property
     def mean(self) -> float:
@@ -84,18 +116,20 @@ def fewshot_accuracies(
     num_classes: int,
     shots: Sequence[int],
     seeds: Sequence[int] = (0, 1, 2),
-    l2s: Sequence[float] = (DEFAULT_L2,),
+    l2s: Sequence[float | str] = ("auto",),
 ) -> list[FewShotResult]:
     """For each seed and shot count, sample ``shots`` training images per class, solve once,
-    score every L2 strength on all test features."""
+    score every L2 strength (or ``"auto"``) on all test features."""
     results = {(s, l2): FewShotResult(s, l2) for s in shots for l2 in l2s}
     for seed in seeds:
         for count in shots:
             chosen = per_class_indices(train_labels, count, seed=seed, num_classes=num_classes)
             solver = RidgeSolver(train_features[chosen], train_labels[chosen], num_classes)
             for l2 in l2s:
-                hits = (solver.predict(test_features, l2) == test_labels).double().mean()
+                strength = solver.best_l2() if l2 == "auto" else float(l2)
+                hits = (solver.predict(test_features, strength) == test_labels).double().mean()
                 results[count, l2].accuracies.append(float(hits))
+                results[count, l2].chosen_l2.append(strength)
     return list(results.values())
 
 
@@ -105,7 +139,7 @@ def fewshot_evaluate(
     *,
     shots: Sequence[int] = (1, 5, 10, 25),
     seeds: Sequence[int] = (0, 1, 2),
-    l2s: Sequence[float] = (DEFAULT_L2,),
+    l2s: Sequence[float | str] = ("auto",),
     pool: str = "head",
     batch_size: int = 256,
 ) -> list[FewShotResult]:
