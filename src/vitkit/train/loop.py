@@ -209,12 +209,14 @@ def _datasets(config: TrainConfig, data: DataSplits, img_size: int) -> tuple[Dat
 
 # ------------------------------------------------------------------ the run
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> RunSummary:
-    """Train as ``config`` says; with ``resume`` continue from ``config.out``'s checkpoint.
+    """Train as ``config`` says — a classifier, or with ``config.objective`` "mpp"/"mae" a
+    self-supervised encoder; with ``resume`` continue from ``config.out``'s checkpoint.
 
     Writes into the run folder: ``train_config.json``, ``checkpoint.safetensors`` (every
     ``checkpoint_every`` steps and at each epoch end), ``metrics.jsonl``, ``tensorboard/``,
-    and at the end the model folder files (``config.json``, ``model.safetensors``),
-    ``summary.json``, ``curves.png`` and ``confusion.png``.
+    and at the end the model folder files (``config.json``, ``model.safetensors``: for
+    pre-training the encoder without a classifier), ``summary.json``, ``curves.png``, and
+    ``confusion.png`` (classification) or ``reconstructions.png`` (MAE).
     """
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(config.deterministic or deterministic_before)
