@@ -86,7 +86,7 @@ def main() -> None:
         pretrained[objective] = {"summary": summary, "seconds": summary["wall_seconds"]}
         print(f"pre-trained {objective}: {summary['final_metrics']} ({time.perf_counter() - tick:.0f} s)", flush=True)
 
-    finetuned = {}
+    finetuned = []
     # Every start at 1× and 3× the epochs; scratch also at a 3× learning rate, so the baseline
     # is not held back by a recipe that suits the pre-trained starts.
     epochs = args.finetune_epochs
@@ -95,16 +95,16 @@ def main() -> None:
         variants += [(start, 1e-3, epochs), (start, 1e-3, 3 * epochs)]
     for start, lr, start_epochs in variants:
         settings = {**finetune_settings(start_epochs), "lr": lr}
-        name = (
-            start
-            + (f", lr {lr:g}" if lr != 1e-3 else "")
-            + (f", {start_epochs} epochs" if start_epochs != epochs else "")
+        folder = (
+            f"finetune-{start}"
+            + (f"-lr{lr:g}" if lr != 1e-3 else "")
+            + (f"-{start_epochs}epochs" if start_epochs != epochs else "")
         )
         if start != "scratch":
             settings["init"] = str(out / start)
-        summary = run(settings, "demo", out / ("finetune-" + name.replace(", ", "-").replace(" ", "")))
-        finetuned[name] = summary
-        print(f"fine-tuned from {name}: top-1 {100 * summary['final_top1']:.2f}%", flush=True)
+        summary = run(settings, "demo", out / folder)
+        finetuned.append({"start": start, "lr": lr, "epochs": start_epochs, "summary": summary})
+        print(f"{folder}: top-1 {100 * summary['final_top1']:.2f}%", flush=True)
 
     representations = {
         "random init": random_encoder(),
@@ -129,15 +129,16 @@ def main() -> None:
             print(f"{name} ({pool}): probed in {time.perf_counter() - tick:.0f} s", flush=True)
 
     print(f"\n### Fine-tuning on {LABELLED} labelled MNIST images (60 per class), 10,000 test images\n")
-    print("| start | pre-training | test top-1 |")
-    print("|---|---|---|")
-    for start, summary in finetuned.items():
-        if start.startswith("scratch"):
+    print("| start | pre-training (60k images, no labels) | fine-tuning | test top-1 |")
+    print("|---|---|---|---|")
+    for row in finetuned:
+        start = row["start"]
+        if start == "scratch":
             done = "none"
         else:
-            info = pretrained[start.split(",")[0]]
-            done = f"{start.upper()}, {args.pretrain_epochs:g} epochs on 60k unlabeled images ({info['seconds']:.0f} s)"
-        print(f"| {start} | {done} | {100 * summary['final_top1']:.2f} % |")
+            done = f"{start.upper()}, {args.pretrain_epochs:g} epochs, {pretrained[start]['seconds']:.0f} s"
+        recipe = f"{row['epochs']} epochs, lr {row['lr']:g}"
+        print(f"| {start} | {done} | {recipe} | {100 * row['summary']['final_top1']:.2f} % |")
 
     print("\n### Frozen representations: few-shot linear evaluation (mean ± std, 3 seeds, L2 by leave-one-out)")
     print("and a logistic-regression linear probe on all 60k training images\n")
