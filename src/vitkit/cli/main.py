@@ -22,6 +22,7 @@ from vitkit.interop.export import EXPORT_FORMATS
 from vitkit.predict import predict_files
 from vitkit.probe import POOLS, fewshot_evaluate, linear_probe
 from vitkit.train import RunSummary, TrainConfig, TrainingDiverged, resolve_config, resume_run, train
+from vitkit.train.distributed import DistributedFailure, from_environment
 from vitkit.train.evaluate import evaluate_model_on
 from vitkit.train.loop import TRAIN_CONFIG_NAME
 from vitkit.train.report import describe
@@ -141,6 +142,8 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 
 def _print_summary(summary: RunSummary) -> None:
+    if not from_environment().is_main:  # under torchrun, rank 0 speaks for the job
+        return
     if summary.final_top1 is not None:
         result = (
             f"held-out top-1 {100 * summary.final_top1:.2f}% (best {100 * summary.best_top1:.2f}% "
@@ -463,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TrainingDiverged) as error:  # errors written for people: no traceback
         print(f"vitkit: error: {error}", file=sys.stderr)
         return 2
+    except DistributedFailure as error:
+        print(f"vitkit: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("vitkit: interrupted", file=sys.stderr)
         return 130

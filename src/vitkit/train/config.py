@@ -101,6 +101,9 @@ class TrainConfig:
     )
     grad_checkpointing: bool = _opt(False, "recompute block activations in the backward pass: less memory, more time")
     device: str = _opt("auto", "cpu, cuda, or auto", choices=("auto", "cpu", "cuda"))
+    dist_timeout: float = _opt(
+        600.0, "under torchrun: seconds a process waits for the others before it stops with an error"
+    )
     seed: int = _opt(0, "seed of initialisation, data order and augmentation")
     deterministic: bool = _opt(False, "use only deterministic kernels (slower)")
     checkpoint_every: int = _opt(500, "write a checkpoint every N optimiser steps (and at each epoch end)")

@@ -34,10 +34,11 @@ from ..interop.adapt import load_state_into
 from ..interop.folder import load_model, save_model
 from ..interop.formats import load_weights
 from ..models import VisionTransformer, create_model
-from . import report
+from . import distributed, report
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
-from .objectives import Evaluation, build_objective
+from .distributed import DistributedFailure, Processes
+from .objectives import Evaluation, build_objective, combine
 from .optim import build_optimizer, build_scheduler
 
 TRAIN_CONFIG_NAME = "train_config.json"
@@ -165,13 +166,21 @@ def build_model(config: TrainConfig, *, num_classes: int, in_chans: int) -> Visi
     return model
 
 
-def _loader(dataset: Dataset, *, batch_size: int, indices: list[int] | None, workers: int, device: torch.device):
+def _loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    indices: list[int] | None,
+    workers: int,
+    device: torch.device,
+    drop_last: bool = True,
+):
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=indices,
         shuffle=False,
-        drop_last=indices is not None,
+        drop_last=drop_last and indices is not None,
         num_workers=workers,
         collate_fn=collate_skipping_broken,
         pin_memory=device.type == "cuda",
@@ -220,18 +229,38 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     """
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(config.deterministic or deterministic_before)
+    processes = distributed.from_environment()
     try:
-        return _train(config, resume=resume, progress=progress)
+        return _train(config, resume=resume, progress=progress, processes=processes)
+    except RuntimeError as error:
+        if not processes.distributed or isinstance(error, (TrainingDiverged, DistributedFailure)):
+            raise
+        raise DistributedFailure(
+            f"rank {processes.rank} of {processes.world_size} stops: another process of the job failed or "
+            f"stopped answering ({str(error).splitlines()[0] if str(error) else type(error).__name__}). "
+            "Look for the first error in the job's log; resume with --resume RUN_DIR once all processes run again."
+        ) from error
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
+        distributed.stop(processes)
 
 
-def _train(config: TrainConfig, *, resume: bool, progress: bool) -> RunSummary:
+def _shared_run_dir(config: TrainConfig, processes: Processes) -> Path:
+    """The run folder; without ``--out`` rank 0's timestamped name, the same for every process."""
+    names = [config.out or str(default_run_dir(config))]
+    if processes.distributed:
+        torch.distributed.broadcast_object_list(names, src=0)
+    return Path(names[0])
+
+
+def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Processes) -> RunSummary:
     started = time.perf_counter()
-    device = resolve_device(config.device)
+    device = distributed.start(processes, resolve_device(config.device), config.dist_timeout)
     precision = resolve_precision(config.precision, device)
-    torch.manual_seed(config.seed)
-    run_dir = Path(config.out) if config.out else default_run_dir(config)
+    main = processes.is_main
+    progress = progress and main
+    torch.manual_seed(config.seed)  # the same initial weights in every process
+    run_dir = _shared_run_dir(config, processes)
     config = dataclasses.replace(config, out=str(run_dir))
 
     supervised = config.objective == "classify"
@@ -252,15 +281,20 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> RunSummary:
         model.set_image_size(img_size)
     objective = build_objective(config, model.to(device), num_classes=num_classes, device=device, precision=precision)
     module = objective.module
+    trained = distributed.wrap(module, processes, device)  # what forward and backward run through
+    if processes.rank:  # different dropout and masks in every process
+        torch.manual_seed(config.seed + 1_000_003 * processes.rank)
 
     train_set, val_set = _datasets(config, data, img_size)
 
-    micro_per_epoch = len(train_set) // config.batch_size
+    global_batch = config.global_batch * processes.world_size
+    micro_per_epoch = len(train_set) // (config.batch_size * processes.world_size)
     steps_per_epoch = micro_per_epoch // config.accum_steps
     if steps_per_epoch == 0:
         raise ConfigError(
             f"the training set has {len(train_set)} images, fewer than one global batch of "
-            f"{config.global_batch}; lower batch_size or accum_steps"
+            f"{global_batch} (batch_size × accum_steps × {processes.world_size} processes); "
+            "lower batch_size or accum_steps"
         )
     total_steps = config.steps or max(1, round(config.epochs * steps_per_epoch))
     num_epochs = math.ceil(total_steps / steps_per_epoch)
@@ -274,6 +308,8 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> RunSummary:
     state = {
         "epoch": 0,
         "step_in_epoch": 0,
+        "images_in_epoch": 0,
+        "global_batch": global_batch,
         "step": 0,
         "epoch_loss_sum": 0.0,
         "epoch_loss_count": 0,
@@ -287,28 +323,59 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> RunSummary:
         if not checkpoint_path.is_file():
             raise ConfigError(f"{run_dir} has no {CHECKPOINT_NAME} to resume from")
         state = load_checkpoint(checkpoint_path, model=module, optimizer=optimizer, scheduler=scheduler, ema=ema)
-        report.keep_metrics_until(run_dir, state["epoch"])
-    else:
-        if checkpoint_path.exists() or (run_dir / TRAIN_CONFIG_NAME).exists():
-            raise ConfigError(
-                f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out"
-            )
+        # Checkpoints count the epoch's progress in images, so any number of processes can resume.
+        state.setdefault("images_in_epoch", state["step_in_epoch"] * global_batch)
+        before = state.get("global_batch", global_batch)
+        if before != global_batch:
+            if main:
+                warnings.warn(
+                    f"resuming with a global batch of {global_batch} images ({processes.world_size} process(es)) "
+                    f"instead of {before}: the epoch continues at image {state['images_in_epoch']}, but steps "
+                    "and the learning-rate schedule now count the new batch; keep batch × processes × "
+                    "accumulation steps equal to resume the same run",
+                    stacklevel=2,
+                )
+            state["global_batch"] = global_batch
+        if processes.rank:  # the checkpoint holds rank 0's random state
+            torch.manual_seed(config.seed + 1_000_003 * processes.rank + state["step"])
+        if main:
+            report.keep_metrics_until(run_dir, state["epoch"])
+    elif checkpoint_path.exists() or (run_dir / TRAIN_CONFIG_NAME).exists():
+        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+    if processes.distributed:  # every process has checked the folder before rank 0 writes to it
+        torch.distributed.barrier()
+    if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(run_dir / TRAIN_CONFIG_NAME, lambda tmp: tmp.write_text(config.to_json()))
+        atomic_write(run_dir / TRAIN_CONFIG_NAME, lambda tmp: tmp.write_text(config.to_json()))
 
     from torch.utils.tensorboard import SummaryWriter  # imported here: it takes seconds to import
 
-    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=state["step"] or None)
+    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=state["step"] or None) if main else None
     eval_module = ema.module if ema is not None else module
 
     def checkpoint() -> None:
-        save_checkpoint(
-            checkpoint_path, model=module, optimizer=optimizer, scheduler=scheduler, ema=ema, progress=state
-        )
+        if main:  # DDP keeps weights and optimiser state identical in every process
+            save_checkpoint(
+                checkpoint_path, model=module, optimizer=optimizer, scheduler=scheduler, ema=ema, progress=state
+            )
 
     def held_out() -> Evaluation:
-        loader = _loader(val_set, batch_size=256, indices=None, workers=config.workers, device=device)
-        return objective.evaluate(eval_module, loader)
+        # Each process scores every world_size-th image, then the sums are added: every held-out
+        # image counts exactly once, with no padding, whatever the number of processes.
+        mine = list(range(processes.rank, len(val_set), processes.world_size)) if processes.distributed else None
+        loader = _loader(val_set, batch_size=256, indices=mine, workers=config.workers, device=device, drop_last=False)
+        return combine(objective.evaluate(eval_module, loader), processes)
+
+    def stop_diverged(value: float) -> None:
+        if writer is not None:
+            writer.close()
+        bar.close()
+        kept = checkpoint_path if checkpoint_path.exists() else "none written yet"
+        raise TrainingDiverged(
+            f"the loss became {value} at step {state['step'] + 1} (epoch {epoch + 1}); stopped. "
+            f"The last good checkpoint is kept: {kept}. "
+            "Lower the learning rate, raise the warmup, or use --precision fp32."
+        )
 
     if progress:
         params = sum(p.numel() for p in model.parameters())
@@ -327,36 +394,33 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> RunSummary:
         if isinstance(train_set, TransformedDataset):
             train_set.set_epoch(epoch)
         order = epoch_order(len(train_set), config.seed, epoch)
-        start = state["step_in_epoch"] * config.accum_steps * config.batch_size
-        loader = _loader(
-            train_set,
-            batch_size=config.batch_size,
-            indices=order[start : micro_per_epoch * config.batch_size],
-            workers=config.workers,
-            device=device,
-        )
+        usable = micro_per_epoch * config.batch_size * processes.world_size
+        mine = distributed.rank_batches(order[state["images_in_epoch"] : usable], config.batch_size, processes)
+        loader = _loader(train_set, batch_size=config.batch_size, indices=mine, workers=config.workers, device=device)
         tick = time.perf_counter()
+        step_losses = torch.zeros(2, dtype=torch.float64)  # this step's loss sum and micro-batch count
         for micro, (images, labels, broken) in enumerate(loader, start=1):
             state["skipped"] = sorted({*state["skipped"], *broken})
+            last_micro = micro % config.accum_steps == 0
             if images is not None:
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                loss = objective.loss(module, images, labels)
-                value = loss.item()
-                if not math.isfinite(value):
-                    writer.close()
-                    bar.close()
-                    kept = checkpoint_path if checkpoint_path.exists() else "none written yet"
-                    raise TrainingDiverged(
-                        f"the loss became {value} at step {state['step'] + 1} (epoch {epoch + 1}); stopped. "
-                        f"The last good checkpoint is kept: {kept}. "
-                        "Lower the learning rate, raise the warmup, or use --precision fp32."
-                    )
-                (loss / config.accum_steps).backward()
-                state["epoch_loss_sum"] += value
-                state["epoch_loss_count"] += 1
-                state["images"] += len(images)
-            if micro % config.accum_steps:
+                with distributed.no_gradient_sync(trained, skip=not last_micro):
+                    loss = objective.loss(trained, images, labels)
+                    value = loss.item()
+                    if not math.isfinite(value) and not processes.distributed:
+                        stop_diverged(value)
+                    (loss / config.accum_steps).backward()
+                step_losses += torch.tensor([value, 1.0], dtype=torch.float64)
+                state["images"] += len(images) * processes.world_size
+            if not last_micro:
                 continue
+            total, count = distributed.all_reduce_sum(step_losses, processes).tolist()
+            value = total / max(count, 1)  # the step's mean loss over every process
+            if not math.isfinite(value):  # in every process at once, so none is left waiting
+                stop_diverged(value)
+            state["epoch_loss_sum"] += total
+            state["epoch_loss_count"] += int(count)
+            step_losses.zero_()
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
             optimizer.step()
@@ -366,6 +430,7 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> RunSummary:
                 ema.update_parameters(module)
             state["step"] += 1
             state["step_in_epoch"] += 1
+            state["images_in_epoch"] += global_batch
             lr = scheduler.get_last_lr()[0]
             now = time.perf_counter()
             state["train_seconds"] += now - tick
@@ -375,8 +440,9 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> RunSummary:
             bar.set_postfix(
                 epoch=epoch + 1, loss=f"{value:.3f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.0f}", refresh=False
             )
-            writer.add_scalar("train/loss", value, state["step"])
-            writer.add_scalar("train/lr", lr, state["step"])
+            if writer is not None:
+                writer.add_scalar("train/loss", value, state["step"])
+                writer.add_scalar("train/lr", lr, state["step"])
             if state["step"] == total_steps:
                 break
             if config.checkpoint_every and state["step"] % config.checkpoint_every == 0:
@@ -392,29 +458,26 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> RunSummary:
             "step": state["step"],
             "train_loss": state["epoch_loss_sum"] / max(state["epoch_loss_count"], 1),
             **result.metrics,
+            "val_images": result.count,
             "lr": scheduler.get_last_lr()[0],
             "images_per_second": state["images"] / max(state["train_seconds"], 1e-9),
         }
-        report.append_metrics(run_dir, record)
-        for key in ("train_loss", *result.metrics):
-            writer.add_scalar(f"epoch/{key}", record[key], epoch + 1)
-        bar.write(
-            f"epoch {epoch + 1}/{num_epochs}: train loss {record['train_loss']:.4f}  " + report.describe(result.metrics)
-        )
-        state.update(epoch=epoch + 1, step_in_epoch=0, epoch_loss_sum=0.0, epoch_loss_count=0)
+        if main:
+            report.append_metrics(run_dir, record)
+            for key in ("train_loss", *result.metrics):
+                writer.add_scalar(f"epoch/{key}", record[key], epoch + 1)
+            bar.write(
+                f"epoch {epoch + 1}/{num_epochs}: train loss {record['train_loss']:.4f}  "
+                + report.describe(result.metrics)
+            )
+        state.update(epoch=epoch + 1, step_in_epoch=0, images_in_epoch=0, epoch_loss_sum=0.0, epoch_loss_count=0)
         checkpoint()
     bar.close()
-    writer.close()
+    if writer is not None:
+        writer.close()
     if result is None:  # resumed a run that had already finished
         result = held_out()
 
-    kept = objective.vit(eval_module.cpu() if device.type != "cpu" else eval_module)
-    save_model(run_dir, kept, class_names=data.class_names if supervised else [], model_name=config.model)
-    report.plot_curves(report.read_metrics(run_dir), run_dir / "curves.png")
-    if result.confusion is not None:
-        report.plot_confusion(result.confusion, data.class_names, run_dir / "confusion.png")
-    if config.objective == "mae":
-        report.plot_reconstructions(eval_module, val_set, run_dir / "reconstructions.png")
     summary = RunSummary(
         run_dir=str(run_dir),
         objective=config.objective,
@@ -431,7 +494,15 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool) -> RunSummary:
         device=str(device),
         precision=precision,
     )
-    atomic_write(run_dir / SUMMARY_NAME, lambda tmp: tmp.write_text(json.dumps(asdict(summary), indent=2)))
+    if main:
+        kept = objective.vit(eval_module.cpu() if device.type != "cpu" else eval_module)
+        save_model(run_dir, kept, class_names=data.class_names if supervised else [], model_name=config.model)
+        report.plot_curves(report.read_metrics(run_dir), run_dir / "curves.png")
+        if result.confusion is not None:
+            report.plot_confusion(result.confusion, data.class_names, run_dir / "confusion.png")
+        if config.objective == "mae":
+            report.plot_reconstructions(eval_module, val_set, run_dir / "reconstructions.png")
+        atomic_write(run_dir / SUMMARY_NAME, lambda tmp: tmp.write_text(json.dumps(asdict(summary), indent=2)))
     return summary
 
 

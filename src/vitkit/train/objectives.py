@@ -3,7 +3,8 @@ objective from :mod:`vitkit.pretrain`. The training loop is the same for all of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -15,6 +16,7 @@ from ..data.transforms import batch_mixing
 from ..models import VisionTransformer
 from ..pretrain import MaskedAutoencoder, MaskedPatchPrediction
 from .config import ConfigError, TrainConfig
+from .distributed import Processes, all_reduce_sum
 from .evaluate import autocast, evaluate
 
 #: default fraction of patches each objective corrupts or hides (the papers' values)
@@ -23,12 +25,39 @@ DEFAULT_MASK_RATIO = {"mpp": 0.5, "mae": 0.75}
 
 @dataclass
 class Evaluation:
-    """Held-out metrics of one epoch; ``score`` ranks epochs (higher is better)."""
+    """Held-out metrics of one epoch (means over ``count`` images); ``score`` ranks epochs."""
 
     metrics: dict[str, float]
-    score: float
+    count: int
+    #: the metric that ranks epochs, and whether higher is better
+    score_key: str = "val_loss"
+    higher_is_better: bool = False
     confusion: Tensor | None = None
-    skipped: list[str] | None = None
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def score(self) -> float:
+        value = self.metrics[self.score_key]
+        return value if self.higher_is_better else -value
+
+
+def combine(evaluation: Evaluation, processes: Processes) -> Evaluation:
+    """Merge the evaluations of all processes, each on its own share of the held-out images:
+    counts and confusion matrices add up, means are weighted by counts."""
+    if not processes.distributed:
+        return evaluation
+    names = sorted(evaluation.metrics)
+    sums = torch.tensor(
+        [evaluation.metrics[n] * evaluation.count for n in names] + [evaluation.count], dtype=torch.float64
+    )
+    *totals, count = all_reduce_sum(sums, processes).tolist()
+    confusion = None if evaluation.confusion is None else all_reduce_sum(evaluation.confusion, processes)
+    return dataclasses.replace(
+        evaluation,
+        metrics={n: t / count for n, t in zip(names, totals, strict=True)},
+        count=int(count),
+        confusion=confusion,
+    )
 
 
 class Objective(Protocol):
@@ -67,7 +96,7 @@ class Classification:
     def evaluate(self, module: nn.Module, loader: DataLoader) -> Evaluation:
         result = evaluate(module, loader, num_classes=self.num_classes, device=self.device, precision=self.precision)
         metrics = {"val_loss": result.loss, "val_top1": result.top1, "val_top5": result.top5}
-        return Evaluation(metrics, result.top1, result.confusion, result.skipped)
+        return Evaluation(metrics, result.count, "val_top1", True, result.confusion, result.skipped)
 
     def vit(self, module: nn.Module) -> VisionTransformer:
         return module  # type: ignore[return-value]
@@ -105,8 +134,7 @@ class Pretraining:
         module.train(was_training)
         if count == 0:
             raise ValueError("no readable image to evaluate on")
-        metrics = {name: total / count for name, total in sums.items()}
-        return Evaluation(metrics, -metrics["val_loss"], skipped=skipped)
+        return Evaluation({name: total / count for name, total in sums.items()}, count, skipped=skipped)
 
     def vit(self, module: nn.Module) -> VisionTransformer:
         return module.encoder  # type: ignore[return-value]
