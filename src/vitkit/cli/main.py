@@ -16,6 +16,7 @@ import torch
 import vitkit
 from vitkit.analysis import inspect_model, inspection_images
 from vitkit.benchmark import LIBRARIES, PRECISIONS, format_table, run_benchmark
+from vitkit.data.shards import write_shards
 from vitkit.interop import convert, export_model, load_model
 from vitkit.interop.convert import TARGETS
 from vitkit.interop.export import EXPORT_FORMATS
@@ -313,6 +314,15 @@ def _benchmark(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
+def _shards(args: argparse.Namespace) -> None:
+    manifest = write_shards(
+        args.data, args.out, shard_size=args.shard_size, in_chans=args.in_chans, val_fraction=args.val_fraction
+    )
+    for split, shards in manifest["splits"].items():
+        print(f"{split}: {sum(s['count'] for s in shards):,} images in {len(shards)} shard(s)")
+    print(f"wrote {Path(args.out) / 'shards.json'}; train on it with vitkit train --data {args.out}")
+
+
 def _convert(args: argparse.Namespace) -> None:
     written = convert(args.src, args.dst, to=args.to, model_name=args.model)
     print(f"wrote {written} ({args.to})")
@@ -411,6 +421,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--distance-images", type=int, default=256, help="images of --data to average attention distances over"
     )
     inspect_cmd.set_defaults(func=_inspect)
+
+    shards_cmd = commands.add_parser(
+        "shards", help="write a dataset as tar shards (WebDataset layout) to stream data larger than memory"
+    )
+    shards_cmd.add_argument("data", help="an ImageFolder folder, a path,label CSV, digits or mnist")
+    shards_cmd.add_argument("out", help="folder for train-*.tar, val-*.tar and shards.json")
+    shards_cmd.add_argument("--shard-size", type=int, default=10_000, help="images per shard")
+    shards_cmd.add_argument("--in-chans", type=int, default=3, choices=(1, 3), help="channels the images are read as")
+    shards_cmd.add_argument(
+        "--val-fraction", type=float, default=0.1, help="held-out fraction when the data has no val/ split"
+    )
+    shards_cmd.set_defaults(func=_shards)
 
     convert_cmd = commands.add_parser("convert", help="write a model in another library's format")
     convert_cmd.add_argument("src", help="a vitkit or Hugging Face folder, or a weight file (.safetensors, .pth)")

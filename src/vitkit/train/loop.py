@@ -8,6 +8,7 @@ random (dropout, mixing) comes from the global generator, whose state the checkp
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import time
@@ -28,6 +29,7 @@ from ..data.datasets import (
     load_data,
     preprocess_in_memory,
 )
+from ..data.shards import ShardStream
 from ..data.transforms import eval_transform, train_transform
 from ..fileio import atomic_write
 from ..interop.adapt import load_state_into
@@ -180,7 +182,7 @@ def _loader(
         batch_size=batch_size,
         sampler=indices,
         shuffle=False,
-        drop_last=drop_last and indices is not None,
+        drop_last=drop_last and (indices is not None or isinstance(dataset, ShardStream)),
         num_workers=workers,
         collate_fn=collate_skipping_broken,
         pin_memory=device.type == "cuda",
@@ -195,11 +197,14 @@ def epoch_order(size: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(size, generator=generator).tolist()
 
 
-def _datasets(config: TrainConfig, data: DataSplits, img_size: int) -> tuple[Dataset, Dataset]:
+def _datasets(config: TrainConfig, data: DataSplits, img_size: int, processes: Processes) -> tuple[Dataset, Dataset]:
     """Training and held-out sets with their transforms. Without random augmentation, in-memory
-    data is preprocessed once rather than per sample and epoch."""
+    data is preprocessed once rather than per sample and epoch; shard streams are split between
+    the processes."""
     flip = data.flip_ok if config.flip is None else config.flip
-    if config.crop_scale is not None or flip or config.randaugment is not None:
+    augmented = config.crop_scale is not None or flip or config.randaugment is not None
+    evaluation = eval_transform(img_size, data.in_chans)
+    if augmented:
         augment = train_transform(
             img_size,
             data.in_chans,
@@ -207,11 +212,19 @@ def _datasets(config: TrainConfig, data: DataSplits, img_size: int) -> tuple[Dat
             flip=flip,
             randaugment=config.randaugment,
         )
+    if isinstance(data.train, ShardStream):
+        share = {"rank": processes.rank, "world_size": processes.world_size}
+        train_stream = data.train.configured(
+            transform=augment if augmented else evaluation,
+            shuffle_buffer=config.shuffle_buffer,
+            seed=config.seed,
+            **share,
+        )
+        return train_stream, data.val.configured(transform=evaluation, **share)
+    if augmented:
         train_set: Dataset = TransformedDataset(data.train, augment, seed=config.seed)
     else:
-        plain = eval_transform(img_size, data.in_chans)
-        train_set = preprocess_in_memory(data.train, plain) or TransformedDataset(data.train, plain)
-    evaluation = eval_transform(img_size, data.in_chans)
+        train_set = preprocess_in_memory(data.train, evaluation) or TransformedDataset(data.train, evaluation)
     val_set = preprocess_in_memory(data.val, evaluation) or TransformedDataset(data.val, evaluation)
     return train_set, val_set
 
@@ -266,7 +279,7 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Proc
     supervised = config.objective == "classify"
     data = load_data(
         config.data,
-        in_chans=config.in_chans or 3,
+        in_chans=config.in_chans,
         val_fraction=config.val_fraction,
         seed=config.seed,
         labels=supervised,
@@ -285,10 +298,15 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Proc
     if processes.rank:  # different dropout and masks in every process
         torch.manual_seed(config.seed + 1_000_003 * processes.rank)
 
-    train_set, val_set = _datasets(config, data, img_size)
+    train_set, val_set = _datasets(config, data, img_size, processes)
+    streaming = isinstance(train_set, ShardStream)
 
     global_batch = config.global_batch * processes.world_size
-    micro_per_epoch = len(train_set) // (config.batch_size * processes.world_size)
+    # Every process takes the same number of micro-batches per epoch (or DDP would wait forever).
+    if streaming:
+        micro_per_epoch = min(train_set.rank_counts()) // config.batch_size
+    else:
+        micro_per_epoch = len(train_set) // (config.batch_size * processes.world_size)
     steps_per_epoch = micro_per_epoch // config.accum_steps
     if steps_per_epoch == 0:
         raise ConfigError(
@@ -362,7 +380,8 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Proc
     def held_out() -> Evaluation:
         # Each process scores every world_size-th image, then the sums are added: every held-out
         # image counts exactly once, with no padding, whatever the number of processes.
-        mine = list(range(processes.rank, len(val_set), processes.world_size)) if processes.distributed else None
+        sharded = processes.distributed and not streaming  # a stream holds its process's share already
+        mine = list(range(processes.rank, len(val_set), processes.world_size)) if sharded else None
         loader = _loader(val_set, batch_size=256, indices=mine, workers=config.workers, device=device, drop_last=False)
         return combine(objective.evaluate(eval_module, loader), processes)
 
@@ -391,12 +410,21 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Proc
     bar = tqdm(total=total_steps, initial=state["step"], disable=not progress, unit="step", dynamic_ncols=True)
     module.train()
     for epoch in range(state["epoch"], num_epochs):
-        if isinstance(train_set, TransformedDataset):
+        if isinstance(train_set, (TransformedDataset, ShardStream)):
             train_set.set_epoch(epoch)
-        order = epoch_order(len(train_set), config.seed, epoch)
-        usable = micro_per_epoch * config.batch_size * processes.world_size
-        mine = distributed.rank_batches(order[state["images_in_epoch"] : usable], config.batch_size, processes)
-        loader = _loader(train_set, batch_size=config.batch_size, indices=mine, workers=config.workers, device=device)
+        if streaming:  # each process reads its own shards; a resumed epoch skips what was done
+            done = state["images_in_epoch"] // (config.batch_size * processes.world_size)
+            stream = _loader(
+                train_set, batch_size=config.batch_size, indices=None, workers=config.workers, device=device
+            )
+            loader = itertools.islice(stream, done, micro_per_epoch)
+        else:
+            order = epoch_order(len(train_set), config.seed, epoch)
+            usable = micro_per_epoch * config.batch_size * processes.world_size
+            mine = distributed.rank_batches(order[state["images_in_epoch"] : usable], config.batch_size, processes)
+            loader = _loader(
+                train_set, batch_size=config.batch_size, indices=mine, workers=config.workers, device=device
+            )
         tick = time.perf_counter()
         step_losses = torch.zeros(2, dtype=torch.float64)  # this step's loss sum and micro-batch count
         for micro, (images, labels, broken) in enumerate(loader, start=1):
