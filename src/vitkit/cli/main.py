@@ -155,7 +155,8 @@ def _print_summary(summary: RunSummary) -> None:
     print(
         f"\n{summary.run_dir}: {result}\n"
         f"{summary.steps} steps ({summary.epochs:.2f} epochs) in {summary.wall_seconds:.0f} s, "
-        f"{summary.train_images_per_second:.0f} training img/s on {summary.device} ({summary.precision})"
+        f"{summary.train_images_per_second:.0f} training img/s on {summary.device} ({summary.precision}), "
+        f"{100 * summary.data_wait_fraction:.0f} % of it waiting for data"
         + (f", {summary.skipped_files} unreadable file(s) skipped" if summary.skipped_files else "")
     )
 

@@ -193,7 +193,10 @@ class ShardStream(IterableDataset):
             rng.shuffle(urls)
         stages: list = [lambda: iter([{"url": url} for url in urls]), wds.tarfile_to_samples()]
         if self.shuffle_buffer:
-            stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng))
+            # Start yielding once a few samples are in: filling a large buffer first would stall
+            # the first steps of every epoch.
+            initial = min(self.shuffle_buffer, 1000)
+            stages.append(wds.shuffle(self.shuffle_buffer, initial=initial, rng=rng))
         for sample in wds.DataPipeline(*stages):
             image_key = next(k for k in sample if not k.startswith("__") and k != "cls")
             image = convert_image(Image.open(io.BytesIO(sample[image_key])), self.in_chans)

@@ -83,6 +83,8 @@ class RunSummary:
     steps: int
     wall_seconds: float
     train_images_per_second: float
+    #: share of the training time spent waiting for the data loader
+    data_wait_fraction: float
     skipped_files: int
     device: str
     precision: str
@@ -335,6 +337,7 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Proc
         "best_epoch": 0,
         "images": 0,
         "train_seconds": 0.0,
+        "data_wait_seconds": 0.0,
         "skipped": sorted(data.skipped),
     }
     if resume:
@@ -427,7 +430,15 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Proc
             )
         tick = time.perf_counter()
         step_losses = torch.zeros(2, dtype=torch.float64)  # this step's loss sum and micro-batch count
-        for micro, (images, labels, broken) in enumerate(loader, start=1):
+        batches = iter(loader)
+        for micro in itertools.count(1):
+            # Time spent waiting for the next batch: how much the data loader starves the model.
+            waiting = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            state["data_wait_seconds"] = state.get("data_wait_seconds", 0.0) + time.perf_counter() - waiting
+            images, labels, broken = batch
             state["skipped"] = sorted({*state["skipped"], *broken})
             last_micro = micro % config.accum_steps == 0
             if images is not None:
@@ -489,6 +500,8 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Proc
             "val_images": result.count,
             "lr": scheduler.get_last_lr()[0],
             "images_per_second": state["images"] / max(state["train_seconds"], 1e-9),
+            # share of training time spent waiting for data (more --workers if it is large)
+            "data_wait_fraction": state.get("data_wait_seconds", 0.0) / max(state["train_seconds"], 1e-9),
         }
         if main:
             report.append_metrics(run_dir, record)
@@ -518,6 +531,7 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Proc
         steps=state["step"],
         wall_seconds=time.perf_counter() - started,
         train_images_per_second=state["images"] / max(state["train_seconds"], 1e-9),
+        data_wait_fraction=state.get("data_wait_seconds", 0.0) / max(state["train_seconds"], 1e-9),
         skipped_files=len(state["skipped"]),
         device=str(device),
         precision=precision,
