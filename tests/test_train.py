@@ -170,7 +170,8 @@ def test_config_layers_merge_in_order(tmp_path):
     assert config.preset == "deit" and config.mixup == 0.8  # from the preset
     assert config.lr == 0.002 and config.epochs == 1.5
     assert config.model_args == {"depth": 3, "embed_dim": 64}
-    assert config.peak_lr == pytest.approx(0.002 * 128 / 512)
+    assert config.peak_lr() == pytest.approx(0.002 * 128 / 512)
+    assert config.peak_lr(processes=4) == pytest.approx(0.002 * 512 / 512)  # global batch counts processes
 
 
 def test_gradient_accumulation_matches_a_bigger_batch(tmp_path):

@@ -54,7 +54,7 @@ class TrainConfig:
     optimizer: str = _opt("adamw", "adamw, adam or sgd", choices=("adamw", "adam", "sgd"))
     lr: float = _opt(1e-3, "peak learning rate")
     lr_batch_base: int | None = _opt(
-        None, "if set, the learning rate is lr × global batch / lr_batch_base (the DeiT scaling rule)"
+        None, "if set, the learning rate is lr × global batch / lr_batch_base (the linear scaling rule, as DeiT)"
     )
     weight_decay: float = _opt(0.05, "decoupled weight decay (never on biases, norms, tokens, position embeddings)")
     betas: list[float] = _opt([0.9, 0.999], "Adam β1 β2", nargs=2)
@@ -69,7 +69,7 @@ class TrainConfig:
     epochs: float = _opt(10.0, "training length in epochs (fractions allowed)")
     steps: int | None = _opt(None, "training length in optimiser steps (replaces epochs)")
     batch_size: int = _opt(128, "images per optimiser micro-batch")
-    accum_steps: int = _opt(1, "micro-batches per optimiser step (global batch = batch_size × accum_steps)")
+    accum_steps: int = _opt(1, "micro-batches per optimiser step (global batch = batch_size × accum_steps × processes)")
     grad_clip: float = _opt(1.0, "clip the global gradient norm to this value; 0 = no clipping")
     label_smoothing: float = _opt(0.0, "label smoothing of the cross-entropy", only="classify")
     ema: float = _opt(0.0, "keep an exponential moving average of the weights with this decay, e.g. 0.9999; 0 = off")
@@ -118,13 +118,13 @@ class TrainConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
-    @property
-    def global_batch(self) -> int:
-        return self.batch_size * self.accum_steps
+    def global_batch(self, processes: int = 1) -> int:
+        """Images per optimiser step: batch_size × accum_steps × processes."""
+        return self.batch_size * self.accum_steps * processes
 
-    @property
-    def peak_lr(self) -> float:
-        return self.lr * self.global_batch / self.lr_batch_base if self.lr_batch_base else self.lr
+    def peak_lr(self, processes: int = 1) -> float:
+        """``lr``, or with ``lr_batch_base`` the linear scaling rule: lr × global batch / lr_batch_base."""
+        return self.lr * self.global_batch(processes) / self.lr_batch_base if self.lr_batch_base else self.lr
 
 
 class ConfigError(ValueError):

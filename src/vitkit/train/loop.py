@@ -303,7 +303,7 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Proc
     train_set, val_set = _datasets(config, data, img_size, processes)
     streaming = isinstance(train_set, ShardStream)
 
-    global_batch = config.global_batch * processes.world_size
+    global_batch = config.global_batch(processes.world_size)
     # Every process takes the same number of micro-batches per epoch (or DDP would wait forever).
     if streaming:
         micro_per_epoch = min(train_set.rank_counts()) // config.batch_size
@@ -319,7 +319,7 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Proc
     total_steps = config.steps or max(1, round(config.epochs * steps_per_epoch))
     num_epochs = math.ceil(total_steps / steps_per_epoch)
 
-    optimizer = build_optimizer(module, config)
+    optimizer = build_optimizer(module, config, processes.world_size)
     scheduler = build_scheduler(optimizer, config, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     ema = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema else None
 

@@ -25,11 +25,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, config: TrainConfig, processes: int = 1) -> torch.optim.Optimizer:
     """AdamW / Adam / SGD with decoupled (AdamW) or L2 (Adam, SGD) weight decay on the decaying
-    group only, using PyTorch's foreach implementations."""
+    group only, using PyTorch's foreach implementations; ``processes`` counts in the global batch."""
     groups = param_groups(model, config.weight_decay)
-    lr = config.peak_lr
+    lr = config.peak_lr(processes)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(config.betas), foreach=True)
     if config.optimizer == "adam":
