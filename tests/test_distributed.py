@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import digits_config
 from safetensors.torch import load_file
 
@@ -40,10 +41,11 @@ def test_each_rank_takes_its_own_micro_batches():
     assert sorted(index for share in ranks for index in share) == order
 
 
-def test_two_processes_train_like_one_with_twice_the_batch(tmp_path):
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_two_processes_train_like_one_with_twice_the_batch(tmp_path, fsdp):
     settings = {"steps": 3, "warmup_epochs": 0, "precision": "fp32", "checkpoint_every": 0}
     one = train(digits_config(tmp_path / "one", batch_size=64, **settings), progress=False)
-    two = digits_config(tmp_path / "two", batch_size=32, **settings)
+    two = digits_config(tmp_path / "two", batch_size=32, fsdp=fsdp, **settings)
     torchrun("train", "--config", write_config(two, tmp_path / "two.json"))
     a = load_file(str(Path(one.run_dir) / "model.safetensors"))
     b = load_file(str(Path(two.out) / "model.safetensors"))
@@ -55,8 +57,9 @@ def test_two_processes_train_like_one_with_twice_the_batch(tmp_path):
     assert abs(record["val_top1"] - alone.top1) < 1e-9
 
 
-def test_a_checkpoint_of_two_processes_resumes_with_one_and_with_two(tmp_path):
-    config = digits_config(tmp_path / "pair", epochs=1, checkpoint_every=0)
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_a_checkpoint_of_two_processes_resumes_with_one_and_with_two(tmp_path, fsdp):
+    config = digits_config(tmp_path / "pair", epochs=1, checkpoint_every=0, fsdp=fsdp)
     torchrun("train", "--config", write_config(config, tmp_path / "pair.json"))
     run_dir = Path(config.out)
     settings = json.loads((run_dir / "train_config.json").read_text())

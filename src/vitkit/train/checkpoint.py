@@ -10,6 +10,7 @@ complete: a run killed at any moment leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +55,18 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     ema: nn.Module | None,
     progress: dict[str, Any],
+    model_state: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> None:
     """Write the full training state to ``path`` atomically. ``progress`` is JSON data
-    (epoch, step, batches done in the epoch, best accuracy, ...)."""
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    (epoch, step, batches done in the epoch, best accuracy, ...). ``model_state`` and
+    ``optimizer_state`` replace the model's and optimiser's own state dicts (gathered ones, when
+    the model is sharded over processes)."""
+    model_state = model.state_dict() if model_state is None else model_state
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model_state.items()}
     if ema is not None:
         tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
-    optimizer_tensors, optimizer_meta = _flatten_optimizer(optimizer.state_dict())
+    optimizer_tensors, optimizer_meta = _flatten_optimizer(optimizer_state or optimizer.state_dict())
     tensors.update(optimizer_tensors)
     tensors["rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available():
@@ -81,8 +87,11 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     ema: nn.Module | None,
+    restore_states: Callable[[dict[str, torch.Tensor], dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Restore everything :func:`save_checkpoint` wrote (RNG included) and return the progress."""
+    """Restore everything :func:`save_checkpoint` wrote (RNG included) and return the progress.
+    ``restore_states(model_state, optimizer_state)``, if given, loads those two instead of
+    ``load_state_dict`` (for a model sharded over processes)."""
     try:
         tensors = load_file(str(path))
         with safe_open(str(path), "pt") as handle:
@@ -95,10 +104,14 @@ def load_checkpoint(
     def section(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
-    model.load_state_dict(section("model."))
+    optimizer_state = _unflatten_optimizer(tensors, json.loads(metadata["optimizer"]))
+    if restore_states is not None:
+        restore_states(section("model."), optimizer_state)
+    else:
+        model.load_state_dict(section("model."))
+        optimizer.load_state_dict(optimizer_state)
     if ema is not None:
         ema.load_state_dict(section("ema."))
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, json.loads(metadata["optimizer"])))
     scheduler.load_state_dict(json.loads(metadata["scheduler"]))
     torch.set_rng_state(tensors["rng.cpu"])
     cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]

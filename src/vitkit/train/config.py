@@ -102,6 +102,9 @@ class TrainConfig:
     )
     grad_checkpointing: bool = _opt(False, "recompute block activations in the backward pass: less memory, more time")
     device: str = _opt("auto", "cpu, cuda, or auto", choices=("auto", "cpu", "cuda"))
+    fsdp: bool = _opt(
+        False, "under torchrun: shard weights, gradients and optimiser state over the processes (FSDP2) instead of DDP"
+    )
     dist_timeout: float = _opt(
         600.0, "under torchrun: seconds a process waits for the others before it stops with an error"
     )

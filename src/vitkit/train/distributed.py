@@ -3,8 +3,11 @@
 ``torchrun --nproc-per-node N vitkit train ...`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``
 for each process; :func:`start` joins them into one process group (NCCL on CUDA, gloo on CPU) and
 every other function here is a no-op for a single process, so the training loop reads the same
-either way. The model is wrapped in DDP: every process holds the whole model and the gradients
-are averaged over the processes in the backward pass.
+either way. The model is wrapped in DDP (every process holds the whole model; gradients are
+averaged over the processes in the backward pass), or with ``fsdp`` sharded by FSDP2's
+``fully_shard`` (each block, then the whole): parameters, gradients and optimiser state are split
+over the processes and gathered block by block when needed. Checkpoints always hold the complete,
+unsharded state, so a run can resume with any number of processes, sharded or not.
 """
 
 from __future__ import annotations
@@ -71,9 +74,19 @@ def stop(processes: Processes) -> None:
         dist.destroy_process_group()
 
 
-def wrap(module: nn.Module, processes: Processes, device: torch.device) -> nn.Module:
-    """DDP around ``module``; the module itself for a single process."""
+def wrap(module: nn.Module, processes: Processes, device: torch.device, *, fsdp: bool = False) -> nn.Module:
+    """DDP around ``module``, or with ``fsdp`` the module sharded in place; the module itself for
+    a single process."""
     if not processes.distributed:
+        return module
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        from ..models.vit import Block
+
+        for block in [m for m in module.modules() if isinstance(m, Block)]:
+            fully_shard(block)
+        fully_shard(module)
         return module
     from torch.nn.parallel import DistributedDataParallel
 
@@ -109,3 +122,64 @@ def rank_batches(indices: list[int], batch_size: int, processes: Processes) -> l
         return indices
     chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
     return [index for chunk in chunks[processes.rank :: processes.world_size] for index in chunk]
+
+
+def is_sharded(module: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+def _optimizer_order(module: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Parameter names in the optimiser's order: the positions a plain state dict uses."""
+    names = {id(param): name for name, param in module.named_parameters()}
+    return [names[id(param)] for group in optimizer.param_groups for param in group["params"]]
+
+
+def gathered_states(module: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """The complete model and optimiser state of a sharded module, laid out as a plain module's
+    ``state_dict()`` (optimiser state by parameter position). Every process must call this;
+    rank 0 receives the tensors (on the CPU), the others empty dicts."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state, optimizer_state = get_state_dict(module, optimizer, options=options)
+    if not optimizer_state:
+        return model_state, {}
+    position = {name: i for i, name in enumerate(_optimizer_order(module, optimizer))}
+    return model_state, {
+        "state": {position[name]: value for name, value in optimizer_state["state"].items()},
+        "param_groups": [
+            {**group, "params": [position[name] for name in group["params"]]}
+            for group in optimizer_state["param_groups"]
+        ],
+    }
+
+
+def restore_sharded(
+    module: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optimizer_state: dict
+) -> None:
+    """Load complete (unsharded) states, as :func:`gathered_states` gives them, into a sharded module."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    names = _optimizer_order(module, optimizer)
+    by_name = {
+        "state": {names[int(i)]: value for i, value in optimizer_state["state"].items()},
+        "param_groups": [
+            {**group, "params": [names[int(i)] for i in group["params"]]} for group in optimizer_state["param_groups"]
+        ],
+    }
+    set_state_dict(
+        module,
+        optimizer,
+        model_state_dict=model_state,
+        optim_state_dict=by_name,
+        options=StateDictOptions(full_state_dict=True),
+    )
+
+
+def gathered_model_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The complete weights of a sharded module on rank 0 (every process must call this)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

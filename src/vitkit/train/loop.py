@@ -8,6 +8,7 @@ random (dropout, mixing) comes from the global generator, whose state the checkp
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -178,7 +179,17 @@ def _loader(
     workers: int,
     device: torch.device,
     drop_last: bool = True,
+    batches: list[list[int]] | None = None,
 ):
+    """Batches of ``indices`` in order (or of the whole stream), or exactly the given ``batches``."""
+    if batches is not None:
+        return DataLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=workers,
+            collate_fn=collate_skipping_broken,
+            pin_memory=device.type == "cuda",
+        )
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -296,12 +307,17 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Proc
         model.set_image_size(img_size)
     objective = build_objective(config, model.to(device), num_classes=num_classes, device=device, precision=precision)
     module = objective.module
-    trained = distributed.wrap(module, processes, device)  # what forward and backward run through
+    sharded = config.fsdp and processes.distributed
+    if sharded and config.ema:
+        raise ConfigError("--ema is not supported with --fsdp yet; drop one of them")
+    trained = distributed.wrap(module, processes, device, fsdp=sharded)  # what forward and backward run through
     if processes.rank:  # different dropout and masks in every process
         torch.manual_seed(config.seed + 1_000_003 * processes.rank)
 
     train_set, val_set = _datasets(config, data, img_size, processes)
     streaming = isinstance(train_set, ShardStream)
+    if sharded and streaming:  # sharded forwards are collective: every process needs as many batches
+        raise ConfigError("--fsdp with shard streams is not supported yet; use DDP (no --fsdp) for shards")
 
     global_batch = config.global_batch(processes.world_size)
     # Every process takes the same number of micro-batches per epoch (or DDP would wait forever).
@@ -343,7 +359,10 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Proc
     if resume:
         if not checkpoint_path.is_file():
             raise ConfigError(f"{run_dir} has no {CHECKPOINT_NAME} to resume from")
-        state = load_checkpoint(checkpoint_path, model=module, optimizer=optimizer, scheduler=scheduler, ema=ema)
+        restore = functools.partial(distributed.restore_sharded, module, optimizer) if sharded else None
+        state = load_checkpoint(
+            checkpoint_path, model=module, optimizer=optimizer, scheduler=scheduler, ema=ema, restore_states=restore
+        )
         # Checkpoints count the epoch's progress in images, so any number of processes can resume.
         state.setdefault("images_in_epoch", state["step_in_epoch"] * global_batch)
         before = state.get("global_batch", global_batch)
@@ -375,17 +394,35 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Proc
     eval_module = ema.module if ema is not None else module
 
     def checkpoint() -> None:
-        if main:  # DDP keeps weights and optimiser state identical in every process
+        # DDP keeps weights and optimiser state identical in every process; FSDP gathers them.
+        model_state, optimizer_state = distributed.gathered_states(module, optimizer) if sharded else (None, None)
+        if main:
             save_checkpoint(
-                checkpoint_path, model=module, optimizer=optimizer, scheduler=scheduler, ema=ema, progress=state
+                checkpoint_path,
+                model=module,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                ema=ema,
+                progress=state,
+                model_state=model_state,
+                optimizer_state=optimizer_state,
             )
 
     def held_out() -> Evaluation:
         # Each process scores every world_size-th image, then the sums are added: every held-out
         # image counts exactly once, with no padding, whatever the number of processes.
-        sharded = processes.distributed and not streaming  # a stream holds its process's share already
-        mine = list(range(processes.rank, len(val_set), processes.world_size)) if sharded else None
-        loader = _loader(val_set, batch_size=256, indices=mine, workers=config.workers, device=device, drop_last=False)
+        if processes.distributed and not streaming:  # a stream holds its process's share already
+            mine = torch.arange(processes.rank, len(val_set), processes.world_size)
+            # The same number of batches in every process: sharded forwards are collective.
+            count = math.ceil(math.ceil(len(val_set) / processes.world_size) / 256)
+            batches = [chunk.tolist() for chunk in mine.tensor_split(count) if len(chunk)]
+            loader = _loader(
+                val_set, batch_size=256, indices=None, workers=config.workers, device=device, batches=batches
+            )
+        else:
+            loader = _loader(
+                val_set, batch_size=256, indices=None, workers=config.workers, device=device, drop_last=False
+            )
         return combine(objective.evaluate(eval_module, loader), processes)
 
     def stop_diverged(value: float) -> None:
@@ -536,6 +573,14 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Proc
         device=str(device),
         precision=precision,
     )
+    if sharded:  # rank 0 gets a plain copy of the trained module to save and draw
+        full = distributed.gathered_model_state(module)
+        if main:
+            plain = build_objective(
+                config, VisionTransformer(model.config), num_classes=num_classes, device=device, precision=precision
+            )
+            plain.module.load_state_dict(full)
+            eval_module = plain.module
     if main:
         kept = objective.vit(eval_module.cpu() if device.type != "cpu" else eval_module)
         save_model(run_dir, kept, class_names=data.class_names if supervised else [], model_name=config.model)
