@@ -84,6 +84,15 @@ def test_training_streams_shards_in_one_and_two_processes(shards, tmp_path):
     assert records[-1]["step"] == 2 * (92 // 16)
 
 
+def test_loader_workers_each_drop_their_own_partial_batch(shards, tmp_path):
+    # 2 workers: shards 0, 2, 4, 6, 8 (108 images: 6 batches of 16) and 1, 3, 5, 7 (92: 5 batches).
+    stream = ShardStream(shards, "train", in_chans=1)
+    assert stream.batches_per_epoch(16, workers=2) == 11 and stream.batches_per_epoch(16, workers=0) == 12
+    settings = {"data": str(shards), "img_size": 8, "model_args": TINY, "epochs": 1, "batch_size": 16, "workers": 2}
+    summary = train(resolve_config(preset="demo", overrides={**settings, "out": str(tmp_path / "run")}), progress=False)
+    assert summary.steps == 11 and summary.epochs == 1.0
+
+
 def test_bad_shard_folders_say_what_is_wrong(shards, tmp_path):
     with pytest.raises(DataError, match="already holds shards"):
         write_shards("digits", shards)

@@ -173,10 +173,15 @@ class ShardStream(IterableDataset):
         """Samples in the whole split (all processes)."""
         return sum(entry["count"] for entry in self.shards)
 
-    def rank_counts(self) -> list[int]:
-        """Samples each process reads per epoch."""
-        world = self.world_size
-        return [sum(entry["count"] for entry in self.shards[rank::world]) for rank in range(world)]
+    def batches_per_epoch(self, batch_size: int, workers: int) -> int:
+        """Full batches that every process can take per epoch. Each loader worker batches its own
+        shards (and drops its own last, partial batch), so this counts per worker."""
+        per_rank = []
+        for rank in range(self.world_size):
+            mine = self.shards[rank :: self.world_size]
+            shares = [mine[w :: max(workers, 1)] for w in range(max(workers, 1))]
+            per_rank.append(sum(sum(entry["count"] for entry in share) // batch_size for share in shares))
+        return min(per_rank)
 
     def _my_shards(self) -> list[dict]:
         mine = self.shards[self.rank :: self.world_size]

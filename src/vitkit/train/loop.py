@@ -322,7 +322,7 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Proc
     global_batch = config.global_batch(processes.world_size)
     # Every process takes the same number of micro-batches per epoch (or DDP would wait forever).
     if streaming:
-        micro_per_epoch = min(train_set.rank_counts()) // config.batch_size
+        micro_per_epoch = train_set.batches_per_epoch(config.batch_size, config.workers)
     else:
         micro_per_epoch = len(train_set) // (config.batch_size * processes.world_size)
     steps_per_epoch = micro_per_epoch // config.accum_steps
