@@ -76,8 +76,8 @@ class TrainConfig:
     # self-supervised pre-training (vitkit pretrain)
     objective: str = _opt(
         "classify",
-        "classify (supervised), mpp (masked patch prediction) or mae (masked autoencoder)",
-        choices=OBJECTIVES,
+        "mpp (masked patch prediction) or mae (masked autoencoder); classify = supervised (vitkit train)",
+        choices=OBJECTIVES[1:],  # the flag exists for vitkit pretrain only
         only="pretrain",
     )
     mask_ratio: float | None = _opt(
