@@ -156,7 +156,10 @@ def dataset_labels(dataset: Dataset) -> torch.Tensor:
         return dataset.labels.long()
     if isinstance(dataset, FileImageDataset):
         return torch.tensor([label for _, label in dataset.samples], dtype=torch.long)
-    raise TypeError(f"no labels known for a {type(dataset).__name__}")
+    raise DataError(
+        f"per-class subsets need an image folder, a CSV or a built-in dataset, not a {type(dataset).__name__} "
+        "(e.g. tar shards: write the subset you want with vitkit shards instead)"
+    )
 
 
 def select(dataset: Dataset, indices: Sequence[int] | torch.Tensor) -> Dataset:
@@ -166,7 +169,9 @@ def select(dataset: Dataset, indices: Sequence[int] | torch.Tensor) -> Dataset:
         return type(dataset)(dataset.images[indices], dataset.labels[indices])
     if isinstance(dataset, FileImageDataset):
         return FileImageDataset([dataset.samples[i] for i in indices.tolist()], dataset.in_chans)
-    raise TypeError(f"cannot take a subset of a {type(dataset).__name__}")
+    raise DataError(
+        f"cannot take a subset of a {type(dataset).__name__}; use an image folder, a CSV or a built-in dataset"
+    )
 
 
 def per_class_indices(labels: torch.Tensor, per_class: int, *, seed: int, num_classes: int) -> torch.Tensor:

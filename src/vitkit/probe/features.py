@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ..data.datasets import TransformedDataset, collate_skipping_broken, preprocess_in_memory
 from ..models import VisionTransformer
@@ -29,6 +29,8 @@ def extract_features(
     ``dataset`` (samples ``(image, label)``), preprocessed as the model expects."""
     if pool not in POOLS:
         raise ValueError(f"unknown feature pooling {pool!r}; choose one of {', '.join(POOLS)}")
+    if isinstance(dataset, IterableDataset):
+        raise ValueError("frozen features are computed from an image folder, a CSV or a built-in dataset, not shards")
     if pool == "token" and not model.config.class_token:
         raise ValueError("the model has no class token; use --pool avg or head")
     was_training = model.training
