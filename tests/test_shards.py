@@ -68,12 +68,16 @@ def test_every_image_comes_back_exactly_once_per_epoch(image_folder, shards):
     assert orders != first  # the shuffle changes with the epoch
 
 
-def test_training_streams_shards_in_one_and_two_processes(shards, tmp_path):
+def test_training_streams_shards_in_one_and_two_processes(shards, tmp_path, capsys):
     settings = {"data": str(shards), "img_size": 8, "model_args": TINY, "epochs": 2, "batch_size": 16}
     summary = train(resolve_config(preset="demo", overrides={**settings, "out": str(tmp_path / "one")}), progress=False)
     records = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     assert [r["val_images"] for r in records] == [60, 60]
     assert summary.steps == 2 * (200 // 16)
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "one"), "--json"]) == 0  # vitkit eval reads the shards too
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 60 and report["top1"] == pytest.approx(records[-1]["val_top1"])
     from test_distributed import torchrun, write_config
 
     config = resolve_config(preset="demo", overrides={**settings, "out": str(tmp_path / "two")})

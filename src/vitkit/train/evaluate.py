@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.datasets import TransformedDataset, collate_skipping_broken, load_data, preprocess_in_memory
+from ..data.shards import ShardStream
 from ..interop.folder import LoadedModel
 
 
@@ -93,7 +94,10 @@ def evaluate_model_on(
     if split not in ("val", "train"):
         raise ValueError(f"split must be 'val' or 'train', got {split!r}")
     base = data.val if split == "val" else data.train
-    dataset = preprocess_in_memory(base, preprocess) or TransformedDataset(base, preprocess)
+    if isinstance(base, ShardStream):
+        dataset = base.configured(transform=preprocess)
+    else:
+        dataset = preprocess_in_memory(base, preprocess) or TransformedDataset(base, preprocess)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping_broken)
     device = next(model.parameters()).device
     result = evaluate(model, loader, num_classes=len(class_names), device=device)
