@@ -107,10 +107,13 @@ def no_gradient_sync(module: nn.Module, skip: bool) -> contextlib.AbstractContex
 
 def all_reduce_sum(values: torch.Tensor, processes: Processes) -> torch.Tensor:
     """The element-wise sum over all processes (``values`` itself for one process)."""
-    if processes.distributed:
-        values = values.clone()
-        dist.all_reduce(values)
-    return values
+    if not processes.distributed:
+        return values
+    # NCCL reduces GPU tensors only; the loop's counters live on the CPU.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else values.device
+    reduced = values.to(device, copy=True)
+    dist.all_reduce(reduced)
+    return reduced.to(values.device)
 
 
 def rank_batches(indices: list[int], batch_size: int, processes: Processes) -> list[int]:
