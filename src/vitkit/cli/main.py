@@ -133,9 +133,9 @@ def _pretrain(args: argparse.Namespace) -> None:
         summary = resume_run(args.resume, progress=not args.quiet)
     else:
         overrides = _overrides(args)
-        if "objective" in overrides and "preset" not in overrides:
-            overrides["preset"] = f"{overrides['objective']}-demo"
-        config = resolve_config(file=args.config, overrides=overrides)
+        # --objective alone starts from its demo preset; a preset in the file or flags still wins
+        default = f"{overrides['objective']}-demo" if "objective" in overrides else None
+        config = resolve_config(preset=default, file=args.config, overrides=overrides)
         if config.objective == "classify":
             raise ValueError("say what to pre-train with: --objective mpp or --objective mae (or an mpp-/mae- preset)")
         summary = train(config, progress=not args.quiet)

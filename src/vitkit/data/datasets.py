@@ -158,7 +158,7 @@ def dataset_labels(dataset: Dataset) -> torch.Tensor:
         return torch.tensor([label for _, label in dataset.samples], dtype=torch.long)
     raise DataError(
         f"per-class subsets need an image folder, a CSV or a built-in dataset, not a {type(dataset).__name__} "
-        "(e.g. tar shards: write the subset you want with vitkit shards instead)"
+        "(for tar shards, use the image folder or CSV they were written from)"
     )
 
 

@@ -71,7 +71,9 @@ def write_shards(
         if split == "train":
             random.Random(seed).shuffle(order)
         counts: list[int] = []
-        with wds.ShardWriter(str(out / f"{split}-%06d.tar"), maxcount=shard_size, verbose=0) as writer:
+        # maxsize: cut shards by count only, so the manifest's counts are the files' counts
+        writer_options = {"maxcount": shard_size, "maxsize": float("inf"), "verbose": 0}
+        with wds.ShardWriter(str(out / f"{split}-%06d.tar"), **writer_options) as writer:
             for index in order:
                 try:
                     image, extension, label = _encoded(dataset, index)
@@ -204,5 +206,11 @@ class ShardStream(IterableDataset):
             stages.append(wds.shuffle(self.shuffle_buffer, initial=initial, rng=rng))
         for sample in wds.DataPipeline(*stages):
             image_key = next(k for k in sample if not k.startswith("__") and k != "cls")
-            image = convert_image(Image.open(io.BytesIO(sample[image_key])), self.in_chans)
+            try:
+                image = convert_image(Image.open(io.BytesIO(sample[image_key])), self.in_chans)
+            except OSError as error:  # counted and skipped, as for image files
+                where = f"{sample.get('__url__')}:{sample['__key__']}"
+                warnings.warn(f"skipping unreadable image {where}: {error}", stacklevel=1)
+                yield None, f"{where}: {error}"
+                continue
             yield (self.transform(image) if self.transform else image), int(sample["cls"])

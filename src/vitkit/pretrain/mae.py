@@ -64,6 +64,13 @@ class MaskedAutoencoder(nn.Module):
             raise ValueError("MAE drops tokens, which relative position embeddings (tied to the token count) cannot do")
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        if decoder_dim % decoder_heads or decoder_dim % 4:
+            raise ValueError(
+                f"--decoder-dim {decoder_dim} must be divisible by --decoder-heads {decoder_heads} and by 4 "
+                "(its sine-cosine positions)"
+            )
+        if config.grid[0] * config.grid[1] < 2:
+            raise ValueError(f"MAE needs at least 2 patches to hide one; the model has a {config.grid} grid")
         self.encoder = encoder
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
@@ -91,7 +98,7 @@ class MaskedAutoencoder(nn.Module):
         prefix = encoder.config.num_prefix_tokens
         patches, grid = encoder.embed_patches(images)
         batch, num_patches, _ = patches.shape
-        keep = max(1, round(num_patches * (1.0 - self.mask_ratio)))
+        keep = min(num_patches - 1, max(1, round(num_patches * (1.0 - self.mask_ratio))))  # ≥ 1 seen, ≥ 1 hidden
         visible = random_token_subset(batch, num_patches, keep, device=patches.device)
         tokens = encoder.add_positions(patches, grid)
         gathered = tokens[:, prefix:].gather(1, visible[..., None].expand(-1, -1, tokens.shape[-1]))

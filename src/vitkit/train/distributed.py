@@ -127,12 +127,6 @@ def rank_batches(indices: list[int], batch_size: int, processes: Processes) -> l
     return [index for chunk in chunks[processes.rank :: processes.world_size] for index in chunk]
 
 
-def is_sharded(module: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(module, FSDPModule)
-
-
 def _optimizer_order(module: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
     """Parameter names in the optimiser's order: the positions a plain state dict uses."""
     names = {id(param): name for name, param in module.named_parameters()}

@@ -261,10 +261,11 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     except RuntimeError as error:
         if not processes.distributed or isinstance(error, (TrainingDiverged, DistributedFailure)):
             raise
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DistributedFailure(
-            f"rank {processes.rank} of {processes.world_size} stops: another process of the job failed or "
-            f"stopped answering ({str(error).splitlines()[0] if str(error) else type(error).__name__}). "
-            "Look for the first error in the job's log; resume with --resume RUN_DIR once all processes run again."
+            f"rank {processes.rank} of {processes.world_size} stops ({reason}): this process failed, or another "
+            "process of the job failed or stopped answering. Look for the first error in the job's log; resume "
+            "with --resume RUN_DIR once all processes run again."
         ) from error
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
@@ -318,6 +319,16 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Proc
     streaming = isinstance(train_set, ShardStream)
     if sharded and streaming:  # sharded forwards are collective: every process needs as many batches
         raise ConfigError("--fsdp with shard streams is not supported yet; use DDP (no --fsdp) for shards")
+    if streaming:
+        readers = processes.world_size * max(config.workers, 1)
+        for split, stream, needed in (("train", train_set, readers), ("val", val_set, processes.world_size)):
+            if len(stream.shards) < needed:
+                raise ConfigError(
+                    f"{config.data} has {len(stream.shards)} {split} shard(s) for {needed} readers (processes × "
+                    "workers): every reader needs at least one; write smaller shards (vitkit shards --shard-size)"
+                )
+    elif len(val_set) < processes.world_size:
+        raise ConfigError(f"{len(val_set)} held-out image(s) cannot be shared by {processes.world_size} processes")
 
     global_batch = config.global_batch(processes.world_size)
     # Every process takes the same number of micro-batches per epoch (or DDP would wait forever).
@@ -365,8 +376,11 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Proc
         )
         # Checkpoints count the epoch's progress in images, so any number of processes can resume.
         state.setdefault("images_in_epoch", state["step_in_epoch"] * global_batch)
+        state.setdefault("best_score", state.pop("best_top1", -math.inf))  # checkpoints before objectives
         before = state.get("global_batch", global_batch)
         if before != global_batch:
+            # Whole new global batches from here, so every process gets as many micro-batches.
+            state["images_in_epoch"] -= state["images_in_epoch"] % global_batch
             if main:
                 warnings.warn(
                     f"resuming with a global batch of {global_batch} images ({processes.world_size} process(es)) "
@@ -457,10 +471,10 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Proc
             stream = _loader(
                 train_set, batch_size=config.batch_size, indices=None, workers=config.workers, device=device
             )
-            loader = itertools.islice(stream, done, micro_per_epoch)
+            loader = itertools.islice(stream, done, steps_per_epoch * config.accum_steps)
         else:
             order = epoch_order(len(train_set), config.seed, epoch)
-            usable = micro_per_epoch * config.batch_size * processes.world_size
+            usable = steps_per_epoch * global_batch  # micro-batches that would not complete a step are left out
             mine = distributed.rank_batches(order[state["images_in_epoch"] : usable], config.batch_size, processes)
             loader = _loader(
                 train_set, batch_size=config.batch_size, indices=mine, workers=config.workers, device=device

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,8 @@ def plot_curves(metrics: list[dict[str, Any]], path: Path) -> None:
 def plot_reconstructions(autoencoder: Any, dataset: Any, path: Path, count: int = 8) -> None:
     """MAE at work on the first ``count`` held-out images: the visible patches, the
     reconstruction (visible patches pasted back), the original."""
-    images = torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))])
+    readable = (image for image, _ in dataset if image is not None)  # map-style or stream
+    images = torch.stack(list(itertools.islice(readable, count)))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         was_training = autoencoder.training
