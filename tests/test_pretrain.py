@@ -233,3 +233,12 @@ def test_pretraining_on_a_flat_folder_of_unlabeled_images(tmp_path, capsys):
     assert "no class sub-folders" in capsys.readouterr().err
     assert main(["eval", str(out)]) == 2
     assert "no classifier" in capsys.readouterr().err
+
+
+def test_mae_always_hides_a_patch_and_checks_its_decoder():
+    model = MaskedAutoencoder(encoder(img_size=4), mask_ratio=0.1, decoder_dim=16, decoder_depth=1, decoder_heads=2)
+    _, hidden, _ = model.forward_masked(torch.rand(2, 1, 4, 4))
+    assert (hidden.sum(dim=1) == 1).all()  # 4 patches at 10 %: one hidden, not none
+    assert torch.isfinite(model(torch.rand(2, 1, 4, 4)).loss)
+    with pytest.raises(ValueError, match="--decoder-dim 18 must be divisible by --decoder-heads 4"):
+        MaskedAutoencoder(encoder(), decoder_dim=18, decoder_heads=4)

@@ -105,3 +105,9 @@ def test_bad_shard_folders_say_what_is_wrong(shards, tmp_path):
     (broken / "shards.json").write_text((shards / "shards.json").read_text())
     with pytest.raises(DataError, match="is missing"):
         load_data(str(broken))
+
+
+def test_too_few_shards_for_the_readers_is_refused(shards, tmp_path):
+    settings = {"data": str(shards), "img_size": 8, "model_args": TINY, "epochs": 1, "workers": 10}
+    with pytest.raises(ValueError, match="9 train shard"):
+        train(resolve_config(preset="demo", overrides={**settings, "out": str(tmp_path / "run")}), progress=False)
