@@ -79,6 +79,8 @@ class MaskedAutoencoder(nn.Module):
         )
         self.decoder_embed = nn.Linear(config.embed_dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.empty(1, 1, decoder_dim).normal_(std=0.02))
+        # Fixed, a function of the grid: built once, not saved in checkpoints.
+        self.register_buffer("decoder_pos", sincos_2d_table(config.grid, decoder_dim), persistent=False)
         self.decoder_blocks = nn.ModuleList(Block(decoder_config) for _ in range(decoder_depth))
         self.decoder_norm = nn.LayerNorm(decoder_dim, eps=config.norm_eps)
         self.decoder_pred = nn.Linear(decoder_dim, config.patch_size**2 * config.in_chans)
@@ -89,7 +91,8 @@ class MaskedAutoencoder(nn.Module):
                     nn.init.zeros_(module.bias)
 
     def _decoder_positions(self, grid: tuple[int, int], like: Tensor) -> Tensor:
-        return sincos_2d_table(grid, self.mask_token.shape[-1]).to(like.device, like.dtype)
+        table = self.decoder_pos if grid == self.encoder.config.grid else sincos_2d_table(grid, like.shape[-1])
+        return table.to(like.device, like.dtype)
 
     def forward_masked(self, images: Tensor) -> tuple[Tensor, Tensor, tuple[int, int]]:
         """Predicted pixels of every patch ``(B, N, P·P·C)`` (normalised per patch if
