@@ -22,8 +22,7 @@ from pathlib import Path
 import torch
 
 from vitkit.data.transforms import eval_transform
-from vitkit.interop import load_model
-from vitkit.interop.folder import LoadedModel
+from vitkit.interop import LoadedModel, load_model
 from vitkit.probe import fewshot_evaluate, linear_probe
 from vitkit.train import resolve_config, train
 from vitkit.train.loop import build_model

@@ -1,3 +1,19 @@
+"""Shared test helpers. The first lines point huggingface_hub (and so timm and transformers) at a
+loopback server and a throw-away cache before anything imports it: no test ever reaches the
+real hub or touches the user's cache (see tests/loopback.py)."""
+
+import atexit
+import os
+import shutil
+import tempfile
+
+from loopback import LoopbackServer, configure_hub_env
+
+HUB = LoopbackServer()
+HF_HOME = tempfile.mkdtemp(prefix="vitkit-tests-hf-home-")
+atexit.register(shutil.rmtree, HF_HOME, ignore_errors=True)
+configure_hub_env(os.environ, HUB.url, HF_HOME)
+
 import json
 import signal
 import subprocess
@@ -10,6 +26,13 @@ import torch
 
 import vitkit
 from vitkit.train import resolve_config
+
+
+@pytest.fixture(scope="session")
+def hub():
+    """The loopback Hub + Google bucket, serving what tests add to it."""
+    with HUB:
+        yield HUB
 
 
 @pytest.fixture(autouse=True)

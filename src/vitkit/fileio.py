@@ -8,10 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def _umask() -> int:
+def default_file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file: 0o666 less the process umask."""
     current = os.umask(0)
     os.umask(current)
-    return current
+    return 0o666 & ~current
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -21,9 +22,11 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    tmp.chmod(0o666 & ~_umask())  # mkstemp makes it private; give it the usual permissions
     try:
         write(tmp)
+        # mkstemp makes the file private, and some writers (safetensors) replace it with their own
+        # private file: give the result the usual permissions, so other users can read models.
+        tmp.chmod(default_file_mode())
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .data.images import is_image_file, load_image
-from .interop.folder import LoadedModel
+from .interop.sources import LoadedModel
 
 
 @dataclass

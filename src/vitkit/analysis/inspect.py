@@ -15,7 +15,7 @@ from torch import Tensor
 from ..data.datasets import load_data
 from ..data.images import load_image
 from ..fileio import atomic_write
-from ..interop.folder import LoadedModel
+from ..interop.sources import LoadedModel
 from ..models import VisionTransformer
 from ..predict import expand_image_paths
 from . import compute, plots

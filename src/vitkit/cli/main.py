@@ -8,6 +8,7 @@ import json
 import sys
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,20 @@ from vitkit.probe import POOLS, fewshot_evaluate, linear_probe
 from vitkit.train import RunSummary, TrainConfig, TrainingDiverged, resolve_config, resume_run, train
 from vitkit.train.distributed import DistributedFailure, from_environment
 from vitkit.train.evaluate import evaluate_model_on
-from vitkit.train.loop import TRAIN_CONFIG_NAME
+from vitkit.train.loop import TRAIN_CONFIG_NAME, run_metrics
 from vitkit.train.report import describe
+
+MODEL_HELP = (
+    "a run or model folder (vitkit, transformers, timm), a Google .npz, a pretrained name "
+    "(vit_base_patch16_224[.TAG]), hf-hub:ORG/REPO[@REV] or google:DIR/FILE"
+)
 
 
 # ------------------------------------------------------------------ models
 def _models(args: argparse.Namespace) -> None:
+    if args.pretrained:
+        _pretrained_table(args.pattern)
+        return
     for name in vitkit.list_models(args.pattern, aliases=args.aliases):
         config = vitkit.get_config(name)
         with torch.device("meta"):
@@ -39,6 +48,21 @@ def _models(args: argparse.Namespace) -> None:
             f"{name:24s} D={config.embed_dim:<5d} L={config.depth:<3d} heads={config.num_heads:<3d} "
             f"patch={config.stride:<3d} {config.img_size[0]}px  {params / 1e6:7.2f}M params"
         )
+
+
+def _pretrained_table(pattern: str | None) -> None:
+    rows = vitkit.list_pretrained(pattern)
+    width = max((len(w.name) for w in rows), default=4)
+    print(f"{'name':{width}s}  {'px':>4s}  {'classes':>7s}  {'top-1':>6s}  {'licence':12s}  trained on")
+    for w in rows:
+        top1 = f"{w.top1:.2f}" if w.top1 is not None else "-"
+        name = w.name + (" *" if w.default else "")
+        print(f"{name:{width}s}  {w.img_size:4d}  {w.num_classes:7d}  {top1:>6s}  {w.license:12s}  {w.data}")
+    print(
+        "\n* the default tag: a bare architecture name means it. top-1: ImageNet-1k as the source reports it. "
+        "Any other hf-hub:ORG/REPO in timm's or transformers' layout and any google:DIR/FILE of "
+        "gs://vit_models load too."
+    )
 
 
 # ------------------------------------------------------------------ train
@@ -267,13 +291,15 @@ def _predict(args: argparse.Namespace) -> None:
     predictions = predict_files(loaded, args.images, top_k=args.top_k)
     if args.json:
         print(json.dumps([dataclasses.asdict(p) for p in predictions], indent=2))
-        return
-    for prediction in predictions:
-        if prediction.error:
-            print(f"{prediction.path}: {prediction.error}")
-        else:
-            ranked = "  ".join(f"{name} {100 * p:.1f}%" for name, p in prediction.top)
-            print(f"{prediction.path}: {ranked}")
+    else:
+        for prediction in predictions:
+            if prediction.error:
+                print(f"{prediction.path}: {prediction.error}")
+            else:
+                ranked = "  ".join(f"{name} {100 * p:.1f}%" for name, p in prediction.top)
+                print(f"{prediction.path}: {ranked}")
+    if predictions and all(p.error for p in predictions):
+        raise ValueError(f"none of the {len(predictions)} image(s) could be read")
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -325,7 +351,7 @@ def _shards(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    written = convert(args.src, args.dst, to=args.to, model_name=args.model)
+    written = convert(args.src, args.dst, to=args.to, model_name=args.model, metrics=run_metrics(args.src))
     print(f"wrote {written} ({args.to})")
 
 
@@ -368,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain_cmd.set_defaults(func=_pretrain)
 
     eval_cmd = commands.add_parser("eval", help="accuracy of a trained model: top-1, top-5, per class")
-    eval_cmd.add_argument("model", help="a run folder or model folder")
+    eval_cmd.add_argument("model", help=MODEL_HELP)
     eval_cmd.add_argument("--data", help="dataset to evaluate on (default: the run's own data)")
     eval_cmd.add_argument("--split", default="val", choices=("val", "train"), help="which part of the data")
     eval_cmd.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
@@ -378,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     fewshot_cmd = commands.add_parser(
         "fewshot", help="few-shot linear evaluation of frozen features (paper §4.1): closed-form least squares"
     )
-    fewshot_cmd.add_argument("model", help="a run folder or model folder (vitkit or Hugging Face)")
+    fewshot_cmd.add_argument("model", help=MODEL_HELP)
     fewshot_cmd.add_argument("--data", help="dataset: shots from its training split, scored on its held-out split")
     fewshot_cmd.add_argument(
         "--shots", type=_number_list(int), default=[1, 5, 10, 25], help="images per class, comma-separated"
@@ -395,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     fewshot_cmd.set_defaults(func=_fewshot)
 
     probe_cmd = commands.add_parser("linear-probe", help="logistic regression on frozen features")
-    probe_cmd.add_argument("model", help="a run folder or model folder (vitkit or Hugging Face)")
+    probe_cmd.add_argument("model", help=MODEL_HELP)
     probe_cmd.add_argument("--data", help="dataset (default: the run's own data)")
     probe_cmd.add_argument("--train-images", type=int, help="fit on this many training images (equal per class)")
     probe_cmd.add_argument("--c", type=float, default=1.0, help="inverse L2 strength (scikit-learn's C)")
@@ -404,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe_cmd.set_defaults(func=_linear_probe)
 
     predict_cmd = commands.add_parser("predict", help="top-k classes of image files")
-    predict_cmd.add_argument("model", help="a run folder or model folder")
+    predict_cmd.add_argument("model", help=MODEL_HELP)
     predict_cmd.add_argument("images", nargs="+", help="image files or folders of them")
     predict_cmd.add_argument("--top-k", type=int, default=5, help="how many classes to show per image")
     predict_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -413,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect_cmd = commands.add_parser(
         "inspect", help="the paper's analysis figures (attention, rollout, distances, position embeddings, filters)"
     )
-    inspect_cmd.add_argument("model", help="a run folder or model folder (vitkit or Hugging Face)")
+    inspect_cmd.add_argument("model", help=MODEL_HELP)
     inspect_cmd.add_argument("images", nargs="*", help="image files or folders (default: held-out images of --data)")
     inspect_cmd.add_argument("--out", required=True, help="folder for the PNGs and index.html")
     inspect_cmd.add_argument("--data", help="dataset to take images from (default: the run's own data)")
@@ -436,14 +462,14 @@ def build_parser() -> argparse.ArgumentParser:
     shards_cmd.set_defaults(func=_shards)
 
     convert_cmd = commands.add_parser("convert", help="write a model in another library's format")
-    convert_cmd.add_argument("src", help="a vitkit or Hugging Face folder, or a weight file (.safetensors, .pth)")
+    convert_cmd.add_argument("src", help=MODEL_HELP + ", or a bare weight file with --model")
     convert_cmd.add_argument("dst", help="output folder (vitkit, hf) or .safetensors file (timm)")
     convert_cmd.add_argument("--to", required=True, choices=TARGETS, help="target format")
     convert_cmd.add_argument("--model", help="architecture of a bare weight file, e.g. S/16")
     convert_cmd.set_defaults(func=_convert)
 
     export_cmd = commands.add_parser("export", help="export a model for deployment (ONNX or torch.export)")
-    export_cmd.add_argument("model", help="a run folder or model folder (vitkit or Hugging Face)")
+    export_cmd.add_argument("model", help=MODEL_HELP)
     export_cmd.add_argument("out", help="the file to write (.onnx or .pt2)")
     export_cmd.add_argument(
         "--format",
@@ -475,14 +501,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", help="also write the results to this JSON file")
     bench.set_defaults(func=_benchmark)
 
-    models = commands.add_parser("models", help="list the registered model names and their sizes")
+    models = commands.add_parser(
+        "models", help="list the model names and sizes, or (--pretrained) the pretrained weights"
+    )
     models.add_argument("pattern", nargs="?", help="shell-style filter, e.g. '*base*'")
     models.add_argument("--aliases", action="store_true", help="list short names such as B/16 instead")
+    models.add_argument(
+        "--pretrained", action="store_true", help="list the pretrained weights vitkit knows by name, with their facts"
+    )
     models.set_defaults(func=_models)
     return parser
 
 
+def _format_warning(message: Warning | str, *args: Any, **kwargs: Any) -> str:
+    return f"vitkit: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _format_warning  # a user-facing line, not the code location
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

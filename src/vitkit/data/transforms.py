@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torchvision.transforms import v2
+
+from ..models.config import to_pair
 
 # The original ViT scales inputs to [-1, 1]: (x - 0.5) / 0.5.
 MEAN = 0.5
@@ -32,30 +40,109 @@ class ToChannels(v2.Transform):
         raise ValueError(f"cannot convert a {inpt.shape[-3]}-channel image to {self.in_chans} channels")
 
 
-def to_model_input(in_chans: int) -> v2.Compose:
-    """Any image (PIL, ndarray HWC, uint8 or float tensor) → float tensor in [-1, 1]."""
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            ToChannels(in_chans),
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+class CentreCrop(v2.Transform):
+    """Crop ``size`` from the middle of an image tensor, offsets rounded down as transformers'
+    image processors do (torchvision's CenterCrop rounds half up: one pixel apart when a margin is
+    odd), so that a model written for transformers' ``pipeline`` sees exactly vitkit's input."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.size = size
+
+    def transform(self, inpt: torch.Tensor, params: dict) -> torch.Tensor:
+        height, width = inpt.shape[-2:]
+        if height < self.size[0] or width < self.size[1]:
+            raise ValueError(f"cannot crop {self.size} from a {height}×{width} image")
+        top, left = (height - self.size[0]) // 2, (width - self.size[1]) // 2
+        return v2.functional.crop(inpt, top, left, *self.size)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes a model input at evaluation time; it travels with the weights
+    (timm's ``pretrained_cfg``, a Hugging Face ``preprocessor_config.json``, a vitkit folder).
+
+    Calling it transforms one image (PIL, ndarray HWC, uint8 or float tensor CHW) into a float
+    tensor (C, H, W). ``resize_shorter`` set: resize the short side to it, then centre-crop
+    ``img_size`` (timm, vitkit). ``resize_shorter`` None: resize straight to ``img_size``
+    ("squash", as vit_jax and transformers' ViTImageProcessor do)."""
+
+    img_size: tuple[int, int]
+    in_chans: int = 3
+    resize_shorter: int | None = None
+    interpolation: str = "bilinear"
+    mean: tuple[float, ...] = (MEAN,) * 3
+    std: tuple[float, ...] = (STD,) * 3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "img_size", to_pair(self.img_size))
+        object.__setattr__(self, "mean", _per_channel(self.mean, self.in_chans, "mean"))
+        object.__setattr__(self, "std", _per_channel(self.std, self.in_chans, "std"))
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"unknown interpolation {self.interpolation!r}; choose one of {', '.join(INTERPOLATIONS)}")
+        if self.resize_shorter is not None and self.resize_shorter < min(self.img_size):
+            raise ValueError(f"resize_shorter {self.resize_shorter} is smaller than the crop {self.img_size}")
+        mode = v2.InterpolationMode(self.interpolation)
+        size = [self.resize_shorter] if self.resize_shorter else list(self.img_size)
+        steps: list = [v2.ToImage(), v2.Resize(size, interpolation=mode, antialias=True)]
+        if self.resize_shorter:
+            steps.append(CentreCrop(self.img_size))
+        steps += [
+            ToChannels(self.in_chans),
             v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize([MEAN] * in_chans, [STD] * in_chans),
+            v2.Normalize(list(self.mean), list(self.std)),
         ]
-    )
+        object.__setattr__(self, "_transform", v2.Compose(steps))
+
+    @classmethod
+    def centre_crop(
+        cls, img_size: int | tuple[int, int], in_chans: int = 3, crop_fraction: float = 1.0, **kwargs: Any
+    ) -> Preprocessing:
+        """Resize the short side to ``floor(size / crop_fraction)`` (timm's ``crop_pct``), then
+        centre-crop ``img_size``."""
+        if not 0.0 < crop_fraction <= 1.0:
+            raise ValueError(f"crop_fraction is in (0, 1], got {crop_fraction}")
+        shorter = min(math.floor(s / crop_fraction) for s in to_pair(img_size))
+        return cls(to_pair(img_size), in_chans, resize_shorter=shorter, **kwargs)
+
+    @property
+    def crop_fraction(self) -> float:
+        """The share of the resized image's short side that the centre crop keeps."""
+        return min(self.img_size) / self.resize_shorter if self.resize_shorter else 1.0
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        return self._transform(image)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        return {**data, "img_size": list(self.img_size), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        """Also reads the older vitkit form (``crop_fraction``, scalar ``mean``/``std``)."""
+        data = dict(data)
+        if "crop_fraction" in data:
+            return cls.centre_crop(data.pop("img_size"), data.pop("in_chans", 3), data.pop("crop_fraction"), **data)
+        return cls(**data)
 
 
-def eval_transform(img_size: int | tuple[int, int], in_chans: int = 3, crop_fraction: float = 1.0) -> v2.Compose:
-    """Resize the short side to ``img_size / crop_fraction``, centre-crop ``img_size``, scale to [-1, 1]."""
-    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    resize = [round(s / crop_fraction) for s in size]
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.Resize(min(resize), antialias=True),
-            v2.CenterCrop(size),
-            to_model_input(in_chans),
-        ]
-    )
+def _per_channel(values: float | Sequence[float], in_chans: int, what: str) -> tuple[float, ...]:
+    """One value per channel; a single value (or 3 equal ones for a gray model) is repeated."""
+    values = (float(values),) if isinstance(values, int | float) else tuple(float(v) for v in values)
+    if len(set(values)) == 1:
+        values = values[:1] * in_chans
+    if len(values) != in_chans:
+        raise ValueError(f"{what} has {len(values)} values for a {in_chans}-channel model")
+    return values
+
+
+def eval_transform(img_size: int | tuple[int, int], in_chans: int = 3, crop_fraction: float = 1.0) -> Preprocessing:
+    """vitkit's own evaluation preprocessing: short side to ``img_size / crop_fraction``,
+    centre crop, scale to [-1, 1]."""
+    return Preprocessing.centre_crop(img_size, in_chans, crop_fraction)
 
 
 def train_transform(

@@ -26,13 +26,22 @@ class LoadReport:
         return "\n".join(lines) or "all keys matched"
 
 
-def load_state_into(model: VisionTransformer, state: dict[str, torch.Tensor]) -> LoadReport:
+# Tensors that may be absent or left over without the weights being for another model: the
+# classifier and the pre-training head, which fine-tuning replaces (paper §3.1).
+_REPLACEABLE = ("head.", "pre_logits.")
+
+
+def load_state_into(
+    model: VisionTransformer, state: dict[str, torch.Tensor], *, source: str = "the weights"
+) -> LoadReport:
     """Load ``state`` into ``model``, adapting what the paper adapts when fine-tuning:
 
     - ``pos_embed.weight`` of another grid is 2-D interpolated to the model's grid;
-    - a classifier (``head.*``) or pre-training layer (``pre_logits.*``) of another shape is
-      dropped, leaving the model's zero-initialised head;
-    - any other shape mismatch is an error naming the tensor and both shapes (wrong variant).
+    - a classifier (``head.*``) or pre-training layer (``pre_logits.*``) of another shape or
+      absent is left as the model's zero-initialised head; one the model lacks is dropped;
+    - any other shape mismatch, any other missing tensor and any other tensor that has no place
+      in the model is an error naming them (the weights are for another model): weights that
+      match little never load "successfully".
     """
     report = LoadReport()
     own = model.state_dict()
@@ -59,5 +68,17 @@ def load_state_into(model: VisionTransformer, state: dict[str, torch.Tensor]) ->
                 )
         fitted[key] = value.to(target.dtype)
     report.missing = [k for k in own if k not in fitted and k not in report.adapted]
+    missing = [k for k in report.missing if not k.startswith(_REPLACEABLE)]
+    unexpected = [k for k in report.unexpected if not k.startswith(_REPLACEABLE)]
+    if missing or unexpected:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} of the model's {len(own)} tensors are not in them (e.g. {missing[0]})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} of theirs have no place in the model (e.g. {unexpected[0]})")
+        raise ValueError(
+            f"cannot load {source}: {'; '.join(problems)}. Are they weights for another model, or "
+            "another layout? vitkit reads vitkit, timm, transformers and Google checkpoints"
+        )
     model.load_state_dict(fitted, strict=False)
     return report

@@ -1,63 +1,69 @@
-"""``vitkit convert``: any readable source → a vitkit folder, a timm state dict or a transformers folder."""
+"""``vitkit convert``: any readable source → a vitkit folder, a timm state dict, a transformers
+folder or a Google ``.npz``."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
+from typing import Any
 
 from safetensors.torch import save_file
 
 from ..fileio import atomic_write
-from ..models import VisionTransformer, create_model, get_config
+from ..models import VisionTransformer
 from .adapt import load_state_into
-from .folder import load_model, save_model
-from .formats import read_vitkit_state
+from .folder import save_model
 from .hf import save_hf
 from .npz import save_npz
+from .sources import open_weights
 from .timm import vitkit_to_timm
 
 TARGETS = ("vitkit", "timm", "hf", "npz")
 
 
-def _model_from_file(path: Path, model_name: str | None) -> VisionTransformer:
-    """A bare weight file carries no architecture: take it from ``model_name``, and the class
-    count and resolution from the tensors themselves."""
-    if not model_name:
-        raise ValueError(f"{path} is a bare weight file with no architecture in it; name one with --model (e.g. S/16)")
-    state = read_vitkit_state(path)
-    num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
-    config = get_config(model_name)
-    overrides = {}
-    if "pos_embed.weight" in state:
-        side = math.isqrt(state["pos_embed.weight"].shape[1] - config.num_prefix_tokens)
-        overrides["img_size"] = side * config.stride
-    model = create_model(model_name, num_classes=num_classes, **overrides)
-    load_state_into(model, state)
-    return model
+def _is_bare_weight_file(src: str | Path) -> bool:
+    path = Path(src)
+    return path.is_file() and path.suffix.lower() != ".npz"
 
 
-def convert(src: str | Path, dst: str | Path, *, to: str, model_name: str | None = None) -> Path:
-    """Write the model in ``src`` (a vitkit or transformers folder, or a weight file with
-    ``model_name``) to ``dst`` in the ``to`` format: ``vitkit`` (folder), ``timm`` (a
-    ``.safetensors`` state dict with timm's names), ``hf`` (a folder for
-    ``ViTForImageClassification.from_pretrained``) or ``npz`` (vit_jax layout)."""
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    to: str,
+    model_name: str | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Write the model in ``src`` (anything :func:`vitkit.open_weights` reads; a bare weight file
+    needs ``model_name``, e.g. ``"S/16"``) to ``dst`` in the ``to`` format: ``vitkit`` (folder),
+    ``timm`` (a ``.safetensors`` state dict with timm's names), ``hf`` (a folder for transformers'
+    ``from_pretrained`` and ``pipeline``, with a model card listing ``metrics``) or ``npz``
+    (vit_jax layout)."""
     if to not in TARGETS:
         raise ValueError(f"unknown target format {to!r}; choose one of {', '.join(TARGETS)}")
-    src, dst = Path(src), Path(dst)
-    if src.is_dir():
-        model, _, class_names = load_model(src)
-    else:
-        model, class_names = _model_from_file(src, model_name), None
+    if model_name and not _is_bare_weight_file(src):
+        raise ValueError(
+            f"--model names the architecture of a bare weight file; {src} carries its own architecture: drop --model"
+        )
+    weights = open_weights(src, architecture=model_name)
+    model = VisionTransformer(weights.config)
+    load_state_into(model, weights.state)
+    dst = Path(dst)
     if to == "vitkit":
-        return save_model(dst, model, class_names=class_names, model_name=model_name)
+        return save_model(
+            dst,
+            model,
+            class_names=weights.class_names,
+            model_name=weights.model_name,
+            preprocessing=weights.preprocessing,
+        )
     if to == "hf":
-        return save_hf(dst, model, class_names)
+        return save_hf(dst, model, weights.class_names, preprocessing=weights.preprocessing, metrics=metrics)
     if to == "npz":
         if dst.suffix != ".npz":
             raise ValueError(f"a Google checkpoint is written as one .npz file; got {dst}")
         return save_npz(dst, model.state_dict(), model.config.num_heads)
     if dst.suffix != ".safetensors":
         raise ValueError(f"a timm state dict is written as one .safetensors file; got {dst}")
-    weights = vitkit_to_timm({k: v.detach().contiguous() for k, v in model.state_dict().items()})
-    atomic_write(dst, lambda tmp: save_file(weights, str(tmp)))
+    state = vitkit_to_timm({k: v.detach().contiguous() for k, v in model.state_dict().items()})
+    atomic_write(dst, lambda tmp: save_file(state, str(tmp)))
     return dst

@@ -27,6 +27,16 @@ def _unwrap(checkpoint: object, path: Path) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in checkpoint.items()}
 
 
+def _model_of_checkpoint(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A vitkit training checkpoint holds the model under ``model.`` (and its moving average,
+    which the run saves as its model, under ``ema.module.``) beside optimiser and RNG state: return
+    those weights. Other files are returned as they are."""
+    if "rng.cpu" not in tensors or not any(k.startswith("model.") for k in tensors):
+        return tensors
+    prefix = "ema.module." if any(k.startswith("ema.module.") for k in tensors) else "model."
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+
 def read_weight_file(path: str | Path) -> dict[str, Tensor]:
     """The tensors of one weight file, with the file's own key names."""
     path = Path(path)
@@ -35,7 +45,7 @@ def read_weight_file(path: str | Path) -> dict[str, Tensor]:
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         try:
-            return load_file(str(path))
+            return _model_of_checkpoint(load_file(str(path)))
         except (SafetensorError, OSError) as error:
             raise ValueError(f"{path} is not a readable safetensors file: {error}") from error
     if suffix in (".pth", ".pt", ".bin", ".ckpt"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from ..data.transforms import Preprocessing, eval_transform
 from ..fileio import atomic_write
 from ..models import VisionTransformer, ViTConfig
 from .keys import rename_key
@@ -156,13 +158,119 @@ def hf_config_document(config: ViTConfig, class_names: list[str]) -> dict[str, A
     }
 
 
-def save_hf(folder: str | Path, model: VisionTransformer, class_names: list[str] | None = None) -> Path:
-    """Write ``model`` as a transformers ViT folder that
-    ``ViTForImageClassification.from_pretrained(folder)`` loads."""
+# PIL's resampling codes, which transformers' preprocessor_config.json stores
+_PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+
+
+def preprocessing_from_hf(document: dict[str, Any] | None, config: ViTConfig) -> Preprocessing:
+    """A ``preprocessor_config.json`` as a :class:`Preprocessing`; without one, ViTImageProcessor's
+    defaults (bilinear squash to the model's size, mean = std = 0.5)."""
+    document = document or {}
+    resample = document.get("resample", 2)
+    if resample not in _PIL_RESAMPLE:
+        raise ValueError(f"preprocessor_config.json resamples with PIL code {resample}; vitkit applies 2 or 3")
+    normalize = document.get("do_normalize", True)
+    options = {
+        "interpolation": _PIL_RESAMPLE[resample],
+        "mean": document.get("image_mean", 0.5) if normalize else 0.0,
+        "std": document.get("image_std", 0.5) if normalize else 1.0,
+    }
+    if not document.get("do_resize", True):
+        raise ValueError("preprocessor_config.json does not resize; vitkit needs images at the model's size")
+    size = document.get("size") or {"height": config.img_size[0], "width": config.img_size[1]}
+    if "shortest_edge" in size:
+        crop = document.get("crop_size", {}) if document.get("do_center_crop") else {}
+        if not crop:
+            raise ValueError("preprocessor_config.json resizes the short side without a centre crop; vitkit cannot")
+        return Preprocessing(
+            (crop["height"], crop["width"]), config.in_chans, resize_shorter=size["shortest_edge"], **options
+        )
+    return Preprocessing((size["height"], size["width"]), config.in_chans, **options)
+
+
+def hf_preprocessor_document(preprocessing: Preprocessing) -> dict[str, Any]:
+    """The ``preprocessor_config.json`` under which transformers' image processors do what
+    ``preprocessing`` does: BitImageProcessor for short-side resize + centre crop,
+    ViTImageProcessor for a squash."""
+    height, width = preprocessing.img_size
+    document: dict[str, Any] = {
+        "do_resize": True,
+        "resample": {v: k for k, v in _PIL_RESAMPLE.items()}[preprocessing.interpolation],
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(preprocessing.mean),
+        "image_std": list(preprocessing.std),
+        "do_convert_rgb": True,
+    }
+    if preprocessing.resize_shorter is None:
+        return {"image_processor_type": "ViTImageProcessor", "size": {"height": height, "width": width}, **document}
+    return {
+        "image_processor_type": "BitImageProcessor",
+        "size": {"shortest_edge": preprocessing.resize_shorter},
+        "do_center_crop": True,
+        "crop_size": {"height": height, "width": width},
+        **document,
+    }
+
+
+def model_card(config: ViTConfig, class_names: list[str], metrics: dict[str, Any] | None, params: int) -> str:
+    """A README.md for the hub: what the model is, how it expects its input, what it measured."""
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: image-classification",
+        "tags: [vision, image-classification, vit, vitkit]",
+        "---",
+        "",
+        f"# ViT ({config.depth} blocks × {config.embed_dim} wide, {config.patch_size} px patches)",
+        "",
+        "A Vision Transformer (Dosovitskiy et al., ICLR 2021) written by vitkit in transformers' layout: "
+        f"{params:,} parameters, {config.img_size[0]}×{config.img_size[1]} px, {config.in_chans} channel(s), "
+        f"{len(class_names)} classes ({', '.join(class_names[:10])}{', …' if len(class_names) > 10 else ''}).",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        'classify = pipeline("image-classification", model="PATH_OR_REPO")',
+        "```",
+    ]
+    if metrics:
+        lines += ["", "## Measured by the run that trained it", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {key} | {value} |" for key, value in metrics.items()]
+    return "\n".join(lines) + "\n"
+
+
+def save_hf(
+    folder: str | Path,
+    model: VisionTransformer,
+    class_names: list[str] | None = None,
+    *,
+    preprocessing: Preprocessing | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` as a transformers ViT folder: ``config.json`` + ``model.safetensors`` that
+    ``ViTForImageClassification.from_pretrained(folder)`` loads, ``preprocessor_config.json`` so
+    that ``pipeline("image-classification", model=folder)`` preprocesses as vitkit does, and a
+    model card. A 1-channel model gets no ``preprocessor_config.json``: transformers' processors
+    make every image RGB, so the pipeline cannot feed it (a warning says so)."""
     folder = Path(folder)
-    names = class_names or [str(i) for i in range(model.config.num_classes)]
-    document = hf_config_document(model.config, names)
+    config = model.config
+    names = class_names or [str(i) for i in range(config.num_classes)]
+    document = hf_config_document(config, names)
+    preprocessing = preprocessing or eval_transform(config.img_size, config.in_chans)
     weights = vitkit_to_hf({k: v.detach().cpu() for k, v in model.state_dict().items()})
     atomic_write(folder / "model.safetensors", lambda tmp: save_file(weights, str(tmp), metadata={"format": "pt"}))
     atomic_write(folder / "config.json", lambda tmp: tmp.write_text(json.dumps(document, indent=2)))
+    if config.in_chans == 3:
+        processor = json.dumps(hf_preprocessor_document(preprocessing), indent=2)
+        atomic_write(folder / "preprocessor_config.json", lambda tmp: tmp.write_text(processor))
+    else:
+        warnings.warn(
+            f"{folder}: a {config.in_chans}-channel model has no preprocessor_config.json: transformers' image "
+            "processors turn every image into RGB, so pipeline() cannot run it; ViTForImageClassification loads "
+            "it and takes (B, 1, H, W) tensors scaled as vitkit's preprocessing does",
+            stacklevel=2,
+        )
+    card = model_card(config, names, metrics, sum(p.numel() for p in model.parameters()))
+    atomic_write(folder / "README.md", lambda tmp: tmp.write_text(card))
     return folder

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..fileio import atomic_write
+from ..models import ViTConfig
 
 _ATTN = "MultiHeadDotProductAttention"
 
@@ -226,3 +227,43 @@ def save_npz(path: str | Path, state: dict[str, Tensor], num_heads: int) -> Path
 
     atomic_write(path, write)
     return path
+
+
+def config_from_npz(arrays: dict[str, np.ndarray]) -> ViTConfig:
+    """The architecture a Google checkpoint holds, read off its arrays (vit_jax names, see
+    :func:`read_npz`): a ``.npz`` is self-describing apart from the LayerNorm epsilon (1e-6 in
+    vit_jax and big_vision)."""
+    try:
+        patch, _, in_chans, dim = arrays["embedding/kernel"].shape
+        depth = len({name.split("/")[1] for name in arrays if name.startswith("Transformer/encoderblock_")})
+        heads = arrays[f"Transformer/encoderblock_0/{_ATTN}_1/query/kernel"].shape[1]
+        mlp = arrays["Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel"].shape[1]
+        tokens = arrays["Transformer/posembed_input/pos_embedding"].shape[-2]
+    except KeyError as error:
+        raise ValueError(f"this .npz is not a ViT checkpoint in a layout vitkit reads (no {error})") from error
+    class_token = "cls" in arrays
+    if "conv_root/kernel" in arrays:  # a hybrid: the patch embedding reads the CNN's feature map
+        in_chans = arrays["conv_root/kernel"].shape[2]
+    units = [
+        len({n.split("/")[1] for n in arrays if n.startswith(f"block{stage}/")})
+        for stage in range(1, 5)
+        if any(n.startswith(f"block{stage}/") for n in arrays)
+    ]
+    # vit_jax stores a class row in the table, big_vision does not
+    side = math.isqrt(tokens) if math.isqrt(tokens) ** 2 == tokens else math.isqrt(tokens - 1)
+    config = ViTConfig(
+        patch_size=patch,
+        in_chans=in_chans,
+        embed_dim=dim,
+        depth=depth,
+        num_heads=heads,
+        mlp_dim=mlp,
+        qkv_bias=f"Transformer/encoderblock_0/{_ATTN}_1/query/bias" in arrays,
+        class_token=class_token,
+        pool="token" if class_token else "avg",
+        hybrid_layers=tuple(units),
+        num_classes=arrays["head/kernel"].shape[-1] if "head/kernel" in arrays else 0,
+        representation_size=arrays["pre_logits/kernel"].shape[-1] if "pre_logits/kernel" in arrays else None,
+        dynamic_img_pad=True,  # the default img_size may not fit the stride; the real one is set below
+    )
+    return config.replace(img_size=side * config.stride, dynamic_img_pad=False)

@@ -7,8 +7,12 @@ names inside the ResNet stem. Two explicit rule tables, one per direction.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
+from ..data.transforms import Preprocessing
+from ..models import ViTConfig, get_config
 from .keys import rename_keys
 
 _STAGE = r"patch_embed\.backbone\.stages\.(\d+)"
@@ -52,3 +56,70 @@ def timm_to_vitkit(state: dict[str, Tensor]) -> dict[str, Tensor]:
 def vitkit_to_timm(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Rename a vitkit state dict to timm's names (the inverse of :func:`timm_to_vitkit`)."""
     return rename_keys(state, _VITKIT_TO_TIMM)
+
+
+# timm model_args vitkit builds (value as timm means it), and those that change only initialisation or
+# training-time regularisation, not what loaded weights compute; anything else is refused, not ignored.
+_TIMM_ARGS = {"img_size", "in_chans", "num_classes", "global_pool", "class_token", "qkv_bias"}
+_TIMM_TRAINING_ARGS = {
+    "weight_init",
+    "drop_rate",
+    "pos_drop_rate",
+    "proj_drop_rate",
+    "attn_drop_rate",
+    "drop_path_rate",
+}
+
+
+def is_timm_config(document: dict[str, Any]) -> bool:
+    """timm's hub ``config.json``: ``architecture`` + ``pretrained_cfg``."""
+    return "architecture" in document and "pretrained_cfg" in document
+
+
+def config_from_timm(document: dict[str, Any]) -> ViTConfig:
+    """The :class:`ViTConfig` of a timm hub ``config.json`` (architecture, class count, input size)."""
+    arch = document["architecture"]
+    try:
+        base = get_config(arch)
+    except ValueError as error:
+        raise ValueError(f"timm architecture {arch!r} is not one vitkit builds: {error}") from error
+    args = dict(document.get("model_args") or {})
+    unknown = sorted(set(args) - _TIMM_ARGS - _TIMM_TRAINING_ARGS)
+    if unknown:
+        raise ValueError(f"vitkit cannot build timm's {arch} with model_args {', '.join(unknown)}")
+    cfg = document.get("pretrained_cfg") or {}
+    in_chans, *size = cfg.get("input_size", (base.in_chans, *base.img_size))
+    pool = args.get("global_pool", document.get("global_pool", "token"))
+    if pool not in ("token", "avg"):
+        raise ValueError(f"vitkit has no global_pool {pool!r} (timm's {arch}); it pools by token or avg")
+    return base.replace(
+        img_size=args.get("img_size", tuple(size)),
+        in_chans=args.get("in_chans", in_chans),
+        num_classes=args.get("num_classes", document.get("num_classes", cfg.get("num_classes", 1000))),
+        pool=pool,
+        class_token=args.get("class_token", base.class_token),
+        qkv_bias=args.get("qkv_bias", base.qkv_bias),
+    )
+
+
+def preprocessing_from_timm(document: dict[str, Any], config: ViTConfig) -> Preprocessing:
+    """timm's ``pretrained_cfg`` as a :class:`Preprocessing`: bicubic (by default) resize of the
+    short side to ``floor(size / crop_pct)`` and a centre crop, or a squash (``crop_mode``)."""
+    cfg = document.get("pretrained_cfg") or {}
+    options = {
+        "interpolation": cfg.get("interpolation", "bicubic"),
+        "mean": cfg.get("mean", (0.485, 0.456, 0.406)),  # timm's defaults: ImageNet statistics
+        "std": cfg.get("std", (0.229, 0.224, 0.225)),
+    }
+    crop_mode = cfg.get("crop_mode", "center")
+    if crop_mode == "squash":
+        return Preprocessing(config.img_size, config.in_chans, **options)
+    if crop_mode != "center":
+        raise ValueError(f"timm's crop_mode {crop_mode!r} is not one vitkit applies (center, squash)")
+    return Preprocessing.centre_crop(config.img_size, config.in_chans, cfg.get("crop_pct", 0.875), **options)
+
+
+def class_names_from_timm(document: dict[str, Any]) -> list[str] | None:
+    """``label_names`` when the repo has them (ImageNet repos mostly do not: see the class-name tables)."""
+    names = document.get("label_names")
+    return list(names) if names else None

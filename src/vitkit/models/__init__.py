@@ -1,8 +1,16 @@
 """The network and nothing else: no training, no file formats."""
 
-from .config import ViTConfig
+from .config import ARCHITECTURE_FIELDS, ViTConfig
 from .embed import resample_pos_embed
 from .registry import create_model, get_config, list_models
 from .vit import VisionTransformer
 
-__all__ = ["ViTConfig", "VisionTransformer", "create_model", "get_config", "list_models", "resample_pos_embed"]
+__all__ = [
+    "ARCHITECTURE_FIELDS",
+    "ViTConfig",
+    "VisionTransformer",
+    "create_model",
+    "get_config",
+    "list_models",
+    "resample_pos_embed",
+]

@@ -11,6 +11,22 @@ from .embed import POS_EMBED_KINDS
 
 POOLS = ("token", "avg")
 INTERP_MODES = ("bicubic", "bilinear", "nearest", "area")
+#: the ViTConfig fields that decide the shapes of the weights
+ARCHITECTURE_FIELDS = frozenset(
+    {
+        "patch_size",
+        "in_chans",
+        "embed_dim",
+        "depth",
+        "num_heads",
+        "mlp_dim",
+        "qkv_bias",
+        "pos_embed",
+        "pool",
+        "class_token",
+        "hybrid_layers",
+    }
+)
 
 
 def to_pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:

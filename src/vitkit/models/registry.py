@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from pathlib import Path
 from typing import Any
 
 from .config import ViTConfig
@@ -107,16 +106,13 @@ def create_model(
     num_classes: int = 1000,
     img_size: int | tuple[int, int] | None = None,
     in_chans: int = 3,
-    weights: str | Path | None = None,
     **overrides: Any,
 ) -> VisionTransformer:
-    """Build a registered ViT, initialised as the JAX reference does or from ``weights``.
+    """Build a registered ViT, initialised as the JAX reference does (the architecture only:
+    :func:`vitkit.create_model` adds pretrained weights).
 
     Args:
         name: a registered name (``"vit_base_patch16_224"``) or alias (``"B/16"``).
-        weights: a weight file or model folder in any format :func:`vitkit.load_weights` reads
-            (Google ``.npz``, timm, transformers, vitkit); position embeddings are resampled to
-            ``img_size`` and a different class count gets a fresh zero head.
         num_classes: classifier outputs; 0 for a model that returns pooled features.
         img_size: training resolution (int or (height, width)); defaults to the name's.
         in_chans: image channels (1 for grayscale).
@@ -129,9 +125,4 @@ def create_model(
     if img_size is not None:
         overrides["img_size"] = img_size
     config = get_config(name, num_classes=num_classes, in_chans=in_chans, **overrides)
-    model = VisionTransformer(config)
-    if weights is not None:
-        from ..interop import load_weights  # the model layer itself knows no file formats
-
-        load_weights(model, weights)
-    return model
+    return VisionTransformer(config)

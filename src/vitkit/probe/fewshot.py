@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..data.datasets import dataset_labels, load_data, per_class_indices, select
-from ..interop.folder import LoadedModel
+from ..interop.sources import LoadedModel
 from .features import extract_features
 
 #: the bias column's value: large, so that the L2 penalty hardly touches the bias

@@ -9,7 +9,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..data.datasets import balanced_subset, load_data
-from ..interop.folder import LoadedModel
+from ..interop.sources import LoadedModel
 from .features import extract_features
 
 

@@ -111,7 +111,11 @@ class TrainConfig:
     seed: int = _opt(0, "seed of initialisation, data order and augmentation")
     deterministic: bool = _opt(False, "use only deterministic kernels (slower)")
     checkpoint_every: int = _opt(500, "write a checkpoint every N optimiser steps (and at each epoch end)")
-    init: str | None = _opt(None, "start from these weights (a vitkit model or run folder); the head is re-made")
+    init: str | None = _opt(
+        None,
+        "start from these weights (a run or model folder, weight file, pretrained name such as "
+        "vit_base_patch16_224.augreg_in21k, hf-hub:ORG/REPO or google:DIR/FILE); the head is re-made",
+    )
     out: str | None = _opt(None, "run folder (default: runs/<date>-<time>-<model>)")
     preset: str = _opt("demo", "the recipe the file and flags start from", choices=PRESETS)
 

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from ..data.datasets import TransformedDataset, collate_skipping_broken, load_data, preprocess_in_memory
 from ..data.shards import ShardStream
-from ..interop.folder import LoadedModel
+from ..interop.sources import LoadedModel
 
 
 @dataclass

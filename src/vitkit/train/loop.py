@@ -16,6 +16,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -34,9 +35,9 @@ from ..data.shards import ShardStream
 from ..data.transforms import eval_transform, train_transform
 from ..fileio import atomic_write
 from ..interop.adapt import load_state_into
-from ..interop.folder import load_model, save_model
-from ..interop.formats import load_weights
-from ..models import VisionTransformer, create_model
+from ..interop.folder import save_model
+from ..interop.sources import open_weights
+from ..models import ARCHITECTURE_FIELDS, VisionTransformer, get_config
 from . import distributed, report
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
@@ -45,22 +46,6 @@ from .objectives import Evaluation, build_objective, combine
 from .optim import build_optimizer, build_scheduler
 
 TRAIN_CONFIG_NAME = "train_config.json"
-# ViTConfig fields that decide the shapes of the weights.
-ARCHITECTURE_FIELDS = frozenset(
-    {
-        "patch_size",
-        "in_chans",
-        "embed_dim",
-        "depth",
-        "num_heads",
-        "mlp_dim",
-        "qkv_bias",
-        "pos_embed",
-        "pool",
-        "class_token",
-        "hybrid_layers",
-    }
-)
 SUMMARY_NAME = "summary.json"
 
 
@@ -136,25 +121,27 @@ def _image_size(config: TrainConfig, data: DataSplits, stride: int) -> int:
     return math.ceil(max(data.image_size) / stride) * stride
 
 
+def model_name(config: TrainConfig) -> str:
+    """What the run's model is called: the architecture, or where its starting weights came from."""
+    return f"{config.init} (fine-tuned)" if config.init else config.model
+
+
 def build_model(config: TrainConfig, *, num_classes: int, in_chans: int) -> VisionTransformer:
-    """A fresh model, or with ``config.init`` one started from saved weights with a new,
+    """A fresh model, or with ``config.init`` (any source :func:`vitkit.open_weights` reads: a
+    folder, a file, a pretrained name, ``hf-hub:...``) one started from those weights with a new,
     zero-initialised head (the paper's fine-tuning head), whatever the class count."""
     overrides = {**config.model_args, "dropout": config.dropout, "drop_path": config.drop_path}
+    architecture = get_config(config.model, num_classes=num_classes, in_chans=in_chans, **overrides)
     if not config.init:
-        return create_model(config.model, num_classes=num_classes, in_chans=in_chans, **overrides)
-    if not Path(config.init).is_dir():  # a bare weight file (timm, ...): the architecture comes from --model
-        model = create_model(config.model, num_classes=num_classes, in_chans=in_chans, **overrides)
-        load_weights(model, config.init)
-        model.reset_classifier(num_classes)  # the paper's fine-tuning head: new and zero
-        return model
-    source = load_model(config.init).model
-    # The folder fixes the architecture: a preset's model_args may only change what the weights
-    # do not depend on (regularisation, resampling, dynamic sizes).
+        return VisionTransformer(architecture)
+    weights = open_weights(config.init, architecture=architecture)
+    # The weights fix the architecture: model_args may only change what the weights do not depend
+    # on (regularisation, resampling, dynamic sizes).
     ignored = {k: v for k, v in config.model_args.items() if k in ARCHITECTURE_FIELDS}
-    clashing = {k: v for k, v in ignored.items() if getattr(source.config, k) != v}
+    clashing = {k: v for k, v in ignored.items() if getattr(weights.config, k) != v}
     if clashing:
         warnings.warn(f"--init {config.init} fixes the architecture; ignoring model_args {clashing}", stacklevel=2)
-    vit_config = source.config.replace(
+    vit_config = weights.config.replace(
         num_classes=num_classes,
         representation_size=None,
         dropout=config.dropout,
@@ -166,7 +153,7 @@ def build_model(config: TrainConfig, *, num_classes: int, in_chans: int) -> Visi
             f"--init {config.init} takes {vit_config.in_chans}-channel images but the data has {in_chans}"
         )
     model = VisionTransformer(vit_config)
-    load_state_into(model, source.state_dict())
+    load_state_into(model, weights.state, source=str(config.init))
     model.reset_classifier(num_classes)  # the paper's fine-tuning head: new and zero
     return model
 
@@ -454,7 +441,7 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Proc
         params = sum(p.numel() for p in model.parameters())
         doing = ("resuming " if resume else "") + ("training" if supervised else f"pre-training ({config.objective})")
         print(
-            f"{doing} {config.model} ({params:,} parameters, {img_size} px, "
+            f"{doing} {model_name(config)} ({params:,} parameters, {img_size} px, "
             f"{model.config.grid[0] * model.config.grid[1]} patches) on {config.data}: {len(train_set):,} training / "
             f"{len(val_set):,} held-out images, {len(data.class_names)} classes; {device} {precision}; "
             f"run folder {run_dir}",
@@ -597,7 +584,7 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Proc
             eval_module = plain.module
     if main:
         kept = objective.vit(eval_module.cpu() if device.type != "cpu" else eval_module)
-        save_model(run_dir, kept, class_names=data.class_names if supervised else [], model_name=config.model)
+        save_model(run_dir, kept, class_names=data.class_names if supervised else [], model_name=model_name(config))
         report.plot_curves(report.read_metrics(run_dir), run_dir / "curves.png")
         if result.confusion is not None:
             report.plot_confusion(result.confusion, data.class_names, run_dir / "confusion.png")
@@ -605,6 +592,20 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Proc
             report.plot_reconstructions(eval_module, val_set, run_dir / "reconstructions.png")
         atomic_write(run_dir / SUMMARY_NAME, lambda tmp: tmp.write_text(json.dumps(asdict(summary), indent=2)))
     return summary
+
+
+def run_metrics(folder: str | Path) -> dict[str, Any] | None:
+    """The headline figures of a finished run folder (for a model card); None for other sources."""
+    path = Path(folder) / SUMMARY_NAME
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    train_config = json.loads((Path(folder) / TRAIN_CONFIG_NAME).read_text())
+    figures = {"data": train_config.get("data"), "epochs": summary.get("epochs"), "steps": summary.get("steps")}
+    for key in ("final_top1", "final_top5", "best_top1"):
+        if summary.get(key) is not None:
+            figures[f"held-out {key.replace('_', ' ')}"] = f"{100 * summary[key]:.2f} %"
+    return figures
 
 
 def resume_run(run_dir: str | Path, *, progress: bool = True) -> RunSummary:

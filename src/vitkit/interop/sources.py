@@ -1,0 +1,306 @@
+"""The one place that decides what a weight source holds.
+
+:func:`open_weights` turns any source into a :class:`Weights`: the architecture, the state dict
+with vitkit's keys, the class names and the preprocessing. Sources, in the order they are
+recognised:
+
+- a folder: vitkit's (a finished run folder is one), transformers' (``save_pretrained``) or
+  timm's hub layout (``config.json`` with ``architecture``);
+- a file: a Google ``.npz`` (self-describing), or a bare weight file (``.safetensors``,
+  ``.pth``/``.pt``/``.bin``) in timm's, transformers' or vitkit's layout, including a vitkit
+  ``checkpoint.safetensors``; a bare file needs the architecture named (``architecture=``);
+- ``hf-hub:ORG/REPO[@REVISION]``: a Hugging Face Hub repo in timm's or transformers' layout;
+- ``google:DIR/FILE``: a file of Google's public ``vit_models`` bucket, e.g.
+  ``google:imagenet21k/ViT-B_16``;
+- a pretrained name: timm's ``arch.tag``, or a bare architecture meaning its default tag
+  (the table in :mod:`vitkit.interop.pretrained`).
+
+Everything that loads weights goes through here: :func:`load_model`, :func:`load_weights`,
+:func:`create_model`, ``vitkit convert`` and ``vitkit train --init``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from torch import Tensor
+
+from ..data.transforms import Preprocessing, eval_transform
+from ..models import VisionTransformer, ViTConfig, get_config
+from ..models import create_model as create_architecture
+from .adapt import LoadReport, load_state_into
+from .download import fetch_google_file
+from .files import read_weight_file
+from .folder import CONFIG_NAME, FORMAT, WEIGHTS_NAME
+from .hf import class_names_from_hf, config_from_hf, hf_to_vitkit, is_hf_config, is_hf_state, preprocessing_from_hf
+from .hub import hub_snapshot, is_hub_id
+from .npz import config_from_npz, npz_to_vitkit, read_npz
+from .pretrained import IMAGENET21K_NAMES_HINT, find_pretrained, imagenet1k_class_names
+from .timm import (
+    class_names_from_timm,
+    config_from_timm,
+    is_timm_config,
+    is_timm_state,
+    preprocessing_from_timm,
+    timm_to_vitkit,
+)
+
+GOOGLE_PREFIX = "google:"
+_WEIGHT_FILES = (WEIGHTS_NAME, "pytorch_model.bin")
+
+
+@dataclass
+class Weights:
+    """What a weight source holds, in vitkit's terms."""
+
+    #: the source as given
+    source: str
+    config: ViTConfig
+    #: the tensors, with vitkit's keys
+    state: dict[str, Tensor]
+    class_names: list[str]
+    preprocessing: Preprocessing
+    #: the model name recorded with the weights (vitkit folders, pretrained names), if any
+    model_name: str | None = None
+    #: something the user should know, e.g. where to get class names the source lacks
+    note: str | None = None
+
+
+def open_weights(
+    source: str | Path, *, architecture: str | ViTConfig | None = None, keep_pre_logits: bool = False
+) -> Weights:
+    """Read ``source`` (see the module docstring for what it may be), downloading it first when it
+    names a hub repo, a Google file or pretrained weights that are not cached yet.
+
+    ``architecture`` says what a bare weight file is (a model name such as ``"S/16"``, whose class
+    count, resolution and channels are then read off the tensors, or a full config); other sources
+    carry their own. A pre-logits layer (Google's ``pre_logits``, transformers' pooler) is kept
+    when a classifier sits on it or when ``keep_pre_logits``."""
+    text = str(source)
+    path = Path(source)
+    if path.exists():
+        return _open_folder(path, keep_pre_logits) if path.is_dir() else _open_file(path, architecture, keep_pre_logits)
+    if is_hub_id(text):
+        return _named(_open_folder(hub_snapshot(text), keep_pre_logits), text)
+    if text.startswith(GOOGLE_PREFIX):
+        file = text.removeprefix(GOOGLE_PREFIX).strip("/")
+        local = fetch_google_file(file if file.endswith(".npz") else f"{file}.npz")
+        return _named(_open_npz(local, keep_pre_logits), text)
+    try:
+        row = find_pretrained(text)
+    except ValueError as error:
+        if path.suffix or path.is_absolute() or text.startswith("."):
+            raise ValueError(f"{source} does not exist") from error
+        raise ValueError(f"{source} is no file or folder, and: {error}") from error
+    return _named(open_weights(row.source, keep_pre_logits=keep_pre_logits), row.name)
+
+
+def _named(weights: Weights, name: str) -> Weights:
+    weights.source = weights.model_name = name
+    return weights
+
+
+# ------------------------------------------------------------------ folders
+def _open_folder(folder: Path, keep_pre_logits: bool) -> Weights:
+    document = _folder_config(folder)
+    weight_file = next((folder / n for n in _WEIGHT_FILES if (folder / n).is_file()), None)
+    if weight_file is None:
+        raise ValueError(f"{folder} has a {CONFIG_NAME} but no {' or '.join(_WEIGHT_FILES)}")
+    state = read_weight_file(weight_file)
+    if document.get("format") == FORMAT:
+        config = ViTConfig.from_dict(document["vit"])
+        preprocess = {"img_size": config.img_size, "in_chans": config.in_chans, **document.get("preprocess", {})}
+        return Weights(
+            str(folder),
+            config,
+            state,
+            list(document["class_names"]),
+            Preprocessing.from_dict(preprocess),
+            model_name=document.get("model_name"),
+        )
+    if is_hf_config(document):
+        state = hf_to_vitkit(state, keep_pooler=keep_pre_logits)
+        config = config_from_hf(document, keep_pooler=keep_pre_logits, classifier="head.weight" in state)
+        processor_file = folder / "preprocessor_config.json"
+        processor = _read_json(processor_file) if processor_file.is_file() else None
+        names = class_names_from_hf(document) if config.num_classes else []
+        return Weights(str(folder), config, state, names, preprocessing_from_hf(processor, config))
+    config = config_from_timm(document)
+    names, note = _class_names(config.num_classes, class_names_from_timm(document))
+    state = timm_to_vitkit(state)
+    return Weights(str(folder), config, state, names, preprocessing_from_timm(document, config), note=note)
+
+
+def _folder_config(folder: Path) -> dict[str, Any]:
+    """The parsed ``config.json`` of a vitkit, transformers or timm model folder."""
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise ValueError(f"{folder} is not a model folder: it has no {CONFIG_NAME} (has the run finished?)")
+    document = _read_json(path)
+    if not isinstance(document, dict) or not (
+        document.get("format") == FORMAT or is_hf_config(document) or is_timm_config(document)
+    ):
+        raise ValueError(
+            f'{path} is not a vitkit model config ("format": "{FORMAT}"), nor a transformers ViT config '
+            "(model_type vit), nor a timm hub config (architecture + pretrained_cfg)"
+        )
+    return document
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+
+
+# ------------------------------------------------------------------ files
+def _open_npz(path: Path, keep_pre_logits: bool) -> Weights:
+    arrays = read_npz(path)
+    config = config_from_npz(arrays)
+    state = npz_to_vitkit(arrays, hybrid=bool(config.hybrid_layers))
+    if config.representation_size and not config.num_classes and not keep_pre_logits:
+        config = config.replace(representation_size=None)
+        state = {k: v for k, v in state.items() if not k.startswith("pre_logits.")}
+    names, note = _class_names(config.num_classes)
+    # vit_jax evaluates on a bilinear resize to the full size, no crop
+    return Weights(str(path), config, state, names, Preprocessing(config.img_size, config.in_chans), note=note)
+
+
+def _open_file(path: Path, architecture: str | ViTConfig | None, keep_pre_logits: bool) -> Weights:
+    if path.suffix.lower() == ".npz":
+        return _open_npz(path, keep_pre_logits)
+    state = read_weight_file(path)
+    if is_timm_state(state):
+        state = timm_to_vitkit(state)
+    elif is_hf_state(state):
+        state = hf_to_vitkit(state, keep_pooler=keep_pre_logits)
+    if architecture is None:
+        raise ValueError(f"{path} is a bare weight file with no architecture in it; name one with --model (e.g. S/16)")
+    config = architecture if isinstance(architecture, ViTConfig) else _config_of_state(state, architecture)
+    names, note = _class_names(config.num_classes)
+    name = architecture if isinstance(architecture, str) else None
+    return Weights(str(path), config, state, names, eval_transform(config.img_size, config.in_chans), name, note)
+
+
+def _config_of_state(state: dict[str, Tensor], name: str) -> ViTConfig:
+    """Architecture ``name`` with the class count, resolution and channels the tensors have."""
+    config = get_config(name)
+    changes: dict[str, Any] = {"num_classes": state["head.weight"].shape[0] if "head.weight" in state else 0}
+    if "patch_embed.proj.weight" in state:
+        changes["in_chans"] = state["patch_embed.proj.weight"].shape[1]
+    if "pos_embed.weight" in state and config.pos_embed == "learn":
+        side = math.isqrt(state["pos_embed.weight"].shape[1] - config.num_prefix_tokens)
+        changes["img_size"] = side * config.stride
+    if "pre_logits.0.weight" in state:
+        changes["representation_size"] = state["pre_logits.0.weight"].shape[0]
+    return config.replace(**changes)
+
+
+def _class_names(num_classes: int, names: list[str] | None = None) -> tuple[list[str], str | None]:
+    """The source's names, else ImageNet-1k's for 1,000 classes, else numbers (with a note for 21k)."""
+    if names and len(names) == num_classes:
+        return names, None
+    if num_classes == 1000:
+        return imagenet1k_class_names(), None
+    note = IMAGENET21K_NAMES_HINT if num_classes == 21843 else None
+    return [str(i) for i in range(num_classes)], note
+
+
+# ------------------------------------------------------------------ using them
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The tensors of a weight file or a model folder, with the source's own key names."""
+    path = Path(path)
+    if path.is_dir():
+        _folder_config(path)
+        path = next((path / n for n in _WEIGHT_FILES if (path / n).is_file()), path / WEIGHTS_NAME)
+    return read_weight_file(path)
+
+
+def load_weights(model: VisionTransformer, source: str | Path, *, keep_pre_logits: bool = False) -> LoadReport:
+    """Load any source :func:`open_weights` reads into ``model``, adapting position embeddings and
+    the head (see :func:`vitkit.interop.adapt.load_state_into`). Returns what happened to each key."""
+    weights = open_weights(source, architecture=model.config, keep_pre_logits=keep_pre_logits)
+    return load_state_into(model, weights.state, source=str(source))
+
+
+class LoadedModel(NamedTuple):
+    """What :func:`load_model` returns: the model (in eval mode), the preprocessing that turns an
+    image (PIL, ndarray or tensor) into its input, and the class names of its outputs."""
+
+    model: VisionTransformer
+    preprocess: Preprocessing
+    class_names: list[str]
+
+    def require_classifier(self, what: str) -> None:
+        """Refuse ``what`` (e.g. "evaluate") for an encoder without a classifier, saying what to do."""
+        if not self.model.config.num_classes:
+            raise ValueError(
+                f"cannot {what}: this model has no classifier (a pre-trained encoder); fine-tune it with "
+                "vitkit train --init MODEL, or measure its features with vitkit fewshot / vitkit linear-probe"
+            )
+
+
+def load_model(source: str | Path, *, device: str = "cpu", keep_pre_logits: bool = False) -> LoadedModel:
+    """A ready-to-use model from any source :func:`open_weights` reads (a run or model folder, a
+    Google ``.npz``, ``hf-hub:ORG/REPO``, ``google:DIR/FILE`` or a pretrained name such as
+    ``vit_base_patch16_224.augreg2_in21k_ft_in1k``): the model in eval mode, the preprocessing that
+    came with the weights, and the class names."""
+    weights = open_weights(source, keep_pre_logits=keep_pre_logits)
+    if weights.note:
+        warnings.warn(weights.note, stacklevel=2)
+    model = VisionTransformer(weights.config)
+    load_state_into(model, weights.state, source=weights.source)
+    return LoadedModel(model.to(device).eval(), weights.preprocessing, weights.class_names)
+
+
+def create_model(
+    name: str,
+    *,
+    pretrained: bool | str = False,
+    weights: str | Path | None = None,
+    num_classes: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    in_chans: int | None = None,
+    **overrides: Any,
+) -> VisionTransformer:
+    """Build a registered ViT: initialised as the JAX reference does, or from pretrained weights.
+
+    Args:
+        name: a registered name (``"vit_base_patch16_224"``), alias (``"B/16"``) or, with
+            ``pretrained``, timm's ``arch.tag``.
+        pretrained: True for the name's weights (a bare architecture means its default tag, as
+            in timm), or a tag such as ``"augreg_in21k"``; downloaded on first use.
+        weights: any other source :func:`open_weights` reads (file, folder, ``hf-hub:...``).
+        num_classes: classifier outputs (0: the model returns pooled features); by default the
+            pretrained weights' count, else 1000. Another count than the weights' gets a new zero head.
+        img_size: resolution (int or (height, width)); by default the pretrained weights' or the
+            name's. Position embeddings are resampled to it (paper §3.2).
+        in_chans: image channels (1 for grayscale); default 3.
+        **overrides: any other :class:`ViTConfig` field, e.g. ``pool="avg"``, ``drop_path=0.1``.
+
+    Example:
+        >>> model = create_model("vit_base_patch16_224", pretrained=True)  # doctest: +SKIP
+        >>> scratch = create_model("S/16", num_classes=10, img_size=32, patch_size=4)
+    """
+    if pretrained and weights is not None:
+        raise ValueError("give pretrained= or weights=, not both")
+    sizes = {k: v for k, v in (("img_size", img_size), ("in_chans", in_chans)) if v is not None}
+    if not pretrained:
+        model = create_architecture(
+            name, num_classes=1000 if num_classes is None else num_classes, **sizes, **overrides
+        )
+        if weights is not None:
+            load_weights(model, weights)
+        return model
+    row = find_pretrained(name, None if pretrained is True else pretrained)
+    source = open_weights(row.source)
+    classes = source.config.num_classes if num_classes is None else num_classes
+    model = VisionTransformer(source.config.replace(num_classes=classes, **sizes, **overrides))
+    load_state_into(model, source.state, source=row.name)
+    return model

@@ -1,0 +1,182 @@
+"""open_weights and what comes with weights: preprocessing, class names, the pretrained table, the
+transformers pipeline on folders vitkit writes, file modes, and weights that do not fit."""
+
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+import timm
+import torch
+from conftest import tiny_vit
+from PIL import Image
+from timm.models import save_for_hf
+from transformers import pipeline
+
+import vitkit
+import vitkit.cli.main
+from vitkit.data.transforms import Preprocessing
+from vitkit.interop import convert, list_pretrained, open_weights, save_hf, save_model
+from vitkit.interop.npz import save_npz
+from vitkit.interop.pretrained import find_pretrained, imagenet1k_class_names
+from vitkit.models import list_models
+from vitkit.train.checkpoint import save_checkpoint
+
+
+def photo(height, width, seed=0):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def write_checkpoint(path, model):
+    """A training checkpoint as the loop writes it (model, optimiser, RNG)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    save_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler, ema=None, progress={})
+
+
+def test_centre_crop_follows_timms_crop_pct_and_reads_old_folders():
+    assert Preprocessing.centre_crop(224, 3, 0.9).resize_shorter == 248  # floor(224 / 0.9), as timm
+    assert Preprocessing.centre_crop(224, 3, 0.875).resize_shorter == 256
+    old = Preprocessing.from_dict({"img_size": [16, 16], "in_chans": 1, "crop_fraction": 1.0, "mean": 0.5, "std": 0.5})
+    assert old == Preprocessing((16, 16), 1, resize_shorter=16, mean=(0.5,), std=(0.5,))
+    assert Preprocessing.from_dict(old.to_dict()) == old
+    image = old(photo(40, 30))
+    assert image.shape == (1, 16, 16) and image.min() >= -1.0 and image.max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    "preprocessing",
+    [
+        Preprocessing.centre_crop(32, 3, 0.875, interpolation="bicubic"),
+        Preprocessing(32),
+        Preprocessing.centre_crop(32),
+    ],
+    ids=["timm-like crop", "squash", "vitkit's own"],
+)
+def test_transformers_pipeline_on_a_converted_folder_gives_vitkits_probabilities(preprocessing, tmp_path):
+    model = tiny_vit(num_classes=5, patch_size=8).eval()
+    with torch.no_grad():
+        model.head.weight.normal_(std=0.5)
+    names = ["cat", "dog", "bird", "fish", "frog"]
+    save_model(tmp_path / "run", model, class_names=names, preprocessing=preprocessing)
+    convert(tmp_path / "run", tmp_path / "hf", to="hf", metrics={"held-out final top1": "90.00 %"})
+    classify = pipeline("image-classification", model=str(tmp_path / "hf"), top_k=5)
+    loaded = vitkit.load_model(tmp_path / "hf")  # back again: the same preprocessing
+    assert loaded.preprocess == preprocessing
+    for size in [(32, 32), (50, 80), (97, 41), (33, 64)]:  # square, and odd and even crop margins
+        image = photo(*size)
+        with torch.no_grad():
+            ours = model(preprocessing(image).unsqueeze(0)).softmax(-1)[0]
+        theirs = {answer["label"]: answer["score"] for answer in classify(image)}
+        assert max(abs(ours[i].item() - theirs[name]) for i, name in enumerate(names)) <= 1e-4
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "pipeline_tag: image-classification" in card and "90.00 %" in card
+
+
+def test_a_gray_model_converts_with_a_warning_that_the_pipeline_cannot_run_it(tmp_path):
+    model = tiny_vit(in_chans=1)
+    with pytest.warns(UserWarning, match="pipeline"):
+        save_hf(tmp_path / "hf", model)
+    assert not (tmp_path / "hf" / "preprocessor_config.json").exists()
+    assert vitkit.load_model(tmp_path / "hf").model.config.in_chans == 1
+
+
+def test_files_vitkit_writes_are_readable_by_others(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        model = tiny_vit()
+        save_model(tmp_path / "model", model)
+        save_hf(tmp_path / "hf", model)
+        write_checkpoint(tmp_path / "checkpoint.safetensors", model)
+    finally:
+        os.umask(previous)
+    written = [*(tmp_path / "model").iterdir(), *(tmp_path / "hf").iterdir(), tmp_path / "checkpoint.safetensors"]
+    assert len(written) == 7
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_a_training_checkpoint_loads_as_weights(tmp_path):
+    model = tiny_vit()
+    write_checkpoint(tmp_path / "checkpoint.safetensors", model)
+    again = tiny_vit()
+    torch.nn.init.zeros_(again.blocks[0].attn.qkv.weight)
+    report = vitkit.load_weights(again, tmp_path / "checkpoint.safetensors")
+    assert not report.missing and not report.unexpected
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
+
+
+def test_weights_that_do_not_fit_never_load_silently(tmp_path, capsys):
+    torch.save({"encoder.weight": torch.zeros(3, 3), "decoder.bias": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match=r"cannot load .*other.pth.*tensors are not in them"):
+        vitkit.load_weights(tiny_vit(), tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="cannot load"):
+        vitkit.create_model("Ti/16", weights=tmp_path / "other.pth")
+    code = vitkit.cli.main.main(
+        ["convert", str(tmp_path / "other.pth"), str(tmp_path / "out"), "--to", "vitkit", "--model", "Ti/16"]
+    )
+    assert code == 2 and "cannot load" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    save_model(tmp_path / "model", tiny_vit())
+    code = vitkit.cli.main.main(
+        ["convert", str(tmp_path / "model"), str(tmp_path / "b16"), "--to", "vitkit", "--model", "B/16"]
+    )
+    assert code == 2 and "drop --model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["Ti/16", "R26+S/32"])
+def test_a_google_npz_says_what_architecture_it_holds(name, tmp_path):
+    ours = vitkit.create_model(name, num_classes=7, img_size=64 if "+" not in name else 96).eval()
+    save_npz(tmp_path / "vit.npz", ours.state_dict(), ours.config.num_heads)
+    weights = open_weights(tmp_path / "vit.npz")
+    assert weights.config.replace(norm_eps=ours.config.norm_eps) == ours.config
+    loaded = vitkit.load_model(tmp_path / "vit.npz").model
+    images = torch.randn(2, 3, *ours.config.img_size)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), ours(images))
+
+
+def test_a_timm_hub_folder_loads_with_timms_logits_and_preprocessing(tmp_path):
+    peer = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=1000).eval()
+    save_for_hf(peer, str(tmp_path / "repo"), safe_serialization=True)
+    model, preprocess, names = vitkit.load_model(tmp_path / "repo")
+    assert names[0] == "tench, Tinca tinca" and len(names) == 1000
+    expected = timm.data.resolve_data_config({}, model=peer)
+    assert preprocess.interpolation == expected["interpolation"]
+    assert preprocess.resize_shorter == int(224 / expected["crop_pct"]) and preprocess.mean == expected["mean"]
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert (model(images) - peer(images)).abs().max().item() <= 1e-4
+
+
+def test_the_pretrained_table_is_consistent():
+    rows = list_pretrained()
+    timm_rows = [r for r in rows if not r.name.startswith(("google:", "hf-hub:"))]
+    assert len(timm_rows) == 35 and all(r.architecture in list_models() for r in timm_rows)
+    for arch in {r.architecture for r in timm_rows}:
+        assert sum(r.default for r in timm_rows if r.architecture == arch) == 1, arch
+        assert vitkit.get_config(arch).img_size[0] == find_pretrained(arch).img_size
+    assert find_pretrained("B/16").name == "vit_base_patch16_224.augreg2_in21k_ft_in1k"  # timm's default
+    assert find_pretrained("vit_base_patch16_224", "augreg_in1k").top1 == 79.15
+    assert all(r.source.startswith(("hf-hub:", "google:")) for r in rows)
+    with pytest.raises(ValueError, match="did you mean 'vit_base_patch16_224'"):
+        find_pretrained("vit_bas_patch16_224")
+    with pytest.raises(ValueError, match="augreg_in21k_ft_in1k"):
+        find_pretrained("vit_tiny_patch16_224.augreg_in21k_ft")
+
+
+def test_imagenet_class_names_ship_with_the_package():
+    names = imagenet1k_class_names()
+    assert len(names) == 1000 and names[0] == "tench, Tinca tinca" and names[-1].startswith("toilet tissue")
+    assert names[134] == names[517] == "crane"  # the bird and the machine: key on the index
+
+
+def test_an_unknown_name_or_missing_path_says_so(tmp_path):
+    with pytest.raises(ValueError, match="did you mean"):
+        vitkit.load_model("vit_small_patch16_22")
+    with pytest.raises(ValueError, match="does not exist"):
+        vitkit.load_model(tmp_path / "nothing.safetensors")
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ValueError, match="not a vitkit model config"):
+        vitkit.load_model(tmp_path / "cfg")
