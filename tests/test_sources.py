@@ -174,6 +174,10 @@ def test_imagenet_class_names_ship_with_the_package():
 def test_an_unknown_name_or_missing_path_says_so(tmp_path):
     with pytest.raises(ValueError, match="did you mean"):
         vitkit.load_model("vit_small_patch16_22")
+    with pytest.raises(ValueError, match="its tags are augreg_in21k_ft_in1k, augreg_in1k"):
+        vitkit.load_model("vit_small_patch16_224.augreg_in1")
+    with pytest.raises(ValueError, match="does not exist"):
+        vitkit.load_model(tmp_path / "run-that-never-was")
     with pytest.raises(ValueError, match="does not exist"):
         vitkit.load_model(tmp_path / "nothing.safetensors")
     (tmp_path / "cfg").mkdir()

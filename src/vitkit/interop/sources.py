@@ -52,6 +52,7 @@ from .timm import (
 
 GOOGLE_PREFIX = "google:"
 _WEIGHT_FILES = (WEIGHTS_NAME, "pytorch_model.bin")
+_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".npz", ".json")
 
 
 @dataclass
@@ -94,10 +95,17 @@ def open_weights(
     try:
         row = find_pretrained(text)
     except ValueError as error:
-        if path.suffix or path.is_absolute() or text.startswith("."):
+        if _looks_like_a_path(path):
             raise ValueError(f"{source} does not exist") from error
         raise ValueError(f"{source} is no file or folder, and: {error}") from error
     return _named(open_weights(row.source, keep_pre_logits=keep_pre_logits), row.name)
+
+
+def _looks_like_a_path(path: Path) -> bool:
+    """A weight-file name, or a path inside an existing folder (``B/16`` and ``arch.tag`` are names)."""
+    return (
+        path.suffix.lower() in _FILE_SUFFIXES or path.is_absolute() or (path.parent.is_dir() and path.parent != Path())
+    )
 
 
 def _named(weights: Weights, name: str) -> Weights:
