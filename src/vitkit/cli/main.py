@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import types
 import typing
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import uvicorn
 
 import vitkit
 from vitkit.analysis import inspect_model, inspection_images
@@ -23,10 +25,11 @@ from vitkit.interop.convert import TARGETS
 from vitkit.interop.export import EXPORT_FORMATS
 from vitkit.predict import predict_files
 from vitkit.probe import POOLS, fewshot_evaluate, linear_probe
+from vitkit.serve import ServeSettings, create_app
 from vitkit.train import RunSummary, TrainConfig, TrainingDiverged, resolve_config, resume_run, train
 from vitkit.train.distributed import DistributedFailure, from_environment
 from vitkit.train.evaluate import evaluate_model_on
-from vitkit.train.loop import TRAIN_CONFIG_NAME, run_metrics
+from vitkit.train.loop import TRAIN_CONFIG_NAME, resolve_device, resolve_precision, run_metrics
 from vitkit.train.report import describe
 
 MODEL_HELP = (
@@ -355,6 +358,32 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"wrote {written} ({args.to})")
 
 
+def _serve(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    loaded = load_model(args.model, device=str(device), architecture=args.arch)
+    settings = ServeSettings(
+        model_name=args.model,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        precision=resolve_precision(args.precision, device),
+        api_key=args.api_key or os.environ.get("VITKIT_API_KEY") or None,
+        max_upload_mb=args.max_upload_mb,
+    )
+    app = create_app(loaded, settings)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"vitkit: warning: serving on {args.host}: every machine that can reach this one can use the model"
+            + ("" if settings.api_key else ", and no --api-key is set"),
+            file=sys.stderr,
+        )
+    print(
+        f"serving {args.model} on http://{args.host}:{args.port}/ ({settings.precision}, batches of up to "
+        f"{settings.max_batch}, waiting up to {settings.max_wait_ms:g} ms); API docs at /docs",
+        flush=True,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+
+
 def _export(args: argparse.Namespace) -> None:
     model = load_model(args.model).model
     written = export_model(model, args.out, format=args.format, dynamic=args.dynamic)
@@ -483,6 +512,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave the batch and image size free (default: 1 image at the model's size)",
     )
     export_cmd.set_defaults(func=_export)
+
+    serve_cmd = commands.add_parser(
+        "serve", help="serve a model: a JSON API with dynamic batching, and a web page that explains each answer"
+    )
+    serve_cmd.add_argument("model", help=MODEL_HELP + ", or a bare weight file with --arch")
+    serve_cmd.add_argument("--arch", help="architecture of a bare weight file, e.g. S/16")
+    serve_cmd.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every one; warns)")
+    serve_cmd.add_argument("--port", type=int, default=8000, help="TCP port")
+    serve_cmd.add_argument("--max-batch", type=int, default=16, help="images per forward pass at most (1: no batching)")
+    serve_cmd.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="how long a request may wait for others to share its batch"
+    )
+    serve_cmd.add_argument("--api-key", help="require Authorization: Bearer KEY on /v1/* (or set VITKIT_API_KEY)")
+    serve_cmd.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads are refused (413)")
+    serve_cmd.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"), help="as in training")
+    serve_cmd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the model runs")
+    serve_cmd.add_argument("--log-level", default="info", choices=("warning", "info", "debug"), help="uvicorn's log")
+    serve_cmd.set_defaults(func=_serve)
 
     bench = commands.add_parser("benchmark", help="img/s, FLOP rate and memory next to timm and transformers")
     bench.add_argument("--model", default="S/16", help="model name or alias")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
@@ -41,12 +42,27 @@ def convert_image(image: Image.Image, in_chans: int) -> Image.Image:
     return image.convert("L" if in_chans == 1 else "RGB")
 
 
-def load_image(path: str | Path, in_chans: int = 3) -> Image.Image:
-    """Open ``path`` and convert it to the model's channels; raises ``OSError`` (PIL's) if the
-    file is not a readable image, with the path in the message."""
+class UnreadableImage(OSError):
+    """Not an image, or a corrupt or truncated one; the message names the source."""
+
+
+class ImageTooLarge(UnreadableImage):
+    """More pixels than PIL's guard against decompression bombs allows (``Image.MAX_IMAGE_PIXELS``)."""
+
+
+def load_image(source: str | Path | bytes, in_chans: int = 3) -> Image.Image:
+    """Open an image file (or its bytes), turn it upright as its EXIF orientation says (phone
+    photos), and convert it to the model's channels. Raises :class:`UnreadableImage` (an
+    ``OSError``) naming the source if it is not a readable image, :class:`ImageTooLarge` for a
+    decompression bomb."""
+    name = "the uploaded image" if isinstance(source, bytes) else str(source)
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             image.load()
-            return convert_image(image, in_chans)
+            return convert_image(ImageOps.exif_transpose(image), in_chans)
+    except Image.DecompressionBombError as error:
+        raise ImageTooLarge(f"cannot read image {name}: {error}") from error
+    except UnidentifiedImageError as error:
+        raise UnreadableImage(f"cannot read image {name}: not an image, or in a format PIL cannot read") from error
     except (OSError, SyntaxError, ValueError) as error:
-        raise OSError(f"cannot read image {path}: {error}") from error
+        raise UnreadableImage(f"cannot read image {name}: {error}") from error

@@ -254,12 +254,14 @@ class LoadedModel(NamedTuple):
             )
 
 
-def load_model(source: str | Path, *, device: str = "cpu", keep_pre_logits: bool = False) -> LoadedModel:
+def load_model(
+    source: str | Path, *, device: str = "cpu", keep_pre_logits: bool = False, architecture: str | None = None
+) -> LoadedModel:
     """A ready-to-use model from any source :func:`open_weights` reads (a run or model folder, a
-    Google ``.npz``, ``hf-hub:ORG/REPO``, ``google:DIR/FILE`` or a pretrained name such as
-    ``vit_base_patch16_224.augreg2_in21k_ft_in1k``): the model in eval mode, the preprocessing that
-    came with the weights, and the class names."""
-    weights = open_weights(source, keep_pre_logits=keep_pre_logits)
+    Google ``.npz``, ``hf-hub:ORG/REPO``, ``google:DIR/FILE``, a pretrained name such as
+    ``vit_base_patch16_224.augreg2_in21k_ft_in1k``, or a bare weight file with its ``architecture``):
+    the model in eval mode, the preprocessing that came with the weights, and the class names."""
+    weights = open_weights(source, architecture=architecture, keep_pre_logits=keep_pre_logits)
     if weights.note:
         warnings.warn(weights.note, stacklevel=2)
     model = VisionTransformer(weights.config)

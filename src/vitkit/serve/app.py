@@ -1,0 +1,283 @@
+"""``vitkit serve``'s web app: a versioned JSON API, health checks, and a page that explains each
+answer. It holds no model logic: preprocessing, batching and explanations come from the library.
+
+Bad input never takes the server down: every error is a 4xx JSON ``{"error": ...}``; uploads over
+the limit are refused from their ``Content-Length`` (or as soon as the stream passes the limit)
+without being read into memory; slow uploads time out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from torch import Tensor
+
+from ..analysis.explain import heatmap, input_picture, overlay, rollout_map
+from ..data.images import ImageTooLarge, UnreadableImage, load_image
+from ..interop import LoadedModel
+from .batching import DynamicBatcher
+
+API_VERSION = "v1"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How the server behaves; the CLI flags of ``vitkit serve``."""
+
+    model_name: str
+    max_batch: int = 16
+    max_wait_ms: float = 5.0
+    precision: str = "fp32"
+    #: required as ``Authorization: Bearer <key>`` on /v1/* when set
+    api_key: str | None = None
+    max_upload_mb: float = 10.0
+    #: seconds to wait for each piece of an upload before answering 408
+    upload_timeout_s: float = 30.0
+    max_images_per_batch: int = 64
+
+
+def _png(picture: Image.Image) -> str:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class _UploadTooLarge(Exception):
+    pass
+
+
+class _UploadTooSlow(Exception):
+    pass
+
+
+class UploadLimits:
+    """ASGI middleware: refuse bodies over ``max_bytes`` (413) from their ``Content-Length`` or while
+    they stream in, and answer 408 when a piece of the body takes longer than ``timeout_s``."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout_s: float) -> None:
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _send_error(send, 413, self._too_large())
+            return
+        received, body_done, started = 0, False, False
+
+        async def limited_receive() -> Message:
+            nonlocal received, body_done
+            if body_done:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout_s)
+            except TimeoutError as error:
+                raise _UploadTooSlow from error
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
+                if received > self.max_bytes:
+                    raise _UploadTooLarge
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracked_send)
+        except (_UploadTooLarge, _UploadTooSlow) as error:
+            if not started:
+                too_large = isinstance(error, _UploadTooLarge)
+                message = self._too_large() if too_large else f"the upload stalled for {self.timeout_s:g} s"
+                await _send_error(send, 413 if too_large else 408, message)
+
+    def _too_large(self) -> str:
+        return f"the upload is over the server's limit of {self.max_bytes / 1e6:g} MB (--max-upload-mb)"
+
+
+async def _send_error(send: Send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": [*headers, (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(loaded: LoadedModel, settings: ServeSettings) -> FastAPI:
+    """The FastAPI app serving ``loaded`` (see :class:`ServeSettings`)."""
+    loaded.require_classifier("serve")
+    model, preprocess, class_names = loaded
+    state: dict[str, Any] = {"batcher": None}
+    page = resources.files(__package__).joinpath("page.html").read_text()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher = DynamicBatcher(
+            model, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms, precision=settings.precision
+        )
+        await batcher.probabilities(preprocess(Image.new("RGB", (64, 64))))  # warm up before /ready says yes
+        state["batcher"] = batcher
+        yield
+        state["batcher"] = None
+        await run_in_threadpool(batcher.close)
+
+    app = FastAPI(
+        title="vitkit",
+        version=API_VERSION,
+        summary=f"A Vision Transformer ({settings.model_name}) behind a JSON API",
+        lifespan=lifespan,
+    )
+    app.add_middleware(UploadLimits, max_bytes=int(settings.max_upload_mb * 1e6), timeout_s=settings.upload_timeout_s)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": error.detail}, status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        return JSONResponse({"error": problems}, status_code=422)
+
+    def authorised(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), settings.api_key.encode()):
+            raise HTTPException(
+                401, "this server needs an API key: Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"}
+            )
+
+    def batcher() -> DynamicBatcher:
+        if state["batcher"] is None:
+            raise HTTPException(503, "the model is still loading")
+        return state["batcher"]
+
+    def decode(data: bytes) -> Tensor:
+        if not data:
+            raise HTTPException(400, "the request holds no image")
+        try:
+            return preprocess(load_image(data, model.config.in_chans))
+        except ImageTooLarge as error:
+            raise HTTPException(413, str(error)) from error
+        except UnreadableImage as error:
+            raise HTTPException(415, f"{error}; send a PNG, JPEG, WebP, GIF, BMP or TIFF image") from error
+
+    async def answer(data: bytes, top_k: int, explain: str) -> dict[str, Any]:
+        start = time.perf_counter()
+        image = await run_in_threadpool(decode, data)
+        probabilities = await batcher().probabilities(image)
+        values, indices = probabilities.topk(min(top_k, len(class_names)))
+        result: dict[str, Any] = {
+            "predictions": [
+                {"label": class_names[i], "index": i, "probability": p}
+                for i, p in zip(indices.tolist(), values.tolist(), strict=True)
+            ],
+            "model": settings.model_name,
+        }
+        if explain == "rollout":
+            result["explanation"] = await run_in_threadpool(_rollout, image)
+        result["latency_ms"] = round(1000 * (time.perf_counter() - start), 2)
+        return result
+
+    def _rollout(image: Tensor) -> dict[str, str]:
+        picture = input_picture(image, preprocess)
+        heat = heatmap(rollout_map(model, image), (picture.height, picture.width))
+        return {
+            "method": "rollout",
+            "input_png": _png(picture),
+            "heatmap_png": _png(heat),
+            "overlay_png": _png(overlay(picture, heat)),
+        }
+
+    async def uploads(request: Request, field: str) -> list[bytes]:
+        kind = request.headers.get("content-type", "")
+        if kind.startswith("multipart/form-data"):
+            form = await request.form(max_files=settings.max_images_per_batch)
+            files = [item for item in form.getlist(field) if isinstance(item, UploadFile)]
+            if not files:
+                raise HTTPException(400, f"the form has no file field {field!r}")
+            return [await item.read() for item in files]
+        if kind.startswith(("image/", "application/octet-stream")):
+            return [await request.body()]
+        raise HTTPException(
+            415, f"send the image as multipart/form-data field {field!r} or as a raw image/* body, not {kind!r}"
+        )
+
+    TopK = Query(5, ge=1, le=1000, description="how many classes to return, most likely first")
+    Explain = Query("none", description="none, or rollout: attention rollout drawn over the model's input")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def home() -> str:
+        return page
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        """Readiness: the model is loaded and has run once."""
+        is_ready = state["batcher"] is not None
+        return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+    @app.get(f"/{API_VERSION}/model", dependencies=[Depends(authorised)])
+    async def describe() -> dict[str, Any]:
+        """What is served: name, classes, input size, preprocessing, parameters, batching."""
+        return {
+            "name": settings.model_name,
+            "classes": class_names,
+            "num_classes": len(class_names),
+            "image_size": list(model.config.img_size),
+            "in_chans": model.config.in_chans,
+            "preprocessing": preprocess.to_dict(),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "precision": settings.precision,
+            "max_batch": settings.max_batch,
+            "max_wait_ms": settings.max_wait_ms,
+            "explanations": ["none", "rollout"],
+        }
+
+    @app.post(f"/{API_VERSION}/predict", dependencies=[Depends(authorised)])
+    async def predict(
+        request: Request, top_k: int = TopK, explain: Literal["none", "rollout"] = Explain
+    ) -> dict[str, Any]:
+        """Classify one image: multipart field ``image``, or the raw image as the body."""
+        return await answer((await uploads(request, "image"))[0], top_k, explain)
+
+    @app.post(f"/{API_VERSION}/predict/batch", dependencies=[Depends(authorised)])
+    async def predict_batch(
+        request: Request, top_k: int = TopK, explain: Literal["none", "rollout"] = Explain
+    ) -> dict[str, Any]:
+        """Classify several images (multipart fields ``images``); a bad one gets its own error."""
+
+        async def one(data: bytes) -> dict[str, Any]:
+            try:
+                return await answer(data, top_k, explain)
+            except HTTPException as error:
+                return {"error": error.detail, "status": error.status_code}
+
+        return {"results": await asyncio.gather(*(one(data) for data in await uploads(request, "images")))}
+
+    return app
