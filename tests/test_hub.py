@@ -198,3 +198,9 @@ def test_fine_tune_a_pretrained_model_on_a_folder_in_one_command(served, tmp_pat
     assert document["model_name"] == "vit_tiny_patch16_224 (fine-tuned)" and document["class_names"] == ["blue", "red"]
     tuned = vitkit.load_model(tmp_path / "run").model
     assert tuned.config.embed_dim == 192 and tuned.pos_embed.weight.shape == (1, 5, 192)  # 2×2 patches + class
+
+
+def test_a_missing_image_is_reported_before_any_download(served, tmp_path, capsys):
+    before = len(served.requests)
+    assert vitkit.cli.main.main(["predict", "vit_tiny_patch16_224", str(tmp_path / "nothing.jpg")]) == 2
+    assert "does not exist" in capsys.readouterr().err and len(served.requests) == before

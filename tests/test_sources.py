@@ -184,3 +184,47 @@ def test_an_unknown_name_or_missing_path_says_so(tmp_path):
     (tmp_path / "cfg" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ValueError, match="not a vitkit model config"):
         vitkit.load_model(tmp_path / "cfg")
+
+
+def test_eval_maps_data_classes_to_the_models_by_name_or_imagenet_id(tmp_path, capsys):
+    from vitkit.interop.pretrained import imagenet1k_synsets
+
+    model = tiny_vit(num_classes=1000)
+    save_model(tmp_path / "in1k", model, class_names=imagenet1k_class_names())
+    save_model(tmp_path / "animals", tiny_vit(num_classes=3), class_names=["cat", "dog", "bird"])
+    for folder, classes in (("imagenet", imagenet1k_synsets()[3:5]), ("subset", ["bird", "cat"]), ("bad", ["fish"])):
+        for split in ("train", "val"):  # ImageNet's own layout
+            for name in classes:
+                (tmp_path / folder / split / name).mkdir(parents=True)
+                for i in range(3):
+                    photo(40, 40, seed=i).save(tmp_path / folder / split / name / f"{i}.png")
+    main = vitkit.cli.main.main
+    assert main(["eval", str(tmp_path / "in1k"), "--data", str(tmp_path / "imagenet"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 6 and set(result["per_class"]) == set(imagenet1k_class_names())
+    assert main(["eval", str(tmp_path / "animals"), "--data", str(tmp_path / "subset"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 6
+    assert main(["eval", str(tmp_path / "animals"), "--data", str(tmp_path / "bad")]) == 2
+    assert "fish is not among them" in capsys.readouterr().err
+
+
+def test_class_names_from_a_file_and_predict_errors(tmp_path, capsys):
+    save_model(tmp_path / "model", tiny_vit(num_classes=3))
+    (tmp_path / "names.txt").write_text("cat\ndog\nbird\n")
+    assert vitkit.load_model(tmp_path / "model", class_names=tmp_path / "names.txt").class_names == [
+        "cat",
+        "dog",
+        "bird",
+    ]
+    (tmp_path / "two.txt").write_text("cat\ndog\n")
+    with pytest.raises(ValueError, match="holds 2 class names but the model has 3"):
+        vitkit.load_model(tmp_path / "model", class_names=tmp_path / "two.txt")
+    photo(40, 40).save(tmp_path / "a.png")
+    (tmp_path / "empty").mkdir()
+    main = vitkit.cli.main.main
+    assert main(["predict", str(tmp_path / "model"), str(tmp_path / "empty")]) == 2
+    assert "no image files" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "model"), str(tmp_path / "a.png"), "--top-k", "0"]) == 2
+    assert "top_k must be at least 1" in capsys.readouterr().err
+    args = ["predict", str(tmp_path / "model"), str(tmp_path / "a.png"), "--class-names", str(tmp_path / "names.txt")]
+    assert main(args) == 0 and capsys.readouterr().out.split()[1] in ("cat", "dog", "bird")

@@ -40,6 +40,8 @@ def predict_files(
 ) -> list[Prediction]:
     """Class probabilities (softmax) for each image file; unreadable files get an ``error``."""
     loaded.require_classifier("predict")
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
     model, preprocess, class_names = loaded
     device = next(model.parameters()).device
     k = min(top_k, len(class_names))

@@ -23,7 +23,7 @@ from vitkit.data.shards import write_shards
 from vitkit.interop import convert, export_model, load_model
 from vitkit.interop.convert import TARGETS
 from vitkit.interop.export import EXPORT_FORMATS
-from vitkit.predict import predict_files
+from vitkit.predict import expand_image_paths, predict_files
 from vitkit.probe import POOLS, fewshot_evaluate, linear_probe
 from vitkit.serve import ServeSettings, create_app
 from vitkit.train import RunSummary, TrainConfig, TrainingDiverged, resolve_config, resume_run, train
@@ -55,7 +55,7 @@ def _models(args: argparse.Namespace) -> None:
 
 def _pretrained_table(pattern: str | None) -> None:
     rows = vitkit.list_pretrained(pattern)
-    width = max((len(w.name) for w in rows), default=4)
+    width = max((len(w.name) for w in rows), default=4) + 2  # room for the default's " *"
     print(f"{'name':{width}s}  {'px':>4s}  {'classes':>7s}  {'top-1':>6s}  {'licence':12s}  trained on")
     for w in rows:
         top1 = f"{w.top1:.2f}" if w.top1 is not None else "-"
@@ -290,8 +290,11 @@ def _linear_probe(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    loaded = load_model(args.model)
-    predictions = predict_files(loaded, args.images, top_k=args.top_k)
+    files = expand_image_paths(args.images)  # before the model, which may have to be downloaded
+    if not files:
+        raise ValueError(f"no image files in {', '.join(args.images)}")
+    loaded = load_model(args.model, class_names=args.class_names)
+    predictions = predict_files(loaded, files, top_k=args.top_k)
     if args.json:
         print(json.dumps([dataclasses.asdict(p) for p in predictions], indent=2))
     else:
@@ -360,7 +363,7 @@ def _convert(args: argparse.Namespace) -> None:
 
 def _serve(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
-    loaded = load_model(args.model, device=str(device), architecture=args.arch)
+    loaded = load_model(args.model, device=str(device), architecture=args.arch, class_names=args.class_names)
     settings = ServeSettings(
         model_name=args.model,
         max_batch=args.max_batch,
@@ -462,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict_cmd.add_argument("model", help=MODEL_HELP)
     predict_cmd.add_argument("images", nargs="+", help="image files or folders of them")
     predict_cmd.add_argument("--top-k", type=int, default=5, help="how many classes to show per image")
+    predict_cmd.add_argument("--class-names", help="a text file with one class name per line (e.g. for 21k models)")
     predict_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
     predict_cmd.set_defaults(func=_predict)
 
@@ -518,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument("model", help=MODEL_HELP + ", or a bare weight file with --arch")
     serve_cmd.add_argument("--arch", help="architecture of a bare weight file, e.g. S/16")
+    serve_cmd.add_argument("--class-names", help="a text file with one class name per line (e.g. for 21k models)")
     serve_cmd.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every one; warns)")
     serve_cmd.add_argument("--port", type=int, default=8000, help="TCP port")
     serve_cmd.add_argument("--max-batch", type=int, default=16, help="images per forward pass at most (1: no batching)")

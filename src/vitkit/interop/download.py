@@ -73,9 +73,14 @@ def fetch_google_file(path: str, *, progress: bool = True) -> Path:
             if isinstance(error, urllib.error.HTTPError) and error.code in (403, 404):
                 raise DownloadError(f"{url} does not exist (HTTP {error.code}); check the name") from error
             if attempt == _ATTEMPTS:
+                kept = (
+                    f" What arrived is kept in {partial}: run the same command again to resume."
+                    if partial.exists() and partial.stat().st_size
+                    else ""
+                )
                 raise DownloadError(
-                    f"could not download {url}: {error}. What arrived is kept in {partial}; run the same "
-                    f"command again to resume, or fetch the file yourself and put it at {target}"
+                    f"could not download {url}: {error}.{kept} Without network, fetch the file elsewhere and put "
+                    f"it at {target}, or pass the .npz file itself; VITKIT_OFFLINE=1 skips trying"
                 ) from error
     if expected_md5 is not None and _md5(partial) != expected_md5:
         partial.unlink()

@@ -8,6 +8,7 @@ the folder readers take from there.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import huggingface_hub
@@ -23,6 +24,7 @@ from huggingface_hub.errors import (
 PREFIXES = ("hf-hub:", "hf_hub:")  # timm accepts both
 #: in the order tried: safetensors first; .bin files are read with torch.load(weights_only=True)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+#: fetched for transformers' layout where the repo has them
 OPTIONAL_FILES = ("preprocessor_config.json",)
 
 
@@ -58,8 +60,9 @@ def hub_snapshot(source: str) -> Path:
                 f"{source} holds none of {', '.join(WEIGHT_FILES)}; vitkit reads repos in timm's or "
                 "transformers' layout (sharded or other weight files are not supported)"
             )
-        for name in OPTIONAL_FILES:
-            _download(source, repo, name, revision, cached_only_ok=True)
+        if "model_type" in json.loads(config.read_text()):  # transformers' layout: its processor config too
+            for name in OPTIONAL_FILES:
+                _download(source, repo, name, revision, cached_only_ok=True)
     except _NotCached as error:
         raise ValueError(
             f"{source} is not in the Hugging Face cache ({huggingface_hub.constants.HF_HUB_CACHE}) and the hub "

@@ -18,9 +18,10 @@ from importlib import resources
 from ..models.registry import list_models, resolve_name
 
 IMAGENET21K_NAMES_HINT = (
-    "vitkit ships no ImageNet-21k class names; Google publishes them as imagenet21k_wordnet_lemmas.txt "
-    "in its public bit_models bucket (https://storage.googleapis.com/bit_models/imagenet21k_wordnet_lemmas.txt), "
-    "one name per line in output order"
+    "this model's 21,843 ImageNet-21k classes are shown as numbers: vitkit ships no names for them. Google "
+    "publishes them (one per line, in output order) as "
+    "https://storage.googleapis.com/bit_models/imagenet21k_wordnet_lemmas.txt; pass that file with "
+    "--class-names FILE (Python: load_model(..., class_names=FILE))"
 )
 
 
@@ -116,7 +117,17 @@ def find_pretrained(name: str, tag: str | None = None) -> PretrainedWeights:
 
 
 @functools.cache
+def _imagenet1k() -> list[tuple[str, str]]:
+    text = resources.files(__package__).joinpath("imagenet1k_classes.tsv").read_text()
+    return [tuple(line.split("\t", 1)) for line in text.splitlines() if line and not line.startswith("#")]
+
+
 def imagenet1k_class_names() -> list[str]:
     """The 1,000 ImageNet-1k class names in output order (WordNet lemmas of the sorted synset ids)."""
-    text = resources.files(__package__).joinpath("imagenet1k_classes.tsv").read_text()
-    return [line.split("\t", 1)[1] for line in text.splitlines() if line and not line.startswith("#")]
+    return [name for _, name in _imagenet1k()]
+
+
+def imagenet1k_synsets() -> list[str]:
+    """The 1,000 ImageNet-1k WordNet ids (``n01440764`` ...) in output order: the folder names of
+    ImageNet's own train/val layout."""
+    return [synset for synset, _ in _imagenet1k()]

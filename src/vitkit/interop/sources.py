@@ -221,6 +221,17 @@ def _class_names(num_classes: int, names: list[str] | None = None) -> tuple[list
 
 
 # ------------------------------------------------------------------ using them
+def read_class_names(path: str | Path, num_classes: int) -> list[str]:
+    """One class name per line of a text file (blank lines at the end ignored), one per output."""
+    try:
+        names = Path(path).read_text().rstrip("\n").split("\n")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read class names from {path}: {error}") from error
+    if len(names) != num_classes:
+        raise ValueError(f"{path} holds {len(names)} class names but the model has {num_classes} outputs")
+    return [name.strip() for name in names]
+
+
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The tensors of a weight file or a model folder, with the source's own key names."""
     path = Path(path)
@@ -255,14 +266,22 @@ class LoadedModel(NamedTuple):
 
 
 def load_model(
-    source: str | Path, *, device: str = "cpu", keep_pre_logits: bool = False, architecture: str | None = None
+    source: str | Path,
+    *,
+    device: str = "cpu",
+    keep_pre_logits: bool = False,
+    architecture: str | None = None,
+    class_names: str | Path | None = None,
 ) -> LoadedModel:
     """A ready-to-use model from any source :func:`open_weights` reads (a run or model folder, a
     Google ``.npz``, ``hf-hub:ORG/REPO``, ``google:DIR/FILE``, a pretrained name such as
     ``vit_base_patch16_224.augreg2_in21k_ft_in1k``, or a bare weight file with its ``architecture``):
-    the model in eval mode, the preprocessing that came with the weights, and the class names."""
+    the model in eval mode, the preprocessing that came with the weights, and the class names
+    (those of the weights, or one per line of the text file ``class_names``)."""
     weights = open_weights(source, architecture=architecture, keep_pre_logits=keep_pre_logits)
-    if weights.note:
+    if class_names is not None:
+        weights.class_names = read_class_names(class_names, weights.config.num_classes)
+    elif weights.note:
         warnings.warn(weights.note, stacklevel=2)
     model = VisionTransformer(weights.config)
     load_state_into(model, weights.state, source=weights.source)

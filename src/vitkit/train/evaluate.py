@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from ..data.datasets import TransformedDataset, collate_skipping_broken, load_data, preprocess_in_memory
 from ..data.shards import ShardStream
+from ..interop.pretrained import imagenet1k_class_names, imagenet1k_synsets
 from ..interop.sources import LoadedModel
 
 
@@ -38,10 +39,17 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, loader: DataLoader, *, num_classes: int, device: torch.device, precision: str = "fp32"
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    num_classes: int,
+    device: torch.device,
+    precision: str = "fp32",
+    label_map: torch.Tensor | None = None,
 ) -> EvalResult:
     """Run ``model`` over ``loader`` (batches of ``(images, labels, broken)``, see
-    :func:`vitkit.data.datasets.collate_skipping_broken`) and count every sample exactly once."""
+    :func:`vitkit.data.datasets.collate_skipping_broken`) and count every sample exactly once.
+    ``label_map[data_label]`` is the model's index of each data class, when they differ."""
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
@@ -50,6 +58,8 @@ def evaluate(
         skipped += broken
         if images is None:
             continue
+        if label_map is not None:
+            labels = label_map[labels]
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast(device, precision):
             logits = model(images)
@@ -75,22 +85,37 @@ def evaluate(
     )
 
 
-def evaluate_model_on(
-    loaded: LoadedModel, data_spec: str, *, split: str = "val", batch_size: int = 256, workers: int = 0
-) -> EvalResult:
-    """Evaluate a loaded model folder on a data spec's ``split`` ("val" or "train"), with the
-    model's own preprocessing. The data's classes must be the model's."""
-    loaded.require_classifier("evaluate")
-    model, preprocess, class_names = loaded
-    data = load_data(data_spec, in_chans=model.config.in_chans)
-    if data.class_names != class_names:
+def _label_map(data_classes: list[str], model_classes: list[str], data_spec: str) -> torch.Tensor | None:
+    """The model's index of each data class (None when they are the same list)."""
+    if data_classes == model_classes:
+        return None
+    index = {name: i for i, name in enumerate(model_classes)}
+    if model_classes == imagenet1k_class_names():
+        index.update({synset: i for i, synset in enumerate(imagenet1k_synsets())})
+    unknown = [name for name in data_classes if name not in index]
+    if unknown:
 
         def shown(names: list[str]) -> str:
             return ", ".join(names[:10]) + (", …" if len(names) > 10 else "")
 
         raise ValueError(
-            f"the classes of {data_spec} ({shown(data.class_names)}) are not the model's ({shown(class_names)})"
+            f"the classes of {data_spec} ({shown(data_classes)}) are not the model's ({shown(model_classes)}): "
+            f"{shown(unknown)} {'is' if len(unknown) == 1 else 'are'} not among them. Name the class folders as the "
+            "model names its classes (an ImageNet-1k model also knows WordNet ids such as n01440764)"
         )
+    return torch.tensor([index[name] for name in data_classes])
+
+
+def evaluate_model_on(
+    loaded: LoadedModel, data_spec: str, *, split: str = "val", batch_size: int = 256, workers: int = 0
+) -> EvalResult:
+    """Evaluate a loaded model on a data spec's ``split`` ("val" or "train"), with the model's own
+    preprocessing. Each class of the data must be one of the model's, by name (any order, a subset
+    is fine) or, for an ImageNet-1k model, by WordNet id (``n01440764/``, ImageNet's own layout)."""
+    loaded.require_classifier("evaluate")
+    model, preprocess, class_names = loaded
+    data = load_data(data_spec, in_chans=model.config.in_chans)
+    label_map = _label_map(data.class_names, class_names, data_spec)
     if split not in ("val", "train"):
         raise ValueError(f"split must be 'val' or 'train', got {split!r}")
     base = data.val if split == "val" else data.train
@@ -100,6 +125,6 @@ def evaluate_model_on(
         dataset = preprocess_in_memory(base, preprocess) or TransformedDataset(base, preprocess)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping_broken)
     device = next(model.parameters()).device
-    result = evaluate(model, loader, num_classes=len(class_names), device=device)
+    result = evaluate(model, loader, num_classes=len(class_names), device=device, label_map=label_map)
     result.skipped = sorted(set(data.skipped) | set(result.skipped))
     return result
