@@ -52,21 +52,8 @@ huggingface_hub reads ``HF_ENDPOINT``, ``HF_HOME``/``HF_HUB_CACHE`` and ``HF_HUB
 ``huggingface_hub.constants`` is first imported (transformers and timm import it on their own import), and derives
 more from them then (the URL template, the set of trusted Hub hosts). So the address must be known *before* that
 import. A ``LoopbackServer`` binds its ports when it is constructed, so its ``url`` is known at once and no other
-process can take the port between choosing and serving it. At the very top of ``tests/conftest.py``, before any
-import that may import huggingface_hub (pytest has put ``tests/`` on ``sys.path`` for it)::
-
-    import atexit, os, shutil, tempfile
-    from loopback import LoopbackServer, configure_hub_env
-
-    HUB = LoopbackServer()  # or LoopbackServer(port=free_port()) / a fixed port
-    HF_HOME = tempfile.mkdtemp(prefix="hf-home-")
-    atexit.register(shutil.rmtree, HF_HOME, ignore_errors=True)
-    configure_hub_env(os.environ, HUB.url, HF_HOME)
-
-    @pytest.fixture(scope="session")
-    def hub():
-        with HUB:
-            yield HUB
+process can take the port between choosing and serving it. ``tests/conftest.py`` does this on its first lines,
+before any import that may import huggingface_hub, and hands the server to tests as the ``hub`` fixture.
 
 ``configure_hub_env`` refuses to edit ``os.environ`` once huggingface_hub has read it. In that process every test
 shares the one cache; a test that needs a fresh one passes ``cache_dir=tmp_path`` (``hf_hub_download``,

@@ -198,7 +198,25 @@ def live_server(model_folder):
     thread.join(timeout=10)
 
 
+def _oversized_upload(port, size=600_000):
+    """Declare a large body, send its first bytes and read the answer: the server refuses it from
+    the Content-Length (a client that sent it all would see the connection closed mid-way)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as connection:
+        head = f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {size}\r\n\r\n"
+        connection.sendall(head.encode() + b"x" * 1000)
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = connection.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    status = int(reply.split(b" ", 2)[1])
+    return status, json.loads(reply.split(b"\r\n\r\n", 1)[1])
+
+
 def _request(port, method, path, body=None, content_type="image/jpeg"):
+    if body is not None and len(body) > 500_000:
+        return _oversized_upload(port, len(body))
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         connection.request(method, path, body=body, headers={"Content-Type": content_type} if body is not None else {})

@@ -6,7 +6,9 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 import types
 import typing
 import warnings
@@ -25,7 +27,7 @@ from vitkit.interop.convert import TARGETS
 from vitkit.interop.export import EXPORT_FORMATS
 from vitkit.predict import expand_image_paths, predict_files
 from vitkit.probe import POOLS, fewshot_evaluate, linear_probe
-from vitkit.serve import ServeSettings, create_app
+from vitkit.serve import DynamicBatcher, ServeSettings, create_app
 from vitkit.train import RunSummary, TrainConfig, TrainingDiverged, resolve_config, resume_run, train
 from vitkit.train.distributed import DistributedFailure, from_environment
 from vitkit.train.evaluate import evaluate_model_on
@@ -372,7 +374,17 @@ def _serve(args: argparse.Namespace) -> None:
         api_key=args.api_key or os.environ.get("VITKIT_API_KEY") or None,
         max_upload_mb=args.max_upload_mb,
     )
-    app = create_app(loaded, settings)
+    batcher = DynamicBatcher(
+        loaded.model,
+        loaded.preprocess,
+        max_batch=settings.max_batch,
+        max_wait_ms=settings.max_wait_ms,
+        precision=settings.precision,
+        thread=False,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(loaded, settings, batcher), args.host, args.port, log_level=args.log_level)
+    )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
             f"vitkit: warning: serving on {args.host}: every machine that can reach this one can use the model"
@@ -384,7 +396,18 @@ def _serve(args: argparse.Namespace) -> None:
         f"{settings.max_batch}, waiting up to {settings.max_wait_ms:g} ms); API docs at /docs",
         flush=True,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    web = threading.Thread(target=server.run, name="vitkit-web")
+    web.start()
+    signal.signal(signal.SIGTERM, lambda *_: batcher.close())  # a scheduler's stop: as Ctrl-C
+    try:
+        batcher.work(while_true=web.is_alive)  # the model runs in this, the main thread: see vitkit.serve.batching
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.should_exit = True
+        web.join()
+    if not server.started:
+        raise ValueError(f"could not serve on {args.host}:{args.port} (uvicorn's message is above)")
 
 
 def _export(args: argparse.Namespace) -> None:

@@ -28,7 +28,6 @@ from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from torch import Tensor
 
 from ..analysis.explain import heatmap, input_picture, overlay, rollout_map
 from ..data.images import ImageTooLarge, UnreadableImage, load_image
@@ -124,8 +123,10 @@ async def _send_error(send: Send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(loaded: LoadedModel, settings: ServeSettings) -> FastAPI:
-    """The FastAPI app serving ``loaded`` (see :class:`ServeSettings`)."""
+def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBatcher | None = None) -> FastAPI:
+    """The FastAPI app serving ``loaded`` (see :class:`ServeSettings`). Without ``batcher`` the app
+    starts one with its own worker thread; ``vitkit serve`` passes one whose :meth:`work` runs in
+    the main thread (see :mod:`vitkit.serve.batching` for why)."""
     loaded.require_classifier("serve")
     model, preprocess, class_names = loaded
     state: dict[str, Any] = {"batcher": None}
@@ -133,14 +134,19 @@ def create_app(loaded: LoadedModel, settings: ServeSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        batcher = DynamicBatcher(
-            model, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms, precision=settings.precision
+        own = batcher or DynamicBatcher(
+            model,
+            preprocess,
+            max_batch=settings.max_batch,
+            max_wait_ms=settings.max_wait_ms,
+            precision=settings.precision,
         )
-        await batcher.probabilities(preprocess(Image.new("RGB", (64, 64))))  # warm up before /ready says yes
-        state["batcher"] = batcher
+        await own.probabilities(Image.new("RGB", (64, 64)))  # warm up before /ready says yes
+        state["batcher"] = own
         yield
         state["batcher"] = None
-        await run_in_threadpool(batcher.close)
+        if batcher is None:
+            await run_in_threadpool(own.close)
 
     app = FastAPI(
         title="vitkit",
@@ -168,16 +174,16 @@ def create_app(loaded: LoadedModel, settings: ServeSettings) -> FastAPI:
                 401, "this server needs an API key: Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"}
             )
 
-    def batcher() -> DynamicBatcher:
+    def running() -> DynamicBatcher:
         if state["batcher"] is None:
             raise HTTPException(503, "the model is still loading")
         return state["batcher"]
 
-    def decode(data: bytes) -> Tensor:
+    def decode(data: bytes) -> Image.Image:
         if not data:
             raise HTTPException(400, "the request holds no image")
         try:
-            return preprocess(load_image(data, model.config.in_chans))
+            return load_image(data, model.config.in_chans)  # PIL only: torch work stays on the batcher's thread
         except ImageTooLarge as error:
             raise HTTPException(413, str(error)) from error
         except UnreadableImage as error:
@@ -185,8 +191,8 @@ def create_app(loaded: LoadedModel, settings: ServeSettings) -> FastAPI:
 
     async def answer(data: bytes, top_k: int, explain: str) -> dict[str, Any]:
         start = time.perf_counter()
-        image = await run_in_threadpool(decode, data)
-        probabilities = await batcher().probabilities(image)
+        picture = await run_in_threadpool(decode, data)
+        probabilities = await running().probabilities(picture)
         values, indices = probabilities.topk(min(top_k, len(class_names)))
         result: dict[str, Any] = {
             "predictions": [
@@ -196,18 +202,19 @@ def create_app(loaded: LoadedModel, settings: ServeSettings) -> FastAPI:
             "model": settings.model_name,
         }
         if explain == "rollout":
-            result["explanation"] = await run_in_threadpool(_rollout, image)
+            result["explanation"] = await running().run(_rollout, picture)
         result["latency_ms"] = round(1000 * (time.perf_counter() - start), 2)
         return result
 
-    def _rollout(image: Tensor) -> dict[str, str]:
-        picture = input_picture(image, preprocess)
-        heat = heatmap(rollout_map(model, image), (picture.height, picture.width))
+    def _rollout(picture: Image.Image) -> dict[str, str]:
+        image = preprocess(picture)
+        seen = input_picture(image, preprocess)  # what the model saw, after resize and crop
+        heat = heatmap(rollout_map(model, image), (seen.height, seen.width))
         return {
             "method": "rollout",
-            "input_png": _png(picture),
+            "input_png": _png(seen),
             "heatmap_png": _png(heat),
-            "overlay_png": _png(overlay(picture, heat)),
+            "overlay_png": _png(overlay(seen, heat)),
         }
 
     async def uploads(request: Request, field: str) -> list[bytes]:

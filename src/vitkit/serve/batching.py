@@ -1,8 +1,17 @@
 """Dynamic batching: requests that arrive close together share one forward pass.
 
-One worker thread owns the model. It waits for a first image, then gathers more for up to
-``max_wait_ms`` or until ``max_batch`` are in, runs them as one batch and hands each caller its
-row. Under load the batches fill up (throughput); alone, a request waits at most ``max_wait_ms``.
+One worker thread owns the model and does all of the server's torch work. It waits for a first
+image, then gathers more for up to ``max_wait_ms`` or until ``max_batch`` are in, preprocesses
+them, runs them as one batch and hands each caller its row. Under load the batches fill up
+(throughput); alone, a request waits at most ``max_wait_ms``.
+
+Why one thread for all torch work, and best the process's first: each OS thread that runs torch
+operators gets its own OpenMP team, and once the teams together hold more threads than there
+are cores, libgomp stops letting idle workers spin between operators, so every operator pays a
+wake-up. Measured on 2 cores: a ViT-Ti/16 forward pass takes 8.6 ms in the thread that loaded the
+model and 27 ms in a second thread (bf16). ``vitkit serve`` therefore runs :meth:`work` in its
+main thread and the web server in another; ``thread=True`` (for tests and notebooks) starts a
+worker thread instead.
 """
 
 from __future__ import annotations
@@ -12,7 +21,9 @@ import contextlib
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -22,72 +33,126 @@ from ..models import VisionTransformer
 
 @dataclass
 class _Job:
-    image: Tensor
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    #: an image to classify, or None for a call
+    image: Any = None
+    #: a function to run on the worker (explanations), with its arguments
+    call: Callable[..., Any] | None = None
+    args: tuple = ()
+
+    def settle(self, result: Any = None, error: BaseException | None = None) -> None:
+        self.loop.call_soon_threadsafe(_settle, self.future, result, error)
 
 
 class DynamicBatcher:
-    """Class probabilities for preprocessed images ``(C, H, W)``, computed in shared batches.
+    """Class probabilities for images, computed in shared batches on one worker thread.
 
-    ``precision`` is ``"bf16"`` (autocast) or ``"fp32"``; ``max_batch=1`` turns batching off."""
+    ``preprocess`` turns each input (e.g. a PIL image) into a tensor ``(C, H, W)`` on the worker;
+    None means inputs arrive preprocessed. ``precision`` is ``"bf16"`` (autocast) or ``"fp32"``;
+    ``max_batch=1`` turns batching off."""
 
     def __init__(
-        self, model: VisionTransformer, *, max_batch: int = 16, max_wait_ms: float = 5.0, precision: str = "fp32"
+        self,
+        model: VisionTransformer,
+        preprocess: Callable[[Any], Tensor] | None = None,
+        *,
+        max_batch: int = 16,
+        max_wait_ms: float = 5.0,
+        precision: str = "fp32",
+        thread: bool = True,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
         self.model = model.eval()
+        self.preprocess = preprocess or (lambda image: image)
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         self.precision = precision
         self.device = next(model.parameters()).device
-        self.batches = 0  # forward passes run so far (for /v1/model and tests)
+        self.batches = 0  # forward passes run so far (for tests and /v1/model)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._work, name="vitkit-batcher", daemon=True)
-        self._thread.start()
+        self._thread = threading.Thread(target=self.work, name="vitkit-batcher", daemon=True) if thread else None
+        if self._thread is not None:
+            self._thread.start()
 
-    async def probabilities(self, image: Tensor) -> Tensor:
-        """Softmax class probabilities ``(num_classes,)`` in fp32 for one preprocessed image."""
+    async def probabilities(self, image: Any) -> Tensor:
+        """Softmax class probabilities ``(num_classes,)`` in fp32 for one image."""
+        return await self._submit(image=image)
+
+    async def run(self, call: Callable[..., Any], *args: Any) -> Any:
+        """``call(*args)`` on the worker thread, between batches (for other torch work)."""
+        return await self._submit(call=call, args=args)
+
+    async def _submit(self, **job: Any) -> Any:
         loop = asyncio.get_running_loop()
-        job = _Job(image, loop.create_future(), loop)
-        self._jobs.put(job)
-        return await job.future
+        submitted = _Job(loop.create_future(), loop, **job)
+        self._jobs.put(submitted)
+        return await submitted.future
 
     def close(self) -> None:
-        """Stop the worker after the jobs already queued."""
+        """Stop :meth:`work` after the jobs already queued (and wait for its thread, if it has one)."""
         self._jobs.put(None)
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
 
-    def _gather(self, first: _Job) -> tuple[list[_Job], bool]:
-        jobs, deadline = [first], time.monotonic() + self.max_wait
-        while len(jobs) < self.max_batch:
+    def work(self, while_true: Callable[[], bool] = lambda: True) -> None:
+        """Serve jobs in the calling thread until :meth:`close`, or until ``while_true()`` turns
+        false (checked every half second; e.g. the web server's thread is alive). The worker
+        thread does this unless ``thread=False``."""
+        stop = False
+        while not stop:
+            try:
+                first = self._jobs.get(timeout=0.5)  # wakes now and then, so Ctrl-C reaches a main thread
+            except queue.Empty:
+                if not while_true():
+                    return
+                continue
+            if first is None:
+                return
+            images, calls, stop = self._gather(first)
+            if images:
+                self._classify(images)
+            for job in calls:
+                try:
+                    job.settle(job.call(*job.args))
+                except Exception as error:  # the caller hears of it; the worker lives on
+                    job.settle(error=error)
+
+    def _gather(self, first: _Job) -> tuple[list[_Job], list[_Job], bool]:
+        """Image jobs for one batch (and calls that arrived meanwhile), waiting up to max_wait."""
+        images, calls = [], []
+        (calls if first.call else images).append(first)
+        deadline = time.monotonic() + self.max_wait
+        while images and len(images) < self.max_batch:
             try:
                 job = self._jobs.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
             if job is None:
-                return jobs, True
-            jobs.append(job)
-        return jobs, False
+                return images, calls, True
+            (calls if job.call else images).append(job)
+        return images, calls, False
 
-    def _work(self) -> None:
-        stop = False
-        while not stop:
-            first = self._jobs.get()
-            if first is None:
-                return
-            jobs, stop = self._gather(first)
+    def _classify(self, jobs: list[_Job]) -> None:
+        ready = []
+        for job in jobs:
             try:
-                rows = self._forward(torch.stack([job.image for job in jobs]))
-            except Exception as error:  # every waiting caller must hear of it, and the worker live on
-                for job in jobs:
-                    job.loop.call_soon_threadsafe(_settle, job.future, None, error)
-                continue
-            for job, row in zip(jobs, rows, strict=True):
-                job.loop.call_soon_threadsafe(_settle, job.future, row, None)
+                ready.append((job, self.preprocess(job.image)))
+            except Exception as error:  # one bad image fails alone
+                job.settle(error=error)
+        if not ready:
+            return
+        try:
+            rows = self._forward(torch.stack([image for _, image in ready]))
+        except Exception as error:  # every waiting caller must hear of it, and the worker live on
+            for job, _ in ready:
+                job.settle(error=error)
+            return
+        for (job, _), row in zip(ready, rows, strict=True):
+            job.settle(row)
 
     @torch.inference_mode()
     def _forward(self, images: Tensor) -> Tensor:
@@ -98,7 +163,7 @@ class DynamicBatcher:
         return logits.float().softmax(dim=-1).cpu()
 
 
-def _settle(future: asyncio.Future, result: Tensor | None, error: Exception | None) -> None:
+def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
     with contextlib.suppress(asyncio.InvalidStateError):  # the caller went away (cancelled)
         if error is not None:
             future.set_exception(error)
