@@ -162,6 +162,19 @@ def test_an_api_key_guards_the_api_but_not_the_health_checks(model_folder):
         assert guarded.get("/health").status_code == 200 and guarded.get("/").status_code == 200
 
 
+def test_a_request_alone_does_not_wait_for_company():
+    model = tiny_vit(num_classes=3).eval()
+    batcher = DynamicBatcher(model, max_batch=16, max_wait_ms=2000)
+
+    async def ask_one():
+        start = time.perf_counter()
+        await batcher.probabilities(torch.randn(3, 32, 32))
+        return time.perf_counter() - start
+
+    assert asyncio.run(ask_one()) < 1.0  # not the 2 s it could wait
+    batcher.close()
+
+
 def test_concurrent_requests_share_a_forward_pass_with_the_same_answers():
     model = tiny_vit(num_classes=3).eval()
     with torch.no_grad():
@@ -171,7 +184,10 @@ def test_concurrent_requests_share_a_forward_pass_with_the_same_answers():
         expected = model(images).softmax(-1)
 
     async def ask_all(batcher):
-        return await asyncio.gather(*(batcher.probabilities(image) for image in images))
+        with batcher.expecting():  # as the app announces requests it is decoding
+            asks = [asyncio.ensure_future(batcher.probabilities(image)) for image in images]
+            await asyncio.sleep(0)  # every request is queued
+        return await asyncio.gather(*asks)
 
     for max_batch, batches in ((16, 1), (1, 8)):
         batcher = DynamicBatcher(model, max_batch=max_batch, max_wait_ms=200)

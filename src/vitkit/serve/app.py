@@ -191,8 +191,10 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
 
     async def answer(data: bytes, top_k: int, explain: str) -> dict[str, Any]:
         start = time.perf_counter()
-        picture = await run_in_threadpool(decode, data)
-        probabilities = await running().probabilities(picture)
+        batcher = running()
+        with batcher.expecting():  # a batch being gathered waits for this one
+            picture = await run_in_threadpool(decode, data)
+        probabilities = await batcher.probabilities(picture)
         values, indices = probabilities.topk(min(top_k, len(class_names)))
         result: dict[str, Any] = {
             "predictions": [
@@ -202,7 +204,7 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
             "model": settings.model_name,
         }
         if explain == "rollout":
-            result["explanation"] = await running().run(_rollout, picture)
+            result["explanation"] = await batcher.run(_rollout, picture)
         result["latency_ms"] = round(1000 * (time.perf_counter() - start), 2)
         return result
 

@@ -1,9 +1,10 @@
 """Dynamic batching: requests that arrive close together share one forward pass.
 
 One worker thread owns the model and does all of the server's torch work. It waits for a first
-image, then gathers more for up to ``max_wait_ms`` or until ``max_batch`` are in, preprocesses
-them, runs them as one batch and hands each caller its row. Under load the batches fill up
-(throughput); alone, a request waits at most ``max_wait_ms``.
+image, then gathers what is queued, and waits for more (up to ``max_wait_ms``, until ``max_batch``
+are in) only while other requests are on their way (being decoded, see :meth:`expecting`). It
+preprocesses them, runs them as one batch and hands each caller its row. Under load the batches
+fill up (throughput); a request that is alone does not wait at all.
 
 Why one thread for all torch work, and best the process's first: each OS thread that runs torch
 operators gets its own OpenMP team, and once the teams together hold more threads than there
@@ -21,7 +22,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,10 +74,24 @@ class DynamicBatcher:
         self.precision = precision
         self.device = next(model.parameters()).device
         self.batches = 0  # forward passes run so far (for tests and /v1/model)
+        self._expected = 0  # requests announced but not yet queued
+        self._expected_lock = threading.Lock()
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self.work, name="vitkit-batcher", daemon=True) if thread else None
         if self._thread is not None:
             self._thread.start()
+
+    @contextlib.contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Announce a request that will soon ask for :meth:`probabilities` (wrap its decoding), so
+        that a batch being gathered waits for it; without announced requests nobody waits."""
+        with self._expected_lock:
+            self._expected += 1
+        try:
+            yield
+        finally:
+            with self._expected_lock:
+                self._expected -= 1
 
     async def probabilities(self, image: Any) -> Tensor:
         """Softmax class probabilities ``(num_classes,)`` in fp32 for one image."""
@@ -127,6 +142,8 @@ class DynamicBatcher:
         (calls if first.call else images).append(first)
         deadline = time.monotonic() + self.max_wait
         while images and len(images) < self.max_batch:
+            if self._jobs.empty() and not self._expected:  # nobody else is on the way: go now
+                break
             try:
                 job = self._jobs.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
