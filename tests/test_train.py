@@ -166,10 +166,10 @@ def test_unknown_preset_and_setting_in_a_config_file(tmp_path):
 def test_config_layers_merge_in_order(tmp_path):
     file = tmp_path / "run.yaml"
     file.write_text("preset: deit\nlr: 0.002\nmodel_args:\n  depth: 3\n")
-    config = resolve_config(file=file, overrides={"epochs": 1.5, "model_args": {"embed_dim": 64}})
+    config = resolve_config(file=file, overrides={"epochs": 1.5, "model_args": {"embed_dim": 96}})
     assert config.preset == "deit" and config.mixup == 0.8  # from the preset
     assert config.lr == 0.002 and config.epochs == 1.5
-    assert config.model_args == {"depth": 3, "embed_dim": 64}
+    assert config.model_args == {"depth": 3, "embed_dim": 96}
     assert config.peak_lr() == pytest.approx(0.002 * 128 / 512)
     assert config.peak_lr(processes=4) == pytest.approx(0.002 * 512 / 512)  # global batch counts processes
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 
 def default_file_mode() -> int:
@@ -15,11 +18,50 @@ def default_file_mode() -> int:
     return 0o666 & ~current
 
 
+def lock_folder(folder: Path) -> IO[str]:
+    """Hold an exclusive lock on ``folder`` for as long as the returned file stays open (the
+    process ending releases it too); a second holder is refused with an error naming the first."""
+    handle = open(folder / ".lock", "a+")  # noqa: SIM115 — the open file is the lock
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise ValueError(f"{folder} is in use by {owner}; wait for it to finish (or stop it) first") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"vitkit process {os.getpid()}")
+    handle.flush()
+    return handle
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete the temporary files that writers of ``path`` killed mid-write left (their process is
+    gone): a model or checkpoint each, which nothing else would ever remove."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = stale.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, flush it to disk, then rename it
-    over ``path`` (an atomic replace on POSIX and Windows)."""
+    over ``path`` (an atomic replace on POSIX and Windows). The temporary file's name carries the
+    writer's process id, so that those left by killed writers are cleaned up by the next one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_stale_temporaries(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

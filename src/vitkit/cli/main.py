@@ -28,7 +28,15 @@ from vitkit.interop.export import EXPORT_FORMATS
 from vitkit.predict import expand_image_paths, predict_files
 from vitkit.probe import POOLS, fewshot_evaluate, linear_probe
 from vitkit.serve import DynamicBatcher, ServeSettings, create_app
-from vitkit.train import RunSummary, TrainConfig, TrainingDiverged, resolve_config, resume_run, train
+from vitkit.train import (
+    RunSummary,
+    TrainConfig,
+    TrainingDiverged,
+    TrainingInterrupted,
+    resolve_config,
+    resume_run,
+    train,
+)
 from vitkit.train.distributed import DistributedFailure, from_environment
 from vitkit.train.evaluate import evaluate_model_on
 from vitkit.train.loop import TRAIN_CONFIG_NAME, resolve_device, resolve_precision, run_metrics
@@ -123,7 +131,9 @@ def _add_config_flags(parser: argparse.ArgumentParser, command: str) -> None:
 def _add_run_flags(parser: argparse.ArgumentParser, command: str) -> None:
     """The flags of a training command: config file, resume, quiet, and every setting."""
     parser.add_argument("--config", help="a .toml, .yaml or .json file of settings (names as the flags)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly; other flags ignored")
+    parser.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue an interrupted run exactly (--epochs / --steps may lengthen it)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_flags(parser, command)
 
@@ -150,16 +160,20 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> None:
+    if args.resume and args.config:
+        raise ValueError("--resume continues a run with its own settings; drop --config")
     if args.resume:
-        summary = resume_run(args.resume, progress=not args.quiet)
+        summary = resume_run(args.resume, changes=_overrides(args), progress=not args.quiet)
     else:
         summary = train(resolve_config(file=args.config, overrides=_overrides(args)), progress=not args.quiet)
     _print_summary(summary)
 
 
 def _pretrain(args: argparse.Namespace) -> None:
+    if args.resume and args.config:
+        raise ValueError("--resume continues a run with its own settings; drop --config")
     if args.resume:
-        summary = resume_run(args.resume, progress=not args.quiet)
+        summary = resume_run(args.resume, changes=_overrides(args), progress=not args.quiet)
     else:
         overrides = _overrides(args)
         # --objective alone starts from its demo preset; a preset in the file or flags still wins
@@ -359,7 +373,9 @@ def _shards(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    written = convert(args.src, args.dst, to=args.to, model_name=args.model, metrics=run_metrics(args.src))
+    written = convert(
+        args.src, args.dst, to=args.to, model_name=args.model, metrics=run_metrics(args.src), overwrite=args.force
+    )
     print(f"wrote {written} ({args.to})")
 
 
@@ -522,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert_cmd.add_argument("dst", help="output folder (vitkit, hf) or .safetensors file (timm)")
     convert_cmd.add_argument("--to", required=True, choices=TARGETS, help="target format")
     convert_cmd.add_argument("--model", help="architecture of a bare weight file, e.g. S/16")
+    convert_cmd.add_argument("--force", action="store_true", help="replace what DST already holds")
     convert_cmd.set_defaults(func=_convert)
 
     export_cmd = commands.add_parser("export", help="export a model for deployment (ONNX or torch.export)")
@@ -603,6 +620,12 @@ def main(argv: list[str] | None = None) -> int:
     except DistributedFailure as error:
         print(f"vitkit: error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # the machine's side: a read-only or full disk, a file that vanished
+        print(f"vitkit: error: {error}", file=sys.stderr)
+        return 1
+    except TrainingInterrupted as error:
+        print(f"vitkit: {error}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("vitkit: interrupted", file=sys.stderr)
         return 130

@@ -255,7 +255,7 @@ def _readable(path: Path, skipped: list[str]) -> bool:
     try:
         with Image.open(path):
             return True
-    except (OSError, SyntaxError, ValueError) as error:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         warnings.warn(f"skipping unreadable image {path}: {error}", stacklevel=2)
         skipped.append(str(path))
         return False
@@ -280,6 +280,12 @@ def _scan_class_folders(root: Path, skipped: list[str], labels: bool = True) -> 
     if not any(found.values()):
         raise DataError(
             f"no readable image in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))} in its class folders)"
+        )
+    empty = [name for name, paths in found.items() if not paths]
+    if labels and empty:
+        raise DataError(
+            f"class folder {root / empty[0]} holds no readable image; add images or remove the folder "
+            "(an empty folder would still become a class the model must predict)"
         )
     return found
 
@@ -354,6 +360,8 @@ def load_csv(path: Path, *, in_chans: int, val_fraction: float, seed: int) -> Da
             if not image_path.is_file():
                 warnings.warn(f"skipping missing image {image_path} ({path}, line {line_no})", stacklevel=2)
                 skipped.append(str(image_path))
+            elif not row[1].strip():
+                raise DataError(f"{path}, line {line_no}: the label is empty; every row needs path,label")
             elif _readable(image_path, skipped):
                 found.setdefault(row[1].strip(), []).append(image_path)
     if not found:

@@ -28,7 +28,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..fileio import atomic_write
 from .datasets import ArrayImageDataset, DataError, DataSplits, FileImageDataset, load_data
-from .images import convert_image
+from .images import load_image
 
 MANIFEST = "shards.json"
 FORMAT = "vitkit-shards/1"
@@ -204,13 +204,18 @@ class ShardStream(IterableDataset):
             # the first steps of every epoch.
             initial = min(self.shuffle_buffer, 1000)
             stages.append(wds.shuffle(self.shuffle_buffer, initial=initial, rng=rng))
+        num_classes = len(self.manifest["class_names"])
         for sample in wds.DataPipeline(*stages):
-            image_key = next(k for k in sample if not k.startswith("__") and k != "cls")
+            where = f"{sample.get('__url__')}:{sample['__key__']}"
             try:
-                image = convert_image(Image.open(io.BytesIO(sample[image_key])), self.in_chans)
-            except OSError as error:  # counted and skipped, as for image files
-                where = f"{sample.get('__url__')}:{sample['__key__']}"
-                warnings.warn(f"skipping unreadable image {where}: {error}", stacklevel=1)
-                yield None, f"{where}: {error}"
+                image_key = next(k for k in sample if not k.startswith("__") and k != "cls")
+                label = int(sample["cls"])
+                if not 0 <= label < num_classes:
+                    raise ValueError(f"label {label} is not one of the {num_classes} classes")
+                image = load_image(sample[image_key], self.in_chans)
+            except (OSError, ValueError, KeyError, StopIteration) as error:  # counted and skipped, as files
+                problem = f"no {error}" if isinstance(error, KeyError) else str(error) or "no image"
+                warnings.warn(f"skipping unusable sample {where}: {problem}", stacklevel=1)
+                yield None, f"{where}: {problem}"
                 continue
-            yield (self.transform(image) if self.transform else image), int(sample["cls"])
+            yield (self.transform(image) if self.transform else image), label

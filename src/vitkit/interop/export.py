@@ -9,6 +9,7 @@ antialiased resampling as ``set_image_size``; in ONNX a ``Resize`` with ``antial
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,8 @@ from ..models import VisionTransformer
 # The largest grid side a dynamic export accepts (e.g. 128 × 16 = 2048 px for /16 models).
 MAX_GRID_SIDE = 128
 EXPORT_FORMATS = ("onnx", "pt2")
+#: protobuf's 2 GiB message limit: larger ONNX models keep their weights in a .data file beside
+ONNX_ONE_FILE_LIMIT = 2**31 - 2**24
 
 
 @contextmanager
@@ -64,12 +67,21 @@ def export_onnx(model: VisionTransformer, path: str | Path, *, dynamic: bool = F
         raise ValueError("ONNX export needs the onnx and onnxscript packages: pip install 'vitkit[onnx]'") from error
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    one_file = weight_bytes < ONNX_ONE_FILE_LIMIT
+    if not one_file:
+        warnings.warn(
+            f"the weights ({weight_bytes / 2**30:.1f} GiB) exceed protobuf's 2 GiB limit: they go to "
+            f"{path.name}.data beside {path.name}; keep the two files together",
+            stacklevel=2,
+        )
     with _traceable(model, dynamic) as (args, dynamic_shapes):
         torch.onnx.export(
             model,
             args,
             str(path),
             dynamo=True,
+            external_data=not one_file,
             input_names=["images"],
             output_names=["logits"],
             dynamic_shapes=dynamic_shapes,
@@ -94,5 +106,7 @@ def export_model(model: VisionTransformer, path: str | Path, *, format: str = "o
     """Export ``model`` to ``path`` in ``format`` (``onnx`` or ``pt2``)."""
     if format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    if Path(path).suffix.lower() != f".{format}":
+        raise ValueError(f"a {format} export is written as one .{format} file; got {path}")
     writer = export_onnx if format == "onnx" else export_program
     return writer(model, path, dynamic=dynamic)

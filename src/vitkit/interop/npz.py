@@ -39,6 +39,8 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
             raw = {name: _to_float32(archive[name]) for name in archive.files}
     except (OSError, ValueError, EOFError) as error:
         raise ValueError(f"{path} is not a readable .npz file: {error}") from error
+    except MemoryError as error:  # a header that claims far more data than the file holds
+        raise ValueError(f"{path} is not a readable .npz file: an array claims more memory than there is") from error
     arrays: dict[str, np.ndarray] = {}
     big_vision = any(k.startswith("params/") for k in raw)
     for name, array in raw.items():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +29,35 @@ ARCHITECTURE_FIELDS = frozenset(
         "hybrid_layers",
     }
 )
+
+
+def type_errors(instance: Any) -> list[str]:
+    """What is of the wrong type in a dataclass instance (a config file can hold anything): each
+    field is checked against its annotation; ints pass for floats, bools never pass for numbers."""
+    hints = typing.get_type_hints(type(instance))
+    problems = []
+    for spec in dataclasses.fields(instance):
+        value, kind = getattr(instance, spec.name), hints[spec.name]
+        kinds = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+        if not any(_has_type(value, k) for k in kinds):
+            wanted = " or ".join(getattr(k, "__name__", str(k)) for k in kinds)
+            problems.append(f"{spec.name} must be {wanted}, got {value!r}")
+    return problems
+
+
+def _has_type(value: Any, kind: Any) -> bool:
+    origin = typing.get_origin(kind) or kind
+    if value is None or kind is type(None):
+        return value is None and kind is type(None)
+    if origin is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if origin is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        return isinstance(value, list | tuple) and all(_has_type(v, typing.get_args(kind)[0]) for v in value)
+    if origin is Any:
+        return True
+    return isinstance(value, origin)
 
 
 def to_pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -83,6 +114,13 @@ class ViTConfig:
         self._validate()
 
     def _validate(self) -> None:
+        wrong = type_errors(self)
+        if wrong:
+            raise ValueError(f"ViTConfig: {wrong[0]}")
+        if min(self.img_size) < 1:
+            raise ValueError(f"img_size must be a positive number of pixels, got {self.img_size}")
+        if self.norm_eps <= 0:
+            raise ValueError(f"norm_eps must be > 0 (LayerNorm divides by sqrt(var + eps)), got {self.norm_eps}")
         if self.pos_embed not in POS_EMBED_KINDS:
             raise ValueError(
                 f"unknown position embedding {self.pos_embed!r}; choose one of {', '.join(POS_EMBED_KINDS)}"

@@ -2,7 +2,7 @@
 
 from .config import PRESETS, ConfigError, TrainConfig, resolve_config
 from .evaluate import EvalResult, evaluate
-from .loop import RunSummary, TrainingDiverged, resume_run, train
+from .loop import RunSummary, TrainingDiverged, TrainingInterrupted, resume_run, train
 
 __all__ = [
     "PRESETS",
@@ -11,6 +11,7 @@ __all__ = [
     "RunSummary",
     "TrainConfig",
     "TrainingDiverged",
+    "TrainingInterrupted",
     "evaluate",
     "resolve_config",
     "resume_run",

@@ -11,6 +11,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from ..data.datasets import BUILTIN
+from ..models import get_config
+from ..models.config import type_errors
+
 PRESETS = ("demo", "paper-pretrain", "paper-finetune", "deit", "mpp-demo", "mpp-paper", "mae-demo", "mae-paper")
 OBJECTIVES = ("classify", "mpp", "mae")
 
@@ -119,6 +125,66 @@ class TrainConfig:
     out: str | None = _opt(None, "run folder (default: runs/<date>-<time>-<model>)")
     preset: str = _opt("demo", "the recipe the file and flags start from", choices=PRESETS)
 
+    def __post_init__(self) -> None:
+        wrong = type_errors(self)
+        if wrong:
+            raise ConfigError(f"setting {wrong[0]}")
+        self._check_ranges()
+        self._check_model_args()
+
+    def _check_ranges(self) -> None:
+        def need(ok: bool, flag: str, rule: str) -> None:
+            if not ok:
+                raise ConfigError(f"--{flag.replace('_', '-')} {rule}, got {getattr(self, flag)!r}")
+
+        need(self.epochs > 0, "epochs", "must be positive (fractions allowed)")
+        need(self.steps is None or self.steps >= 1, "steps", "must be at least 1")
+        need(self.batch_size >= 1, "batch_size", "must be at least 1")
+        need(self.accum_steps >= 1, "accum_steps", "must be at least 1")
+        need(self.lr > 0, "lr", "must be positive")
+        need(0 < self.val_fraction < 1, "val_fraction", "is a fraction between 0 and 1")
+        need(self.train_images is None or self.train_images >= 1, "train_images", "must be at least 1")
+        need(self.img_size is None or self.img_size >= 1, "img_size", "must be a positive number of pixels")
+        need(self.in_chans in (None, 1, 3), "in_chans", "is 1 (gray) or 3 (RGB)")
+        need(self.randaugment is None or 0 <= self.randaugment <= 30, "randaugment", "is a magnitude from 0 to 30")
+        need(0 <= self.label_smoothing < 1, "label_smoothing", "is in [0, 1)")
+        need(self.mixup >= 0 and self.cutmix >= 0, "mixup" if self.mixup < 0 else "cutmix", "must be >= 0 (0 = off)")
+        need(0 <= self.ema < 1, "ema", "is a decay in [0, 1) (0 = off)")
+        need(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = no clipping)")
+        need(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
+        need(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        need(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0: at epoch ends only)")
+        need(0 <= self.dropout < 1, "dropout", "is a probability in [0, 1)")
+        need(0 <= self.drop_path < 1, "drop_path", "is a probability in [0, 1)")
+        if self.crop_scale is not None:
+            low, high = self.crop_scale
+            need(0 < low <= high <= 1, "crop_scale", "is two area fractions 0 < low <= high <= 1")
+        need(self.workers >= 0, "workers", "must be >= 0")
+
+    def _check_model_args(self) -> None:
+        set_elsewhere = {
+            "dropout": "--dropout",
+            "drop_path": "--drop-path",
+            "num_classes": "the data (its classes)",
+            "in_chans": "--in-chans",
+            "img_size": "--img-size",
+        }
+        for key in self.model_args:
+            if key in set_elsewhere:
+                raise ConfigError(f"--model-args {key}=... is set by {set_elsewhere[key]}; use that instead")
+        try:
+            base = get_config(self.model)
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+        # The image size is not known yet: check the rest at a size that every stride divides.
+        patch = self.model_args.get("patch_size", base.patch_size)
+        layers = self.model_args.get("hybrid_layers", base.hybrid_layers)
+        size = patch * 4 * 2 ** len(layers) if isinstance(patch, int) and isinstance(layers, list | tuple) else 224
+        try:
+            base.replace(img_size=size, **self.model_args)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"--model-args: {error}") from error
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -158,14 +224,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         if path.suffix == ".toml":
             values = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml"):
-            import yaml
-
             values = yaml.safe_load(text) or {}
         elif path.suffix == ".json":
             values = json.loads(text)
         else:
             raise ConfigError(f"config file {path}: use .toml, .yaml, .yml or .json")
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, ValueError) as error:
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, yaml.YAMLError, ValueError) as error:
         raise ConfigError(f"config file {path} is not valid: {error}") from error
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a table of settings")
@@ -198,4 +262,7 @@ def resolve_config(
         values.update(layer)
         values["model_args"] = model_args
     values["preset"] = preset
+    data = values.get("data", TrainConfig.data)
+    if data not in BUILTIN and Path(data).expanduser().exists():  # so eval and resume work from anywhere
+        values["data"] = str(Path(data).expanduser().resolve())
     return TrainConfig(**values)

@@ -12,6 +12,9 @@ import functools
 import itertools
 import json
 import math
+import shutil
+import signal
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -33,9 +36,9 @@ from ..data.datasets import (
 )
 from ..data.shards import ShardStream
 from ..data.transforms import eval_transform, train_transform
-from ..fileio import atomic_write
+from ..fileio import atomic_write, lock_folder
 from ..interop.adapt import load_state_into
-from ..interop.folder import save_model
+from ..interop.folder import WEIGHTS_NAME, save_model
 from ..interop.sources import open_weights
 from ..models import ARCHITECTURE_FIELDS, VisionTransformer, get_config
 from . import distributed, report
@@ -51,6 +54,36 @@ SUMMARY_NAME = "summary.json"
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C or SIGTERM stopped the run after a checkpoint of its last complete step."""
+
+
+class _StopSignals:
+    """While active, SIGINT and SIGTERM only ask the loop to stop at the next step boundary, where
+    it writes a checkpoint that resumes exactly (a step cut in half could not). Single process
+    only: under torchrun the processes would not stop at the same step."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if self.enabled:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._ask)
+        return self
+
+    def _ask(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:  # asked twice: stop now, without a checkpoint
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 @dataclass
@@ -158,6 +191,11 @@ def build_model(config: TrainConfig, *, num_classes: int, in_chans: int) -> Visi
     return model
 
 
+def _ignore_interrupts(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C to the training process, which stops at a step boundary."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _loader(
     dataset: Dataset,
     *,
@@ -176,6 +214,7 @@ def _loader(
             num_workers=workers,
             collate_fn=collate_skipping_broken,
             pin_memory=device.type == "cuda",
+            worker_init_fn=_ignore_interrupts,
         )
     return DataLoader(
         dataset,
@@ -186,6 +225,7 @@ def _loader(
         num_workers=workers,
         collate_fn=collate_skipping_broken,
         pin_memory=device.type == "cuda",
+        worker_init_fn=_ignore_interrupts,
         # Its own generator: creating an iterator must not draw from the global one, or a
         # resumed run's dropout would see other numbers than the uninterrupted run's.
         generator=torch.Generator().manual_seed(0),
@@ -244,9 +284,10 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     torch.use_deterministic_algorithms(config.deterministic or deterministic_before)
     processes = distributed.from_environment()
     try:
-        return _train(config, resume=resume, progress=progress, processes=processes)
+        with _StopSignals(enabled=not processes.distributed) as stop:
+            return _train(config, resume=resume, progress=progress, processes=processes, stop=stop)
     except RuntimeError as error:
-        if not processes.distributed or isinstance(error, (TrainingDiverged, DistributedFailure)):
+        if not processes.distributed or isinstance(error, (TrainingDiverged, TrainingInterrupted, DistributedFailure)):
             raise
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DistributedFailure(
@@ -267,7 +308,9 @@ def _shared_run_dir(config: TrainConfig, processes: Processes) -> Path:
     return Path(names[0])
 
 
-def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Processes) -> RunSummary:
+def _train(
+    config: TrainConfig, *, resume: bool, progress: bool, processes: Processes, stop: _StopSignals
+) -> RunSummary:
     started = time.perf_counter()
     device = distributed.start(processes, resolve_device(config.device), config.dist_timeout)
     precision = resolve_precision(config.precision, device)
@@ -285,6 +328,11 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Proc
         seed=config.seed,
         labels=supervised,
     )
+    if supervised and len(data.class_names) < 2:
+        raise ConfigError(
+            f"{config.data} has one class ({data.class_names[0]!r}): a classifier needs two or more "
+            "(for pre-training on unlabeled images, use vitkit pretrain)"
+        )
     num_classes = len(data.class_names)
     if config.train_images:
         data.train = balanced_subset(data.train, config.train_images, num_classes=num_classes, seed=config.seed)
@@ -354,9 +402,12 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Proc
         "data_wait_seconds": 0.0,
         "skipped": sorted(data.skipped),
     }
-    if resume:
-        if not checkpoint_path.is_file():
-            raise ConfigError(f"{run_dir} has no {CHECKPOINT_NAME} to resume from")
+    if resume and not checkpoint_path.is_file():  # stopped before its first checkpoint: nothing to keep
+        if main:
+            warnings.warn(f"{run_dir} has no {CHECKPOINT_NAME} yet: the run starts from the beginning", stacklevel=2)
+        resume = False
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+    elif resume:
         restore = functools.partial(distributed.restore_sharded, module, optimizer) if sharded else None
         state = load_checkpoint(
             checkpoint_path, model=module, optimizer=optimizer, scheduler=scheduler, ema=ema, restore_states=restore
@@ -381,12 +432,13 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Proc
             torch.manual_seed(config.seed + 1_000_003 * processes.rank + state["step"])
         if main:
             report.keep_metrics_until(run_dir, state["epoch"])
-    elif checkpoint_path.exists() or (run_dir / TRAIN_CONFIG_NAME).exists():
+    elif checkpoint_path.exists() or (run_dir / WEIGHTS_NAME).exists():
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
     if processes.distributed:  # every process has checked the folder before rank 0 writes to it
         torch.distributed.barrier()
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock = lock_folder(run_dir)  # noqa: F841 — held until the run ends: one process per run folder
         atomic_write(run_dir / TRAIN_CONFIG_NAME, lambda tmp: tmp.write_text(config.to_json()))
 
     from torch.utils.tensorboard import SummaryWriter  # imported here: it takes seconds to import
@@ -525,6 +577,15 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, processes: Proc
             if config.checkpoint_every and state["step"] % config.checkpoint_every == 0:
                 checkpoint()
                 tick = time.perf_counter()  # checkpoint time is not training time
+            if stop.signal is not None:
+                checkpoint()
+                bar.close()
+                if writer is not None:
+                    writer.close()
+                raise TrainingInterrupted(
+                    f"stopped by {signal.Signals(stop.signal).name} after step {state['step']}; a checkpoint of it is "
+                    f"saved: continue exactly with vitkit train --resume {run_dir}"
+                )
 
         result = held_out()
         state["skipped"] = sorted({*state["skipped"], *(result.skipped or [])})
@@ -608,12 +669,26 @@ def run_metrics(folder: str | Path) -> dict[str, Any] | None:
     return figures
 
 
-def resume_run(run_dir: str | Path, *, progress: bool = True) -> RunSummary:
-    """Continue the run in ``run_dir`` exactly where its last checkpoint left it."""
+#: what may change when a run is resumed: its length (the schedule stretches to it) and machinery
+RESUMABLE_CHANGES = frozenset({"epochs", "steps", "checkpoint_every", "workers", "dist_timeout"})
+
+
+def resume_run(run_dir: str | Path, *, changes: dict[str, Any] | None = None, progress: bool = True) -> RunSummary:
+    """Continue the run in ``run_dir`` exactly where its last checkpoint left it. ``changes`` may
+    lengthen it (``epochs``, ``steps``) or change machinery (:data:`RESUMABLE_CHANGES`); any other
+    setting is an error, as it would silently make another run than the one resumed."""
     run_dir = Path(run_dir)
     path = run_dir / TRAIN_CONFIG_NAME
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a vitkit run folder (no {TRAIN_CONFIG_NAME}); nothing to resume")
     config = TrainConfig(**json.loads(path.read_text()))
-    config.out = str(run_dir)
+    fixed = sorted(k for k, v in (changes or {}).items() if k not in RESUMABLE_CHANGES and getattr(config, k) != v)
+    if fixed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
+        raise ConfigError(
+            f"--resume continues {run_dir} as it was set up; {flags} cannot change mid-run. Start a new run from "
+            f"its weights instead (vitkit train --init {run_dir} ...); only "
+            f"{', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE_CHANGES))} may change on resume"
+        )
+    config = dataclasses.replace(config, **(changes or {}), out=str(run_dir))
     return train(config, resume=True, progress=progress)

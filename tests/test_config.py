@@ -1,0 +1,99 @@
+"""Training settings: layers, and values that would silently make another run than asked."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import digits_config
+from PIL import Image
+
+import vitkit
+from vitkit.cli.main import main
+from vitkit.train import resolve_config, train
+from vitkit.train.config import ConfigError
+from vitkit.train.loop import resume_run
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"epochs": -1}, "--epochs must be positive"),
+        ({"steps": -3}, "--steps must be at least 1"),
+        ({"batch_size": 0}, "--batch-size must be at least 1"),
+        ({"batch_size": -4}, "--batch-size must be at least 1"),
+        ({"accum_steps": 0}, "--accum-steps must be at least 1"),
+        ({"crop_scale": [2.0, 1.0]}, "--crop-scale is two area fractions"),
+        ({"randaugment": 100}, "--randaugment is a magnitude from 0 to 30"),
+        ({"label_smoothing": 2.0}, "--label-smoothing is in [0, 1)"),
+        ({"lr": "fast"}, "lr must be float, got 'fast'"),
+        ({"model_args": {"patch_size": "abc"}}, "patch_size must be int, got 'abc'"),
+        ({"model_args": {"bogus": 1}}, "unknown ViTConfig field(s) bogus"),
+        ({"model_args": {"num_classes": 5}}, "set by the data"),
+        ({"model_args": {"in_chans": 3}}, "set by --in-chans"),
+        ({"model_args": {"dropout": 0.1}}, "set by --dropout"),
+        ({"model_args": {"norm_eps": -1}}, "norm_eps must be > 0"),
+        ({"model": "X/99"}, "unknown model 'X/99'"),
+    ],
+)
+def test_values_that_cannot_be_right_are_refused_where_they_enter(overrides, words):
+    with pytest.raises(ConfigError) as caught:
+        resolve_config(overrides=overrides)
+    assert words in str(caught.value)
+
+
+def test_a_config_file_with_wrong_types_or_bad_yaml_gets_one_line(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("lr: [oops\n")
+    (tmp_path / "typed.yaml").write_text("epochs: many\n")
+    for name, words in (("bad.yaml", "is not valid"), ("typed.yaml", "epochs must be float")):
+        assert main(["train", "--config", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err
+
+
+def test_the_model_config_refuses_impossible_shapes():
+    with pytest.raises(ValueError, match="norm_eps must be > 0"):
+        vitkit.ViTConfig(norm_eps=-1.0)
+    with pytest.raises(ValueError, match="img_size must be a positive"):
+        vitkit.ViTConfig(img_size=-16)
+
+
+def test_a_relative_data_path_is_stored_absolute(tmp_path, monkeypatch):
+    (tmp_path / "images").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert resolve_config(overrides={"data": "images"}).data == str(tmp_path / "images")
+    assert resolve_config(overrides={"data": "digits"}).data == "digits"
+
+
+def _folder(root, classes, per_class=3):
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_data_that_would_make_a_wrong_classifier_is_refused(tmp_path):
+    one = _folder(tmp_path / "one", ["cat"])
+    with pytest.raises(ConfigError, match=r"one class \('cat'\): a classifier needs two"):
+        train(digits_config(tmp_path, data=str(one), out=str(tmp_path / "r1")), progress=False)
+    empty = _folder(tmp_path / "empty", ["cat", "dog"])
+    (empty / "fish").mkdir()
+    with pytest.raises(ValueError, match=r"class folder .*fish holds no readable image"):
+        train(digits_config(tmp_path, data=str(empty), out=str(tmp_path / "r2")), progress=False)
+    _folder(tmp_path / "csv", ["cat"])
+    (tmp_path / "labels.csv").write_text("path,label\ncsv/cat/0.png,cat\ncsv/cat/1.png,\n")
+    with pytest.raises(ValueError, match="line 3: the label is empty"):
+        train(digits_config(tmp_path, data=str(tmp_path / "labels.csv"), out=str(tmp_path / "r3")), progress=False)
+
+
+def test_resume_may_lengthen_a_run_and_refuses_other_changes(tmp_path, capsys):
+    config = digits_config(tmp_path, epochs=1)
+    train(config, progress=False)
+    assert main(["train", "--resume", config.out, "--lr", "0.5", "--quiet"]) == 2
+    assert "--lr cannot change mid-run" in capsys.readouterr().err
+    summary = resume_run(config.out, changes={"epochs": 2.0}, progress=False)
+    assert summary.epochs == pytest.approx(2.0)
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["epochs"] == 2.0
+    assert main(["train", "--resume", config.out, "--config", os.devnull]) == 2
+    assert "drop --config" in capsys.readouterr().err

@@ -1,0 +1,116 @@
+"""Never stuck, nothing lost: signals, locks, restarts, leftovers and overwrites, process-level."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import digits_config, tiny_vit
+from safetensors.torch import load_file
+
+import vitkit
+from vitkit.cli.main import main
+from vitkit.fileio import lock_folder
+from vitkit.interop import export_model, save_model
+from vitkit.train import train
+from vitkit.train.loop import resume_run
+
+
+def _start_training(config, tmp_path):
+    config_file = tmp_path / "config.json"
+    config_file.write_text(config.to_json())
+    return subprocess.Popen(
+        [sys.executable, "-m", "vitkit.cli.main", "train", "--config", str(config_file), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes_to_the_same_weights(tmp_path):
+    settings = {"epochs": 12, "checkpoint_every": 100_000}  # no checkpoint but the one the signal asks for
+    stopped = digits_config(tmp_path, out=str(tmp_path / "stopped"), **settings)
+    process = _start_training(stopped, tmp_path)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "stopped" / "tensorboard").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # some steps into the run
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "stopped by SIGTERM after step" in err and "--resume" in err
+    assert (tmp_path / "stopped" / "checkpoint.safetensors").exists()
+    assert not (tmp_path / "stopped" / "model.safetensors").exists()  # it really stopped early
+    resume_run(tmp_path / "stopped", progress=False)
+    train(digits_config(tmp_path, out=str(tmp_path / "straight"), **settings), progress=False)
+    resumed = load_file(str(tmp_path / "stopped" / "model.safetensors"))
+    straight = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_can_restart(tmp_path):
+    config = digits_config(tmp_path, epochs=1)
+    Path(config.out).mkdir(parents=True)
+    (Path(config.out) / "train_config.json").write_text(config.to_json())  # what such a stop leaves
+    assert train(config, progress=False).steps > 0
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(config, progress=False)
+    fresh = digits_config(tmp_path, epochs=1, out=str(tmp_path / "again"))
+    Path(fresh.out).mkdir()
+    (Path(fresh.out) / "train_config.json").write_text(fresh.to_json())
+    with pytest.warns(UserWarning, match="starts from the beginning"):
+        assert resume_run(fresh.out, progress=False).steps > 0
+
+
+def test_one_process_per_run_folder(tmp_path):
+    config = digits_config(tmp_path, epochs=1)
+    Path(config.out).mkdir(parents=True)
+    held = lock_folder(Path(config.out))
+    try:
+        with pytest.raises(ValueError, match=r"is in use by vitkit process \d+"):
+            train(config, progress=False)
+    finally:
+        held.close()
+    train(config, progress=False)
+
+
+def test_leftovers_of_killed_writers_are_cleaned_up_and_live_ones_kept(tmp_path):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    dead = folder / f".model.safetensors.{dead_pid}.abc123.tmp"
+    live = folder / f".model.safetensors.{os.getpid()}.def456.tmp"
+    dead.write_bytes(b"x" * 1000)
+    live.write_bytes(b"y")
+    save_model(folder, tiny_vit())
+    assert not dead.exists() and live.exists()
+
+
+def test_convert_never_overwrites_without_force(tmp_path, capsys):
+    save_model(tmp_path / "a", tiny_vit())
+    save_model(tmp_path / "b", tiny_vit(num_classes=3))
+    assert main(["convert", str(tmp_path / "a"), str(tmp_path / "b"), "--to", "vitkit"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert vitkit.load_model(tmp_path / "b").model.config.num_classes == 3
+    assert main(["convert", str(tmp_path / "a"), str(tmp_path / "b"), "--to", "vitkit", "--force"]) == 0
+    assert vitkit.load_model(tmp_path / "b").model.config.num_classes == 10
+
+
+def test_onnx_export_is_one_file_and_the_suffix_says_the_format(tmp_path):
+    export_model(tiny_vit(), tmp_path / "m.onnx")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+    with pytest.raises(ValueError, match=r"one \.onnx file"):
+        export_model(tiny_vit(), tmp_path / "m.xyz")
+
+
+def test_a_disk_that_cannot_be_written_gets_one_line(tmp_path, capsys):
+    save_model(tmp_path / "a", tiny_vit())
+    (tmp_path / "file").write_text("not a folder")
+    assert main(["convert", str(tmp_path / "a"), str(tmp_path / "file" / "out"), "--to", "vitkit"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vitkit: error:") and "Traceback" not in err
