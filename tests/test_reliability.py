@@ -1,19 +1,28 @@
 """Never stuck, nothing lost: signals, locks, restarts, leftovers and overwrites, process-level."""
 
+import io
+import json
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import digits_config, tiny_vit
+from PIL import Image
 from safetensors.torch import load_file
 
 import vitkit
+from vitkit.analysis import inspection_images
 from vitkit.cli.main import main
+from vitkit.data.images import load_image
+from vitkit.data.shards import load_shards, write_shards
 from vitkit.fileio import lock_folder
 from vitkit.interop import export_model, save_model
 from vitkit.train import train
@@ -114,3 +123,77 @@ def test_a_disk_that_cannot_be_written_gets_one_line(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "a"), str(tmp_path / "file" / "out"), "--to", "vitkit"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("vitkit: error:") and "Traceback" not in err
+
+
+def _bomb(path):
+    """A small PNG that declares far more pixels than PIL's decompression-bomb guard allows."""
+    Image.new("1", (30000, 30000)).save(path)
+    return path
+
+
+def test_a_decompression_bomb_is_skipped_like_any_unreadable_image(tmp_path, capsys):
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(np.full((8, 8, 3), 25 * i, dtype=np.uint8)).save(tmp_path / "data" / name / f"{i}.png")
+    _bomb(tmp_path / "data" / "a" / "bomb.png")
+    save_model(tmp_path / "model", tiny_vit(num_classes=2))
+    good = tmp_path / "data" / "a" / "0.png"
+    assert main(["predict", str(tmp_path / "model"), str(good), str(tmp_path / "data" / "a" / "bomb.png")]) == 0
+    out = capsys.readouterr().out
+    assert "bomb.png: cannot read image" in out and "0.png:" in out
+    with pytest.warns(UserWarning, match="bomb.png"):
+        summary = train(
+            digits_config(tmp_path, data=str(tmp_path / "data"), img_size=8, epochs=1, batch_size=8), progress=False
+        )
+    assert summary.skipped_files == 1
+    with pytest.warns(UserWarning, match="bomb.png"):
+        images = inspection_images(vitkit.load_model(tmp_path / "model"), paths=[tmp_path / "data" / "a"], count=20)
+    assert len(images) == 10
+
+
+def test_phone_photos_are_turned_upright(tmp_path):
+    pixels = np.zeros((20, 40, 3), dtype=np.uint8)
+    pixels[:, :20] = 255  # white left half, stored sideways
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    Image.fromarray(pixels).save(tmp_path / "phone.jpg", exif=exif)
+    upright = np.asarray(load_image(tmp_path / "phone.jpg"))
+    assert upright.shape == (40, 20, 3)
+    assert upright[:20].mean() > 200 and upright[20:].mean() < 50  # the white half is now on top
+
+
+def test_broken_files_give_one_line_errors(tmp_path):
+    with open(tmp_path / "huge.npy", "wb") as handle:  # a header claiming 10^12 float32s
+        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)})
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as archive:
+        archive.write(tmp_path / "huge.npy", "embedding/kernel.npy")
+    with pytest.raises(ValueError, match=r"huge\.npz is not a readable \.npz file"):
+        vitkit.load_model(tmp_path / "huge.npz")
+    save_model(tmp_path / "model", tiny_vit(num_classes=3), class_names=["a", "b", "c"])
+    document = json.loads((tmp_path / "model" / "config.json").read_text())
+    for change, words in (
+        ({"vit": {**document["vit"], "colour": 1}}, "unknown ViTConfig field"),
+        ({"class_names": ["a"]}, "names 1 classes for a model with 3"),
+    ):
+        (tmp_path / "model" / "config.json").write_text(json.dumps({**document, **change}))
+        with pytest.raises(ValueError, match=words):
+            vitkit.load_model(tmp_path / "model")
+
+
+def test_shard_samples_without_a_usable_label_are_skipped(tmp_path):
+    write_shards("digits", tmp_path / "shards", shard_size=2000, in_chans=1)
+    shard = next((tmp_path / "shards").glob("val-*.tar"))
+    with tarfile.open(shard) as archive:
+        members = [(m, archive.extractfile(m).read()) for m in archive.getmembers()]
+    labels = sorted(m.name for m, _ in members if m.name.endswith(".cls"))
+    broken = {labels[0]: b"99", labels[1]: b"cat"}  # out of range, and not a number
+    with tarfile.open(shard, "w") as archive:  # the same samples, two labels broken
+        for member, content in members:
+            content = broken.get(member.name, content)
+            member.size = len(content)
+            archive.addfile(member, io.BytesIO(content))
+    stream = load_shards(tmp_path / "shards").val
+    with pytest.warns(UserWarning, match="skipping unusable sample"):
+        problems = [where for image, where in stream if image is None]
+    assert len(problems) == 2 and any("label 99 is not one of the 10 classes" in p for p in problems)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,18 +48,23 @@ def inspection_images(
 ) -> Tensor:
     """Preprocessed images ``(B, C, H, W)`` for :func:`inspect_model`: the image files (or
     folders of them) in ``paths``, else the first ``count`` held-out images of ``data`` (a
-    built-in dataset name, folder or CSV). Unreadable files are errors naming them."""
+    built-in dataset name, folder or CSV). Unreadable files are skipped with a warning naming
+    them; none readable is an error."""
     model, preprocess, _ = loaded
     if paths:
         files = expand_image_paths(paths)
         if not files:
             raise ValueError(f"no image files found in {', '.join(map(str, paths))}")
         images = []
-        for path in files[:count]:
+        for path in files:
             try:
                 images.append(preprocess(load_image(path, model.config.in_chans)))
             except OSError as error:
-                raise ValueError(f"cannot read {path} as an image: {error}") from error
+                warnings.warn(f"skipping {error}", stacklevel=2)
+            if len(images) == count:
+                break
+        if not images:
+            raise ValueError(f"none of the {len(files)} image file(s) could be read")
         return torch.stack(images)
     if data is None:
         raise ValueError("give image files to inspect, or a dataset to take them from (--data)")

@@ -121,16 +121,18 @@ def _open_folder(folder: Path, keep_pre_logits: bool) -> Weights:
         raise ValueError(f"{folder} has a {CONFIG_NAME} but no {' or '.join(_WEIGHT_FILES)}")
     state = read_weight_file(weight_file)
     if document.get("format") == FORMAT:
-        config = ViTConfig.from_dict(document["vit"])
-        preprocess = {"img_size": config.img_size, "in_chans": config.in_chans, **document.get("preprocess", {})}
-        return Weights(
-            str(folder),
-            config,
-            state,
-            list(document["class_names"]),
-            Preprocessing.from_dict(preprocess),
-            model_name=document.get("model_name"),
-        )
+        try:
+            config = ViTConfig.from_dict(document["vit"])
+            preprocess = {"img_size": config.img_size, "in_chans": config.in_chans, **document.get("preprocess", {})}
+            preprocessing = Preprocessing.from_dict(preprocess)
+            names = list(document["class_names"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{folder / CONFIG_NAME} does not describe a model vitkit can build: {error}") from error
+        if config.num_classes and len(names) != config.num_classes:
+            raise ValueError(
+                f"{folder / CONFIG_NAME} names {len(names)} classes for a model with {config.num_classes} outputs"
+            )
+        return Weights(str(folder), config, state, names, preprocessing, model_name=document.get("model_name"))
     if is_hf_config(document):
         state = hf_to_vitkit(state, keep_pooler=keep_pre_logits)
         config = config_from_hf(document, keep_pooler=keep_pre_logits, classifier="head.weight" in state)
