@@ -228,6 +228,14 @@ class VisionTransformer(nn.Module):
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names weight decay must leave alone (timm's convention; optimisers also skip
+        every vector, i.e. biases and norm scales): the class token, the position embeddings and
+        the relative-position tables, additive offsets that decay would pull towards zero."""
+        names = {f"pos_embed.{name}" for name, _ in self.pos_embed.named_parameters()}
+        names |= {name for name, _ in self.named_parameters() if ".rel_pos." in name}
+        return names | ({"cls_token"} if self.cls_token is not None else set())
+
     def reset_classifier(self, num_classes: int, *, keep_pre_logits: bool = False) -> None:
         """Replace the head by a zero-initialised linear layer for ``num_classes`` (the paper's
         fine-tuning head). The pre-training MLP head's hidden layer goes too, unless

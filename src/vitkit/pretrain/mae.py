@@ -94,6 +94,10 @@ class MaskedAutoencoder(nn.Module):
         table = self.decoder_pos if grid == self.encoder.config.grid else sincos_2d_table(grid, like.shape[-1])
         return table.to(like.device, like.dtype)
 
+    def no_weight_decay(self) -> set[str]:
+        """The [mask] token is an input embedding: weight decay would pull it towards zero."""
+        return {"mask_token"}
+
     def forward_masked(self, images: Tensor) -> tuple[Tensor, Tensor, tuple[int, int]]:
         """Predicted pixels of every patch ``(B, N, P·P·C)`` (normalised per patch if
         ``norm_pix_loss``), the hidden-patch mask ``(B, N)`` and the grid."""

@@ -53,6 +53,10 @@ class MaskedPatchPrediction(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
+    def no_weight_decay(self) -> set[str]:
+        """The [mask] token is an input embedding: weight decay would pull it towards zero."""
+        return {"mask_token"}
+
     def forward(self, images: Tensor) -> PretrainOutput:
         encoder = self.encoder
         patches, grid = encoder.embed_patches(images)

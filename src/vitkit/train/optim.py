@@ -11,14 +11,19 @@ from .config import ConfigError, TrainConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: matrices and conv kernels decay; biases, norms, the class and [mask] tokens
-    and the position embeddings do not (they are vectors or additive offsets, which decay would pull to 0)."""
+    """Two groups: matrices and conv kernels decay; vectors (biases, norms) and what each module
+    lists in its ``no_weight_decay()`` (timm's convention: class and [mask] tokens, position
+    embeddings) do not."""
+    exempt = {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules()
+        if callable(getattr(module, "no_weight_decay", None))
+        for name in module.no_weight_decay()
+    }
     decay, no_decay = [], []
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        vector_like = param.ndim <= 1 or any(k in name for k in ("pos_embed", "cls_token", "rel_pos", "mask_token"))
-        (no_decay if vector_like else decay).append(param)
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 or name in exempt else decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
