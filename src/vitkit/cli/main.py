@@ -560,8 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser(
         "serve", help="serve a model: a JSON API with dynamic batching, and a web page that explains each answer"
     )
-    serve_cmd.add_argument("model", help=MODEL_HELP + ", or a bare weight file with --arch")
-    serve_cmd.add_argument("--arch", help="architecture of a bare weight file, e.g. S/16")
+    serve_cmd.add_argument("model", help=MODEL_HELP + ", or a bare weight file with --model")
+    serve_cmd.add_argument("--model", dest="arch", help="architecture of a bare weight file, e.g. S/16")
     serve_cmd.add_argument("--class-names", help="a text file with one class name per line (e.g. for 21k models)")
     serve_cmd.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every one; warns)")
     serve_cmd.add_argument("--port", type=int, default=8000, help="TCP port")
