@@ -66,6 +66,8 @@ def test_a_run_stopped_before_its_first_checkpoint_can_restart(tmp_path):
     Path(config.out).mkdir(parents=True)
     (Path(config.out) / "train_config.json").write_text(config.to_json())  # what such a stop leaves
     assert train(config, progress=False).steps > 0
+    strict = json.loads((Path(config.out) / "summary.json").read_text(), parse_constant=pytest.fail)
+    assert 0 <= strict["best_top1"] <= 1  # strict JSON: no -Infinity or NaN for other tools to choke on
     with pytest.raises(ValueError, match="already holds a run"):
         train(config, progress=False)
     fresh = digits_config(tmp_path, epochs=1, out=str(tmp_path / "again"))

@@ -621,7 +621,7 @@ def _train(
     summary = RunSummary(
         run_dir=str(run_dir),
         objective=config.objective,
-        best_top1=state["best_score"] if supervised else None,
+        best_top1=state["best_score"] if supervised and math.isfinite(state["best_score"]) else None,
         best_epoch=state["best_epoch"],
         final_top1=result.metrics.get("val_top1"),
         final_top5=result.metrics.get("val_top5"),
@@ -651,7 +651,8 @@ def _train(
             report.plot_confusion(result.confusion, data.class_names, run_dir / "confusion.png")
         if config.objective == "mae":
             report.plot_reconstructions(eval_module, val_set, run_dir / "reconstructions.png")
-        atomic_write(run_dir / SUMMARY_NAME, lambda tmp: tmp.write_text(json.dumps(asdict(summary), indent=2)))
+        text = json.dumps(asdict(summary), indent=2, allow_nan=False)  # strict JSON: other tools read it
+        atomic_write(run_dir / SUMMARY_NAME, lambda tmp: tmp.write_text(text))
     return summary
 
 
