@@ -19,7 +19,7 @@ import time
 import torch
 
 from vitkit.benchmark import train_step
-from vitkit.data.datasets import load_data
+from vitkit.data.load import load_data
 from vitkit.data.shards import write_shards
 from vitkit.train import resolve_config
 from vitkit.train.distributed import Processes
@@ -56,7 +56,7 @@ def main() -> None:
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        write_shards("mnist", folder, shard_size=5000, in_chans=1)
+        write_shards(load_data("mnist", in_chans=1), folder, source="mnist", shard_size=5000)
         for source in ("mnist", folder):
             data = load_data(source, in_chans=1)
             train_set, _ = _datasets(config, data, 16, Processes())

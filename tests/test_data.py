@@ -13,10 +13,10 @@ from vitkit.data.datasets import (
     DataError,
     TransformedDataset,
     collate_skipping_broken,
-    load_data,
     preprocess_in_memory,
 )
 from vitkit.data.images import convert_image, load_image
+from vitkit.data.load import load_data
 from vitkit.data.transforms import batch_mixing, eval_transform, train_transform
 from vitkit.train import resolve_config, train
 

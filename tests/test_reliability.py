@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 import vitkit
 from vitkit.analysis import inspection_images
 from vitkit.cli.main import main
+from vitkit.data.datasets import load_digits
 from vitkit.data.images import load_image
 from vitkit.data.shards import load_shards, write_shards
 from vitkit.fileio import lock_folder
@@ -184,7 +185,7 @@ def test_broken_files_give_one_line_errors(tmp_path):
 
 
 def test_shard_samples_without_a_usable_label_are_skipped(tmp_path):
-    write_shards("digits", tmp_path / "shards", shard_size=2000, in_chans=1)
+    write_shards(load_digits(), tmp_path / "shards", source="digits", shard_size=2000)
     shard = next((tmp_path / "shards").glob("val-*.tar"))
     with tarfile.open(shard) as archive:
         members = [(m, archive.extractfile(m).read()) for m in archive.getmembers()]

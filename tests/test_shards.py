@@ -11,7 +11,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from vitkit.cli.main import main
-from vitkit.data.datasets import DataError, load_data, load_digits
+from vitkit.data.datasets import DataError, load_digits
+from vitkit.data.load import load_data
 from vitkit.data.shards import ShardStream, write_shards
 from vitkit.train import resolve_config, train
 
@@ -99,7 +100,7 @@ def test_loader_workers_each_drop_their_own_partial_batch(shards, tmp_path):
 
 def test_bad_shard_folders_say_what_is_wrong(shards, tmp_path):
     with pytest.raises(DataError, match="already holds shards"):
-        write_shards("digits", shards)
+        write_shards(load_digits(), shards, source="digits")
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "shards.json").write_text((shards / "shards.json").read_text())

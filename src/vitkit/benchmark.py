@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .interop.hf import hf_config_document
 from .models import create_model, get_config
 from .models.registry import resolve_name
 
@@ -66,8 +67,6 @@ def build_peer(library: str, name: str, *, img_size: int, num_classes: int = 100
         return timm.create_model(resolve_name(name), pretrained=False, img_size=img_size, num_classes=num_classes)
     if library == "transformers":
         import transformers
-
-        from .interop.hf import hf_config_document
 
         config = get_config(name, img_size=img_size, num_classes=num_classes)
         document = hf_config_document(config, [str(i) for i in range(num_classes)])

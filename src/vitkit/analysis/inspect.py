@@ -13,8 +13,8 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from ..data.datasets import load_data
 from ..data.images import load_image
+from ..data.load import load_data
 from ..fileio import atomic_write
 from ..interop.sources import LoadedModel
 from ..models import VisionTransformer

@@ -21,6 +21,7 @@ import uvicorn
 import vitkit
 from vitkit.analysis import inspect_model, inspection_images
 from vitkit.benchmark import LIBRARIES, PRECISIONS, format_table, run_benchmark
+from vitkit.data.load import load_data
 from vitkit.data.shards import write_shards
 from vitkit.interop import convert, export_model, load_model
 from vitkit.interop.convert import TARGETS
@@ -364,9 +365,8 @@ def _benchmark(args: argparse.Namespace) -> None:
 
 
 def _shards(args: argparse.Namespace) -> None:
-    manifest = write_shards(
-        args.data, args.out, shard_size=args.shard_size, in_chans=args.in_chans, val_fraction=args.val_fraction
-    )
+    data = load_data(args.data, in_chans=args.in_chans, val_fraction=args.val_fraction)
+    manifest = write_shards(data, args.out, source=args.data, shard_size=args.shard_size)
     for split, shards in manifest["splits"].items():
         print(f"{split}: {sum(s['count'] for s in shards):,} images in {len(shards)} shard(s)")
     print(f"wrote {Path(args.out) / 'shards.json'}; train on it with vitkit train --data {args.out}")

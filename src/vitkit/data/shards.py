@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..fileio import atomic_write
-from .datasets import ArrayImageDataset, DataError, DataSplits, FileImageDataset, load_data
+from .datasets import ArrayImageDataset, DataError, DataSplits, FileImageDataset
 from .images import load_image
 
 MANIFEST = "shards.json"
@@ -47,23 +47,15 @@ def _encoded(dataset, index: int) -> tuple[bytes, str, int]:
     raise DataError(f"cannot write a {type(dataset).__name__} to shards")
 
 
-def write_shards(
-    data_spec: str,
-    out: str | Path,
-    *,
-    shard_size: int = 10_000,
-    in_chans: int = 3,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-) -> dict:
-    """Write ``data_spec``'s training and held-out splits as tar shards into ``out``; returns
-    the manifest (also written to ``out/shards.json``)."""
+def write_shards(data: DataSplits, out: str | Path, *, source: str, shard_size: int = 10_000, seed: int = 0) -> dict:
+    """Write ``data``'s training and held-out splits (as :func:`vitkit.data.load.load_data` gives
+    them for the spec ``source``) as tar shards into ``out``; returns the manifest (also written
+    to ``out/shards.json``). The training samples are shuffled once with ``seed``."""
     if shard_size < 1:
         raise DataError(f"--shard-size must be at least 1, got {shard_size}")
     out = Path(out)
     if (out / MANIFEST).exists():
         raise DataError(f"{out} already holds shards ({MANIFEST}); choose another folder")
-    data = load_data(data_spec, in_chans=in_chans, val_fraction=val_fraction, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     splits = {}
     for split, dataset in (("train", data.train), ("val", data.val)):
@@ -87,7 +79,7 @@ def write_shards(
         splits[split] = [{"file": f"{split}-{i:06d}.tar", "count": n} for i, n in enumerate(counts)]
     manifest = {
         "format": FORMAT,
-        "source": data_spec,
+        "source": source,
         "class_names": data.class_names,
         "in_chans": data.in_chans,
         "image_size": list(data.image_size) if data.image_size else None,

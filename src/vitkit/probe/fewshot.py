@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..data.datasets import dataset_labels, load_data, per_class_indices, select
+from ..data.datasets import dataset_labels, per_class_indices, select
+from ..data.load import load_data
 from ..interop.sources import LoadedModel
 from .features import extract_features
 

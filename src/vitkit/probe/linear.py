@@ -8,7 +8,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..data.datasets import balanced_subset, load_data
+from ..data.datasets import balanced_subset
+from ..data.load import load_data
 from ..interop.sources import LoadedModel
 from .features import extract_features
 

@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..models.vit import Block
+
 
 class DistributedFailure(RuntimeError):
     """Another process of the job stopped or stopped answering; this one stops too."""
@@ -81,8 +83,6 @@ def wrap(module: nn.Module, processes: Processes, device: torch.device, *, fsdp:
         return module
     if fsdp:
         from torch.distributed.fsdp import fully_shard
-
-        from ..models.vit import Block
 
         for block in [m for m in module.modules() if isinstance(m, Block)]:
             fully_shard(block)

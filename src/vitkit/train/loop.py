@@ -31,9 +31,9 @@ from ..data.datasets import (
     TransformedDataset,
     balanced_subset,
     collate_skipping_broken,
-    load_data,
     preprocess_in_memory,
 )
+from ..data.load import load_data
 from ..data.shards import ShardStream
 from ..data.transforms import eval_transform, train_transform
 from ..fileio import atomic_write, lock_folder
