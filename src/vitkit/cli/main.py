@@ -40,8 +40,9 @@ from vitkit.train import (
 )
 from vitkit.train.distributed import DistributedFailure, from_environment
 from vitkit.train.evaluate import evaluate_model_on
-from vitkit.train.loop import TRAIN_CONFIG_NAME, resolve_device, resolve_precision, run_metrics
+from vitkit.train.loop import resolve_device, resolve_precision
 from vitkit.train.report import describe
+from vitkit.train.run_folder import run_data, run_metrics
 
 MODEL_HELP = (
     "a run or model folder (vitkit, transformers, timm), a Google .npz, a pretrained name "
@@ -206,12 +207,6 @@ def _print_summary(summary: RunSummary) -> None:
 
 
 # ------------------------------------------------------------------ eval / predict
-def _run_data(model: str) -> str | None:
-    """The data a run folder was trained on; None for other folders."""
-    run_config = Path(model) / TRAIN_CONFIG_NAME
-    return json.loads(run_config.read_text())["data"] if run_config.is_file() else None
-
-
 def _eval(args: argparse.Namespace) -> None:
     loaded = load_model(args.model)
     data = _data_of(args)
@@ -245,7 +240,7 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _data_of(args: argparse.Namespace) -> str:
-    data = args.data or _run_data(args.model)
+    data = args.data or run_data(args.model)
     if data is None:
         raise ValueError(f"{args.model} is not a run folder; say which data to use with --data")
     return data
@@ -327,7 +322,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _inspect(args: argparse.Namespace) -> None:
     loaded = load_model(args.model)
-    data = args.data or _run_data(args.model)
+    data = args.data or run_data(args.model)
     if args.images:  # the attention distance is then averaged over the files given
         shown, averaged = inspection_images(loaded, paths=args.images, count=args.count), None
     else:  # one read of the data: the first images are shown, a larger sample is averaged

@@ -47,9 +47,7 @@ from .config import ConfigError, TrainConfig
 from .distributed import DistributedFailure, Processes
 from .objectives import Evaluation, build_objective, combine
 from .optim import build_optimizer, build_scheduler
-
-TRAIN_CONFIG_NAME = "train_config.json"
-SUMMARY_NAME = "summary.json"
+from .run_folder import SUMMARY_NAME, TRAIN_CONFIG_NAME, default_run_dir
 
 
 class TrainingDiverged(RuntimeError):
@@ -137,11 +135,6 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name not in ("bf16", "fp32"):
         raise ConfigError(f"unknown precision {name!r}; choose bf16, fp32 or auto")
     return name
-
-
-def default_run_dir(config: TrainConfig) -> Path:
-    model = config.model.replace("/", "-").replace("+", "-")
-    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}-{config.data.split('/')[-1] or 'data'}"
 
 
 # ------------------------------------------------------------------ data and model
@@ -654,20 +647,6 @@ def _train(
         text = json.dumps(asdict(summary), indent=2, allow_nan=False)  # strict JSON: other tools read it
         atomic_write(run_dir / SUMMARY_NAME, lambda tmp: tmp.write_text(text))
     return summary
-
-
-def run_metrics(folder: str | Path) -> dict[str, Any] | None:
-    """The headline figures of a finished run folder (for a model card); None for other sources."""
-    path = Path(folder) / SUMMARY_NAME
-    if not path.is_file():
-        return None
-    summary = json.loads(path.read_text())
-    train_config = json.loads((Path(folder) / TRAIN_CONFIG_NAME).read_text())
-    figures = {"data": train_config.get("data"), "epochs": summary.get("epochs"), "steps": summary.get("steps")}
-    for key in ("final_top1", "final_top5", "best_top1"):
-        if summary.get(key) is not None:
-            figures[f"held-out {key.replace('_', ' ')}"] = f"{100 * summary[key]:.2f} %"
-    return figures
 
 
 #: what may change when a run is resumed: its length (the schedule stretches to it) and machinery
