@@ -6,9 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
-import signal
 import sys
-import threading
 import types
 import typing
 import warnings
@@ -16,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import uvicorn
 
 import vitkit
 from vitkit.analysis import inspect_model, inspection_images
@@ -28,7 +25,7 @@ from vitkit.interop.convert import TARGETS
 from vitkit.interop.export import EXPORT_FORMATS
 from vitkit.predict import expand_image_paths, predict_files
 from vitkit.probe import POOLS, fewshot_evaluate, linear_probe
-from vitkit.serve import DynamicBatcher, ServeSettings, create_app
+from vitkit.serve import ServeSettings, serve
 from vitkit.train import (
     RunSummary,
     TrainConfig,
@@ -161,21 +158,23 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return _checked_lists(overrides)
 
 
-def _train(args: argparse.Namespace) -> None:
-    if args.resume and args.config:
+def _resume(args: argparse.Namespace) -> RunSummary:
+    if args.config:
         raise ValueError("--resume continues a run with its own settings; drop --config")
+    return resume_run(args.resume, changes=_overrides(args), progress=not args.quiet)
+
+
+def _train(args: argparse.Namespace) -> None:
     if args.resume:
-        summary = resume_run(args.resume, changes=_overrides(args), progress=not args.quiet)
+        summary = _resume(args)
     else:
         summary = train(resolve_config(file=args.config, overrides=_overrides(args)), progress=not args.quiet)
     _print_summary(summary)
 
 
 def _pretrain(args: argparse.Namespace) -> None:
-    if args.resume and args.config:
-        raise ValueError("--resume continues a run with its own settings; drop --config")
     if args.resume:
-        summary = resume_run(args.resume, changes=_overrides(args), progress=not args.quiet)
+        summary = _resume(args)
     else:
         overrides = _overrides(args)
         # --objective alone starts from its demo preset; a preset in the file or flags still wins
@@ -385,17 +384,6 @@ def _serve(args: argparse.Namespace) -> None:
         api_key=args.api_key or os.environ.get("VITKIT_API_KEY") or None,
         max_upload_mb=args.max_upload_mb,
     )
-    batcher = DynamicBatcher(
-        loaded.model,
-        loaded.preprocess,
-        max_batch=settings.max_batch,
-        max_wait_ms=settings.max_wait_ms,
-        precision=settings.precision,
-        thread=False,
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(loaded, settings, batcher), args.host, args.port, log_level=args.log_level)
-    )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
             f"vitkit: warning: serving on {args.host}: every machine that can reach this one can use the model"
@@ -407,18 +395,7 @@ def _serve(args: argparse.Namespace) -> None:
         f"{settings.max_batch}, waiting up to {settings.max_wait_ms:g} ms); API docs at /docs",
         flush=True,
     )
-    web = threading.Thread(target=server.run, name="vitkit-web")
-    web.start()
-    signal.signal(signal.SIGTERM, lambda *_: batcher.close())  # a scheduler's stop: as Ctrl-C
-    try:
-        batcher.work(while_true=web.is_alive)  # the model runs in this, the main thread: see vitkit.serve.batching
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.should_exit = True
-        web.join()
-    if not server.started:
-        raise ValueError(f"could not serve on {args.host}:{args.port} (uvicorn's message is above)")
+    serve(loaded, settings, host=args.host, port=args.port, log_level=args.log_level)
 
 
 def _export(args: argparse.Namespace) -> None:

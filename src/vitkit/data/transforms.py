@@ -108,11 +108,6 @@ class Preprocessing:
         shorter = min(math.floor(s / crop_fraction) for s in to_pair(img_size))
         return cls(to_pair(img_size), in_chans, resize_shorter=shorter, **kwargs)
 
-    @property
-    def crop_fraction(self) -> float:
-        """The share of the resized image's short side that the centre crop keeps."""
-        return min(self.img_size) / self.resize_shorter if self.resize_shorter else 1.0
-
     def __call__(self, image: Any) -> torch.Tensor:
         return self._transform(image)
 

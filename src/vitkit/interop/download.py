@@ -45,9 +45,10 @@ def google_bucket_url() -> str:
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or os.environ.get(
-        "VITKIT_OFFLINE", ""
-    ).lower() in ("1", "true", "yes", "on")
+    """``VITKIT_OFFLINE`` or huggingface_hub's ``HF_HUB_OFFLINE`` set to a true value."""
+    return any(
+        os.environ.get(name, "").lower() in ("1", "true", "yes", "on") for name in ("VITKIT_OFFLINE", "HF_HUB_OFFLINE")
+    )
 
 
 def fetch_google_file(path: str, *, progress: bool = True) -> Path:

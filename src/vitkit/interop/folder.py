@@ -19,6 +19,9 @@ from ..models import VisionTransformer
 FORMAT = "vitkit-model/1"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+#: the weight files a model folder (vitkit's, timm's, transformers') may hold, in the order tried:
+#: safetensors first; .bin files are read with torch.load(weights_only=True)
+WEIGHT_FILES = (WEIGHTS_NAME, "pytorch_model.bin")
 
 
 def save_model(

@@ -21,9 +21,9 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from .folder import WEIGHT_FILES
+
 PREFIXES = ("hf-hub:", "hf_hub:")  # timm accepts both
-#: in the order tried: safetensors first; .bin files are read with torch.load(weights_only=True)
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 #: fetched for transformers' layout where the repo has them
 OPTIONAL_FILES = ("preprocessor_config.json",)
 

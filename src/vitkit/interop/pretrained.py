@@ -76,15 +76,6 @@ def list_pretrained(pattern: str | None = None) -> list[PretrainedWeights]:
     return [w for name, w in _table().items() if pattern is None or fnmatch.fnmatch(name, pattern)]
 
 
-def is_pretrained_name(name: str) -> bool:
-    """Whether ``name`` is an ``arch.tag`` of the table or an architecture with a default tag."""
-    try:
-        find_pretrained(name)
-    except ValueError:
-        return False
-    return True
-
-
 def find_pretrained(name: str, tag: str | None = None) -> PretrainedWeights:
     """The row for ``name``: ``arch.tag``, a bare architecture or alias (its default tag, or
     ``tag`` when given), or a ``google:``/``hf-hub:`` name listed in the table. A name that is

@@ -36,7 +36,7 @@ from ..models import create_model as create_architecture
 from .adapt import LoadReport, load_state_into
 from .download import fetch_google_file
 from .files import read_weight_file
-from .folder import CONFIG_NAME, FORMAT, WEIGHTS_NAME
+from .folder import CONFIG_NAME, FORMAT, WEIGHT_FILES
 from .hf import class_names_from_hf, config_from_hf, hf_to_vitkit, is_hf_config, is_hf_state, preprocessing_from_hf
 from .hub import hub_snapshot, is_hub_id
 from .npz import config_from_npz, npz_to_vitkit, read_npz
@@ -51,7 +51,6 @@ from .timm import (
 )
 
 GOOGLE_PREFIX = "google:"
-_WEIGHT_FILES = (WEIGHTS_NAME, "pytorch_model.bin")
 _FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".npz", ".json")
 
 
@@ -116,10 +115,7 @@ def _named(weights: Weights, name: str) -> Weights:
 # ------------------------------------------------------------------ folders
 def _open_folder(folder: Path, keep_pre_logits: bool) -> Weights:
     document = _folder_config(folder)
-    weight_file = next((folder / n for n in _WEIGHT_FILES if (folder / n).is_file()), None)
-    if weight_file is None:
-        raise ValueError(f"{folder} has a {CONFIG_NAME} but no {' or '.join(_WEIGHT_FILES)}")
-    state = read_weight_file(weight_file)
+    state = read_weight_file(_weight_file(folder))
     if document.get("format") == FORMAT:
         try:
             config = ViTConfig.from_dict(document["vit"])
@@ -160,6 +156,13 @@ def _folder_config(folder: Path) -> dict[str, Any]:
             "(model_type vit), nor a timm hub config (architecture + pretrained_cfg)"
         )
     return document
+
+
+def _weight_file(folder: Path) -> Path:
+    found = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
+    if found is None:
+        raise ValueError(f"{folder} has a {CONFIG_NAME} but no {' or '.join(WEIGHT_FILES)}")
+    return found
 
 
 def _read_json(path: Path) -> Any:
@@ -239,7 +242,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if path.is_dir():
         _folder_config(path)
-        path = next((path / n for n in _WEIGHT_FILES if (path / n).is_file()), path / WEIGHTS_NAME)
+        path = _weight_file(path)
     return read_weight_file(path)
 
 

@@ -13,6 +13,8 @@ import base64
 import io
 import json
 import secrets
+import signal
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
 
+import uvicorn
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -123,6 +126,38 @@ async def _send_error(send: Send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def batcher_for(loaded: LoadedModel, settings: ServeSettings, *, thread: bool = True) -> DynamicBatcher:
+    """The dynamic batcher ``settings`` describe, for ``loaded``'s model and preprocessing."""
+    return DynamicBatcher(
+        loaded.model,
+        loaded.preprocess,
+        max_batch=settings.max_batch,
+        max_wait_ms=settings.max_wait_ms,
+        precision=settings.precision,
+        thread=thread,
+    )
+
+
+def serve(loaded: LoadedModel, settings: ServeSettings, *, host: str, port: int, log_level: str = "info") -> None:
+    """Serve until Ctrl-C or SIGTERM: uvicorn in a thread of its own, the model in this (the main)
+    thread (see :mod:`vitkit.serve.batching` for why). Raises ``ValueError`` if uvicorn could not
+    start (a port in use, say)."""
+    batcher = batcher_for(loaded, settings, thread=False)
+    server = uvicorn.Server(uvicorn.Config(create_app(loaded, settings, batcher), host, port, log_level=log_level))
+    web = threading.Thread(target=server.run, name="vitkit-web")
+    web.start()
+    signal.signal(signal.SIGTERM, lambda *_: batcher.close())  # a scheduler's stop: as Ctrl-C
+    try:
+        batcher.work(while_true=web.is_alive)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.should_exit = True
+        web.join()
+    if not server.started:
+        raise ValueError(f"could not serve on {host}:{port} (uvicorn's message is above)")
+
+
 def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBatcher | None = None) -> FastAPI:
     """The FastAPI app serving ``loaded`` (see :class:`ServeSettings`). Without ``batcher`` the app
     starts one with its own worker thread; ``vitkit serve`` passes one whose :meth:`work` runs in
@@ -134,13 +169,7 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        own = batcher or DynamicBatcher(
-            model,
-            preprocess,
-            max_batch=settings.max_batch,
-            max_wait_ms=settings.max_wait_ms,
-            precision=settings.precision,
-        )
+        own = batcher or batcher_for(loaded, settings)
         await own.probabilities(Image.new("RGB", (64, 64)))  # warm up before /ready says yes
         state["batcher"] = own
         yield
