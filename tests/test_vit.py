@@ -141,6 +141,24 @@ def test_initialisation_follows_the_jax_reference():
     assert fc1.abs().max() <= bound and abs(fc1.std().item() - bound / math.sqrt(3)) < 0.05 * bound
 
 
+def test_each_part_resets_its_own_parameters():
+    model = vitkit.create_model("Ti/16", pos_embed="relative", img_size=32)
+    block = model.blocks[0]
+    parts = (block.attn, block.mlp, block.attn.rel_pos, model.patch_embed, model.pos_embed)
+    for part in parts:
+        for param in part.parameters():
+            torch.nn.init.constant_(param, 7.0)
+        part.reset_parameters()
+        assert all((param != 7.0).any() for param in part.parameters()), type(part).__name__
+    dim = block.attn.proj.in_features
+    qkv_bound = math.sqrt(6 / (2 * dim))  # bounded as one D×D matrix, not as the fused 3D×D
+    assert block.attn.qkv.weight.abs().max() <= qkv_bound
+    assert block.attn.qkv.weight.abs().max() > math.sqrt(6 / (4 * dim))
+    assert abs(block.attn.rel_pos.table.std().item() - 0.02) < 3e-3
+    conv = model.patch_embed.proj.weight
+    assert abs(conv.std().item() - math.sqrt(1 / conv[0].numel())) < 0.1 * math.sqrt(1 / conv[0].numel())
+
+
 def test_reset_classifier_gives_a_zero_head_and_drops_the_pretraining_layer():
     model = vitkit.create_model("Ti/16", representation_size=192)
     model.reset_classifier(5)

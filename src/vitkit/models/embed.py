@@ -25,6 +25,13 @@ def is_symbolic(grid: Grid) -> bool:
 POS_EMBED_KINDS = ("none", "learn", "learn2d", "relative", "sincos2d")
 
 
+def lecun_normal_(weight: Tensor) -> None:
+    """LeCun-normal initialisation as JAX draws it: a normal truncated at two standard deviations,
+    rescaled so the result still has variance 1/fan_in."""
+    std = math.sqrt(1.0 / weight[0].numel()) / 0.87962566103423978
+    nn.init.trunc_normal_(weight, std=std, a=-2.0 * std, b=2.0 * std)  # torch's bounds are absolute
+
+
 class PatchEmbed(nn.Module):
     """Split an image into non-overlapping P×P patches and project each to D (paper eq. 1).
 
@@ -36,6 +43,12 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.patch_size = patch_size
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """LeCun-normal projection, zero bias (the JAX reference)."""
+        lecun_normal_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Grid]:
         x = self.proj(x)
@@ -104,6 +117,9 @@ class NoPosEmbed(nn.Module):
     def forward(self, x: Tensor, grid: Grid) -> Tensor:
         return x
 
+    def reset_parameters(self) -> None:
+        pass
+
     def set_grid(self, grid: Grid, mode: str) -> None:
         pass
 
@@ -125,6 +141,10 @@ class LearnedPosEmbed(nn.Module):
         self.num_prefix_tokens = num_prefix_tokens
         self.interp = interp
         self.weight = nn.Parameter(torch.zeros(1, num_prefix_tokens + grid[0] * grid[1], embed_dim))
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=0.02)
 
     def forward(self, x: Tensor, grid: Grid) -> Tensor:
         pos = self.weight
@@ -161,6 +181,11 @@ class Learned2dPosEmbed(nn.Module):
         self.interp = interp
         self.row = nn.Parameter(torch.zeros(grid[0], embed_dim // 2))
         self.col = nn.Parameter(torch.zeros(grid[1], embed_dim // 2))
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.row, std=0.02)
+        nn.init.normal_(self.col, std=0.02)
 
     @staticmethod
     def _resize_table(table: Tensor, length: int, mode: str) -> Tensor:
@@ -217,6 +242,9 @@ class SinCos2dPosEmbed(nn.Module):
         # Not persistent: it is a function of the grid, so checkpoints need not carry it.
         self.register_buffer("table", sincos_2d_table(grid, embed_dim), persistent=False)
 
+    def reset_parameters(self) -> None:
+        pass  # fixed, nothing learned
+
     def forward(self, x: Tensor, grid: Grid) -> Tensor:
         if is_symbolic(grid) or grid != self.grid:
             table = sincos_2d_table(grid, self.embed_dim).to(x.device)
@@ -269,6 +297,10 @@ class RelativePositionLogits(nn.Module):
         positions = torch.arange(num_tokens)
         offsets = positions[:, None] - positions[None, :] + num_tokens - 1
         self.register_buffer("offsets", offsets, persistent=False)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.table, std=0.02)
 
     def forward(self, q: Tensor) -> Tensor:
         """``q`` (B, heads, T, head_dim) → additive logits (B, heads, T, T), already scaled."""

@@ -7,10 +7,11 @@ reference JAX models, so their weights give the same feature maps. R50 uses stag
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .embed import Grid, PatchEmbed
+from .embed import Grid, PatchEmbed, lecun_normal_
 
 
 def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -113,6 +114,17 @@ class HybridEmbed(nn.Module):
     @property
     def proj(self) -> nn.Conv2d:
         return self.patch.proj
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """LeCun-normal convolutions with zero biases, group norms at identity."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                lecun_normal_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.GroupNorm):
+                module.reset_parameters()
 
     def forward(self, x: Tensor) -> tuple[Tensor, Grid]:
         return self.patch(self.backbone(x))

@@ -56,6 +56,20 @@ class Attention(nn.Module):
             else None
         )
 
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Xavier-uniform projections with zero biases (the JAX reference). q, k and v are three
+        D×D matrices there, so the fused qkv weight is bounded as one of them."""
+        dim = self.proj.in_features
+        bound = math.sqrt(6.0 / (dim + dim))
+        nn.init.uniform_(self.qkv.weight, -bound, bound)
+        nn.init.xavier_uniform_(self.proj.weight)
+        for bias in (self.qkv.bias, self.proj.bias):
+            if bias is not None:
+                nn.init.zeros_(bias)
+        if self.rel_pos is not None:
+            self.rel_pos.reset_parameters()
+
     def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         B, N, D = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
@@ -90,6 +104,13 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(dropout)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Xavier-uniform weights and tiny-normal biases (the JAX MlpBlock)."""
+        for layer in (self.fc1, self.fc2):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.normal_(layer.bias, std=1e-6)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
@@ -127,6 +148,10 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=config.norm_eps)
         self.mlp = Mlp(dim, config.mlp_dim, config.dropout)
         self.drop_path = DropPath(drop_path)
+
+    def reset_parameters(self) -> None:
+        for part in (self.norm1, self.attn, self.norm2, self.mlp):
+            part.reset_parameters()
 
     def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         if return_attention:
@@ -196,32 +221,18 @@ class VisionTransformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """The JAX reference's initialisation: xavier-uniform Linear weights with zero biases,
-        tiny-normal MLP biases, LeCun-normal patch projection, zero class token, position
-        embeddings normal(std 0.02), zero classifier."""
-        for name, module in self.named_modules():
-            if isinstance(module, nn.Linear):
-                if name.endswith("attn.qkv"):
-                    # q, k and v are three D×D matrices in the reference: bound each as one.
-                    bound = math.sqrt(6.0 / (module.in_features + module.out_features // 3))
-                    nn.init.uniform_(module.weight, -bound, bound)
-                else:
-                    nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    if ".mlp." in f".{name}":
-                        nn.init.normal_(module.bias, std=1e-6)
-                    else:
-                        nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Conv2d):
-                fan_in = module.weight[0].numel()
-                nn.init.trunc_normal_(module.weight, std=math.sqrt(1.0 / fan_in) / 0.87962566103423978)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        for param in self.pos_embed.parameters():
-            nn.init.normal_(param, std=0.02)
+        """The JAX reference's initialisation; each part knows its own (``reset_parameters``):
+        LeCun-normal patch projection, xavier-uniform linear layers, position embeddings
+        normal(std 0.02), zero class token and zero classifier."""
+        self.patch_embed.reset_parameters()
+        self.pos_embed.reset_parameters()
         for block in self.blocks:
-            if block.attn.rel_pos is not None:
-                nn.init.normal_(block.attn.rel_pos.table, std=0.02)
+            block.reset_parameters()
+        self.norm.reset_parameters()
+        for layer in self.pre_logits.modules():
+            if isinstance(layer, nn.Linear):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
         if self.cls_token is not None:
             nn.init.zeros_(self.cls_token)
         if isinstance(self.head, nn.Linear):
