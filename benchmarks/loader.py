@@ -22,8 +22,10 @@ from vitkit.benchmark import train_step
 from vitkit.data.load import load_data
 from vitkit.data.shards import write_shards
 from vitkit.train import resolve_config
+from vitkit.train.device import cpu_has_native_bf16
 from vitkit.train.distributed import Processes
-from vitkit.train.loop import _datasets, _loader, build_model, cpu_has_native_bf16
+from vitkit.train.inputs import make_loader, run_datasets
+from vitkit.train.run import build_model
 
 BATCHES = 40
 
@@ -32,7 +34,7 @@ def loader_images_per_second(dataset, workers: int) -> float:
     rates = []
     for epoch in range(3):
         dataset.set_epoch(epoch)
-        loader = _loader(
+        loader = make_loader(
             dataset, batch_size=128, indices=None, workers=workers, device=torch.device("cpu"), drop_last=True
         )
         start = time.perf_counter()
@@ -59,7 +61,7 @@ def main() -> None:
         write_shards(load_data("mnist", in_chans=1), folder, source="mnist", shard_size=5000)
         for source in ("mnist", folder):
             data = load_data(source, in_chans=1)
-            train_set, _ = _datasets(config, data, 16, Processes())
+            train_set, _ = run_datasets(config, data, 16, Processes())
             for workers in (0, 2):
                 rows.append(
                     (

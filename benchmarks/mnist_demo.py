@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from vitkit.train import resolve_config, train
-from vitkit.train.loop import cpu_has_native_bf16
+from vitkit.train.device import cpu_has_native_bf16
 
 TARGET_TOP1 = 0.985
 TARGET_SECONDS = 300.0

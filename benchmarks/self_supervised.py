@@ -25,7 +25,7 @@ from vitkit.data.transforms import eval_transform
 from vitkit.interop import LoadedModel, load_model
 from vitkit.probe import fewshot_evaluate, linear_probe
 from vitkit.train import resolve_config, train
-from vitkit.train.loop import build_model
+from vitkit.train.run import build_model
 
 SHOTS = (1, 5, 10, 25)
 LABELLED = 600

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 import vitkit
-from vitkit.train.loop import resolve_precision
+from vitkit.train.device import resolve_precision
 
 
 def _free_port() -> int:

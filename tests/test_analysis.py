@@ -83,7 +83,10 @@ def test_pca_of_filters_recovers_the_patterns_they_are_made_of():
     model = tiny_vit(embed_dim=64, in_chans=1)
     size = 1 * 4 * 4
     patterns = torch.linalg.qr(torch.randn(size, 2))[0].T  # two orthonormal 4×4 filters
-    strength = torch.randn(64, 2) * torch.tensor([3.0, 1.0])  # the first varies 3× more
+    # Zero-mean, uncorrelated strengths (the first varies 3× more), so the two patterns are
+    # exactly the principal axes of these 64 filters rather than nearly so.
+    centred = torch.randn(64, 2)
+    strength = torch.linalg.qr(centred - centred.mean(dim=0))[0] * torch.tensor([3.0, 1.0])
     with torch.no_grad():
         model.patch_embed.proj.weight.copy_((strength @ patterns + 1e-4 * torch.randn(64, size)).view(64, 1, 4, 4))
     components, explained = analysis.embedding_filters(model, count=28)

@@ -11,13 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import digits_config
 from safetensors.torch import load_file
 
 from vitkit.interop import load_model
 from vitkit.train import resume_run, train
+from vitkit.train.accuracy import evaluate_model_on
 from vitkit.train.distributed import Processes, rank_batches
-from vitkit.train.evaluate import evaluate_model_on
 
 
 def torchrun(*args, processes=2, timeout=240):
@@ -41,6 +42,16 @@ def test_each_rank_takes_its_own_micro_batches():
     assert sorted(index for share in ranks for index in share) == order
 
 
+def _without_key_bias(name, tensor):
+    """The key bias adds the same logit to a query's every key, so softmax ignores it and its
+    gradient is zero up to rounding; Adam scales that rounding noise up to learning-rate-sized
+    steps, so it differs between any two ways of summing the gradient. Leave it out."""
+    if not name.endswith("attn.qkv.bias"):
+        return tensor
+    q, _, v = tensor.chunk(3)
+    return torch.cat([q, v])
+
+
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
 def test_two_processes_train_like_one_with_twice_the_batch(tmp_path, fsdp):
     settings = {"steps": 3, "warmup_epochs": 0, "precision": "fp32", "checkpoint_every": 0}
@@ -49,7 +60,7 @@ def test_two_processes_train_like_one_with_twice_the_batch(tmp_path, fsdp):
     torchrun("train", "--config", write_config(two, tmp_path / "two.json"))
     a = load_file(str(Path(one.run_dir) / "model.safetensors"))
     b = load_file(str(Path(two.out) / "model.safetensors"))
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert max((_without_key_bias(k, a[k]) - _without_key_bias(k, b[k])).abs().max().item() for k in a) < 1e-5
     # Evaluation: 359 held-out digits (odd) over 2 processes, each counted once, same accuracy.
     record = json.loads((Path(two.out) / "metrics.jsonl").read_text().splitlines()[-1])
     alone = evaluate_model_on(load_model(two.out), "digits")

@@ -17,8 +17,8 @@ from vitkit.pretrain import MaskedAutoencoder, MaskedPatchPrediction, mpp_corrup
 from vitkit.pretrain.mae import unpatchify
 from vitkit.pretrain.masking import KEPT, MASKED, RANDOM, UNTOUCHED
 from vitkit.train import resolve_config, resume_run, train
-from vitkit.train.loop import build_model
 from vitkit.train.objectives import build_objective
+from vitkit.train.run import build_model
 
 
 def encoder(**overrides):

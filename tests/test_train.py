@@ -85,9 +85,9 @@ def test_resume_after_kill_9_gives_the_same_weights_as_an_uninterrupted_run(tmp_
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):
-    import vitkit.train.loop as loop
+    import vitkit.train.run as run_module
 
-    build_model = loop.build_model
+    build_model = run_module.build_model
     calls = {"forward": 0}
 
     def poisoned_after_12_steps(*args, **kwargs):
@@ -102,7 +102,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, 
         model.register_forward_pre_hook(poison)
         return model
 
-    monkeypatch.setattr(loop, "build_model", poisoned_after_12_steps)
+    monkeypatch.setattr(run_module, "build_model", poisoned_after_12_steps)
     config = digits_config(tmp_path, checkpoint_every=5)
     with pytest.raises(TrainingDiverged, match=r"the loss became nan at step 13 \(epoch 1\); stopped.*checkpoint"):
         train(config, progress=False)
@@ -234,7 +234,7 @@ def test_fine_tune_from_timm_weights_at_a_higher_resolution(tmp_path):
         lr=0.03,
         crop_scale=None,
     )
-    from vitkit.train.loop import build_model
+    from vitkit.train.run import build_model
 
     start = build_model(config, num_classes=10, in_chans=1)
     assert torch.equal(start.blocks[1].attn.qkv.weight, peer.blocks[1].attn.qkv.weight)
@@ -247,7 +247,7 @@ def test_fine_tune_from_timm_weights_at_a_higher_resolution(tmp_path):
 
 
 def test_init_from_a_run_folder_keeps_its_architecture(trained_run, tmp_path):
-    from vitkit.train.loop import build_model
+    from vitkit.train.run import build_model
 
     run_dir, _ = trained_run
     config = resolve_config(

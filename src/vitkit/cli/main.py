@@ -35,9 +35,9 @@ from vitkit.train import (
     resume_run,
     train,
 )
+from vitkit.train.accuracy import evaluate_model_on
+from vitkit.train.device import resolve_device, resolve_precision
 from vitkit.train.distributed import DistributedFailure, from_environment
-from vitkit.train.evaluate import evaluate_model_on
-from vitkit.train.loop import resolve_device, resolve_precision
 from vitkit.train.report import describe
 from vitkit.train.run_folder import run_data, run_metrics
 
@@ -141,7 +141,7 @@ def _checked_lists(overrides: dict[str, Any]) -> dict[str, Any]:
     """``--crop-scale none`` → None; otherwise a list flag must have its number of values."""
     for spec in dataclasses.fields(TrainConfig):
         values = overrides.get(spec.name)
-        if not isinstance(values, list) or spec.name == "model_args":
+        if not isinstance(values, list) or not isinstance(spec.metadata.get("nargs"), int):
             continue
         if values == [None]:
             overrides[spec.name] = None

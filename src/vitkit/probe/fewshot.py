@@ -14,15 +14,17 @@ themselves — exact and almost free for ridge regression, and it needs no extra
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from ..data.datasets import dataset_labels, per_class_indices, select
 from ..data.load import load_data
 from ..interop.sources import LoadedModel
+from ..models import VisionTransformer
 from .features import extract_features
 
 #: the bias column's value: large, so that the L2 penalty hardly touches the bias
@@ -149,23 +151,57 @@ def fewshot_evaluate(
     the model."""
     model, preprocess, _ = loaded
     data = load_data(data_spec, in_chans=model.config.in_chans)
-    num_classes = len(data.class_names)
-    labels = dataset_labels(data.train)
-    counts = torch.bincount(labels, minlength=num_classes)
-    if max(shots) > counts.min():
-        raise ValueError(
-            f"{max(shots)} shots per class asked for, but class {data.class_names[int(counts.argmin())]!r} "
-            f"of {data_spec} has only {int(counts.min())} training images"
-        )
+    return fewshot_of_splits(
+        model,
+        preprocess,
+        data.train,
+        data.val,
+        class_names=data.class_names,
+        shots=shots,
+        seeds=seeds,
+        l2s=l2s,
+        pool=pool,
+        batch_size=batch_size,
+    )
+
+
+def fewshot_of_splits(
+    model: VisionTransformer,
+    preprocess: Callable,
+    train: Dataset,
+    val: Dataset,
+    *,
+    class_names: Sequence[str],
+    shots: Sequence[int],
+    seeds: Sequence[int] = (0, 1, 2),
+    l2s: Sequence[float | str] = ("auto",),
+    pool: str = "head",
+    batch_size: int = 256,
+) -> list[FewShotResult]:
+    """Few-shot accuracy of ``model``'s frozen features: shots drawn from ``train``, scored on all
+    of ``val``. Only the sampled training images are passed through the model."""
+    num_classes = len(class_names)
+    labels = dataset_labels(train)
+    check_enough_shots(labels, max(shots), class_names)
     # Every shot set is a prefix of its seed's per-class permutation: the largest covers all.
     needed = torch.cat([per_class_indices(labels, max(shots), seed=s, num_classes=num_classes) for s in seeds])
     needed = needed.unique()
-    features, _ = extract_features(model, select(data.train, needed), preprocess, pool=pool, batch_size=batch_size)
+    features, _ = extract_features(model, select(train, needed), preprocess, pool=pool, batch_size=batch_size)
     if len(features) != len(needed):
-        raise ValueError(f"some sampled training images of {data_spec} are unreadable; remove them and retry")
+        raise ValueError("some sampled training images are unreadable; remove them and retry")
     train_features = torch.zeros(len(labels), features.shape[1])
     train_features[needed] = features
-    test_features, test_labels = extract_features(model, data.val, preprocess, pool=pool, batch_size=batch_size)
+    test_features, test_labels = extract_features(model, val, preprocess, pool=pool, batch_size=batch_size)
     return fewshot_accuracies(
         train_features, labels, test_features, test_labels, num_classes=num_classes, shots=shots, seeds=seeds, l2s=l2s
     )
+
+
+def check_enough_shots(labels: Tensor, shots: int, class_names: Sequence[str]) -> None:
+    """Every class needs ``shots`` training images."""
+    counts = torch.bincount(labels, minlength=len(class_names))
+    if shots > counts.min():
+        raise ValueError(
+            f"{shots} shots per class asked for, but class {class_names[int(counts.argmin())]!r} has only "
+            f"{int(counts.min())} training images"
+        )

@@ -1,7 +1,7 @@
 """Training: config and presets, optimiser and schedule, the loop, checkpoints, evaluation."""
 
+from .accuracy import EvalResult, evaluate
 from .config import PRESETS, ConfigError, TrainConfig, resolve_config
-from .evaluate import EvalResult, evaluate
 from .loop import RunSummary, TrainingDiverged, TrainingInterrupted, resume_run, train
 
 __all__ = [

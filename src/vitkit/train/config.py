@@ -100,6 +100,14 @@ class TrainConfig:
     norm_pix_loss: bool = _opt(
         True, "mae: reconstruct pixels normalised per patch (the MAE paper's best target)", only="pretrain"
     )
+    # evaluation at each epoch end
+    evaluators: list[str] = _opt(
+        ["heldout"],
+        "what to measure at each epoch end (the first ranks epochs): heldout (the objective's own held-out "
+        "metrics: top-1/top-5/loss, or the pre-training loss) and fewshot[:SHOTS] (few-shot linear accuracy of "
+        "the frozen features, e.g. fewshot:5,10; default 10 shots per class)",
+        nargs="+",
+    )
     # machinery
     precision: str = _opt(
         "auto",
@@ -131,6 +139,11 @@ class TrainConfig:
             raise ConfigError(f"setting {wrong[0]}")
         self._check_ranges()
         self._check_model_args()
+        for spec in self.evaluators:
+            try:
+                evaluator_spec(spec)
+            except ValueError as error:
+                raise ConfigError(f"--evaluators: {error}") from error
 
     def _check_ranges(self) -> None:
         def need(ok: bool, flag: str, rule: str) -> None:
@@ -160,6 +173,7 @@ class TrainConfig:
             low, high = self.crop_scale
             need(0 < low <= high <= 1, "crop_scale", "is two area fractions 0 < low <= high <= 1")
         need(self.workers >= 0, "workers", "must be >= 0")
+        need(len(self.evaluators) >= 1, "evaluators", "names at least one evaluator (heldout, fewshot)")
 
     def _check_model_args(self) -> None:
         set_elsewhere = {
@@ -198,6 +212,34 @@ class TrainConfig:
     def peak_lr(self, processes: int = 1) -> float:
         """``lr``, or with ``lr_batch_base`` the linear scaling rule: lr × global batch / lr_batch_base."""
         return self.lr * self.global_batch(processes) / self.lr_batch_base if self.lr_batch_base else self.lr
+
+
+#: what ``evaluators`` may name
+EVALUATORS = ("heldout", "fewshot")
+#: few-shot evaluation's shots per class when ``fewshot`` names none
+DEFAULT_FEWSHOT_SHOTS = (10,)
+
+
+def evaluator_spec(spec: str) -> tuple[str, tuple[int, ...]]:
+    """``"fewshot:5,10"`` → ``("fewshot", (5, 10))``; ``"heldout"`` → ``("heldout", ())``."""
+    name, _, argument = spec.partition(":")
+    if name not in EVALUATORS:
+        close = difflib.get_close_matches(name, EVALUATORS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"unknown evaluator {spec!r}; {hint}choose from {', '.join(EVALUATORS)}")
+    if name != "fewshot":
+        if argument:
+            raise ValueError(f"{name} takes no argument, got {spec!r}")
+        return name, ()
+    try:
+        shots = tuple(int(n) for n in argument.split(",")) if argument else DEFAULT_FEWSHOT_SHOTS
+    except ValueError:
+        raise ValueError(
+            f"fewshot takes shots per class as comma-separated numbers, e.g. fewshot:5,10; got {spec!r}"
+        ) from None
+    if min(shots) < 1:
+        raise ValueError(f"shots per class must be at least 1, got {spec!r}")
+    return name, shots
 
 
 class ConfigError(ValueError):

@@ -15,9 +15,10 @@ from torch.utils.data import DataLoader
 from ..data.transforms import batch_mixing
 from ..models import VisionTransformer
 from ..pretrain import MaskedAutoencoder, MaskedPatchPrediction
+from .accuracy import evaluate
 from .config import ConfigError, TrainConfig
+from .device import autocast
 from .distributed import Processes, all_reduce_sum
-from .evaluate import autocast, evaluate
 
 #: default fraction of patches each objective corrupts or hides (the papers' values)
 DEFAULT_MASK_RATIO = {"mpp": 0.5, "mae": 0.75}

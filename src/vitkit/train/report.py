@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.ticker import MaxNLocator
+from tqdm import tqdm
 
 from ..data.transforms import MEAN, STD
 
@@ -41,27 +42,38 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
 PERCENT_METRICS = {"val_top1": "top-1", "val_top5": "top-5", "val_color_accuracy": "colour accuracy"}
 
 
+def percent_metrics(metrics: dict[str, Any]) -> dict[str, str]:
+    """The accuracies among ``metrics`` and their names for people (few-shot ones included:
+    ``fewshot_10shot`` → "10-shot")."""
+    shown = {key: label for key, label in PERCENT_METRICS.items() if key in metrics}
+    for key in metrics:
+        if key.startswith("fewshot_") and key.endswith("shot"):
+            shown[key] = key.removeprefix("fewshot_").removesuffix("shot") + "-shot"
+    return shown
+
+
 def describe(metrics: dict[str, float]) -> str:
-    """One line for the log, e.g. ``held-out loss 0.1234  top-1 98.10%  top-5 99.90%``."""
-    parts = [f"held-out loss {metrics['val_loss']:.4f}"]
-    parts += [f"{label} {100 * metrics[key]:.2f}%" for key, label in PERCENT_METRICS.items() if key in metrics]
+    """One line for the log, e.g. ``held-out loss 0.1234  top-1 98.10%  top-5 99.90%  10-shot 91.20%``."""
+    parts = [f"held-out loss {metrics['val_loss']:.4f}"] if "val_loss" in metrics else []
+    parts += [f"{label} {100 * metrics[key]:.2f}%" for key, label in percent_metrics(metrics).items()]
     return "  ".join(parts)
 
 
 def plot_curves(metrics: list[dict[str, Any]], path: Path) -> None:
     """Training and held-out loss per epoch, and the held-out accuracies the run has."""
     epochs = [m["epoch"] for m in metrics]
-    shown = [key for key in PERCENT_METRICS if metrics and key in metrics[0]]
+    shown = percent_metrics(metrics[0]) if metrics else {}
     fig, axes = plt.subplots(1, 2 if shown else 1, figsize=(10 if shown else 5.5, 4), squeeze=False)
     loss_ax = axes[0, 0]
     loss_ax.plot(epochs, [m["train_loss"] for m in metrics], "o-", label="train (as optimised)")
-    loss_ax.plot(epochs, [m["val_loss"] for m in metrics], "o-", label="held-out")
+    if metrics and "val_loss" in metrics[0]:
+        loss_ax.plot(epochs, [m["val_loss"] for m in metrics], "o-", label="held-out")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss")
     loss_ax.legend()
     if shown:
         acc_ax = axes[0, 1]
-        for key in shown:
-            acc_ax.plot(epochs, [100 * m[key] for m in metrics], "o-", label=PERCENT_METRICS[key])
+        for key, label in shown.items():
+            acc_ax.plot(epochs, [100 * m[key] for m in metrics], "o-", label=label)
         acc_ax.set(xlabel="epoch", ylabel="held-out accuracy (%)", title="Accuracy")
         acc_ax.legend()
     for ax in axes.flat:
@@ -70,6 +82,47 @@ def plot_curves(metrics: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+class RunLog:
+    """Where a run reports as it goes: a progress bar, TensorBoard scalars and ``metrics.jsonl``
+    (rank 0 only; other processes get a silent log). Closes both on exit, however the run ends."""
+
+    def __init__(self, run_dir: Path, *, main: bool, bar: bool, total_steps: int, step: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # heavy (seconds): only once a run starts
+
+        self.run_dir = run_dir
+        self.main = main
+        self.bar = tqdm(total=total_steps, initial=step, disable=not bar, unit="step", dynamic_ncols=True)
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step or None) if main else None
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+    def step(self, step: int, *, epoch: int, loss: float, lr: float, images_per_second: float) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(
+            epoch=epoch + 1, loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{images_per_second:.0f}", refresh=False
+        )
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss", loss, step)
+            self.writer.add_scalar("train/lr", lr, step)
+
+    def epoch(self, record: dict[str, Any], metrics: dict[str, float], num_epochs: int) -> None:
+        """Append the epoch's ``record`` (it holds ``train_loss`` and the held-out ``metrics``)."""
+        if not self.main:
+            return
+        append_metrics(self.run_dir, record)
+        for key in ("train_loss", *metrics):
+            self.writer.add_scalar(f"epoch/{key}", record[key], record["epoch"])
+        self.bar.write(
+            f"epoch {record['epoch']}/{num_epochs}: train loss {record['train_loss']:.4f}  " + describe(metrics)
+        )
 
 
 @torch.no_grad()

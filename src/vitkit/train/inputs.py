@@ -1,0 +1,184 @@
+"""What a run feeds its model: the training and held-out sets with their transforms, the order of
+each epoch, and the loaders that batch them.
+
+Exact resumption rests on the order of epoch ``e`` being a permutation drawn from (seed, e) and
+each sample's augmentation being drawn from (seed, e, index), so a resumed epoch continues with
+the very images, augmented the same way, that the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import signal
+from collections.abc import Iterable
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.datasets import DataSplits, TransformedDataset, collate_skipping_broken, preprocess_in_memory
+from ..data.shards import ShardStream
+from ..data.transforms import eval_transform, train_transform
+from . import distributed
+from .config import ConfigError, TrainConfig
+from .distributed import Processes
+
+#: images per batch of the held-out evaluation
+EVAL_BATCH = 256
+
+
+def image_size(config: TrainConfig, data: DataSplits, stride: int) -> int:
+    """The configured size, else the data's native size rounded up to a multiple of the patch."""
+    if config.img_size:
+        return config.img_size
+    if data.image_size is None:
+        return 224
+    return math.ceil(max(data.image_size) / stride) * stride
+
+
+def run_datasets(config: TrainConfig, data: DataSplits, img_size: int, processes: Processes) -> tuple[Dataset, Dataset]:
+    """Training and held-out sets with their transforms. Without random augmentation, in-memory
+    data is preprocessed once rather than per sample and epoch; shard streams are split between
+    the processes."""
+    flip = data.flip_ok if config.flip is None else config.flip
+    augmented = config.crop_scale is not None or flip or config.randaugment is not None
+    evaluation = eval_transform(img_size, data.in_chans)
+    if augmented:
+        augment = train_transform(
+            img_size,
+            data.in_chans,
+            crop_scale=tuple(config.crop_scale or (1.0, 1.0)),
+            flip=flip,
+            randaugment=config.randaugment,
+        )
+    if isinstance(data.train, ShardStream):
+        share = {"rank": processes.rank, "world_size": processes.world_size}
+        train_stream = data.train.configured(
+            transform=augment if augmented else evaluation,
+            shuffle_buffer=config.shuffle_buffer,
+            seed=config.seed,
+            **share,
+        )
+        return train_stream, data.val.configured(transform=evaluation, **share)
+    if augmented:
+        train_set: Dataset = TransformedDataset(data.train, augment, seed=config.seed)
+    else:
+        train_set = preprocess_in_memory(data.train, evaluation) or TransformedDataset(data.train, evaluation)
+    val_set = preprocess_in_memory(data.val, evaluation) or TransformedDataset(data.val, evaluation)
+    return train_set, val_set
+
+
+def check_shares(config: TrainConfig, processes: Processes, train_set: Dataset, val_set: Dataset) -> None:
+    """Every process (and every loader worker of a stream) needs data of its own."""
+    if isinstance(train_set, ShardStream):
+        readers = processes.world_size * max(config.workers, 1)
+        for split, stream, needed in (("train", train_set, readers), ("val", val_set, processes.world_size)):
+            if len(stream.shards) < needed:
+                raise ConfigError(
+                    f"{config.data} has {len(stream.shards)} {split} shard(s) for {needed} readers (processes × "
+                    "workers): every reader needs at least one; write smaller shards (vitkit shards --shard-size)"
+                )
+    elif len(val_set) < processes.world_size:
+        raise ConfigError(f"{len(val_set)} held-out image(s) cannot be shared by {processes.world_size} processes")
+
+
+def steps_per_epoch(config: TrainConfig, processes: Processes, train_set: Dataset) -> int:
+    """Optimiser steps in an epoch; every process takes as many micro-batches (or DDP would wait forever)."""
+    if isinstance(train_set, ShardStream):
+        micro_per_epoch = train_set.batches_per_epoch(config.batch_size, config.workers)
+    else:
+        micro_per_epoch = len(train_set) // (config.batch_size * processes.world_size)
+    steps = micro_per_epoch // config.accum_steps
+    if steps == 0:
+        raise ConfigError(
+            f"the training set has {len(train_set)} images, fewer than one global batch of "
+            f"{config.global_batch(processes.world_size)} (batch_size × accum_steps × {processes.world_size} "
+            "processes); lower batch_size or accum_steps"
+        )
+    return steps
+
+
+def _ignore_interrupts(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C to the training process, which stops at a step boundary."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def make_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    indices: list[int] | None,
+    workers: int,
+    device: torch.device,
+    drop_last: bool = True,
+    batches: list[list[int]] | None = None,
+) -> DataLoader:
+    """Batches ``(images, labels, broken)`` of ``indices`` in order (or of the whole stream), or
+    exactly the given ``batches``."""
+    common = {
+        "num_workers": workers,
+        "collate_fn": collate_skipping_broken,
+        "pin_memory": device.type == "cuda",
+        "worker_init_fn": _ignore_interrupts,
+    }
+    if batches is not None:
+        return DataLoader(dataset, batch_sampler=batches, **common)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=indices,
+        shuffle=False,
+        drop_last=drop_last and (indices is not None or isinstance(dataset, ShardStream)),
+        # Its own generator: creating an iterator must not draw from the global one, or a
+        # resumed run's dropout would see other numbers than the uninterrupted run's.
+        generator=torch.Generator().manual_seed(0),
+        **common,
+    )
+
+
+def epoch_order(size: int, seed: int, epoch: int) -> list[int]:
+    """The sample order of epoch ``epoch``: a permutation drawn from (seed, epoch) alone."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(size, generator=generator).tolist()
+
+
+def epoch_batches(
+    config: TrainConfig,
+    train_set: Dataset,
+    *,
+    epoch: int,
+    images_done: int,
+    steps: int,
+    processes: Processes,
+    device: torch.device,
+) -> Iterable:
+    """This process's micro-batches of epoch ``epoch`` from image ``images_done`` on (all
+    processes together), ``steps`` optimiser steps' worth; micro-batches that would not complete
+    a step are left out."""
+    if isinstance(train_set, (TransformedDataset, ShardStream)):
+        train_set.set_epoch(epoch)
+    if isinstance(train_set, ShardStream):  # each process reads its own shards
+        done = images_done // (config.batch_size * processes.world_size)
+        stream = make_loader(
+            train_set, batch_size=config.batch_size, indices=None, workers=config.workers, device=device
+        )
+        return itertools.islice(stream, done, steps * config.accum_steps)
+    order = epoch_order(len(train_set), config.seed, epoch)
+    usable = steps * config.global_batch(processes.world_size)
+    mine = distributed.rank_batches(order[images_done:usable], config.batch_size, processes)
+    return make_loader(train_set, batch_size=config.batch_size, indices=mine, workers=config.workers, device=device)
+
+
+def held_out_batches(dataset: Dataset, processes: Processes, *, workers: int, device: torch.device) -> DataLoader:
+    """Batches of this process's share of the held-out set. Each process scores every
+    world_size-th image and the sums are added later, so every image counts exactly once, with no
+    padding, whatever the number of processes."""
+    if not processes.distributed or isinstance(dataset, ShardStream):  # a stream holds its share already
+        return make_loader(
+            dataset, batch_size=EVAL_BATCH, indices=None, workers=workers, device=device, drop_last=False
+        )
+    mine = torch.arange(processes.rank, len(dataset), processes.world_size)
+    # The same number of batches in every process: sharded forwards are collective.
+    count = math.ceil(math.ceil(len(dataset) / processes.world_size) / EVAL_BATCH)
+    batches = [chunk.tolist() for chunk in mine.tensor_split(count) if len(chunk)]
+    return make_loader(dataset, batch_size=EVAL_BATCH, indices=None, workers=workers, device=device, batches=batches)

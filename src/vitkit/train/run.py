@@ -1,0 +1,303 @@
+"""A run's parts, set up once before the first step: device and processes, data, model and
+objective, optimiser and schedule, evaluators, and the progress (new, or restored from the run
+folder's checkpoint)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import Dataset
+
+from ..data.datasets import DataSplits, balanced_subset
+from ..data.load import load_data
+from ..data.shards import ShardStream
+from ..fileio import atomic_write, lock_folder
+from ..interop.adapt import load_state_into
+from ..interop.folder import WEIGHTS_NAME
+from ..interop.sources import open_weights
+from ..models import ARCHITECTURE_FIELDS, VisionTransformer, get_config
+from . import distributed, inputs, report
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .config import ConfigError, TrainConfig, evaluator_spec
+from .device import resolve_device, resolve_precision
+from .distributed import Processes
+from .evaluators import Evaluator, build_evaluators, run_evaluators
+from .objectives import Evaluation, Objective, build_objective
+from .optim import build_optimizer, build_scheduler
+from .progress import Progress
+from .run_folder import TRAIN_CONFIG_NAME, default_run_dir
+
+
+# ------------------------------------------------------------------ the model
+def model_name(config: TrainConfig) -> str:
+    """What the run's model is called: the architecture, or where its starting weights came from."""
+    return f"{config.init} (fine-tuned)" if config.init else config.model
+
+
+def build_model(config: TrainConfig, *, num_classes: int, in_chans: int) -> VisionTransformer:
+    """A fresh model, or with ``config.init`` (any source :func:`vitkit.open_weights` reads: a
+    folder, a file, a pretrained name, ``hf-hub:...``) one started from those weights with a new,
+    zero-initialised head (the paper's fine-tuning head), whatever the class count."""
+    overrides = {**config.model_args, "dropout": config.dropout, "drop_path": config.drop_path}
+    architecture = get_config(config.model, num_classes=num_classes, in_chans=in_chans, **overrides)
+    if not config.init:
+        return VisionTransformer(architecture)
+    weights = open_weights(config.init, architecture=architecture)
+    # The weights fix the architecture: model_args may only change what the weights do not depend
+    # on (regularisation, resampling, dynamic sizes).
+    ignored = {k: v for k, v in config.model_args.items() if k in ARCHITECTURE_FIELDS}
+    clashing = {k: v for k, v in ignored.items() if getattr(weights.config, k) != v}
+    if clashing:
+        warnings.warn(f"--init {config.init} fixes the architecture; ignoring model_args {clashing}", stacklevel=2)
+    vit_config = weights.config.replace(
+        num_classes=num_classes,
+        representation_size=None,
+        dropout=config.dropout,
+        drop_path=config.drop_path,
+        **{k: v for k, v in config.model_args.items() if k not in ARCHITECTURE_FIELDS},
+    )
+    if vit_config.in_chans != in_chans:
+        raise ConfigError(
+            f"--init {config.init} takes {vit_config.in_chans}-channel images but the data has {in_chans}"
+        )
+    model = VisionTransformer(vit_config)
+    load_state_into(model, weights.state, source=str(config.init))
+    model.reset_classifier(num_classes)  # the paper's fine-tuning head: new and zero
+    return model
+
+
+# ------------------------------------------------------------------ the run
+@dataclass
+class Run:
+    """Everything a run works with. One name per thing: ``model`` is the ViT being trained,
+    ``objective.module`` what the optimiser updates (the ViT, or the ViT inside a pre-training
+    module), ``wrapped`` that module as forward and backward run it (DDP, sharded, or itself),
+    and ``ema`` its moving average."""
+
+    config: TrainConfig
+    processes: Processes
+    device: torch.device
+    precision: str
+    run_dir: Path
+    data: DataSplits
+    model: VisionTransformer
+    objective: Objective
+    wrapped: nn.Module
+    train_set: Dataset
+    val_set: Dataset
+    evaluators: list[Evaluator]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: AveragedModel | None
+    steps_per_epoch: int
+    total_steps: int
+    progress: Progress
+    #: continues a checkpoint (False for a new run, or a resumed one that had none yet)
+    resumed: bool = False
+    #: held while the run lives: one process per run folder
+    lock: Any = None
+
+    @property
+    def main(self) -> bool:
+        return self.processes.is_main
+
+    @property
+    def sharded(self) -> bool:
+        return self.config.fsdp and self.processes.distributed
+
+    @property
+    def supervised(self) -> bool:
+        return self.config.objective == "classify"
+
+    @property
+    def num_epochs(self) -> int:
+        return -(-self.total_steps // self.steps_per_epoch)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT_NAME
+
+    @property
+    def scored_module(self) -> nn.Module:
+        """What evaluators measure and the run folder keeps: the EMA weights if kept, else the module."""
+        return self.ema.module if self.ema is not None else self.objective.module
+
+    def evaluate(self) -> Evaluation:
+        return run_evaluators(self.evaluators, self.scored_module)
+
+    def checkpoint(self) -> None:
+        """Save everything needed to continue exactly (rank 0 writes; FSDP gathers first)."""
+        module = self.objective.module
+        gathered = distributed.gathered_states(module, self.optimizer) if self.sharded else (None, None)
+        if self.main:
+            save_checkpoint(
+                self.checkpoint_path,
+                model=module,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                ema=self.ema,
+                progress=self.progress.to_dict(),
+                model_state=gathered[0],
+                optimizer_state=gathered[1],
+            )
+
+
+def set_up_run(config: TrainConfig, *, resume: bool, processes: Processes) -> Run:
+    """Every part of the run, ready for its first (or next) step. With ``resume`` the
+    checkpoint in ``config.out`` is restored; the run folder is created and locked."""
+    device = distributed.start(processes, resolve_device(config.device), config.dist_timeout)
+    precision = resolve_precision(config.precision, device)
+    torch.manual_seed(config.seed)  # the same initial weights in every process
+    config = dataclasses.replace(config, out=str(_shared_run_dir(config, processes)))
+    data = _training_data(config)
+    supervised = config.objective == "classify"
+    num_classes = len(data.class_names)
+    model = build_model(config, num_classes=num_classes if supervised else 0, in_chans=data.in_chans)
+    model.set_grad_checkpointing(config.grad_checkpointing)
+    img_size = inputs.image_size(config, data, model.config.stride)
+    if model.config.img_size != (img_size, img_size):
+        model.set_image_size(img_size)
+    objective = build_objective(config, model.to(device), num_classes=num_classes, device=device, precision=precision)
+    sharded = config.fsdp and processes.distributed
+    if sharded and config.ema:
+        raise ConfigError("--ema is not supported with --fsdp yet; drop one of them")
+    wrapped = distributed.wrap(objective.module, processes, device, fsdp=sharded)
+    if processes.rank:  # different dropout and masks in every process
+        torch.manual_seed(config.seed + 1_000_003 * processes.rank)
+
+    train_set, val_set = inputs.run_datasets(config, data, img_size, processes)
+    if sharded and isinstance(train_set, ShardStream):  # sharded forwards are collective
+        raise ConfigError("--fsdp with shard streams is not supported yet; use DDP (no --fsdp) for shards")
+    inputs.check_shares(config, processes, train_set, val_set)
+    steps_per_epoch = inputs.steps_per_epoch(config, processes, train_set)
+    total_steps = config.steps or max(1, round(config.epochs * steps_per_epoch))
+    optimizer = build_optimizer(objective.module, config, processes.world_size)
+    scheduler = build_scheduler(optimizer, config, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    ema = None
+    if config.ema:
+        ema = AveragedModel(objective.module, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
+    evaluators = build_evaluators(
+        config,
+        objective=objective,
+        data=data,
+        val_set=val_set,
+        img_size=img_size,
+        processes=processes,
+        device=device,
+        precision=precision,
+    )
+    run = Run(
+        config=config,
+        processes=processes,
+        device=device,
+        precision=precision,
+        run_dir=Path(config.out),
+        data=data,
+        model=model,
+        objective=objective,
+        wrapped=wrapped,
+        train_set=train_set,
+        val_set=val_set,
+        evaluators=evaluators,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        ema=ema,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        progress=Progress(config.global_batch(processes.world_size), skipped=sorted(data.skipped)),
+    )
+    _start_or_restore(run, resume)
+    return run
+
+
+def _shared_run_dir(config: TrainConfig, processes: Processes) -> Path:
+    """The run folder; without ``--out`` rank 0's timestamped name, the same for every process."""
+    names = [config.out or str(default_run_dir(config))]
+    if processes.distributed:
+        torch.distributed.broadcast_object_list(names, src=0)
+    return Path(names[0])
+
+
+def _training_data(config: TrainConfig) -> DataSplits:
+    """The run's data; labels are read for a classifier and for few-shot evaluation."""
+    supervised = config.objective == "classify"
+    fewshot = any(evaluator_spec(spec)[0] == "fewshot" for spec in config.evaluators)
+    data = load_data(
+        config.data,
+        in_chans=config.in_chans,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        labels=supervised or fewshot,
+    )
+    if supervised and len(data.class_names) < 2:
+        raise ConfigError(
+            f"{config.data} has one class ({data.class_names[0]!r}): a classifier needs two or more "
+            "(for pre-training on unlabeled images, use vitkit pretrain)"
+        )
+    if fewshot and len(data.class_names) < 2:
+        raise ConfigError(f"{config.data} has one class: few-shot evaluation needs labelled images of two or more")
+    if config.train_images:
+        classes = len(data.class_names)
+        data.train = balanced_subset(data.train, config.train_images, num_classes=classes, seed=config.seed)
+    return data
+
+
+def _start_or_restore(run: Run, resume: bool) -> None:
+    """Restore the checkpoint (``resume``) or check the folder holds no other run; then take the
+    folder and write the run's settings into it."""
+    if resume and not run.checkpoint_path.is_file():  # stopped before its first checkpoint: nothing to keep
+        if run.main:
+            warnings.warn(
+                f"{run.run_dir} has no {CHECKPOINT_NAME} yet: the run starts from the beginning", stacklevel=3
+            )
+        shutil.rmtree(run.run_dir / "tensorboard", ignore_errors=True)
+    elif resume:
+        _restore(run)
+    elif run.checkpoint_path.exists() or (run.run_dir / WEIGHTS_NAME).exists():
+        raise ConfigError(
+            f"{run.run_dir} already holds a run; continue it with --resume {run.run_dir} or choose another --out"
+        )
+    if run.processes.distributed:  # every process has checked the folder before rank 0 writes to it
+        torch.distributed.barrier()
+    if run.main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        run.lock = lock_folder(run.run_dir)
+        atomic_write(run.run_dir / TRAIN_CONFIG_NAME, lambda tmp: tmp.write_text(run.config.to_json()))
+
+
+def _restore(run: Run) -> None:
+    module = run.objective.module
+    restore = functools.partial(distributed.restore_sharded, module, run.optimizer) if run.sharded else None
+    saved = load_checkpoint(
+        run.checkpoint_path,
+        model=module,
+        optimizer=run.optimizer,
+        scheduler=run.scheduler,
+        ema=run.ema,
+        restore_states=restore,
+    )
+    global_batch = run.progress.global_batch
+    run.progress = Progress.from_dict(saved, global_batch=global_batch)
+    before = run.progress.global_batch
+    if run.progress.rebatch(global_batch) and run.main:
+        warnings.warn(
+            f"resuming with a global batch of {global_batch} images ({run.processes.world_size} process(es)) "
+            f"instead of {before}: the epoch continues at image {run.progress.images_in_epoch}, but steps "
+            "and the learning-rate schedule now count the new batch; keep batch × processes × "
+            "accumulation steps equal to resume the same run",
+            stacklevel=4,
+        )
+    if run.processes.rank:  # the checkpoint holds rank 0's random state
+        torch.manual_seed(run.config.seed + 1_000_003 * run.processes.rank + run.progress.step)
+    if run.main:
+        report.keep_metrics_until(run.run_dir, run.progress.epoch)
+    run.resumed = True
