@@ -1,16 +1,21 @@
-"""Is the model starved? Data-loader img/s next to model img/s for the demo job (README table).
+"""Is the model starved? Loader + augmentation img/s next to the demo model's training img/s.
 
-Loader: the training pipeline of the demo preset on MNIST with random-resized crops (0.35-1),
-read from memory (the built-in dataset) and from tar shards (`vitkit shards`), with 0 and 2
-worker processes — batches pulled and dropped, no model. Model: the demo model's training step
-(forward, backward, AdamW) on a batch of the same shape, bf16 autocast where the CPU has native
-bf16. Each loader figure is the median of 3 passes over 40 batches of 128.
+Pipelines (each the demo preset's augmentation, batches of 128, no model):
+- MNIST in memory, batched on the training device (vitkit's default for in-memory data): an
+  index gather, one uint8 copy and one vectorised augmentation per batch;
+- MNIST in memory, per image in the loader (``--no-batch-augment``: torchvision v2 per sample),
+  0 and 2 worker processes;
+- MNIST written as tar shards (``vitkit shards``), per image, 0 and 2 workers.
+Model: the demo model's training step (forward, backward, AdamW) on a batch of the same shape,
+bf16 autocast where the CPU has native bf16. Loader figures are the median of 3 passes over 40
+batches.
 
     python benchmarks/loader.py
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import statistics
 import tempfile
@@ -24,58 +29,65 @@ from vitkit.data.shards import write_shards
 from vitkit.train import resolve_config
 from vitkit.train.device import cpu_has_native_bf16
 from vitkit.train.distributed import Processes
-from vitkit.train.inputs import make_loader, run_datasets
+from vitkit.train.inputs import epoch_batches, image_size, run_datasets
 from vitkit.train.run import build_model
 
 BATCHES = 40
 
 
-def loader_images_per_second(dataset, workers: int) -> float:
+def loader_images_per_second(config, train_set) -> float:
     rates = []
     for epoch in range(3):
-        dataset.set_epoch(epoch)
-        loader = make_loader(
-            dataset, batch_size=128, indices=None, workers=workers, device=torch.device("cpu"), drop_last=True
+        batches = epoch_batches(
+            config,
+            train_set,
+            epoch=epoch,
+            images_done=0,
+            steps=BATCHES,
+            processes=Processes(),
+            device=torch.device("cpu"),
         )
         start = time.perf_counter()
-        count = sum(len(images) for images, _, _ in itertools.islice(loader, BATCHES))
+        count = sum(len(images) for images, _, _ in itertools.islice(batches, BATCHES))
         rates.append(count / (time.perf_counter() - start))
     return statistics.median(rates)
 
 
-def main() -> None:
-    config = resolve_config(preset="demo", overrides={"crop_scale": [0.35, 1.0]})
-    precision = "bf16-autocast" if cpu_has_native_bf16() else "fp32"
-    model = build_model(config, num_classes=10, in_chans=1)
-    model.set_image_size(16)
-    step = train_step(model, torch.randn(128, 1, 16, 16), precision)
+def model_images_per_second(config, size: int, in_chans: int, precision: str) -> float:
+    model = build_model(config, num_classes=10, in_chans=in_chans)
+    model.set_image_size(size)
+    step = train_step(model, torch.randn(config.batch_size, in_chans, size, size), precision)
     for _ in range(3):
         step()
     start = time.perf_counter()
     for _ in range(10):
         step()
-    model_rate = 10 * 128 / (time.perf_counter() - start)
+    return 10 * config.batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    demo = resolve_config(preset="demo")
+    precision = "bf16-autocast" if cpu_has_native_bf16() else "fp32"
+    mnist = load_data("mnist", in_chans=1)
+    size = image_size(demo, mnist, demo.model_args["patch_size"])
+    model_rate = model_images_per_second(demo, size, mnist.in_chans, precision)
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        write_shards(load_data("mnist", in_chans=1), folder, source="mnist", shard_size=5000)
-        for source in ("mnist", folder):
-            data = load_data(source, in_chans=1)
-            train_set, _ = run_datasets(config, data, 16, Processes())
-            for workers in (0, 2):
-                rows.append(
-                    (
-                        source if source == "mnist" else "MNIST tar shards",
-                        workers,
-                        loader_images_per_second(train_set, workers),
-                    )
-                )
+        write_shards(mnist, folder, source="mnist", shard_size=5000)
+        shards = load_data(folder, in_chans=1)
+        pipelines = [("MNIST in memory, batched", mnist, True, 0)]
+        pipelines += [("MNIST in memory, per image", mnist, False, workers) for workers in (0, 2)]
+        pipelines += [("MNIST tar shards, per image", shards, None, workers) for workers in (0, 2)]
+        for name, data, batched, workers in pipelines:
+            config = dataclasses.replace(demo, batch_augment=batched, workers=workers)
+            train_set, _ = run_datasets(config, data, size, Processes())
+            rows.append((name, workers, loader_images_per_second(config, train_set)))
 
-    print(f"{torch.get_num_threads()} threads, torch {torch.__version__}; model step {precision}\n")
-    print("| data | loader workers | loader img/s | model img/s (training) | loader / model |")
+    print(f"{torch.get_num_threads()} threads, torch {torch.__version__}; model step {precision}, {size} px\n")
+    print("| pipeline | loader workers | loader img/s | model img/s (training) | loader / model |")
     print("|---|---|---|---|---|")
-    for source, workers, rate in rows:
-        name = "MNIST in memory" if source == "mnist" else source
+    for name, workers, rate in rows:
         print(f"| {name} | {workers} | {rate:,.0f} | {model_rate:,.0f} | {rate / model_rate:.2f} |")
 
 

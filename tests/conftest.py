@@ -83,7 +83,7 @@ def run_until_checkpoint(config, min_step):
                     break
             if process.poll() is not None:
                 pytest.fail("the training process ended before it could be interrupted")
-            time.sleep(0.05)
+            time.sleep(0.01)
         else:
             pytest.fail("no checkpoint appeared in time")
     finally:

@@ -191,9 +191,9 @@ def test_fine_tuning_starts_from_the_pretrained_encoder(pretrained, tmp_path):
 
 
 def test_pretraining_resumes_exactly(tmp_path):
-    config = pretrain_config(tmp_path / "a", "mpp", epochs=2)
+    config = pretrain_config(tmp_path / "a", "mpp", epochs=6)  # time to stop it mid-run
     full = train(config, progress=False)
-    stopped = run_until_checkpoint(pretrain_config(tmp_path / "b", "mpp", epochs=2), min_step=27)
+    stopped = run_until_checkpoint(pretrain_config(tmp_path / "b", "mpp", epochs=6), min_step=27)
     resumed = resume_run(stopped, progress=False)
     a = load_file(str(Path(full.run_dir) / "checkpoint.safetensors"))
     b = load_file(str(Path(resumed.run_dir) / "checkpoint.safetensors"))

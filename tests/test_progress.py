@@ -65,8 +65,8 @@ def test_a_new_global_batch_restarts_the_epoch_at_a_whole_batch():
 
 def test_an_old_checkpoint_resumes_to_the_same_weights(tmp_path):
     """A checkpoint whose progress is in the old dict form continues bit-identically."""
-    full = train(digits_config(tmp_path / "a"), progress=False)
-    run_dir = run_until_checkpoint(digits_config(tmp_path / "b"), min_step=27)  # mid epoch 2
+    full = train(digits_config(tmp_path / "a", epochs=6), progress=False)
+    run_dir = run_until_checkpoint(digits_config(tmp_path / "b", epochs=6), min_step=27)  # mid epoch 2
     path = run_dir / "checkpoint.safetensors"
     with safe_open(str(path), "pt") as handle:
         metadata = handle.metadata()

@@ -66,7 +66,8 @@ def test_eval_and_predict_from_the_cli(trained_run, tmp_path, capsys):
 
 
 def test_resume_after_kill_9_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
-    settings = {"epochs": 2, "dropout": 0.1, "drop_path": 0.1}
+    # ~1 s: time to stop it mid-run; batched augmentation of every kind
+    settings = {"epochs": 6, "dropout": 0.1, "drop_path": 0.1, "rotate": 10, "erase": 0.25, "randaugment": 9}
     full = train(digits_config(tmp_path / "a", **settings), progress=False)
     stopped = run_until_checkpoint(digits_config(tmp_path / "b", **settings), min_step=27)  # mid epoch 2
     resumed = resume_run(stopped, progress=False)

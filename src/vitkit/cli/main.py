@@ -190,14 +190,12 @@ def _print_summary(summary: RunSummary) -> None:
     if not from_environment().is_main:  # under torchrun, rank 0 speaks for the job
         return
     if summary.final_top1 is not None:
-        result = (
-            f"held-out top-1 {100 * summary.final_top1:.2f}% (best {100 * summary.best_top1:.2f}% "
-            f"at epoch {summary.best_epoch}), top-5 {100 * summary.final_top5:.2f}%"
-        )
+        best = f" (best {100 * summary.best_top1:.2f}% at epoch {summary.best_epoch})" if summary.best_top1 else ""
+        result = f"held-out top-1 {100 * summary.final_top1:.2f}%{best}, top-5 {100 * summary.final_top5:.2f}%"
     else:
         result = f"{summary.objective} pre-training, {describe(summary.final_metrics)}; the encoder is in this folder"
     print(
-        f"\n{summary.run_dir}: {result}\n"
+        f"\n{summary.run_dir}: {result}\nmodel: {summary.architecture}\n"
         f"{summary.steps} steps ({summary.epochs:.2f} epochs) in {summary.wall_seconds:.0f} s, "
         f"{summary.train_images_per_second:.0f} training img/s on {summary.device} ({summary.precision}), "
         f"{100 * summary.data_wait_fraction:.0f} % of it waiting for data"

@@ -148,19 +148,29 @@ def train_transform(
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
     flip: bool = True,
     randaugment: int | None = None,
+    rotate: float = 0.0,
+    translate: float = 0.0,
+    shear: float = 0.0,
+    zoom: tuple[float, float] | None = None,
+    erase: float = 0.0,
 ) -> v2.Compose:
-    """The training pipeline: random-resized ("inception") crop, optional horizontal flip and
-    RandAugment (magnitude 0–30), then scaling to [-1, 1]."""
+    """The per-image training pipeline: random-resized ("inception") crop, optional random affine
+    transform, horizontal flip and RandAugment (magnitude 0–30), scaling to [-1, 1], optional
+    random erasing. :class:`vitkit.data.augment.BatchAugment` does the same to whole batches."""
     steps: list = [
         v2.ToImage(),
         ToChannels(in_chans),
         v2.RandomResizedCrop(img_size, scale=crop_scale, ratio=crop_ratio, antialias=True),
     ]
+    if rotate or translate or shear or zoom:
+        steps.append(v2.RandomAffine(rotate, translate=(translate, translate), scale=zoom, shear=shear))
     if flip:
         steps.append(v2.RandomHorizontalFlip())
     if randaugment is not None:
         steps.append(v2.RandAugment(magnitude=randaugment))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize([MEAN] * in_chans, [STD] * in_chans)]
+    if erase:
+        steps.append(v2.RandomErasing(p=erase, value=-1.0))  # black, after scaling to [-1, 1]
     return v2.Compose(steps)
 
 

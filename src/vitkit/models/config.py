@@ -176,6 +176,21 @@ class ViTConfig:
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
 
+    def describe(self) -> str:
+        """The architecture in words, e.g. ``6 blocks × 128 wide (4 heads, MLP 256), 7×7 px patches:
+        16 tokens + class token at 28 px``."""
+        tokens = self.grid[0] * self.grid[1]
+        p = self.patch_size
+        if self.hybrid_layers:
+            patches = f"ResNet stages {'+'.join(map(str, self.hybrid_layers))}, {p}×{p} patches of its map"
+        else:
+            patches = f"{p}×{p} px patches"
+        prefix = " + class token" if self.class_token else ""
+        return (
+            f"{self.depth} blocks × {self.embed_dim} wide ({self.num_heads} heads, MLP {self.mlp_dim}), "
+            f"{patches}: {tokens} tokens{prefix} at {self.img_size[0]} px"
+        )
+
     def replace(self, **changes: Any) -> ViTConfig:
         """A copy with some fields changed (validated again). Unknown fields are an error."""
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})

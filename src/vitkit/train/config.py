@@ -44,7 +44,21 @@ class TrainConfig:
         None, "random-resized crop area range, e.g. 0.08 1.0; none for no crop augmentation", nargs=2
     )
     flip: bool | None = _opt(None, "random horizontal flips (default: on, off for digits and MNIST)")
-    randaugment: int | None = _opt(None, "RandAugment magnitude 0-30, or none")
+    randaugment: int | None = _opt(
+        None, "RandAugment magnitude 0-30, or none (batched: two colour operations per image at this magnitude)"
+    )
+    rotate: float = _opt(0.0, "random rotation, ± degrees")
+    translate: float = _opt(0.0, "random translation, ± fraction of the image size")
+    shear: float = _opt(0.0, "random horizontal shear, ± degrees")
+    zoom: list[float] | None = _opt(
+        None, "random content scale range, e.g. 0.9 1.1 (below 1 shrinks the image in its frame)", nargs=2
+    )
+    erase: float = _opt(0.0, "probability of blacking out one random box (a fiftieth to a third of the area) per image")
+    batch_augment: bool | None = _opt(
+        None,
+        "augment whole batches on the training device (default: on for in-memory data, off for files and shards, "
+        "which are augmented per image in the loader)",
+    )
     mixup: float = _opt(0.0, "Mixup Beta(α, α) parameter; 0 = off", only="classify")
     cutmix: float = _opt(0.0, "CutMix Beta(α, α) parameter; 0 = off", only="classify")
     workers: int = _opt(0, "data-loader worker processes (0 = load in the training process)")
@@ -169,6 +183,12 @@ class TrainConfig:
         need(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0: at epoch ends only)")
         need(0 <= self.dropout < 1, "dropout", "is a probability in [0, 1)")
         need(0 <= self.drop_path < 1, "drop_path", "is a probability in [0, 1)")
+        need(0 <= self.rotate <= 180, "rotate", "is in degrees, 0 to 180")
+        need(0 <= self.translate < 1, "translate", "is a fraction of the size in [0, 1)")
+        need(0 <= self.shear < 90, "shear", "is in degrees, 0 to 89")
+        need(0 <= self.erase <= 1, "erase", "is a probability in [0, 1]")
+        if self.zoom is not None:
+            need(0 < self.zoom[0] <= self.zoom[1], "zoom", "is two scale factors 0 < low <= high")
         if self.crop_scale is not None:
             low, high = self.crop_scale
             need(0 < low <= high <= 1, "crop_scale", "is two area fractions 0 < low <= high <= 1")

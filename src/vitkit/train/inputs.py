@@ -11,12 +11,19 @@ from __future__ import annotations
 import itertools
 import math
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.datasets import DataSplits, TransformedDataset, collate_skipping_broken, preprocess_in_memory
+from ..data.augment import AugmentedBatches, BatchAugment, resize_uint8
+from ..data.datasets import (
+    ArrayImageDataset,
+    DataSplits,
+    TransformedDataset,
+    collate_skipping_broken,
+    preprocess_in_memory,
+)
 from ..data.shards import ShardStream
 from ..data.transforms import eval_transform, train_transform
 from . import distributed
@@ -36,36 +43,79 @@ def image_size(config: TrainConfig, data: DataSplits, stride: int) -> int:
     return math.ceil(max(data.image_size) / stride) * stride
 
 
-def run_datasets(config: TrainConfig, data: DataSplits, img_size: int, processes: Processes) -> tuple[Dataset, Dataset]:
-    """Training and held-out sets with their transforms. Without random augmentation, in-memory
-    data is preprocessed once rather than per sample and epoch; shard streams are split between
-    the processes."""
-    flip = data.flip_ok if config.flip is None else config.flip
-    augmented = config.crop_scale is not None or flip or config.randaugment is not None
+def run_datasets(
+    config: TrainConfig, data: DataSplits, img_size: int, processes: Processes
+) -> tuple[Dataset | AugmentedBatches, Dataset]:
+    """Training and held-out sets with their transforms. In-memory training data is augmented
+    as whole batches (:class:`AugmentedBatches`) unless ``batch_augment`` is off; files and shard
+    streams per image in the loader (shards split between the processes). The held-out set is
+    preprocessed once when it is in memory."""
     evaluation = eval_transform(img_size, data.in_chans)
-    if augmented:
-        augment = train_transform(
-            img_size,
-            data.in_chans,
-            crop_scale=tuple(config.crop_scale or (1.0, 1.0)),
-            flip=flip,
-            randaugment=config.randaugment,
+    batched = config.batch_augment
+    if batched is None:
+        batched = isinstance(data.train, ArrayImageDataset)
+    elif batched and not isinstance(data.train, ArrayImageDataset):
+        raise ConfigError(
+            f"--batch-augment needs training images in memory (a built-in dataset); {config.data} is read from "
+            "files, which are augmented per image in the loader: drop --batch-augment"
         )
     if isinstance(data.train, ShardStream):
         share = {"rank": processes.rank, "world_size": processes.world_size}
         train_stream = data.train.configured(
-            transform=augment if augmented else evaluation,
+            transform=_per_image_augment(config, data, img_size) or evaluation,
             shuffle_buffer=config.shuffle_buffer,
             seed=config.seed,
             **share,
         )
         return train_stream, data.val.configured(transform=evaluation, **share)
-    if augmented:
-        train_set: Dataset = TransformedDataset(data.train, augment, seed=config.seed)
-    else:
-        train_set = preprocess_in_memory(data.train, evaluation) or TransformedDataset(data.train, evaluation)
     val_set = preprocess_in_memory(data.val, evaluation) or TransformedDataset(data.val, evaluation)
-    return train_set, val_set
+    if batched:
+        images = resize_uint8(data.train.images, img_size)
+        return AugmentedBatches(images, data.train.labels, batch_augment(config, data, img_size), config.seed), val_set
+    augment = _per_image_augment(config, data, img_size)
+    if augment is not None:
+        return TransformedDataset(data.train, augment, seed=config.seed), val_set
+    return preprocess_in_memory(data.train, evaluation) or TransformedDataset(data.train, evaluation), val_set
+
+
+def _flip(config: TrainConfig, data: DataSplits) -> bool:
+    return data.flip_ok if config.flip is None else config.flip
+
+
+def batch_augment(config: TrainConfig, data: DataSplits, img_size: int) -> BatchAugment:
+    """The config's augmentation, for whole batches."""
+    return BatchAugment(
+        img_size,
+        crop_scale=tuple(config.crop_scale) if config.crop_scale else None,
+        rotate=config.rotate,
+        translate=config.translate,
+        shear=config.shear,
+        scale=tuple(config.zoom) if config.zoom else (1.0, 1.0),
+        flip=_flip(config, data),
+        colour_ops=2 if config.randaugment is not None else 0,
+        magnitude=config.randaugment or 0,
+        erase=config.erase,
+    )
+
+
+def _per_image_augment(config: TrainConfig, data: DataSplits, img_size: int) -> Callable | None:
+    """The config's augmentation, per image; None if it asks for none."""
+    flip = _flip(config, data)
+    geometric = config.rotate or config.translate or config.shear or config.zoom
+    if not (config.crop_scale or flip or config.randaugment is not None or geometric or config.erase):
+        return None
+    return train_transform(
+        img_size,
+        data.in_chans,
+        crop_scale=tuple(config.crop_scale or (1.0, 1.0)),
+        flip=flip,
+        randaugment=config.randaugment,
+        rotate=config.rotate,
+        translate=config.translate,
+        shear=config.shear,
+        zoom=tuple(config.zoom) if config.zoom else None,
+        erase=config.erase,
+    )
 
 
 def check_shares(config: TrainConfig, processes: Processes, train_set: Dataset, val_set: Dataset) -> None:
@@ -155,7 +205,7 @@ def epoch_batches(
     """This process's micro-batches of epoch ``epoch`` from image ``images_done`` on (all
     processes together), ``steps`` optimiser steps' worth; micro-batches that would not complete
     a step are left out."""
-    if isinstance(train_set, (TransformedDataset, ShardStream)):
+    if isinstance(train_set, (TransformedDataset, ShardStream, AugmentedBatches)):
         train_set.set_epoch(epoch)
     if isinstance(train_set, ShardStream):  # each process reads its own shards
         done = images_done // (config.batch_size * processes.world_size)
@@ -166,6 +216,8 @@ def epoch_batches(
     order = epoch_order(len(train_set), config.seed, epoch)
     usable = steps * config.global_batch(processes.world_size)
     mine = distributed.rank_batches(order[images_done:usable], config.batch_size, processes)
+    if isinstance(train_set, AugmentedBatches):
+        return train_set.batches(mine, config.batch_size, device)
     return make_loader(train_set, batch_size=config.batch_size, indices=mine, workers=config.workers, device=device)
 
 

@@ -75,6 +75,8 @@ class RunSummary:
 
     run_dir: str
     objective: str
+    #: the trained architecture in words (depth, width, heads, patches, tokens)
+    architecture: str
     best_top1: float | None
     best_epoch: int
     ranked_by: str
@@ -84,6 +86,8 @@ class RunSummary:
     epochs: float
     steps: int
     wall_seconds: float
+    #: time spent in training steps (no data loading before the run, no evaluation, no saving)
+    train_seconds: float
     train_images_per_second: float
     #: share of the training time spent waiting for the data loader
     data_wait_fraction: float
@@ -150,10 +154,9 @@ def _banner(run: Run) -> str:
         "training" if run.supervised else f"pre-training ({config.objective})"
     )
     return (
-        f"{doing} {model_name(config)} ({params:,} parameters, {model.config.img_size[0]} px, "
-        f"{model.config.grid[0] * model.config.grid[1]} patches) on {config.data}: {len(run.train_set):,} training / "
-        f"{len(run.val_set):,} held-out images, {len(run.data.class_names)} classes; {run.device} {run.precision}; "
-        f"run folder {run.run_dir}"
+        f"{doing} {model_name(config, model)}: {model.config.describe()}, {params:,} parameters; "
+        f"{config.data}: {len(run.train_set):,} training / {len(run.val_set):,} held-out images, "
+        f"{len(run.data.class_names)} classes; {run.device} {run.precision}; run folder {run.run_dir}"
     )
 
 
@@ -256,6 +259,7 @@ def _finish(run: Run, result: Evaluation, wall_seconds: float) -> RunSummary:
     summary = RunSummary(
         run_dir=str(run.run_dir),
         objective=run.config.objective,
+        architecture=run.model.config.describe(),
         best_top1=progress.best_score if result.score_key == "val_top1" and progress.best_epoch else None,
         best_epoch=progress.best_epoch,
         ranked_by=result.score_key,
@@ -265,6 +269,7 @@ def _finish(run: Run, result: Evaluation, wall_seconds: float) -> RunSummary:
         epochs=progress.step / run.steps_per_epoch,
         steps=progress.step,
         wall_seconds=wall_seconds,
+        train_seconds=progress.train_seconds,
         train_images_per_second=progress.images_per_second,
         data_wait_fraction=progress.data_wait_fraction,
         skipped_files=len(progress.skipped),
@@ -275,7 +280,7 @@ def _finish(run: Run, result: Evaluation, wall_seconds: float) -> RunSummary:
     if run.main:
         vit = run.objective.vit(kept.cpu() if run.device.type != "cpu" else kept)
         class_names = run.data.class_names if run.supervised else []
-        save_model(run.run_dir, vit, class_names=class_names, model_name=model_name(run.config))
+        save_model(run.run_dir, vit, class_names=class_names, model_name=model_name(run.config, run.model))
         report.plot_curves(report.read_metrics(run.run_dir), run.run_dir / "curves.png")
         if result.confusion is not None:
             report.plot_confusion(result.confusion, run.data.class_names, run.run_dir / "confusion.png")

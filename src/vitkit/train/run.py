@@ -38,9 +38,15 @@ from .run_folder import TRAIN_CONFIG_NAME, default_run_dir
 
 
 # ------------------------------------------------------------------ the model
-def model_name(config: TrainConfig) -> str:
-    """What the run's model is called: the architecture, or where its starting weights came from."""
-    return f"{config.init} (fine-tuned)" if config.init else config.model
+def model_name(config: TrainConfig, model: VisionTransformer) -> str:
+    """What the run's model is called: where its starting weights came from, its registry name
+    if ``model_args`` left that architecture as it is, else "custom ViT"."""
+    if config.init:
+        return f"{config.init} (fine-tuned)"
+    registry = get_config(config.model)
+    if all(getattr(registry, f) == getattr(model.config, f) for f in ARCHITECTURE_FIELDS - {"in_chans"}):
+        return config.model
+    return "custom ViT"
 
 
 def build_model(config: TrainConfig, *, num_classes: int, in_chans: int) -> VisionTransformer:
