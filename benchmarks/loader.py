@@ -5,7 +5,9 @@ Pipelines (each the demo preset's augmentation, batches of 128, no model):
   index gather, one uint8 copy and one vectorised augmentation per batch;
 - MNIST in memory, per image in the loader (``--no-batch-augment``: torchvision v2 per sample),
   0 and 2 worker processes;
-- MNIST written as tar shards (``vitkit shards``), per image, 0 and 2 workers.
+- MNIST written as tar shards (``vitkit shards``), per image, 0 and 2 workers;
+- 6,000 MNIST PNG files in a folder: ``--cache-decoded`` (decoded once, then batched like in-memory
+  data) and per image (decoded every epoch), 0 and 2 workers.
 Model: the demo model's training step (forward, backward, AdamW) on a batch of the same shape,
 bf16 autocast where the CPU has native bf16. Loader figures are the median of 3 passes over 40
 batches.
@@ -17,11 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
+from folder_demo import write_folder
 
 from vitkit.benchmark import train_step
 from vitkit.data.load import load_data
@@ -29,7 +34,7 @@ from vitkit.data.shards import write_shards
 from vitkit.train import resolve_config
 from vitkit.train.device import cpu_has_native_bf16
 from vitkit.train.distributed import Processes
-from vitkit.train.inputs import epoch_batches, image_size, run_datasets
+from vitkit.train.inputs import decode_once, epoch_batches, image_size, run_datasets
 from vitkit.train.run import build_model
 
 BATCHES = 40
@@ -74,11 +79,18 @@ def main() -> None:
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        write_shards(mnist, folder, source="mnist", shard_size=5000)
-        shards = load_data(folder, in_chans=1)
+        root = Path(folder)
+        os.environ["VITKIT_HOME"] = str(root / "home")
+        write_shards(mnist, root / "shards", source="mnist", shard_size=5000)
+        shards = load_data(str(root / "shards"), in_chans=1)
+        write_folder(root / "images")
+        pngs = load_data(str(root / "images"), in_chans=1)
+        cached = decode_once(dataclasses.replace(demo, cache_decoded=True), pngs, size, Processes())
         pipelines = [("MNIST in memory, batched", mnist, True, 0)]
         pipelines += [("MNIST in memory, per image", mnist, False, workers) for workers in (0, 2)]
         pipelines += [("MNIST tar shards, per image", shards, None, workers) for workers in (0, 2)]
+        pipelines += [("PNG folder, --cache-decoded (batched)", cached, None, 0)]
+        pipelines += [("PNG folder, per image", pngs, None, workers) for workers in (0, 2)]
         for name, data, batched, workers in pipelines:
             config = dataclasses.replace(demo, batch_augment=batched, workers=workers)
             train_set, _ = run_datasets(config, data, size, Processes())

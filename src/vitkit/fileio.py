@@ -55,6 +55,14 @@ def _remove_stale_temporaries(path: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
+def cache_dir() -> Path:
+    """vitkit's own cache (downloads, decoded datasets): ``$VITKIT_HOME`` if set, else
+    ``$XDG_CACHE_HOME/vitkit`` (``~/.cache/vitkit``). Hugging Face files live in huggingface_hub's."""
+    if os.environ.get("VITKIT_HOME"):
+        return Path(os.environ["VITKIT_HOME"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "vitkit"
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, flush it to disk, then rename it
     over ``path`` (an atomic replace on POSIX and Windows). The temporary file's name carries the

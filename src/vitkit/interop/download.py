@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..fileio import default_file_mode
+from ..fileio import cache_dir, default_file_mode
 
 GOOGLE_BUCKET_URL = "https://storage.googleapis.com/vit_models"
 _CHUNK = 1 << 20
@@ -31,13 +31,6 @@ _ATTEMPTS = 3
 
 class DownloadError(ValueError):
     """A file could not be fetched; the message says what to do instead."""
-
-
-def cache_dir() -> Path:
-    """vitkit's own download cache (Hugging Face files live in huggingface_hub's cache)."""
-    if os.environ.get("VITKIT_HOME"):
-        return Path(os.environ["VITKIT_HOME"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "vitkit"
 
 
 def google_bucket_url() -> str:

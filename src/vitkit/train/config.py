@@ -62,6 +62,11 @@ class TrainConfig:
     mixup: float = _opt(0.0, "Mixup Beta(α, α) parameter; 0 = off", only="classify")
     cutmix: float = _opt(0.0, "CutMix Beta(α, α) parameter; 0 = off", only="classify")
     workers: int = _opt(0, "data-loader worker processes (0 = load in the training process)")
+    cache_decoded: bool = _opt(
+        False,
+        "folders and CSVs: decode every image once at the training size into a memory-mapped cache "
+        "($VITKIT_HOME/decoded, renewed when files change), then train from it as from in-memory data",
+    )
     shuffle_buffer: int = _opt(10_000, "shard streams (vitkit shards): samples held in the shuffle buffer")
     # model
     model: str = _opt("S/16", "model name or alias (vitkit models lists them)")

@@ -8,6 +8,7 @@ the very images, augmented the same way, that the uninterrupted run would have s
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import signal
@@ -20,10 +21,12 @@ from ..data.augment import AugmentedBatches, BatchAugment, resize_uint8
 from ..data.datasets import (
     ArrayImageDataset,
     DataSplits,
+    FileImageDataset,
     TransformedDataset,
     collate_skipping_broken,
     preprocess_in_memory,
 )
+from ..data.decoded import decoded
 from ..data.shards import ShardStream
 from ..data.transforms import eval_transform, train_transform
 from . import distributed
@@ -41,6 +44,28 @@ def image_size(config: TrainConfig, data: DataSplits, stride: int) -> int:
     if data.image_size is None:
         return 224
     return math.ceil(max(data.image_size) / stride) * stride
+
+
+def decode_once(config: TrainConfig, data: DataSplits, img_size: int, processes: Processes) -> DataSplits:
+    """With ``cache_decoded``, the data's image files as memory-mapped uint8 arrays at
+    ``img_size`` (see :mod:`vitkit.data.decoded`); rank 0 decodes, the other processes then read
+    its cache. Without it, the data as it is."""
+    if not config.cache_decoded:
+        return data
+    if isinstance(data.train, ShardStream):
+        raise ConfigError("--cache-decoded is for image folders and CSVs; shards are streamed, not cached")
+    if not isinstance(data.train, FileImageDataset):
+        return data  # already in memory
+    splits = {}
+    for turn in ("main", "others"):
+        if (turn == "main") == processes.is_main:
+            splits = {
+                split: decoded(files, img_size, workers=config.workers, progress=processes.is_main)
+                for split, files in (("train", data.train), ("val", data.val))
+            }
+        if processes.distributed:
+            torch.distributed.barrier()
+    return dataclasses.replace(data, **splits)
 
 
 def run_datasets(

@@ -172,6 +172,7 @@ def set_up_run(config: TrainConfig, *, resume: bool, processes: Processes) -> Ru
     img_size = inputs.image_size(config, data, model.config.stride)
     if model.config.img_size != (img_size, img_size):
         model.set_image_size(img_size)
+    data = inputs.decode_once(config, data, img_size, processes)
     objective = build_objective(config, model.to(device), num_classes=num_classes, device=device, precision=precision)
     sharded = config.fsdp and processes.distributed
     if sharded and config.ema:

@@ -1,0 +1,115 @@
+"""Image files decoded once: a folder or CSV dataset turned into one memory-mapped uint8 array at
+the training size, so that training reads it as in-memory data (batched, augmented on the device)
+instead of decoding every file in every epoch.
+
+Each image's short side is resized to the size (antialiased) and the centre square is kept — the
+evaluation geometry — so random crops are then taken from that square. The cache lives in
+``$VITKIT_HOME/decoded/`` under a key made of the size, the channel count and every file's path,
+size and modification time: a changed, added or removed file gives another key, so a stale cache is
+never read. Writes are atomic (a killed decode leaves no half-written cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from ..fileio import atomic_write, cache_dir
+from .datasets import ArrayImageDataset, FileImageDataset
+from .transforms import CentreCrop, ToChannels
+
+
+class _DecodeAtSize(Dataset):
+    """Each file as uint8 ``(C, size, size)``, or ``(None, error)`` if it cannot be read."""
+
+    def __init__(self, files: FileImageDataset, size: int) -> None:
+        self.files = files
+        self.transform = v2.Compose(
+            [
+                v2.ToImage(),
+                ToChannels(files.in_chans),
+                v2.Resize(size, antialias=True),
+                CentreCrop((size, size)),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, str]:
+        try:
+            image, _ = self.files[index]
+        except OSError as error:
+            return None, str(error)
+        return self.transform(image).as_subclass(torch.Tensor), ""
+
+
+def _key(files: FileImageDataset, size: int) -> str:
+    entries = []
+    for path, label in files.samples:
+        stat = Path(path).stat()
+        entries.append([str(Path(path).resolve()), label, stat.st_size, stat.st_mtime_ns])
+    text = json.dumps({"format": 1, "size": size, "in_chans": files.in_chans, "files": entries})
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def decoded(files: FileImageDataset, size: int, *, workers: int = 0, progress: bool = True) -> ArrayImageDataset:
+    """``files`` as an in-memory dataset of uint8 images ``(N, C, size, size)`` backed by a
+    memory-mapped cache file (decoded now, with ``workers`` loader processes, or read from an
+    earlier run). Unreadable files are left out with a warning naming each."""
+    folder = cache_dir() / "decoded"
+    key = _key(files, size)
+    images_path, index_path = folder / f"{key}.npy", folder / f"{key}.json"
+    if not (images_path.is_file() and index_path.is_file()):
+        _decode(files, size, images_path, index_path, workers=workers, progress=progress)
+    index = json.loads(index_path.read_text())
+    kept = index["kept"]
+    for message in index["broken"]:
+        warnings.warn(f"skipping unreadable image: {message}", stacklevel=2)
+    # Copy-on-write mapping: pages are read from the file as batches need them, and nothing a
+    # caller might do to the tensor can change the cache.
+    images = torch.from_numpy(np.load(images_path, mmap_mode="c"))
+    labels = torch.tensor([files.samples[i][1] for i in kept], dtype=torch.long)
+    return ArrayImageDataset(images, labels)
+
+
+def _decode(
+    files: FileImageDataset, size: int, images_path: Path, index_path: Path, *, workers: int, progress: bool
+) -> None:
+    loader = DataLoader(_DecodeAtSize(files, size), batch_size=None, num_workers=workers)
+    kept, broken = [], []
+    full = images_path.with_suffix(".all.npy")
+
+    def write_images(tmp: Path) -> None:
+        shape = (len(files), files.in_chans, size, size)
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        bar = tqdm(loader, total=len(files), disable=not progress, unit="img", desc=f"decoding once at {size} px")
+        for index, (image, error) in enumerate(bar):
+            if image is None:
+                broken.append(error)
+                continue
+            array[len(kept)] = image.numpy()
+            kept.append(index)
+        array.flush()
+
+    atomic_write(full, write_images)
+    if broken:  # keep only the readable images, so that the array and the labels line up
+
+        def write_kept(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.save(handle, np.load(full, mmap_mode="r")[: len(kept)])
+
+        atomic_write(images_path, write_kept)
+        full.unlink()
+    else:
+        full.replace(images_path)
+    text = json.dumps({"kept": kept, "broken": broken})
+    atomic_write(index_path, lambda tmp: tmp.write_text(text))
