@@ -5,7 +5,8 @@ Pipelines (each the demo preset's augmentation, batches of 128, no model):
   index gather, one uint8 copy and one vectorised augmentation per batch;
 - MNIST in memory, per image in the loader (``--no-batch-augment``: torchvision v2 per sample),
   0 and 2 worker processes;
-- MNIST written as tar shards (``vitkit shards``), per image, 0 and 2 workers;
+- MNIST written as tar shards (``vitkit shards``): decoded by the loader's workers and augmented
+  as batches (the default for shards), or per image (``--no-batch-augment``), 0 and 2 workers;
 - 6,000 MNIST PNG files in a folder: ``--cache-decoded`` (decoded once, then batched like in-memory
   data) and per image (decoded every epoch), 0 and 2 workers.
 Model: the demo model's training step (forward, backward, AdamW) on a batch of the same shape,
@@ -88,9 +89,10 @@ def main() -> None:
         cached = decode_once(dataclasses.replace(demo, cache_decoded=True), pngs, size, Processes())
         pipelines = [("MNIST in memory, batched", mnist, True, 0)]
         pipelines += [("MNIST in memory, per image", mnist, False, workers) for workers in (0, 2)]
-        pipelines += [("MNIST tar shards, per image", shards, None, workers) for workers in (0, 2)]
+        pipelines += [("MNIST tar shards, decoded by workers, batched", shards, True, workers) for workers in (0, 2)]
+        pipelines += [("MNIST tar shards, per image", shards, False, workers) for workers in (0, 2)]
         pipelines += [("PNG folder, --cache-decoded (batched)", cached, None, 0)]
-        pipelines += [("PNG folder, per image", pngs, None, workers) for workers in (0, 2)]
+        pipelines += [("PNG folder, per image", pngs, False, workers) for workers in (0, 2)]
         for name, data, batched, workers in pipelines:
             config = dataclasses.replace(demo, batch_augment=batched, workers=workers)
             train_set, _ = run_datasets(config, data, size, Processes())

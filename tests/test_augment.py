@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from vitkit.data.augment import COLOUR_OPS, AugmentedBatches, AugmentParams, BatchAugment, resize_uint8
+from vitkit.data.augment import (
+    COLOUR_OPS,
+    AugmentedBatches,
+    AugmentParams,
+    BatchAugment,
+    augment_stream,
+    resize_uint8,
+)
 from vitkit.data.datasets import load_digits
 from vitkit.data.transforms import batch_mixing
 
@@ -109,3 +116,15 @@ def test_mixed_labels_sum_to_one(mixup, cutmix):
     assert labels.shape == (8, 10)
     torch.testing.assert_close(labels.sum(dim=1), torch.ones(8))
     assert ((labels > 0).sum(dim=1) <= 2).all() and (labels.max(dim=1).values < 1).all()  # two classes mixed
+
+
+def test_a_stream_resumed_mid_epoch_is_augmented_as_the_whole_stream():
+    data = load_digits().train
+    stream = [(data.images[i : i + 4], data.labels[i : i + 4], []) for i in range(0, 24, 4)]
+    stream.insert(2, (None, None, ["broken.png"]))  # a batch of unreadable files passes through
+    cpu = torch.device("cpu")
+    whole = list(augment_stream(stream, EVERYTHING, key=(0, 1, 0), device=cpu))
+    resumed = list(augment_stream(stream[3:], EVERYTHING, key=(0, 1, 0), device=cpu, first=3))
+    assert whole[2] == (None, None, ["broken.png"])
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(whole[3:], resumed, strict=True))
+    assert not torch.equal(whole[0][0], whole[1][0][:4])

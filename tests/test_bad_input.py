@@ -5,6 +5,7 @@ import torch
 from conftest import tiny_vit
 
 import vitkit
+from vitkit.cli import main as cli
 
 
 def test_image_size_not_divisible_by_patch_size_in_config():
@@ -78,3 +79,15 @@ def test_padding_alone_does_not_allow_another_resolution():
     assert model(torch.randn(1, 3, 30, 30)).shape == (1, 10)  # padded to 32: the built size
     with pytest.raises(ValueError, match="built for 32×32 images but got 40×40"):
         model(torch.randn(1, 3, 38, 38))
+
+
+def test_the_cli_prints_vitkit_errors_in_one_line_and_bugs_with_their_traceback(monkeypatch, capsys):
+    assert cli.main(["eval", "no/such/run"]) == 2
+    assert capsys.readouterr().err.startswith("vitkit: error: ")
+
+    def broken_dependency(*args, **kwargs):
+        raise ValueError("raised outside vitkit's code")
+
+    monkeypatch.setattr(cli, "load_model", broken_dependency)  # stands in for a library under vitkit
+    with pytest.raises(ValueError, match="raised outside vitkit's code"):
+        cli.main(["eval", "no/such/run"])

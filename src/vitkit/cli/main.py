@@ -41,6 +41,8 @@ from vitkit.train.distributed import DistributedFailure, from_environment
 from vitkit.train.report import describe
 from vitkit.train.run_folder import run_data, run_metrics
 
+VITKIT_PACKAGE = Path(vitkit.__file__).resolve().parent
+
 MODEL_HELP = (
     "a run or model folder (vitkit, transformers, timm), a Google .npz, a pretrained name "
     "(vit_base_patch16_224[.TAG]), hf-hub:ORG/REPO[@REV] or google:DIR/FILE"
@@ -579,13 +581,24 @@ def _format_warning(message: Warning | str, *args: Any, **kwargs: Any) -> str:
     return f"vitkit: warning: {message}\n"
 
 
+def _raised_by_vitkit(error: BaseException) -> bool:
+    """Whether vitkit's own code raised ``error`` (its messages say what was wrong and what to
+    do), rather than a library it calls."""
+    frame, traceback = None, error.__traceback__
+    while traceback is not None:
+        frame, traceback = traceback.tb_frame, traceback.tb_next
+    return frame is not None and Path(frame.f_code.co_filename).resolve().is_relative_to(VITKIT_PACKAGE)
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _format_warning  # a user-facing line, not the code location
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, TrainingDiverged) as error:  # errors written for people: no traceback
-        print(f"vitkit: error: {error}", file=sys.stderr)
+    except (ValueError, TrainingDiverged) as error:
+        if not _raised_by_vitkit(error):
+            raise  # from a library under vitkit, unforeseen: a bug to report, with its traceback
+        print(f"vitkit: error: {error}", file=sys.stderr)  # written for people: no traceback
         return 2
     except DistributedFailure as error:
         print(f"vitkit: error: {error}", file=sys.stderr)

@@ -15,7 +15,7 @@ resumed epoch augments exactly as the uninterrupted one would have.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -227,3 +227,23 @@ class AugmentedBatches:
             images = self.images[chunk].to(device, non_blocking=True)
             labels = self.labels[chunk].to(device, non_blocking=True)
             yield self.augment.apply(images, self.params.select(chunk)), labels, []
+
+
+def augment_stream(
+    batches: Iterable[tuple[Tensor | None, Tensor | None, list[str]]],
+    augment: BatchAugment,
+    *,
+    key: tuple[int, ...],
+    device: torch.device,
+    first: int = 0,
+) -> Iterator[tuple[Tensor | None, Tensor | None, list[str]]]:
+    """Augment a stream of uint8 batches (``(images, labels, broken)``, e.g. decoded by loader
+    workers) on ``device``. Batch ``k`` of the stream (counting from ``first``) draws its
+    parameters from ``(*key, k)``, so a stream resumed at batch ``first`` continues exactly."""
+    for number, (images, labels, broken) in enumerate(batches, start=first):
+        if images is None:
+            yield images, labels, broken
+            continue
+        generator = torch.Generator().manual_seed(hash((*key, number)) & 0x7FFF_FFFF_FFFF_FFFF)
+        images = augment(images.to(device, non_blocking=True), generator)
+        yield images, labels.to(device, non_blocking=True), broken

@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 from tqdm import tqdm
 
 from ..fileio import atomic_write, cache_dir
 from .datasets import ArrayImageDataset, FileImageDataset
-from .transforms import CentreCrop, ToChannels
+from .transforms import decode_transform
 
 
 class _DecodeAtSize(Dataset):
@@ -32,14 +31,7 @@ class _DecodeAtSize(Dataset):
 
     def __init__(self, files: FileImageDataset, size: int) -> None:
         self.files = files
-        self.transform = v2.Compose(
-            [
-                v2.ToImage(),
-                ToChannels(files.in_chans),
-                v2.Resize(size, antialias=True),
-                CentreCrop((size, size)),
-            ]
-        )
+        self.transform = decode_transform(size, files.in_chans)
 
     def __len__(self) -> int:
         return len(self.files)

@@ -140,6 +140,14 @@ def eval_transform(img_size: int | tuple[int, int], in_chans: int = 3, crop_frac
     return Preprocessing.centre_crop(img_size, in_chans, crop_fraction)
 
 
+def decode_transform(img_size: int, in_chans: int) -> v2.Compose:
+    """An image file → uint8 ``(in_chans, img_size, img_size)``: short side resized (antialiased),
+    centre square kept; what batched augmentation starts from for files and shards."""
+    return v2.Compose(
+        [v2.ToImage(), ToChannels(in_chans), v2.Resize(img_size, antialias=True), CentreCrop((img_size, img_size))]
+    )
+
+
 def train_transform(
     img_size: int | tuple[int, int],
     in_chans: int = 3,

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.augment import AugmentedBatches, BatchAugment, resize_uint8
+from ..data.augment import AugmentedBatches, BatchAugment, augment_stream, resize_uint8
 from ..data.datasets import (
     ArrayImageDataset,
     DataSplits,
@@ -28,7 +28,7 @@ from ..data.datasets import (
 )
 from ..data.decoded import decoded
 from ..data.shards import ShardStream
-from ..data.transforms import eval_transform, train_transform
+from ..data.transforms import decode_transform, eval_transform, train_transform
 from . import distributed
 from .config import ConfigError, TrainConfig
 from .distributed import Processes
@@ -78,16 +78,21 @@ def run_datasets(
     evaluation = eval_transform(img_size, data.in_chans)
     batched = config.batch_augment
     if batched is None:
-        batched = isinstance(data.train, ArrayImageDataset)
-    elif batched and not isinstance(data.train, ArrayImageDataset):
+        batched = isinstance(data.train, ArrayImageDataset | ShardStream)
+    elif batched and isinstance(data.train, FileImageDataset):
         raise ConfigError(
-            f"--batch-augment needs training images in memory (a built-in dataset); {config.data} is read from "
-            "files, which are augmented per image in the loader: drop --batch-augment"
+            f"--batch-augment needs training images in memory or in shards; {config.data} is read from files: "
+            "add --cache-decoded to decode them once, or drop --batch-augment to augment each image in the loader"
         )
     if isinstance(data.train, ShardStream):
         share = {"rank": processes.rank, "world_size": processes.world_size}
+        if batched:  # the workers decode at the training size; whole batches are augmented on the device
+            per_image, augment = decode_transform(img_size, data.in_chans), batch_augment(config, data, img_size)
+        else:
+            per_image, augment = _per_image_augment(config, data, img_size) or evaluation, None
         train_stream = data.train.configured(
-            transform=_per_image_augment(config, data, img_size) or evaluation,
+            transform=per_image,
+            batch_augment=augment,
             shuffle_buffer=config.shuffle_buffer,
             seed=config.seed,
             **share,
@@ -237,7 +242,11 @@ def epoch_batches(
         stream = make_loader(
             train_set, batch_size=config.batch_size, indices=None, workers=config.workers, device=device
         )
-        return itertools.islice(stream, done, steps * config.accum_steps)
+        batches = itertools.islice(stream, done, steps * config.accum_steps)
+        if train_set.batch_augment is None:
+            return batches
+        key = (config.seed, epoch, processes.rank)
+        return augment_stream(batches, train_set.batch_augment, key=key, device=device, first=done)
     order = epoch_order(len(train_set), config.seed, epoch)
     usable = steps * config.global_batch(processes.world_size)
     mine = distributed.rank_batches(order[images_done:usable], config.batch_size, processes)
