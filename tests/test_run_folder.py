@@ -18,5 +18,7 @@ def test_a_run_folder_says_its_data_and_figures(tmp_path):
 
 
 def test_default_run_folders_name_model_and_data():
-    name = default_run_dir(resolve_config(overrides={"model": "R50+B/16", "data": "digits"})).name
-    assert name.endswith("-R50-B-16-digits")
+    named = resolve_config(preset="deit", overrides={"model": "R50+B/16", "data": "digits"})
+    assert default_run_dir(named).name.endswith("-R50-B-16-digits")
+    # The demo preset's model_args change Ti/16 (7×7 patches, 6 blocks): not called Ti/16.
+    assert default_run_dir(resolve_config(preset="demo")).name.endswith("-custom-vit-mnist")

@@ -56,8 +56,8 @@ class TrainConfig:
     erase: float = _opt(0.0, "probability of blacking out one random box (a fiftieth to a third of the area) per image")
     batch_augment: bool | None = _opt(
         None,
-        "augment whole batches on the training device (default: on for in-memory data, off for files and shards, "
-        "which are augmented per image in the loader)",
+        "augment whole batches on the training device (default: on for in-memory data, --cache-decoded folders "
+        "and shards, whose workers then only decode; off for other files, augmented per image in the loader)",
     )
     mixup: float = _opt(0.0, "Mixup Beta(α, α) parameter; 0 = off", only="classify")
     cutmix: float = _opt(0.0, "CutMix Beta(α, α) parameter; 0 = off", only="classify")

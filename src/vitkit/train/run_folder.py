@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..models import ARCHITECTURE_FIELDS
 from .config import TrainConfig
 
 TRAIN_CONFIG_NAME = "train_config.json"
@@ -19,8 +20,11 @@ SUMMARY_NAME = "summary.json"
 
 
 def default_run_dir(config: TrainConfig) -> Path:
-    """``runs/<date>-<time>-<model>-<data>``."""
+    """``runs/<date>-<time>-<model>-<data>``; the model is ``custom-vit`` when ``model_args`` change
+    the named architecture, so the folder never carries a name its model does not have."""
     model = config.model.replace("/", "-").replace("+", "-")
+    if ARCHITECTURE_FIELDS & config.model_args.keys():
+        model = "custom-vit"
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}-{config.data.split('/')[-1] or 'data'}"
 
 
