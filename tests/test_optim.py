@@ -1,12 +1,15 @@
-"""Which parameters decay: each module says what it exempts (timm's no_weight_decay convention)."""
+"""Which parameters decay (each module says what it exempts: timm's no_weight_decay convention),
+and layer-wise learning-rate decay built on the model's group_matcher."""
 
 import pytest
 import timm.optim
-from conftest import tiny_vit
+from conftest import digits_config, tiny_vit
 from torch import nn
 
 from vitkit.pretrain import MaskedAutoencoder, MaskedPatchPrediction
-from vitkit.train.optim import param_groups
+from vitkit.train import ConfigError, train
+from vitkit.train.optim import build_optimizer, param_groups
+from vitkit.train.run import build_model
 
 
 def _names(model, group):
@@ -41,3 +44,31 @@ def test_timms_optimiser_factory_reads_the_same_exemptions():
     optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05)
     exempt = {n for g in optimizer.param_groups if g["weight_decay"] == 0.0 for n in _names(model, g)}
     assert {"cls_token", "pos_embed.weight"} <= exempt
+
+
+def test_layer_decay_scales_each_depth_as_timm_does():
+    model = tiny_vit(depth=4)
+    ours = param_groups(model, 0.05, layer_decay=0.75)
+    peer = timm.optim.param_groups_layer_decay(
+        model, weight_decay=0.05, layer_decay=0.75, no_weight_decay_list=model.no_weight_decay()
+    )
+
+    def scale_of(groups):
+        return {id(p): (round(g["lr_scale"], 9), g["weight_decay"]) for g in groups for p in g["params"]}
+
+    assert scale_of(ours) == scale_of(peer)
+    names = {id(p): n for n, p in model.named_parameters()}
+    first = {names[id(p)] for p in ours[0]["params"]} | {names[id(p)] for p in ours[1]["params"]}
+    assert ours[0]["lr_scale"] == 1.0 and first == {"head.weight", "head.bias"}  # the top layer first
+    assert scale_of(ours)[id(model.cls_token)] == (round(0.75**5, 9), 0.0)  # the stem, 5 layers down
+
+
+def test_layer_decay_sets_each_groups_learning_rate_and_needs_a_vit(tmp_path):
+    config = digits_config(tmp_path, layer_decay=0.5, epochs=1)
+    model = build_model(config, num_classes=10, in_chans=1)
+    optimizer = build_optimizer(model, config)
+    lrs = sorted({round(g["lr"] / config.lr, 9) for g in optimizer.param_groups}, reverse=True)
+    assert lrs == [1.0, 0.5, 0.25, 0.125]  # head, block 1 + final norm, block 0, stem (TINY has 2 blocks)
+    assert train(config, progress=False).final_top1 > 0.2
+    with pytest.raises(ConfigError, match="--layer-decay needs a model that says its layers"):
+        param_groups(MaskedAutoencoder(tiny_vit(), decoder_dim=16, decoder_depth=1, decoder_heads=2), 0.05, 0.75)

@@ -47,6 +47,7 @@ from .timm import (
     is_timm_config,
     is_timm_state,
     preprocessing_from_timm,
+    timm_data_config,
     timm_to_vitkit,
 )
 
@@ -290,6 +291,7 @@ def load_model(
         warnings.warn(weights.note, stacklevel=2)
     model = VisionTransformer(weights.config)
     load_state_into(model, weights.state, source=weights.source)
+    model.pretrained_cfg = timm_data_config(weights.preprocessing)
     return LoadedModel(model.to(device).eval(), weights.preprocessing, weights.class_names)
 
 
@@ -316,7 +318,8 @@ def create_model(
         img_size: resolution (int or (height, width)); by default the pretrained weights' or the
             name's. Position embeddings are resampled to it (paper §3.2).
         in_chans: image channels (1 for grayscale); default 3.
-        **overrides: any other :class:`ViTConfig` field, e.g. ``pool="avg"``, ``drop_path=0.1``.
+        **overrides: any other :class:`ViTConfig` field, e.g. ``pool="avg"``, ``drop_path=0.1``;
+            timm's spellings work too (``global_pool``, ``drop_rate``, ``drop_path_rate``).
 
     Example:
         >>> model = create_model("vit_base_patch16_224", pretrained=True)  # doctest: +SKIP
@@ -324,6 +327,7 @@ def create_model(
     """
     if pretrained and weights is not None:
         raise ValueError("give pretrained= or weights=, not both")
+    overrides = _vitkit_spellings(overrides)
     sizes = {k: v for k, v in (("img_size", img_size), ("in_chans", in_chans)) if v is not None}
     if not pretrained:
         model = create_architecture(
@@ -337,4 +341,22 @@ def create_model(
     classes = source.config.num_classes if num_classes is None else num_classes
     model = VisionTransformer(source.config.replace(num_classes=classes, **sizes, **overrides))
     load_state_into(model, source.state, source=row.name)
+    model.pretrained_cfg = timm_data_config(source.preprocessing)
     return model
+
+
+#: timm's keyword arguments for what vitkit's ViTConfig names otherwise
+TIMM_SPELLINGS = {"global_pool": "pool", "drop_rate": "dropout", "drop_path_rate": "drop_path"}
+
+
+def _vitkit_spellings(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` with timm's argument names turned into vitkit's (both are accepted)."""
+    if overrides.pop("features_only", False):
+        raise ValueError(
+            "features_only=True is not supported yet; use model.forward_intermediates(x) for per-block features"
+        )
+    renamed = {TIMM_SPELLINGS.get(key, key): value for key, value in overrides.items()}
+    clashes = [key for key in TIMM_SPELLINGS if key in overrides and TIMM_SPELLINGS[key] in overrides]
+    if clashes:
+        raise ValueError(f"give {clashes[0]}= or {TIMM_SPELLINGS[clashes[0]]}=, not both")
+    return renamed

@@ -7,6 +7,7 @@ names inside the ResNet stem. Two explicit rule tables, one per direction.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import Tensor
@@ -117,6 +118,29 @@ def preprocessing_from_timm(document: dict[str, Any], config: ViTConfig) -> Prep
     if crop_mode != "center":
         raise ValueError(f"timm's crop_mode {crop_mode!r} is not one vitkit applies (center, squash)")
     return Preprocessing.centre_crop(config.img_size, config.in_chans, cfg.get("crop_pct", 0.875), **options)
+
+
+def timm_data_config(preprocessing: Preprocessing) -> dict[str, Any]:
+    """A :class:`Preprocessing` in timm's ``pretrained_cfg`` keys (the inverse of
+    :func:`preprocessing_from_timm`)."""
+    crop = preprocessing.resize_shorter
+    return {
+        "mean": preprocessing.mean,
+        "std": preprocessing.std,
+        "interpolation": preprocessing.interpolation,
+        "crop_pct": _crop_pct(min(preprocessing.img_size), crop) if crop else 1.0,
+        "crop_mode": "center" if crop else "squash",
+    }
+
+
+def _crop_pct(size: int, resize_shorter: int) -> float:
+    """The shortest decimal crop fraction that timm turns into this resize (``floor(size /
+    crop_pct)``): 0.9 rather than 224/248 = 0.9032…, as the weights' own configs write it."""
+    for digits in range(1, 7):
+        fraction = round(size / resize_shorter, digits)
+        if fraction > 0 and math.floor(size / fraction) == resize_shorter:
+            return fraction
+    return size / resize_shorter
 
 
 def class_names_from_timm(document: dict[str, Any]) -> list[str] | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -200,13 +201,79 @@ class VisionTransformer(nn.Module):
         self.head = self._new_head(config.num_classes)
         #: recompute each block's activations in the backward pass instead of storing them
         self.grad_checkpointing = False
+        #: mean, std, interpolation, crop_pct and crop_mode of the model's inputs (see pretrained_cfg)
+        self.data_config: dict[str, Any] = {
+            "mean": (0.5,) * config.in_chans,
+            "std": (0.5,) * config.in_chans,
+            "interpolation": "bilinear",
+            "crop_pct": 1.0,
+            "crop_mode": "center",
+        }
         self.init_weights()
 
     # ----------------------------------------------------------------- construction
+    # timm's model contract: the attributes its tools (optimiser factory, data config, feature
+    # extraction) read. They are views of ``config``, the one place these facts are kept.
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
     @property
     def num_features(self) -> int:
+        """Width of the tokens ``forward_features`` returns (D), as in timm."""
+        return self.config.embed_dim
+
+    @property
+    def head_hidden_size(self) -> int:
         """Width of what the classifier sees: ``representation_size`` or D."""
         return self.config.representation_size or self.config.embed_dim
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.config.num_prefix_tokens
+
+    @property
+    def global_pool(self) -> str:
+        """ "token" (the class token) or "avg" (the patch tokens' mean): timm's names for them."""
+        return self.config.pool
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """How images must be prepared for this model, in timm's keys (what timm's
+        ``resolve_model_data_config`` reads): vitkit's own inputs by default (scaled to [-1, 1],
+        bilinear resize, no crop margin), or the preprocessing of the weights it was loaded with."""
+        return {
+            "input_size": (self.config.in_chans, *self.config.img_size),
+            "num_classes": self.config.num_classes,
+            "first_conv": "patch_embed.proj",
+            "classifier": "head",
+            **self.data_config,
+        }
+
+    @pretrained_cfg.setter
+    def pretrained_cfg(self, cfg: dict[str, Any]) -> None:
+        self.data_config = {k: cfg[k] for k in ("mean", "std", "interpolation", "crop_pct", "crop_mode") if k in cfg}
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """timm's older name for :attr:`pretrained_cfg`."""
+        return self.pretrained_cfg
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups by depth, in timm's form (regular expressions over parameter names):
+        the embeddings first, then one group per block, then the final norm (layer-wise
+        learning-rate decay builds on this; ``coarse`` is accepted for timm and changes nothing)."""
+        return {
+            "stem": r"^cls_token|^pos_embed|^patch_embed",
+            "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+        }
 
     def _num_tokens(self, grid: Grid) -> int:
         return self.config.num_prefix_tokens + grid[0] * grid[1]
@@ -214,7 +281,7 @@ class VisionTransformer(nn.Module):
     def _new_head(self, num_classes: int) -> nn.Module:
         if num_classes == 0:
             return nn.Identity()
-        head = nn.Linear(self.num_features, num_classes)
+        head = nn.Linear(self.head_hidden_size, num_classes)
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
         return head
@@ -247,10 +314,15 @@ class VisionTransformer(nn.Module):
         names |= {name for name, _ in self.named_parameters() if ".rel_pos." in name}
         return names | ({"cls_token"} if self.cls_token is not None else set())
 
-    def reset_classifier(self, num_classes: int, *, keep_pre_logits: bool = False) -> None:
+    def reset_classifier(
+        self, num_classes: int, global_pool: str | None = None, *, keep_pre_logits: bool = False
+    ) -> None:
         """Replace the head by a zero-initialised linear layer for ``num_classes`` (the paper's
         fine-tuning head). The pre-training MLP head's hidden layer goes too, unless
-        ``keep_pre_logits``. ``num_classes=0`` leaves no classifier (the model returns features)."""
+        ``keep_pre_logits``. ``num_classes=0`` leaves no classifier (the model returns features).
+        ``global_pool`` ("token" or "avg", timm's argument) changes the pooling as well."""
+        if global_pool is not None:
+            self.config = self.config.replace(pool=global_pool)
         if not keep_pre_logits and self.config.representation_size:
             self.pre_logits = nn.Identity()
             self.config = self.config.replace(representation_size=None)
@@ -346,7 +418,7 @@ class VisionTransformer(nn.Module):
 
     def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
         """Normalised tokens → logits ``(B, num_classes)``, or with ``pre_logits`` the pooled
-        representation ``(B, num_features)`` the classifier would see."""
+        representation ``(B, head_hidden_size)`` the classifier would see."""
         x = self.pre_logits(self.pool(features))
         return x if pre_logits else self.head(x)
 

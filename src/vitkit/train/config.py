@@ -81,6 +81,11 @@ class TrainConfig:
     lr_batch_base: int | None = _opt(
         None, "if set, the learning rate is lr × global batch / lr_batch_base (the linear scaling rule, as DeiT)"
     )
+    layer_decay: float | None = _opt(
+        None,
+        "layer-wise learning-rate decay for fine-tuning, e.g. 0.75: the last block trains at 0.75 × lr, the one "
+        "below at 0.75² × lr, ..., the embeddings slowest; the head at lr (BEiT, MAE)",
+    )
     weight_decay: float = _opt(0.05, "decoupled weight decay (never on biases, norms, tokens, position embeddings)")
     betas: list[float] = _opt([0.9, 0.999], "Adam β1 β2", nargs=2)
     momentum: float = _opt(0.9, "SGD momentum")
@@ -182,6 +187,7 @@ class TrainConfig:
         need(0 <= self.label_smoothing < 1, "label_smoothing", "is in [0, 1)")
         need(self.mixup >= 0 and self.cutmix >= 0, "mixup" if self.mixup < 0 else "cutmix", "must be >= 0 (0 = off)")
         need(0 <= self.ema < 1, "ema", "is a decay in [0, 1) (0 = off)")
+        need(self.layer_decay is None or 0 < self.layer_decay <= 1, "layer_decay", "is a factor in (0, 1]")
         need(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = no clipping)")
         need(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
         need(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps", "must be >= 0")

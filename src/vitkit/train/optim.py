@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -10,31 +12,66 @@ from torch import nn
 from .config import ConfigError, TrainConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: matrices and conv kernels decay; vectors (biases, norms) and what each module
-    lists in its ``no_weight_decay()`` (timm's convention: class and [mask] tokens, position
-    embeddings) do not."""
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+    """Matrices and conv kernels decay; vectors (biases, norms) and what each module lists in its
+    ``no_weight_decay()`` (timm's convention: class and [mask] tokens, position embeddings) do
+    not. With ``layer_decay`` (layer-wise learning-rate decay, as BEiT and MAE fine-tune), each
+    depth of the model's ``group_matcher()`` gets its own groups with ``lr_scale`` =
+    layer_decay^(distance from the top): the embeddings the smallest, the last block and final
+    norm ``layer_decay``, the head 1, as timm groups them. Groups come top layer first."""
     exempt = {
         f"{prefix}.{name}" if prefix else name
         for prefix, module in model.named_modules()
         if callable(getattr(module, "no_weight_decay", None))
         for name in module.no_weight_decay()
     }
-    decay, no_decay = [], []
+    if layer_decay is not None and not callable(getattr(model, "group_matcher", None)):
+        raise ConfigError("--layer-decay needs a model that says its layers (group_matcher): use it to fine-tune a ViT")
+    depth_of = _depths(model) if layer_decay is not None else lambda name: 0
+    groups: dict[tuple[int, bool], dict] = {}
     for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 or name in exempt else decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        if not param.requires_grad:
+            continue
+        decays = not (param.ndim <= 1 or name in exempt)
+        key = (depth_of(name), decays)
+        if key not in groups:
+            groups[key] = {"params": [], "weight_decay": weight_decay if decays else 0.0}
+        groups[key]["params"].append(param)
+    if layer_decay is not None:
+        top = max(depth for depth, _ in groups)
+        for (depth, _), group in groups.items():
+            group["lr_scale"] = layer_decay ** (top - depth)
+    return [groups[key] for key in sorted(groups, key=lambda k: (-k[0], not k[1]))]
+
+
+def _depths(model: nn.Module) -> Callable[[str], int]:
+    """Parameter name → depth, from the model's ``group_matcher()`` as timm reads it: 0 for the
+    stem, i + 1 for block i; what the matcher places after the blocks (the final norm) goes with
+    the last block, and the rest (head) one above."""
+    matcher = model.group_matcher()
+    stem = re.compile(matcher["stem"])
+    blocks = [(re.compile(pattern), fixed) for pattern, fixed in matcher["blocks"]]
+    depth_count = len(model.blocks)
+
+    def depth(name: str) -> int:
+        if stem.match(name):
+            return 0
+        for pattern, fixed in blocks:
+            found = pattern.match(name)
+            if found:
+                return int(found.group(1)) + 1 if fixed is None else depth_count
+        return depth_count + 1
+
+    return depth
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig, processes: int = 1) -> torch.optim.Optimizer:
     """AdamW / Adam / SGD with decoupled (AdamW) or L2 (Adam, SGD) weight decay on the decaying
     group only, using PyTorch's foreach implementations; ``processes`` counts in the global batch."""
-    groups = param_groups(model, config.weight_decay)
+    groups = param_groups(model, config.weight_decay, config.layer_decay)
     lr = config.peak_lr(processes)
+    for group in groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(config.betas), foreach=True)
     if config.optimizer == "adam":

@@ -1,0 +1,71 @@
+"""vitkit's ViT keeps timm's model contract, so timm's own tools work on it unchanged:
+attributes, create_model's keyword arguments, reset_classifier, the optimiser factory with
+layer-wise decay, and the data config."""
+
+from collections import Counter
+
+import pytest
+import timm
+import torch
+from timm.data import resolve_model_data_config
+from timm.models import save_for_hf
+from timm.optim import create_optimizer_v2
+
+import vitkit
+
+ATTRIBUTES = ("num_classes", "embed_dim", "num_features", "head_hidden_size", "num_prefix_tokens", "global_pool")
+
+
+@pytest.mark.parametrize("pool", ["token", "avg"])
+def test_the_attributes_timms_tools_read_have_timms_values(pool):
+    ours = vitkit.create_model("vit_tiny_patch16_224", pretrained=False, global_pool=pool, num_classes=7)
+    peer = timm.create_model("vit_tiny_patch16_224", pretrained=False, global_pool=pool, num_classes=7)
+    assert {a: getattr(ours, a) for a in ATTRIBUTES} == {a: getattr(peer, a) for a in ATTRIBUTES}
+    assert ours.get_classifier().out_features == peer.get_classifier().out_features == 7
+
+
+def test_create_model_takes_timms_keyword_arguments():
+    model = vitkit.create_model("vit_tiny_patch16_224", pretrained=False, drop_rate=0.1, drop_path_rate=0.2)
+    assert (model.config.dropout, model.config.drop_path) == (0.1, 0.2)
+    with pytest.raises(ValueError, match="give drop_rate= or dropout=, not both"):
+        vitkit.create_model("vit_tiny_patch16_224", drop_rate=0.1, dropout=0.2)
+    with pytest.raises(ValueError, match=r"features_only=True is not supported yet.*forward_intermediates"):
+        vitkit.create_model("vit_tiny_patch16_224", features_only=True)
+
+
+def test_reset_classifier_takes_timms_arguments():
+    model = vitkit.create_model("vit_tiny_patch16_224")
+    model.reset_classifier(5, "avg")
+    assert model.global_pool == "avg" and model.num_classes == 5
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        torch.testing.assert_close(model.forward_head(features, pre_logits=True), features[:, 1:].mean(1))
+        assert model(x).shape == (2, 5)
+
+
+def test_timms_optimiser_factory_builds_the_same_layer_decay_groups():
+    def groups(model):
+        optimizer = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.75)
+        return Counter((round(g["lr_scale"], 6), g["weight_decay"], len(g["params"])) for g in optimizer.param_groups)
+
+    ours = vitkit.create_model("vit_small_patch16_224", num_classes=10)
+    peer = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=10)
+    assert groups(ours) == groups(peer)
+    assert len(create_optimizer_v2(ours, "adamw", layer_decay=0.75).param_groups) == 28
+
+
+def test_timms_data_config_sees_vitkits_inputs_and_the_weights_own(tmp_path):
+    scratch = vitkit.create_model("S/16", img_size=32, patch_size=4, in_chans=1)
+    assert resolve_model_data_config(scratch) == {
+        "input_size": (1, 32, 32),
+        "interpolation": "bilinear",
+        "mean": (0.5,),
+        "std": (0.5,),
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+    }
+    peer = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    save_for_hf(peer, str(tmp_path / "repo"), safe_serialization=True)
+    loaded = vitkit.load_model(tmp_path / "repo").model
+    assert resolve_model_data_config(loaded) == resolve_model_data_config(peer)
