@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 import timm
 import torch
+from safetensors.torch import save_file
 from timm.data import resolve_model_data_config
 from timm.models import save_for_hf
 from timm.optim import create_optimizer_v2
@@ -29,8 +30,6 @@ def test_create_model_takes_timms_keyword_arguments():
     assert (model.config.dropout, model.config.drop_path) == (0.1, 0.2)
     with pytest.raises(ValueError, match="give drop_rate= or dropout=, not both"):
         vitkit.create_model("vit_tiny_patch16_224", drop_rate=0.1, dropout=0.2)
-    with pytest.raises(ValueError, match=r"features_only=True is not supported yet.*forward_intermediates"):
-        vitkit.create_model("vit_tiny_patch16_224", features_only=True)
 
 
 def test_reset_classifier_takes_timms_arguments():
@@ -69,3 +68,30 @@ def test_timms_data_config_sees_vitkits_inputs_and_the_weights_own(tmp_path):
     save_for_hf(peer, str(tmp_path / "repo"), safe_serialization=True)
     loaded = vitkit.load_model(tmp_path / "repo").model
     assert resolve_model_data_config(loaded) == resolve_model_data_config(peer)
+
+
+@pytest.mark.parametrize("out_indices", [3, (2, 5)])
+def test_features_only_gives_timms_feature_maps(out_indices):
+    ours = vitkit.create_model("vit_tiny_patch16_224", features_only=True, out_indices=out_indices)
+    peer = timm.create_model("vit_tiny_patch16_224", pretrained=False, features_only=True, out_indices=out_indices)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert [m.shape for m in ours(x)] == [m.shape for m in peer(x)]
+    assert ours.feature_info.channels() == peer.feature_info.channels()
+    assert ours.feature_info.reduction() == peer.feature_info.reduction()
+    assert ours.feature_info.module_name() == peer.feature_info.module_name()
+    assert len(ours.model.blocks) == max(ours.out_indices) + 1  # nothing computed past the last map
+
+
+def test_features_only_maps_equal_timms_for_the_same_weights(tmp_path):
+    peer = timm.create_model("vit_tiny_patch16_224", pretrained=False).eval()
+    save_file(peer.state_dict(), str(tmp_path / "timm.safetensors"))
+    ours = vitkit.create_model("vit_tiny_patch16_224", features_only=True, out_indices=(1, 11)).eval()
+    vitkit.load_weights(ours.model, tmp_path / "timm.safetensors")
+    peer_maps = timm.create_model("vit_tiny_patch16_224", pretrained=False, features_only=True, out_indices=(1, 11))
+    missing, _ = peer_maps.model.load_state_dict(peer.state_dict(), strict=False)
+    assert not missing
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        for a, b in zip(ours(x), peer_maps.eval()(x), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

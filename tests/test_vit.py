@@ -173,16 +173,41 @@ def test_reset_classifier_gives_a_zero_head_and_drops_the_pretraining_layer():
 
 
 def test_forward_intermediates():
+    """timm's contract: (final, outputs) or the outputs alone; maps (NCHW) or patch tokens (NLC),
+    prefix tokens apart."""
     model = tiny_vit(depth=4).eval()
     x = images()
-    outs = model.forward_intermediates(x)
-    assert len(outs) == 4 and all(o.shape == (2, 65, 32) for o in outs)
-    torch.testing.assert_close(model.forward_intermediates(x, [-1], norm=True)[0], model.forward_features(x))
-    maps = model.forward_intermediates(x, 2, as_maps=True)
-    assert len(maps) == 2 and maps[0].shape == (2, 32, 8, 8)
-    torch.testing.assert_close(maps[1].flatten(2).transpose(1, 2), outs[3][:, 1:])
+    final, maps = model.forward_intermediates(x)
+    torch.testing.assert_close(final, model.forward_features(x))
+    assert len(maps) == 4 and all(m.shape == (2, 32, 8, 8) for m in maps)
+    tokens = model.forward_intermediates(x, [-1], norm=True, output_fmt="NLC", intermediates_only=True)
+    torch.testing.assert_close(tokens[0], model.forward_features(x)[:, 1:])
+    last_two = model.forward_intermediates(x, 2, intermediates_only=True)
+    assert len(last_two) == 2
+    torch.testing.assert_close(last_two[1], maps[3])
+    torch.testing.assert_close(
+        maps[1].flatten(2).transpose(1, 2),
+        model.forward_intermediates(x, [1], output_fmt="NLC", intermediates_only=True)[0],
+    )
+    (pair,) = model.forward_intermediates(x, [0], return_prefix_tokens=True, intermediates_only=True)
+    assert pair[0].shape == (2, 32, 8, 8) and pair[1].shape == (2, 1, 32)
+    early, _ = model.forward_intermediates(x, [1], stop_early=True)
+    torch.testing.assert_close(early, model.norm(model.blocks[1](model.blocks[0](model._embed(x)))))
     with pytest.raises(ValueError, match="block index 4 is out of range"):
         model.forward_intermediates(x, [4])
+    with pytest.raises(ValueError, match="output_fmt is 'NCHW' or 'NLC'"):
+        model.forward_intermediates(x, output_fmt="NHWC")
+
+
+def test_pruned_to_what_the_intermediates_need():
+    model = tiny_vit(depth=4).eval()
+    x = images()
+    wanted = model.forward_intermediates(x, [1], intermediates_only=True)
+    assert model.prune_intermediate_layers([1], prune_norm=True) == [1]
+    assert len(model.blocks) == 2 and model.num_classes == 0 and isinstance(model.norm, torch.nn.Identity)
+    torch.testing.assert_close(model.forward_intermediates(x, [1], intermediates_only=True), wanted)
+    assert [f["module"] for f in model.feature_info] == ["blocks.0", "blocks.1"]
+    assert model.feature_info[0]["num_chs"] == 32 and model.feature_info[0]["reduction"] == 4
 
 
 def test_attention_maps_for_every_block():
@@ -222,7 +247,7 @@ def test_dynamic_padding_accepts_any_size():
     x = images(size=30)
     padded = torch.nn.functional.pad(x, (0, 2, 0, 2))
     torch.testing.assert_close(model(x), model(padded))
-    assert model.forward_intermediates(x, 1, as_maps=True)[0].shape == (2, 32, 8, 8)
+    assert model.forward_intermediates(x, 1, intermediates_only=True)[0].shape == (2, 32, 8, 8)
 
 
 def test_grayscale_input():

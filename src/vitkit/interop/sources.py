@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 from torch import Tensor
 
 from ..data.transforms import Preprocessing, eval_transform
-from ..models import VisionTransformer, ViTConfig, get_config
+from ..models import FeatureMaps, VisionTransformer, ViTConfig, get_config
 from ..models import create_model as create_architecture
 from .adapt import LoadReport, load_state_into
 from .download import fetch_google_file
@@ -304,7 +304,7 @@ def create_model(
     img_size: int | tuple[int, int] | None = None,
     in_chans: int | None = None,
     **overrides: Any,
-) -> VisionTransformer:
+) -> VisionTransformer | FeatureMaps:
     """Build a registered ViT: initialised as the JAX reference does, or from pretrained weights.
 
     Args:
@@ -319,7 +319,9 @@ def create_model(
             name's. Position embeddings are resampled to it (paper §3.2).
         in_chans: image channels (1 for grayscale); default 3.
         **overrides: any other :class:`ViTConfig` field, e.g. ``pool="avg"``, ``drop_path=0.1``;
-            timm's spellings work too (``global_pool``, ``drop_rate``, ``drop_path_rate``).
+            timm's spellings work too (``global_pool``, ``drop_rate``, ``drop_path_rate``), and
+            ``features_only=True`` (with ``out_indices``, default the last 3 blocks) returns a
+            :class:`FeatureMaps` of per-block feature maps, as timm's does.
 
     Example:
         >>> model = create_model("vit_base_patch16_224", pretrained=True)  # doctest: +SKIP
@@ -327,7 +329,20 @@ def create_model(
     """
     if pretrained and weights is not None:
         raise ValueError("give pretrained= or weights=, not both")
-    overrides = _vitkit_spellings(overrides)
+    features_only, out_indices = overrides.pop("features_only", False), overrides.pop("out_indices", 3)
+    model = _create_model(name, pretrained, weights, num_classes, img_size, in_chans, _vitkit_spellings(overrides))
+    return FeatureMaps(model, out_indices) if features_only else model
+
+
+def _create_model(
+    name: str,
+    pretrained: bool | str,
+    weights: str | Path | None,
+    num_classes: int | None,
+    img_size: int | tuple[int, int] | None,
+    in_chans: int | None,
+    overrides: dict[str, Any],
+) -> VisionTransformer:
     sizes = {k: v for k, v in (("img_size", img_size), ("in_chans", in_chans)) if v is not None}
     if not pretrained:
         model = create_architecture(
@@ -351,10 +366,6 @@ TIMM_SPELLINGS = {"global_pool": "pool", "drop_rate": "dropout", "drop_path_rate
 
 def _vitkit_spellings(overrides: dict[str, Any]) -> dict[str, Any]:
     """``overrides`` with timm's argument names turned into vitkit's (both are accepted)."""
-    if overrides.pop("features_only", False):
-        raise ValueError(
-            "features_only=True is not supported yet; use model.forward_intermediates(x) for per-block features"
-        )
     renamed = {TIMM_SPELLINGS.get(key, key): value for key, value in overrides.items()}
     clashes = [key for key in TIMM_SPELLINGS if key in overrides and TIMM_SPELLINGS[key] in overrides]
     if clashes:

@@ -3,10 +3,11 @@
 from .config import ARCHITECTURE_FIELDS, ViTConfig
 from .embed import resample_pos_embed
 from .registry import create_model, get_config, list_models
-from .vit import VisionTransformer
+from .vit import FeatureMaps, VisionTransformer
 
 __all__ = [
     "ARCHITECTURE_FIELDS",
+    "FeatureMaps",
     "ViTConfig",
     "VisionTransformer",
     "create_model",

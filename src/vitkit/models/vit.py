@@ -426,6 +426,8 @@ class VisionTransformer(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def _block_indices(self, indices: int | Sequence[int] | None) -> list[int]:
+        """timm's rule: None for every block, an int ``n`` for the last ``n``, or indices
+        (negative ones count from the end)."""
         depth = len(self.blocks)
         if indices is None:
             return list(range(depth))
@@ -440,37 +442,76 @@ class VisionTransformer(nn.Module):
             resolved.append(index % depth)
         return resolved
 
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """Each block as a feature source, in timm's form: module name, channels, stride."""
+        stride = self.config.stride
+        return [
+            {"module": f"blocks.{i}", "num_chs": self.config.embed_dim, "reduction": stride}
+            for i in range(len(self.blocks))
+        ]
+
     def forward_intermediates(
         self,
         x: Tensor,
         indices: int | Sequence[int] | None = None,
-        *,
-        as_maps: bool = False,
+        return_prefix_tokens: bool = False,
         norm: bool = False,
-    ) -> list[Tensor]:
-        """Outputs of chosen blocks, for dense tasks and probing.
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Any] | tuple[Tensor, list[Any]]:
+        """Outputs of chosen blocks, for dense tasks and probing, with timm's contract.
 
         Args:
             x: images ``(B, C, H, W)``.
             indices: block indices (negative counts from the end), an int ``n`` for the last
                 ``n`` blocks, or None for all.
-            as_maps: return patch tokens as feature maps ``(B, D, H/P, W/P)`` (prefix tokens
-                dropped) instead of token sequences ``(B, prefix + N, D)``.
+            return_prefix_tokens: pair each output with its prefix (class) tokens ``(B, prefix, D)``.
             norm: apply the final LayerNorm to each output.
+            stop_early: run no block after the last one asked for (the final output is then
+                that block's, normalised).
+            output_fmt: "NCHW" for feature maps ``(B, D, H/P, W/P)``, "NLC" for patch tokens
+                ``(B, N, D)``; prefix tokens are left out of both.
+            intermediates_only: return only the list of outputs.
+
+        Returns:
+            ``(final, outputs)``: ``forward_features``' result and the list, or the list alone.
         """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt is 'NCHW' or 'NLC', got {output_fmt!r}")
         wanted = self._block_indices(indices)
         height, width = x.shape[-2:]
         x = self._embed(x)
         grid = (math.ceil(height / self.config.stride), math.ceil(width / self.config.stride))
-        outputs: dict[int, Tensor] = {}
-        for index, block in enumerate(self.blocks[: max(wanted) + 1]):
+        prefix = self.config.num_prefix_tokens
+        blocks = self.blocks[: max(wanted) + 1] if stop_early or intermediates_only else self.blocks
+        outputs: dict[int, Any] = {}
+        for index, block in enumerate(blocks):
             x = block(x)
             if index in wanted:
                 out = self.norm(x) if norm else x
-                if as_maps:
-                    out = out[:, self.config.num_prefix_tokens :].transpose(1, 2).reshape(out.shape[0], -1, *grid)
-                outputs[index] = out
-        return [outputs[i] for i in wanted]
+                patches = out[:, prefix:]
+                if output_fmt == "NCHW":
+                    patches = patches.transpose(1, 2).reshape(out.shape[0], -1, *grid)
+                outputs[index] = (patches, out[:, :prefix]) if return_prefix_tokens and prefix else patches
+        intermediates = [outputs[i] for i in wanted]
+        return intermediates if intermediates_only else (self.norm(x), intermediates)
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the blocks after the last of ``indices`` (and the final norm and the head, if
+        asked) from a model used only for :meth:`forward_intermediates`. Returns the block
+        indices kept for it."""
+        wanted = self._block_indices(indices)
+        self.blocks = self.blocks[: max(wanted) + 1]
+        self.config = self.config.replace(depth=len(self.blocks))
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return wanted
 
     def attention_maps(self, x: Tensor) -> list[Tensor]:
         """Softmax attention weights of every block, each ``(B, heads, T, T)``, computed on the
@@ -481,3 +522,32 @@ class VisionTransformer(nn.Module):
             x, weights = block(x, return_attention=True)
             maps.append(weights)
         return maps
+
+
+class FeatureInfo(list):
+    """The feature sources of a :class:`FeatureMaps`: dicts of module name, channels and stride,
+    with timm's accessors."""
+
+    def channels(self) -> list[int]:
+        return [info["num_chs"] for info in self]
+
+    def reduction(self) -> list[int]:
+        return [info["reduction"] for info in self]
+
+    def module_name(self) -> list[str]:
+        return [info["module"] for info in self]
+
+
+class FeatureMaps(nn.Module):
+    """A ViT as a feature extractor (timm's ``features_only=True``): ``forward(x)`` returns the
+    outputs of the blocks at ``out_indices`` (an int ``n``: the last ``n``) as feature maps
+    ``(B, D, H/P, W/P)``. The blocks after the last one asked for, and the head, are dropped."""
+
+    def __init__(self, model: VisionTransformer, out_indices: int | Sequence[int] = 3) -> None:
+        super().__init__()
+        self.model = model
+        self.out_indices = model.prune_intermediate_layers(out_indices)
+        self.feature_info = FeatureInfo(model.feature_info[i] for i in self.out_indices)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return self.model.forward_intermediates(x, self.out_indices, intermediates_only=True)
