@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from timm.data import resolve_model_data_config
 from timm.models import save_for_hf
 from timm.optim import create_optimizer_v2
+from torchvision.models.feature_extraction import create_feature_extractor
 
 import vitkit
 
@@ -95,3 +96,17 @@ def test_features_only_maps_equal_timms_for_the_same_weights(tmp_path):
     with torch.no_grad():
         for a, b in zip(ours(x), peer_maps.eval()(x), strict=True):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_torchvisions_feature_extractor_traces_the_model():
+    """FX tracing: torchvision's create_feature_extractor needs a graph without Python branches on tensors."""
+    model = vitkit.create_model("vit_tiny_patch16_224").eval()
+    extractor = create_feature_extractor(model, return_nodes={"blocks.5": "block5", "norm": "tokens", "head": "logits"})
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        out = extractor(x)
+        assert out["block5"].shape == (2, 197, 192)
+        torch.testing.assert_close(out["tokens"], model.forward_features(x))
+        torch.testing.assert_close(out["logits"], model(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the traced graph still picks the kernel per dtype
+            torch.testing.assert_close(extractor(x)["logits"].float(), model(x).float())

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.utils.checkpoint import checkpoint
 
 from .config import ViTConfig, to_pair
@@ -76,16 +77,29 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         bias = self.rel_pos(q) if self.rel_pos is not None else None
         dropout_p = self.attn_dropout if self.training else 0.0
-        if return_attention or _math_attention_is_faster(q):
-            logits = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5
-            if bias is not None:
-                logits = logits + bias
-            weights = logits.softmax(dim=-1)
+        if return_attention:
+            weights = _attention_weights(q, k, bias, self.head_dim**-0.5)
             x = F.dropout(weights, dropout_p, self.training) @ v
         else:
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+            x = _attention(q, k, v, bias, dropout_p)
         x = self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, D)))
         return (x, weights) if return_attention else x
+
+
+def _attention_weights(q: Tensor, k: Tensor, bias: Tensor | None, scale: float) -> Tensor:
+    logits = (q @ k.transpose(-2, -1)) * scale
+    if bias is not None:
+        logits = logits + bias
+    return logits.softmax(dim=-1)
+
+
+@torch.fx.wrap  # one call in an FX graph: the kernel choice below is made on real tensors
+def _attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, dropout_p: float) -> Tensor:
+    """softmax(q kᵀ / √d + bias) v, with the kernel measured fastest for the device and dtype."""
+    if _math_attention_is_faster(q):
+        weights = _attention_weights(q, k, bias, q.shape[-1] ** -0.5)
+        return F.dropout(weights, dropout_p, dropout_p > 0) @ v
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
 
 
 def _math_attention_is_faster(q: Tensor) -> bool:
@@ -381,6 +395,9 @@ class VisionTransformer(nn.Module):
     def embed_patches(self, x: Tensor) -> tuple[Tensor, Grid]:
         """Images ``(B, C, H, W)`` → patch embeddings ``(B, N, D)`` (no class token, no
         positions) and the patch grid ``(rows, cols)``."""
+        if is_fx_symbolic_tracing():  # an FX graph has no Python checks, and the configured grid
+            patches, _ = self.patch_embed(x)
+            return patches, self.config.grid
         return self.patch_embed(self._check_input(x))
 
     def add_positions(self, patches: Tensor, grid: Grid) -> Tensor:
