@@ -71,10 +71,11 @@ def decode_once(config: TrainConfig, data: DataSplits, img_size: int, processes:
 def run_datasets(
     config: TrainConfig, data: DataSplits, img_size: int, processes: Processes
 ) -> tuple[Dataset | AugmentedBatches, Dataset]:
-    """Training and held-out sets with their transforms. In-memory training data is augmented
-    as whole batches (:class:`AugmentedBatches`) unless ``batch_augment`` is off; files and shard
-    streams per image in the loader (shards split between the processes). The held-out set is
-    preprocessed once when it is in memory."""
+    """Training and held-out sets with their transforms. In-memory data (built-in, or decoded
+    once) is augmented as whole batches (:class:`AugmentedBatches`), and so are shard streams,
+    whose loader workers then only decode at the training size; with ``batch_augment`` off, and
+    for image files, each image is augmented in the loader. Shards are split between the
+    processes. The held-out set is preprocessed once when it is in memory."""
     evaluation = eval_transform(img_size, data.in_chans)
     batched = config.batch_augment
     if batched is None:
