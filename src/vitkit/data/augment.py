@@ -135,7 +135,8 @@ class BatchAugment:
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         for k in range(params.ops.shape[1]):
             x = _colour(x, params.ops[:, k].to(x.device), params.signs[:, k].to(x.device), self.magnitude / 30.0)
-        x = _erase(x, params.erase.to(x.device))
+        if params.erase.any():  # the parameters live on the CPU: no wait for the device
+            x = _erase(x, params.erase.to(x.device))
         return (x - MEAN) / STD
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:

@@ -56,15 +56,14 @@ def decode_once(config: TrainConfig, data: DataSplits, img_size: int, processes:
         raise ConfigError("--cache-decoded is for image folders and CSVs; shards are streamed, not cached")
     if not isinstance(data.train, FileImageDataset):
         return data  # already in memory
-    splits = {}
-    for turn in ("main", "others"):
-        if (turn == "main") == processes.is_main:
-            splits = {
-                split: decoded(files, img_size, workers=config.workers, progress=processes.is_main)
-                for split, files in (("train", data.train), ("val", data.val))
-            }
-        if processes.distributed:
-            torch.distributed.barrier()
+    if processes.distributed and not processes.is_main:
+        torch.distributed.barrier()  # until rank 0 has written the cache
+    splits = {
+        split: decoded(files, img_size, workers=config.workers, progress=processes.is_main)
+        for split, files in (("train", data.train), ("val", data.val))
+    }
+    if processes.distributed and processes.is_main:
+        torch.distributed.barrier()
     return dataclasses.replace(data, **splits)
 
 
