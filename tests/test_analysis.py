@@ -100,9 +100,8 @@ def test_pos_embed_similarity_of_every_learned_kind():
     for kind in ("learn", "learn2d", "sincos2d"):
         model = tiny_vit(pos_embed=kind)
         if kind != "sincos2d":
-            torch.nn.init.normal_(model.pos_embed.weight if kind == "learn" else model.pos_embed.row)
-            if kind == "learn2d":
-                torch.nn.init.normal_(model.pos_embed.col)
+            for param in (model.pos_embed,) if kind == "learn" else (model.pos_embed2d.row, model.pos_embed2d.col):
+                torch.nn.init.normal_(param)
         similarity = analysis.pos_embed_similarity(model)
         assert similarity.shape == (8, 8, 8, 8)
         diagonal = similarity.reshape(64, 64).diagonal()

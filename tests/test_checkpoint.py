@@ -1,11 +1,18 @@
 """Checkpoints: one safetensors file that restores model, optimiser, schedule and random state."""
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import tiny_vit
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+import vitkit
+from vitkit.interop.keys import upgrade_vitkit_keys
+from vitkit.train import TrainConfig, resume_run, train
 from vitkit.train.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -53,3 +60,39 @@ def test_a_safetensors_file_that_is_not_a_checkpoint_is_refused(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     with pytest.raises(ValueError, match=r"junk\.safetensors is not a readable vitkit checkpoint"):
         load_checkpoint(tmp_path / "junk.safetensors", model=model, optimizer=optimizer, scheduler=scheduler, ema=ema)
+
+
+VITKIT_0_1 = Path(__file__).parent / "fixtures" / "vitkit-0.1"  # see make.py there
+
+
+def test_a_vitkit_0_1_run_resumes_exactly(tmp_path):
+    """A run stopped under vitkit 0.1 (optimiser state by position, ``pos_embed.weight``) continues
+    to the weights today's vitkit ends the uninterrupted run with, and to those of 0.1 but for
+    rounding (gradient clipping sums the parameters' norms in their new order)."""
+    stopped = tmp_path / "stopped"
+    shutil.copytree(VITKIT_0_1 / "stopped", stopped)
+    resume_run(stopped, progress=False)
+    resumed = load_file(str(stopped / "model.safetensors"))
+    config = json.loads((stopped / "train_config.json").read_text())
+    train(TrainConfig(**{**config, "out": str(tmp_path / "uninterrupted")}), progress=False)
+    uninterrupted = load_file(str(tmp_path / "uninterrupted" / "model.safetensors"))
+    finished = load_file(str(VITKIT_0_1 / "finished" / "model.safetensors"))
+    assert "pos_embed.weight" in finished and set(resumed) == set(uninterrupted) == set(upgrade_vitkit_keys(finished))
+    for key, value in upgrade_vitkit_keys(finished).items():
+        assert torch.equal(resumed[key], uninterrupted[key]), key
+        torch.testing.assert_close(resumed[key], value, rtol=0, atol=1e-5)
+
+
+def test_a_vitkit_0_1_model_folder_loads():
+    loaded = vitkit.load_model(VITKIT_0_1 / "finished")
+    stored = load_file(str(VITKIT_0_1 / "finished" / "model.safetensors"))["pos_embed.weight"]
+    assert torch.equal(loaded.model.pos_embed, stored)
+
+
+def test_optimiser_state_is_kept_by_parameter_name(tmp_path):
+    parts = _training_parts(0)
+    _step(*parts)
+    path = tmp_path / "checkpoint.safetensors"
+    save_checkpoint(path, model=parts[0], optimizer=parts[1], scheduler=parts[2], ema=None, progress={})
+    names = {key.split(".", 1)[1].rsplit(".", 1)[0] for key in load_file(str(path)) if key.startswith("optimizer.")}
+    assert names == {name for name, _ in parts[0].named_parameters()}

@@ -84,7 +84,7 @@ def test_timm_and_vitkit_give_the_same_logits_by_name_tag_and_hub_id(served):
 
 def test_fine_tuning_a_pretrained_model_resamples_and_replaces_the_head(served):
     model = vitkit.create_model("vit_tiny_patch16_224", pretrained=True, num_classes=10, img_size=384)
-    assert model.pos_embed.weight.shape == (1, 577, 192) and torch.count_nonzero(model.head.weight) == 0
+    assert model.pos_embed.shape == (1, 577, 192) and torch.count_nonzero(model.head.weight) == 0
 
 
 def test_a_transformers_repo_loads_with_its_labels_and_preprocessing(served):
@@ -197,7 +197,7 @@ def test_fine_tune_a_pretrained_model_on_a_folder_in_one_command(served, tmp_pat
     document = json.loads((tmp_path / "run" / "config.json").read_text())
     assert document["model_name"] == "vit_tiny_patch16_224 (fine-tuned)" and document["class_names"] == ["blue", "red"]
     tuned = vitkit.load_model(tmp_path / "run").model
-    assert tuned.config.embed_dim == 192 and tuned.pos_embed.weight.shape == (1, 5, 192)  # 2×2 patches + class
+    assert tuned.config.embed_dim == 192 and tuned.pos_embed.shape == (1, 5, 192)  # 2×2 patches + class
 
 
 def test_a_missing_image_is_reported_before_any_download(served, tmp_path, capsys):

@@ -2,6 +2,7 @@
 attributes, create_model's keyword arguments, reset_classifier, the optimiser factory with
 layer-wise decay, and the data config."""
 
+import warnings
 from collections import Counter
 
 import pytest
@@ -110,3 +111,69 @@ def test_torchvisions_feature_extractor_traces_the_model():
         torch.testing.assert_close(out["logits"], model(x))
         with torch.autocast("cpu", dtype=torch.bfloat16):  # the traced graph still picks the kernel per dtype
             torch.testing.assert_close(extractor(x)["logits"].float(), model(x).float())
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "vit_small_patch16_224"])
+def test_state_dicts_load_both_ways_with_a_plain_load_state_dict(name):
+    peer = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    ours = vitkit.create_model(name, num_classes=10).eval()
+    assert list(ours.state_dict()) == list(peer.state_dict())
+    ours.load_state_dict(peer.state_dict())  # strict: every key, every shape
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), peer(x), atol=1e-4, rtol=1e-4)
+        ours.init_weights()
+        torch.nn.init.normal_(ours.head.weight, std=0.02)
+        peer.load_state_dict(ours.state_dict())
+        torch.testing.assert_close(peer(x), ours(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["vit_small_patch16_224.augreg_in21k", "vit_small_patch16_224.dino"])
+def test_a_tag_without_pretrained_builds_the_tags_head_and_inputs_as_timm_does(name):
+    ours = vitkit.create_model(name, pretrained=False)
+    peer = timm.create_model(name, pretrained=False)
+    assert ours.num_classes == peer.num_classes
+    assert resolve_model_data_config(ours) == resolve_model_data_config(peer)
+    assert ours.pretrained_cfg["fixed_input_size"] and ours.in_chans == 3
+
+
+def test_device_and_dtype_place_the_model_and_a_new_head_follows_it():
+    model = vitkit.create_model("vit_tiny_patch16_224", device="meta", dtype=torch.float64).train()
+    model.reset_classifier(2)
+    assert {(p.device.type, p.dtype) for p in model.parameters()} == {("meta", torch.float64)}
+    assert model.head.training
+    with pytest.raises(TypeError, match="not_a_model_arg"):
+        vitkit.create_model("vit_tiny_patch16_224", device="meta", not_a_model_arg=1)
+
+
+@pytest.mark.parametrize("pos_embed", ["learn", "learn2d"])
+def test_frozen_parameters_stay_frozen_through_resizing_and_a_new_head(pos_embed):
+    model = vitkit.create_model("vit_tiny_patch16_224", pos_embed=pos_embed)
+    model.requires_grad_(False)
+    model.set_input_size(img_size=(448, 448))
+    model.reset_classifier(0)
+    assert model.config.img_size == (448, 448)
+    assert not [name for name, p in model.named_parameters() if p.requires_grad]
+    with pytest.raises(ValueError, match="cannot change the patch size"):
+        model.set_input_size(patch_size=8)
+
+
+def test_feature_maps_carry_the_models_input_config():
+    maps = vitkit.create_model("vit_tiny_patch16_224.augreg_in21k", features_only=True, feature_cls="getter")
+    assert maps.default_cfg == maps.pretrained_cfg == maps.model.pretrained_cfg
+    assert resolve_model_data_config(maps)["crop_pct"] == 0.9
+
+
+def test_torchscript_by_tracing_and_by_scripting_the_fx_graph():
+    """``torch.jit.script`` of the module itself is not supported (PyTorch deprecates it); a traced
+    module and a scripted FX graph compute the model's logits."""
+    model = vitkit.create_model("vit_tiny_patch16_224", img_size=64).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)  # no Python branch on traced values
+        warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit's deprecation notice
+        traced = torch.jit.trace(model, x)
+        scripted = torch.jit.script(torch.fx.symbolic_trace(model))
+        expected = model(x)
+        torch.testing.assert_close(traced(x), expected)
+        torch.testing.assert_close(scripted(x), expected)

@@ -80,13 +80,15 @@ def test_only_position_embeddings_make_the_model_see_patch_order(pos_embed):
 
 def test_learn_has_a_class_token_row():
     model = tiny_vit()
-    assert model.pos_embed.weight.shape == (1, 1 + 64, 32)
+    assert model.pos_embed.shape == (1, 1 + 64, 32)
+    assert model.pos_embed2d is None
 
 
 def test_learn2d_concatenates_row_and_column_embeddings():
     model = tiny_vit(pos_embed="learn2d")
     zeros = torch.zeros(1, 65, 32)
-    pos = model.pos_embed(zeros, (8, 8))[0]
+    assert model.pos_embed is None
+    pos = model.pos_embed2d(zeros, (8, 8))[0]
     assert torch.equal(pos[0], torch.zeros(32))  # the class token gets none
     grid = pos[1:].reshape(8, 8, 32)
     assert torch.equal(grid[3, 0, :16], grid[3, 7, :16])  # same row → same Y half
@@ -96,9 +98,9 @@ def test_learn2d_concatenates_row_and_column_embeddings():
 
 def test_sincos2d_is_fixed_and_not_saved():
     model = tiny_vit(pos_embed="sincos2d")
-    assert list(model.pos_embed.parameters()) == []
+    assert model.pos_embed is None and list(model.pos_embed2d.parameters()) == []
     assert not any("pos_embed" in k for k in model.state_dict())
-    table = model.pos_embed.table
+    table = model.pos_embed2d.table
     assert table.shape == (64, 32)
     assert len({tuple(row.tolist()) for row in table}) == 64  # every patch distinct
 
@@ -132,7 +134,7 @@ def test_initialisation_follows_the_jax_reference():
     model = vitkit.create_model("S/16", representation_size=384)
     assert torch.count_nonzero(model.head.weight) == 0 and torch.count_nonzero(model.head.bias) == 0
     assert torch.count_nonzero(model.cls_token) == 0
-    assert abs(model.pos_embed.weight.std().item() - 0.02) < 1e-3
+    assert abs(model.pos_embed.std().item() - 0.02) < 1e-3
     block = model.blocks[0]
     assert 0 < block.mlp.fc1.bias.abs().max() < 1e-4
     assert torch.count_nonzero(block.attn.qkv.bias) == 0
@@ -144,7 +146,7 @@ def test_initialisation_follows_the_jax_reference():
 def test_each_part_resets_its_own_parameters():
     model = vitkit.create_model("Ti/16", pos_embed="relative", img_size=32)
     block = model.blocks[0]
-    parts = (block.attn, block.mlp, block.attn.rel_pos, model.patch_embed, model.pos_embed)
+    parts = (block.attn, block.mlp, block.attn.rel_pos, model.patch_embed, tiny_vit(pos_embed="learn2d").pos_embed2d)
     for part in parts:
         for param in part.parameters():
             torch.nn.init.constant_(param, 7.0)
@@ -223,7 +225,7 @@ def test_set_image_size_resamples_and_matches_dynamic_size():
     fixed = tiny_vit().eval()
     fixed.load_state_dict(dynamic.state_dict())
     fixed.set_image_size(48)
-    assert fixed.pos_embed.weight.shape == (1, 1 + 144, 32)
+    assert fixed.pos_embed.shape == (1, 1 + 144, 32)
     assert fixed.config.img_size == (48, 48)
     torch.testing.assert_close(fixed(x), out_dynamic)
 
@@ -231,15 +233,15 @@ def test_set_image_size_resamples_and_matches_dynamic_size():
 def test_set_image_size_non_square():
     model = tiny_vit(pos_embed="learn2d")
     model.set_image_size((32, 48))
-    assert model.pos_embed.row.shape == (8, 16) and model.pos_embed.col.shape == (12, 16)
+    assert model.pos_embed2d.row.shape == (8, 16) and model.pos_embed2d.col.shape == (12, 16)
     assert model(torch.randn(2, 3, 32, 48)).shape == (2, 10)
 
 
 def test_set_image_size_to_the_same_size_changes_nothing():
     model = tiny_vit()
-    before = model.pos_embed.weight.detach().clone()
+    before = model.pos_embed.detach().clone()
     model.set_image_size(32)
-    assert torch.equal(model.pos_embed.weight, before)
+    assert torch.equal(model.pos_embed, before)
 
 
 def test_dynamic_padding_accepts_any_size():

@@ -92,7 +92,7 @@ def pos_embed_similarity(model: VisionTransformer) -> Tensor:
     (paper Fig. 7 centre, Fig. 10), ``(rows, cols, rows, cols)``: entry ``[i, j]`` is the map for
     the patch in row i, column j."""
     config = model.config
-    table = model.pos_embed.patch_table()
+    table = model.position_table()
     if table is None:
         reason = (
             "relative position embeddings live in the attention and have no per-patch vector"

@@ -36,7 +36,7 @@ def load_state_into(
 ) -> LoadReport:
     """Load ``state`` into ``model``, adapting what the paper adapts when fine-tuning:
 
-    - ``pos_embed.weight`` of another grid is 2-D interpolated to the model's grid;
+    - ``pos_embed`` of another grid is 2-D interpolated to the model's grid;
     - a classifier (``head.*``) or pre-training layer (``pre_logits.*``) of another shape or
       absent is left as the model's zero-initialised head; one the model lacks is dropped;
     - any other shape mismatch, any other missing tensor and any other tensor that has no place
@@ -52,7 +52,7 @@ def load_state_into(
             continue
         target = own[key]
         if value.shape != target.shape:
-            if key == "pos_embed.weight":
+            if key == "pos_embed":
                 prefix = model.config.num_prefix_tokens
                 value = resample_pos_embed(
                     value, model.config.grid, num_prefix_tokens=prefix, mode=model.config.pos_embed_interp

@@ -27,7 +27,7 @@ from .keys import rename_key
 _LAYER = r"^vit\.encoder\.layer\.(\d+)\."
 _RENAMES = [
     (r"^vit\.embeddings\.cls_token$", "cls_token"),
-    (r"^vit\.embeddings\.position_embeddings$", "pos_embed.weight"),
+    (r"^vit\.embeddings\.position_embeddings$", "pos_embed"),
     (r"^vit\.embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
     (_LAYER + r"layernorm_before\.", r"blocks.\1.norm1."),
     (_LAYER + r"layernorm_after\.", r"blocks.\1.norm2."),
@@ -101,7 +101,7 @@ def vitkit_to_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
     converted: dict[str, Tensor] = {}
     inverse = [
         (r"^cls_token$", "vit.embeddings.cls_token"),
-        (r"^pos_embed\.weight$", "vit.embeddings.position_embeddings"),
+        (r"^pos_embed$", "vit.embeddings.position_embeddings"),
         (r"^patch_embed\.proj\.", "vit.embeddings.patch_embeddings.projection."),
         (r"^blocks\.(\d+)\.norm1\.", r"vit.encoder.layer.\1.layernorm_before."),
         (r"^blocks\.(\d+)\.norm2\.", r"vit.encoder.layer.\1.layernorm_after."),

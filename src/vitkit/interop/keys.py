@@ -16,5 +16,22 @@ def rename_key(key: str, rules: list[tuple[str, str]]) -> str:
     return key
 
 
+# vitkit 0.1's own names that have changed since: the learned table lived in a module then.
+_EARLIER_VITKIT = [
+    (r"(^|\.)pos_embed\.weight$", r"\1pos_embed"),
+    (r"(^|\.)pos_embed\.(row|col)$", r"\1pos_embed2d.\2"),
+]
+
+
+def upgrade_vitkit_key(key: str) -> str:
+    """A parameter name written by an earlier vitkit, as vitkit names it now."""
+    return rename_key(key, _EARLIER_VITKIT)
+
+
+def upgrade_vitkit_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A state dict written by an earlier vitkit, with today's names (others pass unchanged)."""
+    return rename_keys(state, _EARLIER_VITKIT)
+
+
 def rename_keys(state: dict[str, Tensor], rules: list[tuple[str, str]]) -> dict[str, Tensor]:
     return {rename_key(key, rules): value for key, value in state.items()}

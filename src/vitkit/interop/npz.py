@@ -85,7 +85,7 @@ def npz_to_vitkit(arrays: dict[str, np.ndarray], *, hybrid: bool = False) -> dic
             side = math.isqrt(pos.shape[1])
             if side * side == pos.shape[1] and "cls" in arrays:  # big_vision: no class row; add a zero one
                 pos = torch.cat([torch.zeros(1, 1, pos.shape[-1]), pos], dim=1)
-            state["pos_embed.weight"] = pos
+            state["pos_embed"] = pos
         elif name.startswith("Transformer/encoder_norm/"):
             state[f"norm.{'weight' if name.endswith('scale') else 'bias'}"] = _vector(array)
         elif name.startswith(("pre_logits/", "head/")):
@@ -165,7 +165,7 @@ def vitkit_to_npz(state: dict[str, Tensor], num_heads: int) -> dict[str, np.ndar
             arrays["embedding/bias"] = value
         elif key == "cls_token":
             arrays["cls"] = value
-        elif key == "pos_embed.weight":
+        elif key == "pos_embed":
             arrays["Transformer/posembed_input/pos_embedding"] = value
         elif key.startswith("norm."):
             arrays[f"Transformer/encoder_norm/{'scale' if key.endswith('weight') else 'bias'}"] = value

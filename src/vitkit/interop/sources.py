@@ -39,6 +39,7 @@ from .files import read_weight_file
 from .folder import CONFIG_NAME, FORMAT, WEIGHT_FILES
 from .hf import class_names_from_hf, config_from_hf, hf_to_vitkit, is_hf_config, is_hf_state, preprocessing_from_hf
 from .hub import hub_snapshot, is_hub_id
+from .keys import upgrade_vitkit_keys
 from .npz import config_from_npz, npz_to_vitkit, read_npz
 from .pretrained import IMAGENET21K_NAMES_HINT, find_pretrained, imagenet1k_class_names
 from .timm import (
@@ -129,7 +130,9 @@ def _open_folder(folder: Path, keep_pre_logits: bool) -> Weights:
             raise ValueError(
                 f"{folder / CONFIG_NAME} names {len(names)} classes for a model with {config.num_classes} outputs"
             )
-        return Weights(str(folder), config, state, names, preprocessing, model_name=document.get("model_name"))
+        return Weights(
+            str(folder), config, upgrade_vitkit_keys(state), names, preprocessing, model_name=document.get("model_name")
+        )
     if is_hf_config(document):
         state = hf_to_vitkit(state, keep_pooler=keep_pre_logits)
         config = config_from_hf(document, keep_pooler=keep_pre_logits, classifier="head.weight" in state)
@@ -194,6 +197,8 @@ def _open_file(path: Path, architecture: str | ViTConfig | None, keep_pre_logits
         state = timm_to_vitkit(state)
     elif is_hf_state(state):
         state = hf_to_vitkit(state, keep_pooler=keep_pre_logits)
+    else:
+        state = upgrade_vitkit_keys(state)
     if architecture is None:
         raise ValueError(f"{path} is a bare weight file with no architecture in it; name one with --model (e.g. S/16)")
     config = architecture if isinstance(architecture, ViTConfig) else _config_of_state(state, architecture)
@@ -208,8 +213,8 @@ def _config_of_state(state: dict[str, Tensor], name: str) -> ViTConfig:
     changes: dict[str, Any] = {"num_classes": state["head.weight"].shape[0] if "head.weight" in state else 0}
     if "patch_embed.proj.weight" in state:
         changes["in_chans"] = state["patch_embed.proj.weight"].shape[1]
-    if "pos_embed.weight" in state and config.pos_embed == "learn":
-        side = math.isqrt(state["pos_embed.weight"].shape[1] - config.num_prefix_tokens)
+    if "pos_embed" in state and config.pos_embed == "learn":
+        side = math.isqrt(state["pos_embed"].shape[1] - config.num_prefix_tokens)
         changes["img_size"] = side * config.stride
     if "pre_logits.0.weight" in state:
         changes["representation_size"] = state["pre_logits.0.weight"].shape[0]
@@ -308,8 +313,9 @@ def create_model(
     """Build a registered ViT: initialised as the JAX reference does, or from pretrained weights.
 
     Args:
-        name: a registered name (``"vit_base_patch16_224"``), alias (``"B/16"``) or, with
-            ``pretrained``, timm's ``arch.tag``.
+        name: a registered name (``"vit_base_patch16_224"``), alias (``"B/16"``) or timm's
+            ``arch.tag``: without ``pretrained`` that builds the architecture with the tag's class
+            count, resolution and input preparation, as timm does.
         pretrained: True for the name's weights (a bare architecture means its default tag, as
             in timm), or a tag such as ``"augreg_in21k"``; downloaded on first use.
         weights: any other source :func:`open_weights` reads (file, folder, ``hf-hub:...``).
@@ -321,7 +327,8 @@ def create_model(
         **overrides: any other :class:`ViTConfig` field, e.g. ``pool="avg"``, ``drop_path=0.1``;
             timm's spellings work too (``global_pool``, ``drop_rate``, ``drop_path_rate``), and
             ``features_only=True`` (with ``out_indices``, default the last 3 blocks) returns a
-            :class:`FeatureMaps` of per-block feature maps, as timm's does.
+            :class:`FeatureMaps` of per-block feature maps, as timm's does; ``device`` and
+            ``dtype`` place the model.
 
     Example:
         >>> model = create_model("vit_base_patch16_224", pretrained=True)  # doctest: +SKIP
@@ -330,7 +337,12 @@ def create_model(
     if pretrained and weights is not None:
         raise ValueError("give pretrained= or weights=, not both")
     features_only, out_indices = overrides.pop("features_only", False), overrides.pop("out_indices", 3)
+    feature_cls = overrides.pop("feature_cls", "getter")
+    if feature_cls != "getter":
+        raise ValueError(f"feature_cls={feature_cls!r}: vitkit's feature maps come from forward_intermediates (getter)")
+    device, dtype = overrides.pop("device", None), overrides.pop("dtype", None)
     model = _create_model(name, pretrained, weights, num_classes, img_size, in_chans, _vitkit_spellings(overrides))
+    model.to(device=device, dtype=dtype)
     return FeatureMaps(model, out_indices) if features_only else model
 
 
@@ -344,6 +356,16 @@ def _create_model(
     overrides: dict[str, Any],
 ) -> VisionTransformer:
     sizes = {k: v for k, v in (("img_size", img_size), ("in_chans", in_chans)) if v is not None}
+    if not pretrained and "." in name and weights is None:  # timm's arch.tag: the tag's head and inputs
+        row = find_pretrained(name)
+        model = create_architecture(
+            row.architecture or name,
+            num_classes=row.num_classes if num_classes is None else num_classes,
+            **{"img_size": row.img_size, **sizes},
+            **overrides,
+        )
+        model.pretrained_cfg = {f: getattr(row, f) for f in ("mean", "std", "interpolation", "crop_pct", "crop_mode")}
+        return model
     if not pretrained:
         model = create_architecture(
             name, num_classes=1000 if num_classes is None else num_classes, **sizes, **overrides

@@ -1,8 +1,8 @@
 """timm's ViT state dicts ↔ vitkit's.
 
-vitkit names its parameters as timm does, so plain ViTs differ in one key (timm's
-``pos_embed`` is a bare parameter; vitkit's lives in a module). Hybrids also differ in the
-names inside the ResNet stem. Two explicit rule tables, one per direction.
+vitkit names its parameters as timm does, so a plain ViT's state dict is the same in both
+(``load_state_dict`` takes either). Hybrids differ in the names inside the ResNet stem: two
+explicit rule tables, one per direction.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ _STAGE = r"patch_embed\.backbone\.stages\.(\d+)"
 
 # (timm pattern, vitkit replacement), first match wins.
 _TIMM_TO_VITKIT = [
-    (r"^pos_embed$", "pos_embed.weight"),
     (r"^patch_embed\.backbone\.stem\.conv\.", "patch_embed.backbone.conv_root."),
     (r"^patch_embed\.backbone\.stem\.norm\.", "patch_embed.backbone.gn_root."),
     (rf"^{_STAGE}\.blocks\.(\d+)\.downsample\.conv\.", r"patch_embed.backbone.stages.\1.\2.proj.0."),
@@ -32,7 +31,6 @@ _TIMM_TO_VITKIT = [
 _HYBRID_PROJ = (r"^patch_embed\.proj\.", "patch_embed.patch.proj.")
 
 _VITKIT_TO_TIMM = [
-    (r"^pos_embed\.weight$", "pos_embed"),
     (r"^patch_embed\.patch\.proj\.", "patch_embed.proj."),
     (r"^patch_embed\.backbone\.conv_root\.", "patch_embed.backbone.stem.conv."),
     (r"^patch_embed\.backbone\.gn_root\.", "patch_embed.backbone.stem.norm."),

@@ -1,8 +1,10 @@
 """Turning an image into tokens: the patch embedding and the position-embedding kinds.
 
-Every additive position embedding takes the tokens ``(B, prefix + N, D)`` and the patch grid
-``(rows, cols)`` they came from, so one model can run at any resolution. The ``relative`` kind of
-App. D.4 is not additive; it lives in the attention (``RelativePositionLogits`` below).
+The paper's learned 1-D table is a bare parameter of the model (``pos_embed``, as timm names
+it, so timm's state dicts load unchanged); :func:`resample_pos_embed` fits it to another grid.
+The 2-D kinds here take the tokens ``(B, prefix + N, D)`` and the patch grid ``(rows, cols)``
+they came from, so one model can run at any resolution. The ``relative`` kind of App. D.4 is
+not additive; it lives in the attention (``RelativePositionLogits`` below).
 """
 
 from __future__ import annotations
@@ -111,62 +113,6 @@ def resample_pos_embed(
     return torch.cat([prefix, patches], dim=1)
 
 
-class NoPosEmbed(nn.Module):
-    """No position information at all: the model sees a bag of patches (App. D.4 baseline)."""
-
-    def forward(self, x: Tensor, grid: Grid) -> Tensor:
-        return x
-
-    def reset_parameters(self) -> None:
-        pass
-
-    def set_grid(self, grid: Grid, mode: str) -> None:
-        pass
-
-    def patch_table(self) -> Tensor | None:
-        """No per-patch embeddings to show."""
-        return None
-
-
-class LearnedPosEmbed(nn.Module):
-    """1-D learned embeddings in raster order, with a row for each prefix token (the paper's default).
-
-    A grid other than the stored one is served by resampling on the fly (dynamic image size);
-    ``set_grid`` resamples the parameter itself.
-    """
-
-    def __init__(self, *, grid: Grid, embed_dim: int, num_prefix_tokens: int, interp: str) -> None:
-        super().__init__()
-        self.grid = grid
-        self.num_prefix_tokens = num_prefix_tokens
-        self.interp = interp
-        self.weight = nn.Parameter(torch.zeros(1, num_prefix_tokens + grid[0] * grid[1], embed_dim))
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        nn.init.normal_(self.weight, std=0.02)
-
-    def forward(self, x: Tensor, grid: Grid) -> Tensor:
-        pos = self.weight
-        if is_symbolic(grid) or grid != self.grid:
-            pos = resample_pos_embed(
-                pos, grid, old_grid=self.grid, num_prefix_tokens=self.num_prefix_tokens, mode=self.interp
-            )
-        return x + pos
-
-    def set_grid(self, grid: Grid, mode: str) -> None:
-        with torch.no_grad():
-            resampled = resample_pos_embed(
-                self.weight, grid, old_grid=self.grid, num_prefix_tokens=self.num_prefix_tokens, mode=mode
-            )
-        self.weight = nn.Parameter(resampled)
-        self.grid = grid
-
-    def patch_table(self) -> Tensor:
-        """The embedding added to each patch, ``(rows * cols, D)`` in raster order."""
-        return self.weight[0, self.num_prefix_tokens :]
-
-
 class Learned2dPosEmbed(nn.Module):
     """Separate learned row (Y) and column (X) embeddings of size D/2, concatenated per patch.
 
@@ -213,7 +159,9 @@ class Learned2dPosEmbed(nn.Module):
         with torch.no_grad():
             row = self._resize_table(self.row, grid[0], mode)
             col = self._resize_table(self.col, grid[1], mode)
-        self.row, self.col = nn.Parameter(row.clone()), nn.Parameter(col.clone())
+        trainable = self.row.requires_grad
+        self.row = nn.Parameter(row.clone(), requires_grad=trainable)
+        self.col = nn.Parameter(col.clone(), requires_grad=trainable)
         self.grid = grid
 
     def patch_table(self) -> Tensor:
@@ -262,16 +210,17 @@ class SinCos2dPosEmbed(nn.Module):
         return self.table
 
 
-def build_pos_embed(kind: str, *, grid: Grid, embed_dim: int, num_prefix_tokens: int, interp: str) -> nn.Module:
-    """The additive position embedding for ``kind`` (``relative`` adds nothing here)."""
-    if kind == "learn":
-        return LearnedPosEmbed(grid=grid, embed_dim=embed_dim, num_prefix_tokens=num_prefix_tokens, interp=interp)
+def build_pos_embed2d(
+    kind: str, *, grid: Grid, embed_dim: int, num_prefix_tokens: int, interp: str
+) -> nn.Module | None:
+    """The 2-D position embedding for ``kind`` (``learn2d`` or ``sincos2d``); None for the other
+    kinds (``learn`` is the model's ``pos_embed`` table; ``none`` and ``relative`` add nothing)."""
     if kind == "learn2d":
         return Learned2dPosEmbed(grid=grid, embed_dim=embed_dim, num_prefix_tokens=num_prefix_tokens, interp=interp)
     if kind == "sincos2d":
         return SinCos2dPosEmbed(grid=grid, embed_dim=embed_dim, num_prefix_tokens=num_prefix_tokens)
-    if kind in ("none", "relative"):
-        return NoPosEmbed()
+    if kind in ("learn", "none", "relative"):
+        return None
     raise ValueError(f"unknown position embedding {kind!r}; choose one of {', '.join(POS_EMBED_KINDS)}")
 
 

@@ -9,8 +9,6 @@ Parameter names follow timm's (``patch_embed.proj``, ``blocks.i.attn.qkv``, ...)
 know one know the other.
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -22,7 +20,7 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.utils.checkpoint import checkpoint
 
 from .config import ViTConfig, to_pair
-from .embed import Grid, PatchEmbed, RelativePositionLogits, build_pos_embed
+from .embed import Grid, PatchEmbed, RelativePositionLogits, build_pos_embed2d, is_symbolic, resample_pos_embed
 from .hybrid import HybridEmbed
 
 
@@ -197,7 +195,12 @@ class VisionTransformer(nn.Module):
         else:
             self.patch_embed = PatchEmbed(in_chans=config.in_chans, embed_dim=D, patch_size=config.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if config.class_token else None
-        self.pos_embed = build_pos_embed(
+        # The paper's learned 1-D table (a row per prefix token and per patch, raster order) is a
+        # bare parameter under timm's name, so timm's state dicts load as they are.
+        self.pos_embed: nn.Parameter | None = None
+        if config.pos_embed == "learn":
+            self.pos_embed = nn.Parameter(torch.zeros(1, self._num_tokens(config.grid), D))
+        self.pos_embed2d = build_pos_embed2d(
             config.pos_embed,
             grid=config.grid,
             embed_dim=D,
@@ -247,6 +250,10 @@ class VisionTransformer(nn.Module):
         return self.config.representation_size or self.config.embed_dim
 
     @property
+    def in_chans(self) -> int:
+        return self.config.in_chans
+
+    @property
     def num_prefix_tokens(self) -> int:
         return self.config.num_prefix_tokens
 
@@ -265,6 +272,7 @@ class VisionTransformer(nn.Module):
         bilinear resize, no crop margin), or the preprocessing of the weights it was loaded with."""
         return {
             "input_size": (self.config.in_chans, *self.config.img_size),
+            "fixed_input_size": not self.config.dynamic_img_size,
             "num_classes": self.config.num_classes,
             "first_conv": "patch_embed.proj",
             "classifier": "head",
@@ -306,7 +314,10 @@ class VisionTransformer(nn.Module):
         LeCun-normal patch projection, xavier-uniform linear layers, position embeddings
         normal(std 0.02), zero class token and zero classifier."""
         self.patch_embed.reset_parameters()
-        self.pos_embed.reset_parameters()
+        if self.pos_embed is not None:
+            nn.init.normal_(self.pos_embed, std=0.02)
+        if self.pos_embed2d is not None:
+            self.pos_embed2d.reset_parameters()
         for block in self.blocks:
             block.reset_parameters()
         self.norm.reset_parameters()
@@ -324,8 +335,7 @@ class VisionTransformer(nn.Module):
         """Parameter names weight decay must leave alone (timm's convention; optimisers also skip
         every vector, i.e. biases and norm scales): the class token, the position embeddings and
         the relative-position tables, additive offsets that decay would pull towards zero."""
-        names = {f"pos_embed.{name}" for name, _ in self.pos_embed.named_parameters()}
-        names |= {name for name, _ in self.named_parameters() if ".rel_pos." in name}
+        names = {name for name, _ in self.named_parameters() if name.startswith("pos_embed") or ".rel_pos." in name}
         return names | ({"cls_token"} if self.cls_token is not None else set())
 
     def reset_classifier(
@@ -340,8 +350,8 @@ class VisionTransformer(nn.Module):
         if not keep_pre_logits and self.config.representation_size:
             self.pre_logits = nn.Identity()
             self.config = self.config.replace(representation_size=None)
-        device = next(self.parameters()).device
-        self.head = self._new_head(num_classes).to(device)
+        like = next(self.parameters())
+        self.head = self._new_head(num_classes).to(device=like.device, dtype=like.dtype).train(self.training)
         self.config = self.config.replace(num_classes=num_classes)
 
     def set_image_size(self, img_size: int | tuple[int, int], *, mode: str | None = None) -> None:
@@ -354,8 +364,37 @@ class VisionTransformer(nn.Module):
                 "relative position embeddings are tied to the token count they were trained with "
                 f"({self._num_tokens(self.config.grid)}); a {new_config.img_size} image has a different count"
             )
-        self.pos_embed.set_grid(new_config.grid, mode or self.config.pos_embed_interp)
+        mode = mode or self.config.pos_embed_interp
+        if self.pos_embed is not None:
+            with torch.no_grad():
+                table = resample_pos_embed(
+                    self.pos_embed,
+                    new_config.grid,
+                    old_grid=self.config.grid,
+                    num_prefix_tokens=self.num_prefix_tokens,
+                    mode=mode,
+                )
+            self.pos_embed = nn.Parameter(table, requires_grad=self.pos_embed.requires_grad)
+        if self.pos_embed2d is not None:
+            self.pos_embed2d.set_grid(new_config.grid, mode)
         self.config = new_config
+
+    def position_table(self) -> Tensor | None:
+        """The position embedding added to each patch, ``(rows * cols, D)`` in raster order
+        (None when the model adds none)."""
+        if self.pos_embed is not None:
+            return self.pos_embed[0, self.num_prefix_tokens :]
+        return self.pos_embed2d.patch_table() if self.pos_embed2d is not None else None
+
+    def set_input_size(self, img_size: int | tuple[int, int] | None = None, patch_size: int | None = None) -> None:
+        """timm's name for :meth:`set_image_size` (the patch size cannot change)."""
+        if patch_size is not None and to_pair(patch_size) != to_pair(self.config.patch_size):
+            raise ValueError(
+                f"vitkit cannot change the patch size of a built model ({self.config.patch_size} → {patch_size}); "
+                "create one with the patch size you want"
+            )
+        if img_size is not None:
+            self.set_image_size(img_size)
 
     # --------------------------------------------------------------------- forward
     def _check_input(self, x: Tensor) -> Tensor:
@@ -395,7 +434,8 @@ class VisionTransformer(nn.Module):
     def embed_patches(self, x: Tensor) -> tuple[Tensor, Grid]:
         """Images ``(B, C, H, W)`` → patch embeddings ``(B, N, D)`` (no class token, no
         positions) and the patch grid ``(rows, cols)``."""
-        if is_fx_symbolic_tracing():  # an FX graph has no Python checks, and the configured grid
+        # A traced graph (FX, TorchScript) records no Python checks; it is made for the configured grid.
+        if is_fx_symbolic_tracing() or torch.jit.is_tracing():
             patches, _ = self.patch_embed(x)
             return patches, self.config.grid
         return self.patch_embed(self._check_input(x))
@@ -404,7 +444,20 @@ class VisionTransformer(nn.Module):
         """Patch embeddings → z0: the class token prepended, position embeddings added (eq. 1)."""
         if self.cls_token is not None:
             patches = torch.cat([self.cls_token.expand(patches.shape[0], -1, -1).to(patches.dtype), patches], dim=1)
-        return self.pos_drop(self.pos_embed(patches, grid))
+        if self.pos_embed is not None:
+            pos = self.pos_embed
+            if is_symbolic(grid) or grid != self.config.grid:  # dynamic image size: resample on the fly
+                pos = resample_pos_embed(
+                    pos,
+                    grid,
+                    old_grid=self.config.grid,
+                    num_prefix_tokens=self.num_prefix_tokens,
+                    mode=self.config.pos_embed_interp,
+                )
+            patches = patches + pos
+        elif self.pos_embed2d is not None:
+            patches = self.pos_embed2d(patches, grid)
+        return self.pos_drop(patches)
 
     def encode(self, tokens: Tensor) -> Tensor:
         """Any token sequence ``(B, T, D)`` → the encoder's normalised output ``(B, T, D)``."""
@@ -565,6 +618,15 @@ class FeatureMaps(nn.Module):
         self.model = model
         self.out_indices = model.prune_intermediate_layers(out_indices)
         self.feature_info = FeatureInfo(model.feature_info[i] for i in self.out_indices)
+
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """The ViT's input facts (see :attr:`VisionTransformer.pretrained_cfg`)."""
+        return self.model.pretrained_cfg
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        return self.model.pretrained_cfg
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return self.model.forward_intermediates(x, self.out_indices, intermediates_only=True)

@@ -127,30 +127,13 @@ def rank_batches(indices: list[int], batch_size: int, processes: Processes) -> l
     return [index for chunk in chunks[processes.rank :: processes.world_size] for index in chunk]
 
 
-def _optimizer_order(module: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
-    """Parameter names in the optimiser's order: the positions a plain state dict uses."""
-    names = {id(param): name for name, param in module.named_parameters()}
-    return [names[id(param)] for group in optimizer.param_groups for param in group["params"]]
-
-
 def gathered_states(module: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     """The complete model and optimiser state of a sharded module, laid out as a plain module's
-    ``state_dict()`` (optimiser state by parameter position). Every process must call this;
-    rank 0 receives the tensors (on the CPU), the others empty dicts."""
+    ``state_dict()`` (optimiser state by parameter name). Every process must call this; rank 0
+    receives the tensors (on the CPU), the others empty dicts."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    model_state, optimizer_state = get_state_dict(module, optimizer, options=options)
-    if not optimizer_state:
-        return model_state, {}
-    position = {name: i for i, name in enumerate(_optimizer_order(module, optimizer))}
-    return model_state, {
-        "state": {position[name]: value for name, value in optimizer_state["state"].items()},
-        "param_groups": [
-            {**group, "params": [position[name] for name in group["params"]]}
-            for group in optimizer_state["param_groups"]
-        ],
-    }
+    return get_state_dict(module, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def restore_sharded(
@@ -159,18 +142,11 @@ def restore_sharded(
     """Load complete (unsharded) states, as :func:`gathered_states` gives them, into a sharded module."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    names = _optimizer_order(module, optimizer)
-    by_name = {
-        "state": {names[int(i)]: value for i, value in optimizer_state["state"].items()},
-        "param_groups": [
-            {**group, "params": [names[int(i)] for i in group["params"]]} for group in optimizer_state["param_groups"]
-        ],
-    }
     set_state_dict(
         module,
         optimizer,
         model_state_dict=model_state,
-        optim_state_dict=by_name,
+        optim_state_dict=optimizer_state,
         options=StateDictOptions(full_state_dict=True),
     )
 
