@@ -1,6 +1,7 @@
 """The §4.5 analysis: the math on hand-made cases, the figures from a model trained on real data."""
 
 import itertools
+import json
 import math
 
 import pytest
@@ -178,8 +179,8 @@ def test_inspect_writes_every_figure_and_a_self_contained_page(digits_run, tmp_p
         "attention_distance.png",
         "attention_heads_1.png",
         "attention_heads_2.png",
-        "attention_rollout.png",
         "embedding_filters.png",
+        "explanations.png",
         "pos_embed_similarity.png",
     ]
     for path in out.glob("*.png"):
@@ -187,7 +188,21 @@ def test_inspect_writes_every_figure_and_a_self_contained_page(digits_run, tmp_p
             assert image.size[0] > 200 and image.size[1] > 200
     page = (out / "index.html").read_text()
     assert page.count("data:image/png;base64,") == 6 and "src='attention" not in page
-    assert "open " in capsys.readouterr().out
+    scores = json.loads((out / "faithfulness.json").read_text())
+    assert list(scores) == ["rollout", "relevance", "gradcam", "random"]
+    assert all(0 <= s["deletion_auc"] <= 1 and 0 <= s["insertion_auc"] <= 1 for s in scores.values())
+    printed = capsys.readouterr().out
+    assert "open " in printed and "relevance  deletion" in printed and "Faithfulness of the explanations" in page
+
+
+def test_inspect_explains_a_chosen_class_by_name(digits_run, tmp_path, capsys):
+    out = tmp_path / "figures"
+    args = ["inspect", str(digits_run), "--out", str(out), "--count", "2", "--distance-images", "2"]
+    assert main([*args, "--class", "7", "--explain", "relevance", "--no-faithfulness"]) == 0
+    assert (out / "explanations.png").exists() and not (out / "faithfulness.json").exists()
+    assert "the predicted one" not in (out / "index.html").read_text()
+    assert main([*args, "--class", "seven"]) == 2
+    assert "no class 'seven'" in capsys.readouterr().err
 
 
 def test_inspect_image_files_and_a_model_without_position_embeddings(tmp_path, capsys):

@@ -100,13 +100,29 @@ def test_predict_answers_as_the_library_does(api, model_folder, tmp_path):
     )
 
 
-def test_rollout_comes_as_pngs_of_the_models_input(api):
-    answer = api.post("/v1/predict?explain=rollout", content=jpeg(), headers={"Content-Type": "image/jpeg"}).json()
+@pytest.mark.parametrize("method", ["rollout", "relevance", "gradcam"])
+def test_explanations_come_as_pngs_of_the_models_input(api, method):
+    url = f"/v1/predict?explain={method}"
+    answer = api.post(url, content=jpeg(), headers={"Content-Type": "image/jpeg"}).json()
     explanation = answer["explanation"]
-    assert explanation["method"] == "rollout"
+    assert explanation["method"] == method
+    top = answer["predictions"][0]
+    assert explanation["class"] == (None if method == "rollout" else {"label": top["label"], "index": top["index"]})
     for key, mode in (("input_png", "RGB"), ("heatmap_png", "RGBA"), ("overlay_png", "RGB")):
         picture = Image.open(io.BytesIO(base64.b64decode(explanation[key])))
         assert picture.size == (32, 32) and picture.mode == mode
+
+
+def test_any_class_can_be_explained_by_label_or_index(api):
+    def explained(query):
+        answer = api.post(
+            f"/v1/predict?explain=relevance&{query}", content=jpeg(), headers={"Content-Type": "image/jpeg"}
+        )
+        return answer.json()["explanation"]
+
+    assert explained("explain_class=bird")["class"] == {"label": "bird", "index": 2}
+    assert explained("explain_class=0")["class"] == {"label": "cat", "index": 0}
+    assert explained("explain_class=bird")["heatmap_png"] != explained("explain_class=cat")["heatmap_png"]
 
 
 def test_batch_endpoint_answers_each_image(api):
@@ -137,9 +153,18 @@ def test_bad_input_gets_a_4xx_json_error_and_the_server_stays_up(api):
         (api.get("/v1/predict"), 405, "Method Not Allowed"),
         (api.post("/v1/predict?top_k=0", content=jpeg(), headers={"Content-Type": "image/jpeg"}), 422, "top_k"),
         (
-            api.post("/v1/predict?explain=gradcam", content=jpeg(), headers={"Content-Type": "image/jpeg"}),
+            api.post("/v1/predict?explain=lime", content=jpeg(), headers={"Content-Type": "image/jpeg"}),
             422,
             "explain",
+        ),
+        (
+            api.post(
+                "/v1/predict?explain=relevance&explain_class=horse",
+                content=jpeg(),
+                headers={"Content-Type": "image/jpeg"},
+            ),
+            400,
+            "no class 'horse'",
         ),
         (api.get("/v2/nothing"), 404, "Not Found"),
     ]
@@ -354,6 +379,16 @@ def test_the_page_in_a_real_browser(trained_digits, tmp_path):
             "const s = document.getElementById('opacity'); s.value = 30; s.dispatchEvent(new Event('input'))"
         )
         assert heat.value_of_css_property("opacity") == "0.3"
+        explained = driver.find_element(By.ID, "explained")
+        assert explained.text == f"of {labels[0][0]}"  # relevance of the top class first
+        first_heat = heat.get_attribute("src")
+        rows[2].click()  # "why this one?"
+        WebDriverWait(driver, 60).until(lambda d: explained.text == f"of {labels[2][0]}")
+        assert heat.get_attribute("src") != first_heat
+        driver.execute_script(
+            "const m = document.getElementById('method'); m.value = 'rollout'; m.dispatchEvent(new Event('change'))"
+        )
+        WebDriverWait(driver, 60).until(lambda d: explained.text == "(any class)")
         driver.save_screenshot(str(tmp_path / "page.png"))
     finally:
         driver.quit()

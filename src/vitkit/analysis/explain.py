@@ -1,10 +1,26 @@
-"""Why a model answered: per-image explanations drawn over the exact pixels the model saw.
+"""Why a model answered: per-image explanation maps over the patch grid, and pictures of them.
 
-Each explanation is a map over the patch grid, upsampled to the input and coloured; an overlay
-blends it with the input. Used by ``vitkit serve`` and available from Python.
+Three methods, each a map ``(rows, cols)`` of how much every patch mattered:
+
+- ``rollout``: attention rollout (Abnar & Zuidema 2020; the paper's Fig. 6). Class-agnostic:
+  it shows what the output token draws on, whatever the class.
+- ``relevance``: gradient-weighted attention relevance (Chefer, Gur & Wolf, "Transformer
+  Interpretability Beyond Attention Visualization", CVPR 2021, in the gradient × attention form
+  of their ICCV 2021 follow-up). Per block, the heads' attention weighted by the class score's
+  gradient, positive part, head mean: ``Ā = E_h[(∇A ⊙ A)⁺]``; the blocks accumulate as
+  ``R ← R + Ā R`` from ``R = I`` (the residual path); the output token's row of R.
+- ``gradcam``: Grad-CAM (Selvaraju et al. 2017) on the tokens the last block reads (after its
+  first LayerNorm): channel weights are the class score's gradient averaged over the patch
+  tokens; the map is the positive part of the weighted sum. The last block's *output* would not
+  do: the classifier reads only the class token there, so patch tokens get no gradient.
+
+The class-specific methods explain any class (``target``), by default the predicted one. Maps are
+scaled to [0, 1] per image. Used by ``vitkit inspect`` and ``vitkit serve``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import matplotlib
 import numpy as np
@@ -14,20 +30,96 @@ from torch import Tensor
 
 from ..data.transforms import Preprocessing
 from ..models import VisionTransformer
-from .compute import attention_maps, attention_rollout
+from .compute import attention_maps, attention_rollout, output_attention
 
-EXPLANATIONS = ("none", "rollout")
+#: the explanation methods, class-agnostic first
+METHODS = ("rollout", "relevance", "gradcam")
+#: what ``vitkit serve`` accepts for ``explain=``
+EXPLANATIONS = ("none", *METHODS)
 
 
-def rollout_map(model: VisionTransformer, image: Tensor) -> Tensor:
-    """Attention rollout (paper Fig. 6) for one preprocessed image ``(C, H, W)``: ``(rows, cols)``
-    scaled to [0, 1]."""
+def explanation_maps(
+    model: VisionTransformer, images: Tensor, method: str, target: int | Sequence[int] | Tensor | None = None
+) -> Tensor:
+    """``method``'s map for each preprocessed image ``(B, C, H, W)``: ``(B, rows, cols)`` in [0, 1].
+
+    ``target`` is the class to explain (one for all images, or one per image); by default each
+    image's predicted class. ``rollout`` ignores it."""
+    if method not in METHODS:
+        raise ValueError(f"unknown explanation {method!r}; choose one of {', '.join(METHODS)}")
     config = model.config
-    grid = (image.shape[-2] // config.stride, image.shape[-1] // config.stride)
-    maps = attention_maps(model, image.unsqueeze(0))
-    rollout = attention_rollout(maps, num_prefix_tokens=config.num_prefix_tokens, grid=grid, pool=config.pool)[0]
-    rollout = rollout - rollout.min()
-    return rollout / rollout.max().clamp_min(1e-12)
+    device = next(model.parameters()).device
+    images = images.to(device)
+    grid = (images.shape[-2] // config.stride, images.shape[-1] // config.stride)
+    if method == "rollout":
+        maps = attention_rollout(
+            attention_maps(model, images), num_prefix_tokens=config.num_prefix_tokens, grid=grid, pool=config.pool
+        )
+    else:
+        maps = _class_specific(model, images, method, target).reshape(-1, *grid)
+    return _unit_range(maps.float())
+
+
+def predicted_classes(model: VisionTransformer, images: Tensor) -> Tensor:
+    """The top class of each preprocessed image ``(B,)``."""
+    with torch.inference_mode():
+        return model(images.to(next(model.parameters()).device)).argmax(dim=-1).cpu()
+
+
+def _class_specific(model: VisionTransformer, images: Tensor, method: str, target: object) -> Tensor:
+    """``(B, N)`` patch scores of ``relevance`` or ``gradcam`` for the ``target`` classes."""
+    config = model.config
+    read_by_last_block: list[Tensor] = []
+    hook = model.blocks[-1].norm1.register_forward_hook(lambda module, args, out: read_by_last_block.append(out))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            # Grad flows to the input, so gradients exist even when the weights are frozen.
+            logits, attentions = model.forward_attention(images.clone().requires_grad_(True))
+            classes = _targets(target, logits)
+            score = logits.gather(1, classes[:, None].to(logits.device)).sum()
+            tensors = attentions if method == "relevance" else read_by_last_block[-1:]
+            gradients = torch.autograd.grad(score, tensors)
+    finally:
+        hook.remove()
+        model.train(was_training)
+    prefix = config.num_prefix_tokens
+    if method == "gradcam":
+        tokens, gradient = read_by_last_block[-1].detach().float(), gradients[0].float()
+        weights = gradient[:, prefix:].mean(dim=1, keepdim=True)  # (B, 1, D): one weight per channel
+        return (tokens[:, prefix:] * weights).sum(dim=-1).clamp_min(0)
+    relevance = None
+    for weights, gradient in zip(attentions, gradients, strict=True):
+        mixed = (gradient.float() * weights.detach().float()).clamp_min(0).mean(dim=1)  # (B, T, T)
+        if relevance is None:
+            relevance = torch.eye(mixed.shape[-1], device=mixed.device).expand_as(mixed)
+        relevance = relevance + mixed @ relevance
+    return output_attention(relevance, num_prefix_tokens=prefix, pool=config.pool)
+
+
+def _targets(target: object, logits: Tensor) -> Tensor:
+    """The class to explain for each image: ``target`` (one, or one per image) or the top class."""
+    count, classes = logits.shape
+    if target is None:
+        return logits.detach().argmax(dim=-1)
+    # a copy: targets made under inference mode could not index a tensor autograd tracks
+    chosen = torch.as_tensor(target).long().flatten().clone().to(logits.device)
+    if chosen.numel() == 1:
+        chosen = chosen.expand(count)
+    if chosen.numel() != count:
+        raise ValueError(f"{chosen.numel()} target classes for {count} images: give one, or one per image")
+    if ((chosen < 0) | (chosen >= classes)).any():
+        raise ValueError(f"class index out of range in {chosen.tolist()}: the model has {classes} classes")
+    return chosen
+
+
+def _unit_range(maps: Tensor) -> Tensor:
+    """Each map shifted and scaled to [0, 1] (a constant map becomes zeros)."""
+    flat = maps.flatten(1)
+    low = flat.min(dim=1, keepdim=True).values
+    span = (flat.max(dim=1, keepdim=True).values - low).clamp_min(1e-12)
+    return ((flat - low) / span).reshape(maps.shape)
 
 
 def input_picture(image: Tensor, preprocessing: Preprocessing) -> Image.Image:

@@ -1,9 +1,11 @@
-"""``inspect_model``: every §4.5 figure for one model, as PNGs and a self-contained HTML page."""
+"""``inspect_model``: every §4.5 figure for one model, its explanations with their measured
+faithfulness, as PNGs, ``faithfulness.json`` and a self-contained HTML page."""
 
 from __future__ import annotations
 
 import base64
 import html
+import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,8 +22,11 @@ from ..interop.sources import LoadedModel
 from ..models import VisionTransformer
 from ..predict import expand_image_paths
 from . import compute, plots
+from .explain import METHODS, explanation_maps, predicted_classes
+from .faithfulness import Faithfulness, faithfulness, random_maps
 
 PAGE_NAME = "index.html"
+FAITHFULNESS_NAME = "faithfulness.json"
 # Images per chunk when averaging attention distances: bounds memory for big models.
 DISTANCE_CHUNK = 32
 
@@ -37,6 +42,8 @@ class InspectReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     #: mean attention distance per (layer, head) in pixels, when computed
     attention_distance: Tensor | None = None
+    #: deletion and insertion AUC of each explanation method and of a random order
+    faithfulness: dict[str, Faithfulness] = field(default_factory=dict)
 
     @property
     def page(self) -> Path:
@@ -84,6 +91,10 @@ def inspect_model(
     *,
     distance_images: Tensor | None = None,
     max_head_figures: int = 2,
+    class_names: Sequence[str] | None = None,
+    target: int | None = None,
+    methods: Sequence[str] = METHODS,
+    measure_faithfulness: bool = True,
 ) -> InspectReport:
     """Write the paper's inspection figures for ``model`` into ``out_dir``.
 
@@ -94,6 +105,12 @@ def inspect_model(
         out_dir: created if needed; PNGs and ``index.html`` are written there.
         distance_images: the batch the mean attention distance is averaged over (a few hundred
             images is plenty); ``images`` when omitted.
+        class_names: the model's class names, to caption the explanations.
+        target: the class the class-specific explanations explain; each image's predicted class
+            when omitted.
+        methods: the explanation methods to draw (see :mod:`vitkit.analysis.explain`).
+        measure_faithfulness: score every method (and a random order) with the deletion and
+            insertion curves on ``images``, into ``faithfulness.json``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -122,16 +139,9 @@ def inspect_model(
                     "for this call only.",
                 )
             )
-        rollout = compute.attention_rollout(attentions, num_prefix_tokens=prefix, grid=grid, pool=config.pool)
-        report.figures.append(
-            (
-                "Attention rollout (Fig. 6)",
-                _save(plots.rollout_figure(images, rollout), out_dir / "attention_rollout.png"),
-                "Heads averaged, identity added for the residual path, rows re-normalised, layers multiplied "
-                "(Abnar & Zuidema 2020); the output token's row, upsampled over the image.",
-            )
-        )
         del attentions
+        if methods and config.num_classes:
+            _explain(model, images, report, class_names, target, methods, measure_faithfulness)
         averaged = images if distance_images is None else distance_images
         distances = _mean_attention_distance(model, averaged)
         report.attention_distance = distances
@@ -172,6 +182,37 @@ def inspect_model(
     return report
 
 
+def _explain(
+    model: VisionTransformer,
+    images: Tensor,
+    report: InspectReport,
+    class_names: Sequence[str] | None,
+    target: int | None,
+    methods: Sequence[str],
+    measure: bool,
+) -> None:
+    classes = predicted_classes(model, images) if target is None else torch.full((images.shape[0],), target)
+    maps = {method: explanation_maps(model, images, method, classes).cpu() for method in methods}
+    names = class_names or [str(i) for i in range(model.config.num_classes)]
+    captions = [f"explains {names[c]}" for c in classes.tolist()]
+    report.figures.append(
+        (
+            "Explanations",
+            _save(plots.explanations_figure(images, maps, captions), report.out_dir / "explanations.png"),
+            "rollout: attention rollout (Abnar & Zuidema 2020; Fig. 6), what the output token draws on, for any "
+            "class. relevance: gradient-weighted attention relevance (Chefer et al. 2021) and gradcam: Grad-CAM on "
+            "the tokens the last block reads, both for the class named above each image"
+            + (" (the predicted one)." if target is None else "."),
+        )
+    )
+    if not measure:
+        return
+    maps["random"] = random_maps(images.shape[0], tuple(maps[methods[0]].shape[-2:]))  # the control
+    report.faithfulness = {method: faithfulness(model, images, values, classes) for method, values in maps.items()}
+    text = json.dumps({method: score.to_dict() for method, score in report.faithfulness.items()}, indent=2) + "\n"
+    atomic_write(report.out_dir / FAITHFULNESS_NAME, lambda tmp: tmp.write_text(text))
+
+
 def _mean_attention_distance(model: VisionTransformer, images: Tensor) -> Tensor:
     config = model.config
     grid = (images.shape[-2] // config.stride, images.shape[-1] // config.stride)
@@ -194,7 +235,8 @@ def _write_page(report: InspectReport, model: VisionTransformer) -> None:
     parts = [
         "<!doctype html><meta charset='utf-8'><title>vitkit inspect</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "img{max-width:100%;border:1px solid #ddd}figure{margin:2em 0}figcaption{color:#555}</style>",
+        "img{max-width:100%;border:1px solid #ddd}figure{margin:2em 0}figcaption{color:#555}"
+        "td,th{padding:.2em 1em;text-align:right}td:first-child{text-align:left}</style>",
         "<h1>What the model learned</h1>",
         f"<p>{html.escape(_describe(model))}</p>",
     ]
@@ -204,6 +246,18 @@ def _write_page(report: InspectReport, model: VisionTransformer) -> None:
             f"<figure><h2>{html.escape(title)}</h2><img src='data:image/png;base64,{data}' alt='{html.escape(title)}'>"
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
+    if report.faithfulness:
+        parts.append(
+            "<h2>Faithfulness of the explanations</h2><p>Patches removed (deletion) or revealed (insertion) "
+            "most relevant first, tracking the explained class's probability; areas under the curves, mean over "
+            "the images above. Deletion: lower is better; insertion: higher is better.</p>"
+            "<table><tr><th>method</th><th>deletion AUC</th><th>insertion AUC</th></tr>"
+        )
+        parts += [
+            f"<tr><td>{html.escape(method)}</td><td>{score.deletion_auc:.3f}</td><td>{score.insertion_auc:.3f}</td></tr>"
+            for method, score in report.faithfulness.items()
+        ]
+        parts.append("</table>")
     if report.skipped:
         parts.append("<h2>Not applicable to this model</h2><ul>")
         parts += [f"<li><b>{html.escape(title)}</b>: {html.escape(reason)}</li>" for title, reason in report.skipped]

@@ -61,21 +61,25 @@ def attention_heads_figure(
     return figure
 
 
-def rollout_figure(images: Tensor, rollouts: Tensor) -> Figure:
-    """Images (top) and their attention rollout as a heat map over them (bottom), as Fig. 6."""
-    count = images.shape[0]
-    figure = Figure(figsize=(1.8 * count, 3.9), layout="constrained")
-    axes = figure.subplots(2, count, squeeze=False)
+def explanations_figure(images: Tensor, maps: dict[str, Tensor], captions: list[str]) -> Figure:
+    """Images (top row, each titled with ``captions[i]``, e.g. the class explained) and, below,
+    one row per explanation method: its map ``(B, rows, cols)`` as a heat map over the image."""
+    count, rows = images.shape[0], len(maps) + 1
+    figure = Figure(figsize=(1.8 * count, 1.9 * rows + 0.3), layout="constrained")
+    axes = figure.subplots(rows, count, squeeze=False)
     for index in range(count):
         picture = _displayable(images[index])
         style = {"cmap": "gray", "vmin": 0, "vmax": 1} if picture.ndim == 2 else {}
         _show(axes[0, index], picture, **style)
-        _show(axes[1, index], picture, **style)
-        heat = _upsample(rollouts[index], tuple(images.shape[-2:]))
-        axes[1, index].imshow(heat.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        axes[0, index].set_title(captions[index], fontsize=8)
+        for row, values in enumerate(maps.values(), start=1):
+            _show(axes[row, index], picture, **style)
+            heat = _upsample(values[index], tuple(images.shape[-2:]))
+            axes[row, index].imshow(heat.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
     axes[0, 0].set_ylabel("input")
-    axes[1, 0].set_ylabel("rollout")
-    figure.suptitle("Attention rollout: what the output token draws on", fontsize=10)
+    for row, method in enumerate(maps, start=1):
+        axes[row, 0].set_ylabel(method)
+    figure.suptitle("Why the model answered: each method's map over the image", fontsize=10)
     return figure
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 import vitkit
-from vitkit.analysis import inspect_model, inspection_images
+from vitkit.analysis import METHODS, inspect_model, inspection_images
 from vitkit.benchmark import LIBRARIES, PRECISIONS, format_table, run_benchmark
 from vitkit.data.load import load_data
 from vitkit.data.shards import write_shards
@@ -327,11 +327,24 @@ def _inspect(args: argparse.Namespace) -> None:
     else:  # one read of the data: the first images are shown, a larger sample is averaged
         averaged = inspection_images(loaded, data=data, count=max(args.count, args.distance_images))
         shown = averaged[: args.count]
-    report = inspect_model(loaded.model, shown, args.out, distance_images=averaged)
+    report = inspect_model(
+        loaded.model,
+        shown,
+        args.out,
+        distance_images=averaged,
+        class_names=loaded.class_names,
+        target=None if args.explain_class is None else loaded.class_index(args.explain_class),
+        methods=args.explain,
+        measure_faithfulness=args.faithfulness,
+    )
     for title, path, _ in report.figures:
         print(f"{path}  {title}")
     for title, reason in report.skipped:
         print(f"skipped {title}: {reason}")
+    if report.faithfulness:
+        print(f"faithfulness on {shown.shape[0]} image(s) (AUC of deletion: lower is better; of insertion: higher)")
+        for method, score in report.faithfulness.items():
+            print(f"  {method:10s} deletion {score.deletion_auc:.3f}  insertion {score.insertion_auc:.3f}")
     print(f"open {report.page}")
 
 
@@ -481,7 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict_cmd.set_defaults(func=_predict)
 
     inspect_cmd = commands.add_parser(
-        "inspect", help="the paper's analysis figures (attention, rollout, distances, position embeddings, filters)"
+        "inspect",
+        help="the paper's analysis figures (attention, distances, position embeddings, filters) and explanations "
+        "(rollout, relevance, Grad-CAM) with their measured faithfulness",
     )
     inspect_cmd.add_argument("model", help=MODEL_HELP)
     inspect_cmd.add_argument("images", nargs="*", help="image files or folders (default: held-out images of --data)")
@@ -490,6 +505,22 @@ def build_parser() -> argparse.ArgumentParser:
     inspect_cmd.add_argument("--count", type=int, default=8, help="images to show attention and rollout for")
     inspect_cmd.add_argument(
         "--distance-images", type=int, default=256, help="images of --data to average attention distances over"
+    )
+    inspect_cmd.add_argument(
+        "--explain",
+        nargs="*",
+        default=list(METHODS),
+        choices=METHODS,
+        help="explanation methods to draw and score (default: all; none with a bare --explain)",
+    )
+    inspect_cmd.add_argument(
+        "--class", dest="explain_class", help="class to explain, by name or index (default: each image's prediction)"
+    )
+    inspect_cmd.add_argument(
+        "--no-faithfulness",
+        dest="faithfulness",
+        action="store_false",
+        help="skip the deletion/insertion scores (faithfulness.json)",
     )
     inspect_cmd.set_defaults(func=_inspect)
 

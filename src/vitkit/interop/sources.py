@@ -21,6 +21,7 @@ Everything that loads weights goes through here: :func:`load_model`, :func:`load
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import warnings
@@ -274,6 +275,20 @@ class LoadedModel(NamedTuple):
                 f"cannot {what}: this model has no classifier (a pre-trained encoder); fine-tune it with "
                 "vitkit train --init MODEL, or measure its features with vitkit fewshot / vitkit linear-probe"
             )
+
+    def class_index(self, name_or_index: str | int) -> int:
+        """The output index of a class given by name (as in ``class_names``) or by index."""
+        if isinstance(name_or_index, str) and name_or_index in self.class_names:
+            return self.class_names.index(name_or_index)
+        try:
+            index = int(name_or_index)
+        except ValueError:
+            close = difflib.get_close_matches(str(name_or_index), self.class_names, n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ValueError(f"the model has no class {name_or_index!r}{hint}") from None
+        if not 0 <= index < len(self.class_names):
+            raise ValueError(f"class index {index} is out of range: the model has {len(self.class_names)} classes")
+        return index
 
 
 def load_model(

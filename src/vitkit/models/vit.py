@@ -583,15 +583,21 @@ class VisionTransformer(nn.Module):
             self.reset_classifier(0)
         return wanted
 
-    def attention_maps(self, x: Tensor) -> list[Tensor]:
-        """Softmax attention weights of every block, each ``(B, heads, T, T)``, computed on the
-        explicit path for this call only (the model keeps its fused attention)."""
+    def forward_attention(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The logits and the softmax attention weights of every block, each ``(B, heads, T, T)``,
+        from one pass on the explicit attention path (for this call only: the model keeps its
+        fused attention). Differentiable: class-specific explanations take gradients through the
+        weights."""
         x = self._embed(x)
         maps = []
         for block in self.blocks:
             x, weights = block(x, return_attention=True)
             maps.append(weights)
-        return maps
+        return self.forward_head(self.norm(x)), maps
+
+    def attention_maps(self, x: Tensor) -> list[Tensor]:
+        """The softmax attention weights of every block (see :meth:`forward_attention`)."""
+        return self.forward_attention(x)[1]
 
 
 class FeatureInfo(list):

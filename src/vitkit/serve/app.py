@@ -32,7 +32,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..analysis.explain import heatmap, input_picture, overlay, rollout_map
+from ..analysis.explain import EXPLANATIONS, explanation_maps, heatmap, input_picture, overlay
 from ..data.images import ImageTooLarge, UnreadableImage, load_image
 from ..interop import LoadedModel
 from .batching import DynamicBatcher
@@ -54,6 +54,10 @@ class ServeSettings:
     #: seconds to wait for each piece of an upload before answering 408
     upload_timeout_s: float = 30.0
     max_images_per_batch: int = 64
+
+
+#: the ``explain=`` values (FastAPI answers 422 to others)
+Explanation = Literal[EXPLANATIONS]
 
 
 def _png(picture: Image.Image) -> str:
@@ -218,7 +222,14 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
         except UnreadableImage as error:
             raise HTTPException(415, f"{error}; send a PNG, JPEG, WebP, GIF, BMP or TIFF image") from error
 
-    async def answer(data: bytes, top_k: int, explain: str) -> dict[str, Any]:
+    def explained_class(value: str | None) -> int | None:
+        try:
+            return None if value is None else loaded.class_index(value)
+        except ValueError as error:
+            raise HTTPException(400, str(error)) from error
+
+    async def answer(data: bytes, top_k: int, explain: str, explain_class: str | None) -> dict[str, Any]:
+        target = explained_class(explain_class)
         start = time.perf_counter()
         batcher = running()
         with batcher.expecting():  # a batch being gathered waits for this one
@@ -232,17 +243,20 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
             ],
             "model": settings.model_name,
         }
-        if explain == "rollout":
-            result["explanation"] = await batcher.run(_rollout, picture)
+        if explain != "none":
+            target = indices[0].item() if target is None else target
+            result["explanation"] = await batcher.run(_explain, picture, explain, target)
         result["latency_ms"] = round(1000 * (time.perf_counter() - start), 2)
         return result
 
-    def _rollout(picture: Image.Image) -> dict[str, str]:
+    def _explain(picture: Image.Image, method: str, target: int) -> dict[str, Any]:
         image = preprocess(picture)
         seen = input_picture(image, preprocess)  # what the model saw, after resize and crop
-        heat = heatmap(rollout_map(model, image), (seen.height, seen.width))
+        heat = heatmap(explanation_maps(model, image[None], method, target)[0], (seen.height, seen.width))
         return {
-            "method": "rollout",
+            "method": method,
+            # rollout explains no class in particular
+            "class": None if method == "rollout" else {"label": class_names[target], "index": target},
             "input_png": _png(seen),
             "heatmap_png": _png(heat),
             "overlay_png": _png(overlay(seen, heat)),
@@ -263,7 +277,14 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
         )
 
     TopK = Query(5, ge=1, le=1000, description="how many classes to return, most likely first")
-    Explain = Query("none", description="none, or rollout: attention rollout drawn over the model's input")
+    Explain = Query(
+        "none",
+        description="none; rollout (attention rollout, class-agnostic); relevance (gradient-weighted attention "
+        "relevance, Chefer et al.) or gradcam (Grad-CAM): why the model gave a class; drawn over its input",
+    )
+    ExplainClass = Query(
+        None, description="the class relevance and gradcam explain, by label or index (default: the top prediction)"
+    )
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def home() -> str:
@@ -294,25 +315,25 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
             "precision": settings.precision,
             "max_batch": settings.max_batch,
             "max_wait_ms": settings.max_wait_ms,
-            "explanations": ["none", "rollout"],
+            "explanations": list(EXPLANATIONS),
         }
 
     @app.post(f"/{API_VERSION}/predict", dependencies=[Depends(authorised)])
     async def predict(
-        request: Request, top_k: int = TopK, explain: Literal["none", "rollout"] = Explain
+        request: Request, top_k: int = TopK, explain: Explanation = Explain, explain_class: str | None = ExplainClass
     ) -> dict[str, Any]:
         """Classify one image: multipart field ``image``, or the raw image as the body."""
-        return await answer((await uploads(request, "image"))[0], top_k, explain)
+        return await answer((await uploads(request, "image"))[0], top_k, explain, explain_class)
 
     @app.post(f"/{API_VERSION}/predict/batch", dependencies=[Depends(authorised)])
     async def predict_batch(
-        request: Request, top_k: int = TopK, explain: Literal["none", "rollout"] = Explain
+        request: Request, top_k: int = TopK, explain: Explanation = Explain, explain_class: str | None = ExplainClass
     ) -> dict[str, Any]:
         """Classify several images (multipart fields ``images``); a bad one gets its own error."""
 
         async def one(data: bytes) -> dict[str, Any]:
             try:
-                return await answer(data, top_k, explain)
+                return await answer(data, top_k, explain, explain_class)
             except HTTPException as error:
                 return {"error": error.detail, "status": error.status_code}
 

@@ -1,0 +1,54 @@
+"""How faithful each explanation is, on held-out images of a trained model: deletion and insertion
+AUC (see ``vitkit.analysis.faithfulness``) for rollout, relevance, Grad-CAM and a random order.
+
+    vitkit train --out runs/main                     # the main job (MNIST, 99 %)
+    python benchmarks/faithfulness.py runs/main --images 500
+
+Each image is explained for its predicted class; the table also gives how long each method takes
+per image (maps only, not the curves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from vitkit import load_model
+from vitkit.analysis import METHODS, explanation_maps, faithfulness, inspection_images, random_maps
+from vitkit.analysis.explain import predicted_classes
+from vitkit.train.run_folder import run_data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a run or model folder")
+    parser.add_argument("--data", help="held-out images from this dataset (default: the run's own)")
+    parser.add_argument("--images", type=int, default=500, help="held-out images to score")
+    parser.add_argument("--steps", type=int, default=16, help="points on each curve")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    loaded = load_model(args.model)
+    images = inspection_images(loaded, data=args.data or run_data(args.model), count=args.images)
+    classes = predicted_classes(loaded.model, images)
+    rows = []
+    for method in (*METHODS, "random"):
+        start = time.perf_counter()
+        if method == "random":
+            maps = random_maps(images.shape[0], loaded.model.config.grid, seed=0)
+        else:
+            chunks = zip(images.split(64), classes.split(64), strict=True)
+            maps = torch.cat([explanation_maps(loaded.model, chunk, method, target) for chunk, target in chunks])
+        per_image_ms = 1000 * (time.perf_counter() - start) / images.shape[0]
+        score = faithfulness(loaded.model, images, maps, classes, steps=args.steps)
+        rows.append((method, score.deletion_auc, score.insertion_auc, per_image_ms))
+    print(f"\n{images.shape[0]} held-out images of {args.model}, each explained for its predicted class")
+    print("\n| method | deletion AUC (lower is better) | insertion AUC (higher is better) | ms per image |")
+    print("|---|---|---|---|")
+    for method, deletion, insertion, per_image_ms in rows:
+        print(f"| {method} | {deletion:.3f} | {insertion:.3f} | {per_image_ms:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
