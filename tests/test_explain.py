@@ -100,3 +100,12 @@ def test_a_target_out_of_range_is_refused():
         explanation_maps(tiny_vit().eval(), torch.randn(1, 3, 32, 32), "relevance", target=10)
     with pytest.raises(ValueError, match="unknown explanation 'lime'"):
         explanation_maps(tiny_vit().eval(), torch.randn(1, 3, 32, 32), "lime")
+
+
+def test_tied_patches_are_taken_in_a_random_order_not_row_by_row(marker_model):
+    images, labels, _ = marker_images(8, seed=4)
+    ties = torch.zeros(8, 4, 4)
+    row_by_row = torch.arange(16.0).flip(0).expand(8, 16).reshape(8, 4, 4)  # the first patch highest
+    deletion, _ = perturbation_curves(marker_model, images, ties, labels)
+    in_raster_order, _ = perturbation_curves(marker_model, images, row_by_row, labels)
+    assert not torch.equal(deletion, in_raster_order)

@@ -35,15 +35,17 @@ class Faithfulness:
 
 
 def perturbation_curves(
-    model: VisionTransformer, images: Tensor, maps: Tensor, targets: Tensor, *, steps: int = 16
+    model: VisionTransformer, images: Tensor, maps: Tensor, targets: Tensor, *, steps: int = 16, seed: int = 0
 ) -> tuple[Tensor, Tensor]:
     """The deletion and insertion curves ``(B, steps + 1)``: the probability of class
     ``targets[b]`` for image ``b`` with 0, 1/steps, ..., all of its patches removed (deletion) or
-    revealed (insertion), in the order of ``maps`` ``(B, rows, cols)``, highest first."""
+    revealed (insertion), in the order of ``maps`` ``(B, rows, cols)``, highest first. Patches
+    that tie (a map that is 0 over a region) go in a random order (from ``seed``), not row by row."""
     rows, cols = maps.shape[-2:]
     patches = rows * cols
     steps = min(steps, patches)
-    order = maps.flatten(1).argsort(dim=1, descending=True, stable=True)
+    shuffle = torch.randperm(patches, generator=torch.Generator().manual_seed(seed))
+    order = shuffle[maps.flatten(1)[:, shuffle].argsort(dim=1, descending=True, stable=True)]
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(patches).expand_as(order))
     counts = torch.linspace(0, patches, steps + 1).round().long()
     shown = (rank[:, None, :] < counts[None, :, None]).reshape(-1, steps + 1, rows, cols)  # the top-k patches
