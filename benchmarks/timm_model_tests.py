@@ -26,16 +26,26 @@ from pathlib import Path
 MODELS = ("vit_tiny_patch16_224", "vit_small_patch16_224")
 
 PLUGIN = f"""
+import os
 import timm
 import vitkit
 
+calls = 0
+
 def _vitkit_for_vits(model_name, *args, **kwargs):
-    create = vitkit.create_model if model_name.split(".")[0] in {MODELS!r} else timm.create_model
-    return create(model_name, *args, **kwargs)
+    global calls
+    if model_name.split(".")[0] in {MODELS!r}:
+        calls += 1
+        return vitkit.create_model(model_name, *args, **kwargs)
+    return timm.create_model(model_name, *args, **kwargs)
 
 def pytest_collection_modifyitems(session, config, items):
-    import test_models
-    test_models.create_model = _vitkit_for_vits
+    for module in {{item.module for item in items if getattr(item, "module", None) is not None}}:
+        module.create_model = _vitkit_for_vits  # the module the tests run in, however it was imported
+
+def pytest_sessionfinish(session, exitstatus):
+    with open(os.environ["VITKIT_CALLS_FILE"], "w") as handle:
+        handle.write(str(calls))
 """
 
 
@@ -51,14 +61,18 @@ def main() -> None:
         selection = f"({' or '.join(MODELS)}) and not load_pretrained"
         command = [sys.executable, "-m", "pytest", "test_models.py", "-p", "vitkit_for_vits", "-p", "no:cacheprovider"]
         command += ["-q", "-k", selection, f"--junitxml={report}"]
-        env = {**os.environ, "PYTHONPATH": f"{scratch}{os.pathsep}{args.timm_tests}"}
+        calls_file = Path(scratch) / "calls"
+        env = {**os.environ, "PYTHONPATH": scratch, "VITKIT_CALLS_FILE": str(calls_file)}
         subprocess.run(command, cwd=args.timm_tests, env=env, check=False)
         rows = _outcomes(report)
+        calls = int(calls_file.read_text()) if calls_file.is_file() else 0
+    if not calls:
+        sys.exit("vitkit.create_model was never called: the swap did not reach timm's tests")
     print("\n| timm test (vitkit.create_model standing in) | outcome |\n|---|---|")
     for name, outcome in rows:
         print(f"| {name} | {outcome} |")
     passed = sum(outcome == "passed" for _, outcome in rows)
-    print(f"\n{passed} of {len(rows)} passed")
+    print(f"\n{passed} of {len(rows)} passed; vitkit.create_model built {calls} models for them")
 
 
 def _outcomes(report: Path) -> list[tuple[str, str]]:
