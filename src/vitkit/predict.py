@@ -69,7 +69,7 @@ def predict_files(
     loaded.require_classifier("predict")
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
-    model, preprocess, class_names = loaded.model, loaded.preprocess, loaded.class_names
+    model, preprocess, class_names = loaded
     device = next(model.parameters()).device
     k = min(top_k, len(class_names))
     files = expand_image_paths(paths)

@@ -50,7 +50,7 @@ def inspection_images(
     folders of them) in ``paths``, else the first ``count`` held-out images of ``data`` (a
     built-in dataset name, folder or CSV). Unreadable files are skipped with a warning naming
     them; none readable is an error."""
-    model, preprocess = loaded.model, loaded.preprocess
+    model, preprocess, _ = loaded
     if paths:
         files = expand_image_paths(paths)
         if not files:

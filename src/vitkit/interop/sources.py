@@ -24,9 +24,10 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from torch import Tensor
 
@@ -281,15 +282,20 @@ def load_weights(model: VisionTransformer, source: str | Path, *, keep_pre_logit
     return load_state_into(model, weights.state, source=str(source))
 
 
-class LoadedModel(NamedTuple):
+@dataclass(frozen=True)
+class LoadedModel:
     """What :func:`load_model` returns: the model (in eval mode), the preprocessing that turns an
     image (PIL, ndarray or tensor) into its input, the class names of its outputs, and for a
-    multi-label classifier the decision threshold on its sigmoid probabilities."""
+    multi-label classifier the decision threshold on its sigmoid probabilities. It unpacks as
+    ``model, preprocess, class_names = load_model(...)``."""
 
     model: VisionTransformer
     preprocess: Preprocessing
     class_names: list[str]
     threshold: float | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.model, self.preprocess, self.class_names))
 
     @property
     def multi_label(self) -> bool:

@@ -149,7 +149,7 @@ def fewshot_evaluate(
     """Few-shot accuracy of a model's frozen features on a data spec: shots from its training
     split, scored on its held-out split. Only the sampled training images are passed through
     the model."""
-    model, preprocess = loaded.model, loaded.preprocess
+    model, preprocess, _ = loaded
     data = load_data(data_spec, in_chans=model.config.in_chans)
     return fewshot_of_splits(
         model,

@@ -37,7 +37,7 @@ def linear_probe(
     """Fit logistic regression on the frozen features of the training split (all of it, or
     ``train_images`` of it with equal counts per class) and score it on the held-out split.
     ``regularization`` is scikit-learn's ``C``: the inverse L2 strength."""
-    model, preprocess = loaded.model, loaded.preprocess
+    model, preprocess, _ = loaded
     data = load_data(data_spec, in_chans=model.config.in_chans)
     train = data.train
     if train_images:

@@ -165,7 +165,7 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
     starts one with its own worker thread; ``vitkit serve`` passes one whose :meth:`work` runs in
     the main thread (see :mod:`vitkit.serve.batching` for why)."""
     loaded.require_classifier("serve")
-    model, preprocess, class_names = loaded.model, loaded.preprocess, loaded.class_names
+    model, preprocess, class_names = loaded
     state: dict[str, Any] = {"batcher": None}
     page = resources.files(__package__).joinpath("page.html").read_text()
 
