@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import digits_config
+import torch.nn.functional as F
+from conftest import digits_config, randomize_head, tiny_vit
 from fastapi.testclient import TestClient
 from PIL import Image
 from sklearn.datasets import load_digits
@@ -18,6 +19,7 @@ from sklearn.metrics import average_precision_score, f1_score
 import vitkit
 from vitkit.cli.main import main
 from vitkit.data.datasets import DataError
+from vitkit.data.decoded import decoded
 from vitkit.data.load import load_data
 from vitkit.interop.convert import convert
 from vitkit.predict import predict_files
@@ -25,6 +27,7 @@ from vitkit.serve.app import ServeSettings, create_app
 from vitkit.train import ConfigError, train
 from vitkit.train.accuracy import evaluate_model_on
 from vitkit.train.multilabel import average_precision, best_threshold, mean_average_precision, micro_f1
+from vitkit.train.objectives import Classification
 
 
 # ------------------------------------------------------------------ metrics
@@ -71,6 +74,29 @@ def test_threshold_maximises_micro_f1_as_scikit_learn_counts_it(seed):
     assert f1 == pytest.approx(best_any, rel=1e-12)
 
 
+# ------------------------------------------------------------------ the objective
+def test_multi_label_loss_smooths_and_mixes_multi_hot_targets():
+    model = randomize_head(tiny_vit(num_classes=4, in_chans=1, img_size=8, patch_size=4))
+    images = torch.randn(6, 1, 8, 8)
+    targets = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 0], [1, 1, 1, 0], [0, 0, 0, 1], [1, 0, 0, 1], [0, 0, 0, 0]])
+    cpu = torch.device("cpu")
+    smoothed = Classification(model, 4, 0.2, 0.0, 0.0, cpu, "fp32", multi_label=True)
+    expected = F.binary_cross_entropy_with_logits(model(images), targets * 0.8 + 0.1)  # y(1-ε) + ε/2
+    torch.testing.assert_close(smoothed.loss(model, images, targets), expected)
+
+    mixed = Classification(model, 4, 0.0, 1.0, 0.0, cpu, "fp32", multi_label=True)
+    torch.manual_seed(3)
+    loss = mixed.loss(model, images, targets)
+    torch.manual_seed(3)
+    mixed_images, mixed_targets = mixed.mixing(images, targets.float())
+    # Mixup blends each image with its neighbour in the batch, and the label sets with the same weight
+    blend = (mixed_images - images.roll(1, 0)).flatten() @ (images - images.roll(1, 0)).flatten()
+    weight = (blend / (images - images.roll(1, 0)).flatten().square().sum()).item()
+    torch.testing.assert_close(mixed_targets, weight * targets + (1 - weight) * targets.roll(1, 0))
+    assert 0 < weight < 1
+    torch.testing.assert_close(loss, F.binary_cross_entropy_with_logits(model(mixed_images), mixed_targets))
+
+
 # ------------------------------------------------------------------ CSV forms
 def write_images(folder, count):
     folder.mkdir(parents=True, exist_ok=True)
@@ -109,6 +135,17 @@ def test_csv_with_one_column_per_class(tmp_path):
     assert data.multi_label and data.class_names == ["dog", "cat", "bird"]  # the header's order
     targets = {Path(path).name: target.tolist() for path, target in data.train.samples + data.val.samples}
     assert targets == {"0.png": [1, 1, 0], "1.png": [0, 0, 1], "2.png": [0, 1, 0], "3.png": [0, 0, 0]}
+
+
+def test_decoding_once_keeps_the_multi_hot_targets(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITKIT_HOME", str(tmp_path / "home"))
+    csv_path, _ = write_digit_collages(tmp_path / "data", 20)
+    data = load_data(str(csv_path), in_chans=1, val_fraction=0.2)
+    cached = decoded(data.train, 16, progress=False)
+    assert cached.labels.shape == (16, 10)
+    assert torch.equal(cached.labels, torch.stack([target for _, target in data.train.samples]))
+    image, target = cached[3]
+    assert image.shape == (1, 16, 16) and torch.equal(target, data.train.samples[3][1])
 
 
 @pytest.mark.parametrize(
