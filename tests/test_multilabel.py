@@ -125,6 +125,9 @@ def test_csv_with_label_sets_is_multi_label(tmp_path):
     assert not load_data(str(tmp_path / "single.csv"), in_chans=1, val_fraction=0.5).multi_label
     forced = load_data(str(tmp_path / "single.csv"), in_chans=1, val_fraction=0.5, multi_label=True)
     assert forced.multi_label and forced.train[0][1].shape == (2,)
+    (tmp_path / "unlabelled.csv").write_text("imgs/0.png,\nimgs/1.png,\n")
+    with pytest.raises(DataError, match=r"unlabelled\.csv has a label"):
+        load_data(str(tmp_path / "unlabelled.csv"), in_chans=1, multi_label=True)
 
 
 def test_csv_with_one_column_per_class(tmp_path):

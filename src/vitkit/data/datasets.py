@@ -434,6 +434,8 @@ def _label_sets_csv(
         if image_path is not None:
             listed.append((image_path, labels))
     class_names = sorted({label for _, labels in listed for label in labels})
+    if not class_names:
+        raise DataError(f"no readable image listed in {path} has a label; give each image its labels, e.g. cat;dog")
     index = {name: i for i, name in enumerate(class_names)}
     samples = []
     for image_path, labels in listed:
