@@ -165,12 +165,12 @@ def set_up_run(config: TrainConfig, *, resume: bool, processes: Processes) -> Ru
     torch.manual_seed(config.seed)  # the same initial weights in every process
     config = dataclasses.replace(config, out=str(_shared_run_dir(config, processes)))
     data = _training_data(config)
-    if data.multi_label and processes.distributed:
+    supervised = config.objective == "classify"
+    if supervised and data.multi_label and processes.distributed:
         raise ConfigError(
             "multi-label runs train in one process for now (mAP needs every held-out score in one place); "
             "start vitkit train without torchrun"
         )
-    supervised = config.objective == "classify"
     num_classes = len(data.class_names)
     model = build_model(config, num_classes=num_classes if supervised else 0, in_chans=data.in_chans)
     model.set_grad_checkpointing(config.grad_checkpointing)
