@@ -28,6 +28,7 @@ from vitkit.predict import expand_image_paths, predict_files
 from vitkit.probe import POOLS, fewshot_evaluate, linear_probe
 from vitkit.serve import ServeSettings, serve
 from vitkit.train import (
+    MultiLabelResult,
     RunSummary,
     TrainConfig,
     TrainingDiverged,
@@ -36,7 +37,7 @@ from vitkit.train import (
     resume_run,
     train,
 )
-from vitkit.train.accuracy import evaluate_model_on, evaluate_multilabel_on
+from vitkit.train.accuracy import evaluate_model_on
 from vitkit.train.device import resolve_device, resolve_precision
 from vitkit.train.distributed import DistributedFailure, from_environment
 from vitkit.train.report import describe
@@ -214,10 +215,10 @@ def _eval(args: argparse.Namespace) -> None:
     data = _data_of(args)
     # the run's own data: its own held-out images
     holdout = {} if args.data else run_split(args.model)
-    if loaded.multi_label:
-        _eval_multilabel(args, loaded, data, holdout)
-        return
     result = evaluate_model_on(loaded, data, split=args.split, batch_size=args.batch_size, **holdout)
+    if isinstance(result, MultiLabelResult):
+        _print_multilabel(args, loaded.class_names, data, result)
+        return
     per_class = dict(zip(loaded.class_names, result.per_class_accuracy(), strict=True))
     if args.json:
         print(
@@ -246,11 +247,10 @@ def _eval(args: argparse.Namespace) -> None:
         print(f"{len(result.skipped)} unreadable file(s) skipped")
 
 
-def _eval_multilabel(args: argparse.Namespace, loaded: vitkit.LoadedModel, data: str, holdout: dict[str, Any]) -> None:
-    result = evaluate_multilabel_on(loaded, data, split=args.split, batch_size=args.batch_size, **holdout)
+def _print_multilabel(args: argparse.Namespace, class_names: list[str], data: str, result: MultiLabelResult) -> None:
     # JSON has no NaN: a class without a positive image has no AP (null)
     per_class = {
-        name: None if math.isnan(ap) else ap for name, ap in zip(loaded.class_names, result.per_class_ap, strict=True)
+        name: None if math.isnan(ap) else ap for name, ap in zip(class_names, result.per_class_ap, strict=True)
     }
     if args.json:
         document = {

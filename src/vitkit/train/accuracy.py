@@ -111,47 +111,28 @@ def evaluate_model_on(
     workers: int = 0,
     val_fraction: float = 0.1,
     seed: int = 0,
-) -> EvalResult:
+) -> EvalResult | MultiLabelResult:
     """Evaluate a loaded model on a data spec's ``split`` ("val" or "train"), with the model's own
     preprocessing. Each class of the data must be one of the model's, by name (any order, a subset
     is fine) or, for an ImageNet-1k model, by WordNet id (``n01440764/``, ImageNet's own layout).
     ``val_fraction`` and ``seed`` hold images out of data without a split of its own, as
-    :func:`vitkit.data.load.load_data` does (a run's own values give its held-out images)."""
-    loaded.require_classifier("evaluate")
-    if loaded.multi_label:
-        raise ValueError("this model is multi-label: evaluate it with evaluate_multilabel_on (mAP, F1)")
-    loader, label_map, skipped = _held_out_loader(
-        loaded, data_spec, split, batch_size, workers, multi_label=False, val_fraction=val_fraction, seed=seed
-    )
-    device = next(loaded.model.parameters()).device
-    result = evaluate(loaded.model, loader, num_classes=len(loaded.class_names), device=device, label_map=label_map)
-    result.skipped = sorted(set(skipped) | set(result.skipped))
-    return result
+    :func:`vitkit.data.load.load_data` does (a run's own values give its held-out images).
 
-
-def evaluate_multilabel_on(
-    loaded: LoadedModel,
-    data_spec: str,
-    *,
-    split: str = "val",
-    batch_size: int = 256,
-    workers: int = 0,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-) -> MultiLabelResult:
-    """Evaluate a multi-label model on a data spec's ``split``: mAP and per-class AP (in the
-    model's class order; NaN for a class without a positive in the data), and micro-F1 at the
-    model's own threshold (chosen on held-out data when it was trained). The data's labels are
-    read as label sets; each of its classes must be one of the model's, by name; ``val_fraction``
-    and ``seed`` as for :func:`evaluate_model_on`."""
+    A multi-label model (``loaded.multi_label``) reads the data's labels as label sets and gives a
+    :class:`MultiLabelResult`: mAP and per-class AP (in the model's class order; NaN for a class
+    without a positive in the data), and micro-F1 at the model's own threshold (chosen on
+    held-out data when it was trained). Other models give an :class:`EvalResult` (top-1, top-5)."""
     loaded.require_classifier("evaluate")
-    if not loaded.multi_label:
-        raise ValueError("this model predicts one class per image: evaluate it with evaluate_model_on (top-1)")
+    model, multi_label = loaded.model, loaded.multi_label
     loader, label_map, skipped = _held_out_loader(
-        loaded, data_spec, split, batch_size, workers, multi_label=True, val_fraction=val_fraction, seed=seed
+        loaded, data_spec, split, batch_size, workers, multi_label=multi_label, val_fraction=val_fraction, seed=seed
     )
-    device = next(loaded.model.parameters()).device
-    logits, data_targets, broken = multilabel_logits(loaded.model, loader, device=device)
+    device = next(model.parameters()).device
+    if not multi_label:
+        result = evaluate(model, loader, num_classes=len(loaded.class_names), device=device, label_map=label_map)
+        result.skipped = sorted(set(skipped) | set(result.skipped))
+        return result
+    logits, data_targets, broken = multilabel_logits(model, loader, device=device)
     targets = data_targets
     if label_map is not None:  # the data's columns, placed at the model's indices
         targets = torch.zeros(len(data_targets), len(loaded.class_names))
