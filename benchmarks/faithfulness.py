@@ -37,7 +37,7 @@ def main() -> None:
         else:
             chunks = zip(images.split(64), classes.split(64), strict=True)
             maps = torch.cat([explanation_maps(loaded.model, chunk, method, target) for chunk, target in chunks])
-        score = faithfulness(loaded.model, images, maps, classes, steps=args.steps)
+        score = faithfulness(loaded.model, images, maps, classes, steps=args.steps, multi_label=loaded.multi_label)
         rows.append((method, score.deletion_auc, score.insertion_auc))
     print(f"\n{images.shape[0]} held-out images of {args.model}, each explained for its predicted class")
     print("\n| method | deletion AUC (lower is better) | insertion AUC (higher is better) |")

@@ -5,7 +5,8 @@ Deletion removes patches from the image, most relevant first, and tracks the exp
 probability: a faithful map makes it fall fast (low area under the curve). Insertion starts from
 an empty image and reveals patches in the same order: the probability should rise fast (high
 area). A removed patch is set to 0 in the model's input space, which is the preprocessing's mean
-colour. A random patch order is the control every method must beat.
+colour. A random patch order is the control every method must beat. A multi-label model's
+class probability is its sigmoid, any other's the softmax.
 """
 
 from __future__ import annotations
@@ -35,7 +36,14 @@ class Faithfulness:
 
 
 def perturbation_curves(
-    model: VisionTransformer, images: Tensor, maps: Tensor, targets: Tensor, *, steps: int = 16, seed: int = 0
+    model: VisionTransformer,
+    images: Tensor,
+    maps: Tensor,
+    targets: Tensor,
+    *,
+    steps: int = 16,
+    seed: int = 0,
+    multi_label: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """The deletion and insertion curves ``(B, steps + 1)``: the probability of class
     ``targets[b]`` for image ``b`` with 0, 1/steps, ..., all of its patches removed (deletion) or
@@ -56,16 +64,22 @@ def perturbation_curves(
     inserted = (images * pixels).flatten(0, 1)
     repeated = targets.repeat_interleave(steps + 1)
     return (
-        _probabilities(model, deleted, repeated).reshape(-1, steps + 1),
-        _probabilities(model, inserted, repeated).reshape(-1, steps + 1),
+        _probabilities(model, deleted, repeated, multi_label).reshape(-1, steps + 1),
+        _probabilities(model, inserted, repeated, multi_label).reshape(-1, steps + 1),
     )
 
 
 def faithfulness(
-    model: VisionTransformer, images: Tensor, maps: Tensor, targets: Tensor, *, steps: int = 16
+    model: VisionTransformer,
+    images: Tensor,
+    maps: Tensor,
+    targets: Tensor,
+    *,
+    steps: int = 16,
+    multi_label: bool = False,
 ) -> Faithfulness:
     """Deletion and insertion AUC of ``maps`` for the ``targets`` classes, averaged over images."""
-    deletion, insertion = perturbation_curves(model, images, maps, targets, steps=steps)
+    deletion, insertion = perturbation_curves(model, images, maps, targets, steps=steps, multi_label=multi_label)
     dx = 1.0 / (deletion.shape[1] - 1)
     return Faithfulness(
         deletion_auc=torch.trapezoid(deletion, dx=dx).mean().item(),
@@ -80,7 +94,7 @@ def random_maps(count: int, grid: tuple[int, int], *, seed: int = 0) -> Tensor:
 
 
 @torch.inference_mode()
-def _probabilities(model: VisionTransformer, images: Tensor, targets: Tensor) -> Tensor:
+def _probabilities(model: VisionTransformer, images: Tensor, targets: Tensor, multi_label: bool) -> Tensor:
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -88,6 +102,7 @@ def _probabilities(model: VisionTransformer, images: Tensor, targets: Tensor) ->
     for start in range(0, images.shape[0], CHUNK):
         logits = model(images[start : start + CHUNK].to(device)).float()
         chosen = targets[start : start + CHUNK].to(device)[:, None]
-        chunks.append(logits.softmax(dim=-1).gather(1, chosen)[:, 0].cpu())
+        probabilities = logits.sigmoid() if multi_label else logits.softmax(dim=-1)
+        chunks.append(probabilities.gather(1, chosen)[:, 0].cpu())
     model.train(was_training)
     return torch.cat(chunks)

@@ -95,6 +95,7 @@ def inspect_model(
     target: int | None = None,
     methods: Sequence[str] = METHODS,
     measure_faithfulness: bool = True,
+    multi_label: bool = False,
 ) -> InspectReport:
     """Write the paper's inspection figures for ``model`` into ``out_dir``.
 
@@ -111,6 +112,7 @@ def inspect_model(
         methods: the explanation methods to draw (see :mod:`vitkit.analysis.explain`).
         measure_faithfulness: score every method (and a random order) with the deletion and
             insertion curves on ``images``, into ``faithfulness.json``.
+        multi_label: the model gives a sigmoid per class (the curves follow it) instead of a softmax.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -141,7 +143,7 @@ def inspect_model(
             )
         del attentions
         if methods and config.num_classes:
-            _explain(model, images, report, class_names, target, methods, measure_faithfulness)
+            _explain(model, images, report, class_names, target, methods, measure_faithfulness, multi_label)
         averaged = images if distance_images is None else distance_images
         distances = _mean_attention_distance(model, averaged)
         report.attention_distance = distances
@@ -190,6 +192,7 @@ def _explain(
     target: int | None,
     methods: Sequence[str],
     measure: bool,
+    multi_label: bool,
 ) -> None:
     classes = predicted_classes(model, images) if target is None else torch.full((images.shape[0],), target)
     maps = {method: explanation_maps(model, images, method, classes).cpu() for method in methods}
@@ -208,7 +211,9 @@ def _explain(
     if not measure:
         return
     maps["random"] = random_maps(images.shape[0], tuple(maps[methods[0]].shape[-2:]))  # the control
-    report.faithfulness = {method: faithfulness(model, images, values, classes) for method, values in maps.items()}
+    report.faithfulness = {
+        method: faithfulness(model, images, values, classes, multi_label=multi_label) for method, values in maps.items()
+    }
     text = json.dumps({method: score.to_dict() for method, score in report.faithfulness.items()}, indent=2) + "\n"
     atomic_write(report.out_dir / FAITHFULNESS_NAME, lambda tmp: tmp.write_text(text))
 

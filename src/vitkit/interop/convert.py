@@ -3,6 +3,7 @@ folder or a Google ``.npz``."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +61,23 @@ def convert(
             class_names=weights.class_names,
             model_name=weights.model_name,
             preprocessing=weights.preprocessing,
+            threshold=weights.threshold,
         )
     if to == "hf":
-        return save_hf(dst, model, weights.class_names, preprocessing=weights.preprocessing, metrics=metrics)
+        return save_hf(
+            dst,
+            model,
+            weights.class_names,
+            preprocessing=weights.preprocessing,
+            metrics=metrics,
+            threshold=weights.threshold,
+        )
+    if weights.threshold is not None and to in ("npz", "timm"):
+        warnings.warn(
+            f"{src} is a multi-label model (a sigmoid per class, threshold {weights.threshold:g}); a {to} file "
+            "cannot record that: whoever loads it must apply the sigmoid and threshold themselves",
+            stacklevel=2,
+        )
     if to == "npz":
         if dst.suffix != ".npz":
             raise ValueError(f"a Google checkpoint is written as one .npz file; got {dst}")

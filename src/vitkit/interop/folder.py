@@ -2,7 +2,9 @@
 
 ``config.json`` holds the full :class:`ViTConfig`, the name the model was created from, the
 class names and the preprocessing, so a folder is all that is needed to use the model
-(:func:`vitkit.load_model` reads it).
+(:func:`vitkit.load_model` reads it). A multi-label classifier's folder also holds
+``"problem_type": "multi_label_classification"`` (transformers' name) and its decision
+``"threshold"`` on the sigmoid probabilities.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ WEIGHTS_NAME = "model.safetensors"
 #: the weight files a model folder (vitkit's, timm's, transformers') may hold, in the order tried:
 #: safetensors first; .bin files are read with torch.load(weights_only=True)
 WEIGHT_FILES = (WEIGHTS_NAME, "pytorch_model.bin")
+#: transformers' ``problem_type`` of a classifier with a sigmoid per class
+MULTI_LABEL = "multi_label_classification"
+#: the decision threshold of a multi-label model that does not record one
+DEFAULT_THRESHOLD = 0.5
 
 
 def save_model(
@@ -31,9 +37,12 @@ def save_model(
     class_names: list[str] | None = None,
     model_name: str | None = None,
     preprocessing: Preprocessing | None = None,
+    threshold: float | None = None,
 ) -> Path:
     """Write ``model`` as a vitkit model folder; each file is replaced atomically.
-    ``preprocessing`` defaults to vitkit's own (centre crop at the model's size, [-1, 1])."""
+    ``preprocessing`` defaults to vitkit's own (centre crop at the model's size, [-1, 1]).
+    ``threshold`` makes it a multi-label classifier: a label is predicted when its sigmoid
+    probability is above it."""
     folder = Path(folder)
     config = model.config
     names = class_names or [str(i) for i in range(config.num_classes)]
@@ -47,6 +56,8 @@ def save_model(
         "class_names": names,
         "preprocess": preprocessing.to_dict(),
     }
+    if threshold is not None:
+        document.update(problem_type=MULTI_LABEL, threshold=threshold)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(weights, str(tmp), metadata={"format": FORMAT}))
     atomic_write(folder / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(document, indent=2)))

@@ -4,7 +4,9 @@ Files written by ``save_pretrained`` use the ``vit.encoder.layer.{i}.attention.a
 layout; the separate q, k and v projections become vitkit's fused ``qkv`` (stacked in that
 order). ``layer_norm_eps`` (1e-12 by default in transformers) is carried into the config.
 ``ViTForImageClassification`` classifies the class token's normalised output and does not use
-the pooler, so the pooler (Linear + tanh, the paper's pre-logits) is kept only when asked.
+the pooler, so the pooler (Linear + tanh, the paper's pre-logits) is kept only when asked. A multi-label model
+is written with ``problem_type: "multi_label_classification"`` (transformers then trains it with
+binary cross-entropy, and its pipeline applies a sigmoid) and vitkit's decision ``threshold``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import Tensor
 from ..data.transforms import Preprocessing, eval_transform
 from ..fileio import atomic_write
 from ..models import VisionTransformer, ViTConfig
+from .folder import MULTI_LABEL
 from .keys import rename_key
 
 _LAYER = r"^vit\.encoder\.layer\.(\d+)\."
@@ -123,8 +126,9 @@ def vitkit_to_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return converted
 
 
-def hf_config_document(config: ViTConfig, class_names: list[str]) -> dict[str, Any]:
-    """The ``config.json`` transformers needs to rebuild ``config`` as ViTForImageClassification."""
+def hf_config_document(config: ViTConfig, class_names: list[str], threshold: float | None = None) -> dict[str, Any]:
+    """The ``config.json`` transformers needs to rebuild ``config`` as ViTForImageClassification;
+    with a ``threshold``, as a multi-label classifier."""
     if config.pos_embed != "learn" or config.pool != "token" or config.hybrid_layers or not config.class_token:
         raise ValueError(
             "transformers' ViT has learned 1-D position embeddings, a class token and no CNN stem; "
@@ -155,6 +159,7 @@ def hf_config_document(config: ViTConfig, class_names: list[str]) -> dict[str, A
         "qkv_bias": config.qkv_bias,
         "id2label": {str(i): name for i, name in enumerate(class_names)},
         "label2id": {name: i for i, name in enumerate(class_names)},
+        **({"problem_type": MULTI_LABEL, "threshold": threshold} if threshold is not None else {}),
     }
 
 
@@ -247,16 +252,18 @@ def save_hf(
     *,
     preprocessing: Preprocessing | None = None,
     metrics: dict[str, Any] | None = None,
+    threshold: float | None = None,
 ) -> Path:
     """Write ``model`` as a transformers ViT folder: ``config.json`` + ``model.safetensors`` that
     ``ViTForImageClassification.from_pretrained(folder)`` loads, ``preprocessor_config.json`` so
     that ``pipeline("image-classification", model=folder)`` preprocesses as vitkit does, and a
     model card. A 1-channel model gets no ``preprocessor_config.json``: transformers' processors
-    make every image RGB, so the pipeline cannot feed it (a warning says so)."""
+    make every image RGB, so the pipeline cannot feed it (a warning says so). ``threshold`` makes
+    it a multi-label classifier (see the module docstring)."""
     folder = Path(folder)
     config = model.config
     names = class_names or [str(i) for i in range(config.num_classes)]
-    document = hf_config_document(config, names)
+    document = hf_config_document(config, names, threshold)
     preprocessing = preprocessing or eval_transform(config.img_size, config.in_chans)
     weights = vitkit_to_hf({k: v.detach().cpu() for k, v in model.state_dict().items()})
     atomic_write(folder / "model.safetensors", lambda tmp: save_file(weights, str(tmp), metadata={"format": "pt"}))

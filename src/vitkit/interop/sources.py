@@ -25,9 +25,10 @@ import difflib
 import json
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from torch import Tensor
 
@@ -37,7 +38,7 @@ from ..models import create_model as create_architecture
 from .adapt import LoadReport, load_state_into
 from .download import fetch_google_file
 from .files import read_weight_file
-from .folder import CONFIG_NAME, FORMAT, WEIGHT_FILES
+from .folder import CONFIG_NAME, DEFAULT_THRESHOLD, FORMAT, MULTI_LABEL, WEIGHT_FILES
 from .hf import class_names_from_hf, config_from_hf, hf_to_vitkit, is_hf_config, is_hf_state, preprocessing_from_hf
 from .hub import hub_snapshot, is_hub_id
 from .keys import upgrade_vitkit_keys
@@ -72,6 +73,9 @@ class Weights:
     model_name: str | None = None
     #: something the user should know, e.g. where to get class names the source lacks
     note: str | None = None
+    #: a multi-label classifier's decision threshold on its sigmoid probabilities; None: one
+    #: class per image (softmax)
+    threshold: float | None = None
 
 
 def open_weights(
@@ -132,7 +136,13 @@ def _open_folder(folder: Path, keep_pre_logits: bool) -> Weights:
                 f"{folder / CONFIG_NAME} names {len(names)} classes for a model with {config.num_classes} outputs"
             )
         return Weights(
-            str(folder), config, upgrade_vitkit_keys(state), names, preprocessing, model_name=document.get("model_name")
+            str(folder),
+            config,
+            upgrade_vitkit_keys(state),
+            names,
+            preprocessing,
+            model_name=document.get("model_name"),
+            threshold=_threshold(document, folder / CONFIG_NAME),
         )
     if is_hf_config(document):
         state = hf_to_vitkit(state, keep_pooler=keep_pre_logits)
@@ -140,11 +150,24 @@ def _open_folder(folder: Path, keep_pre_logits: bool) -> Weights:
         processor_file = folder / "preprocessor_config.json"
         processor = _read_json(processor_file) if processor_file.is_file() else None
         names = class_names_from_hf(document) if config.num_classes else []
-        return Weights(str(folder), config, state, names, preprocessing_from_hf(processor, config))
+        preprocessing = preprocessing_from_hf(processor, config)
+        return Weights(
+            str(folder), config, state, names, preprocessing, threshold=_threshold(document, folder / CONFIG_NAME)
+        )
     config = config_from_timm(document)
     names, note = _class_names(config.num_classes, class_names_from_timm(document))
     state = timm_to_vitkit(state)
     return Weights(str(folder), config, state, names, preprocessing_from_timm(document, config), note=note)
+
+
+def _threshold(document: dict[str, Any], path: Path) -> float | None:
+    """A multi-label model's decision threshold (0.5 where the folder records none); None for others."""
+    if document.get("problem_type") != MULTI_LABEL:
+        return None
+    threshold = document.get("threshold", DEFAULT_THRESHOLD)
+    if not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
+        raise ValueError(f"{path}: threshold must be a probability between 0 and 1, got {threshold!r}")
+    return float(threshold)
 
 
 def _folder_config(folder: Path) -> dict[str, Any]:
@@ -260,13 +283,25 @@ def load_weights(model: VisionTransformer, source: str | Path, *, keep_pre_logit
     return load_state_into(model, weights.state, source=str(source))
 
 
-class LoadedModel(NamedTuple):
+@dataclass(frozen=True)
+class LoadedModel:
     """What :func:`load_model` returns: the model (in eval mode), the preprocessing that turns an
-    image (PIL, ndarray or tensor) into its input, and the class names of its outputs."""
+    image (PIL, ndarray or tensor) into its input, the class names of its outputs, and for a
+    multi-label classifier the decision threshold on its sigmoid probabilities. It unpacks as
+    ``model, preprocess, class_names = load_model(...)``."""
 
     model: VisionTransformer
     preprocess: Preprocessing
     class_names: list[str]
+    threshold: float | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.model, self.preprocess, self.class_names))
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether the model predicts a set of labels (a sigmoid per class) rather than one class."""
+        return self.threshold is not None
 
     def require_classifier(self, what: str) -> None:
         """Refuse ``what`` (e.g. "evaluate") for an encoder without a classifier, saying what to do."""
@@ -312,7 +347,7 @@ def load_model(
     model = VisionTransformer(weights.config)
     load_state_into(model, weights.state, source=weights.source)
     model.pretrained_cfg = timm_data_config(weights.preprocessing)
-    return LoadedModel(model.to(device).eval(), weights.preprocessing, weights.class_names)
+    return LoadedModel(model.to(device).eval(), weights.preprocessing, weights.class_names, weights.threshold)
 
 
 def create_model(

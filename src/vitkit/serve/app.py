@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..analysis.explain import EXPLANATIONS, explanation_maps, heatmap, input_picture, overlay
 from ..data.images import ImageTooLarge, UnreadableImage, load_image
 from ..interop import LoadedModel
+from ..predict import labels_above
 from .batching import DynamicBatcher
 
 API_VERSION = "v1"
@@ -139,6 +140,7 @@ def batcher_for(loaded: LoadedModel, settings: ServeSettings, *, thread: bool = 
         max_wait_ms=settings.max_wait_ms,
         precision=settings.precision,
         thread=thread,
+        multi_label=loaded.multi_label,
     )
 
 
@@ -235,16 +237,17 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
         with batcher.expecting():  # a batch being gathered waits for this one
             picture = await run_in_threadpool(decode, data)
         probabilities = await batcher.probabilities(picture)
-        values, indices = probabilities.topk(min(top_k, len(class_names)))
+        if loaded.multi_label:  # the set of labels above the model's threshold; top_k does not apply
+            chosen = labels_above(probabilities, loaded.threshold)
+        else:
+            values, indices = probabilities.topk(min(top_k, len(class_names)))
+            chosen = list(zip(indices.tolist(), values.tolist(), strict=True))
         result: dict[str, Any] = {
-            "predictions": [
-                {"label": class_names[i], "index": i, "probability": p}
-                for i, p in zip(indices.tolist(), values.tolist(), strict=True)
-            ],
+            "predictions": [{"label": class_names[i], "index": i, "probability": p} for i, p in chosen],
             "model": settings.model_name,
         }
         if explain != "none":
-            target = indices[0].item() if target is None else target
+            target = int(probabilities.argmax()) if target is None else target
             result["explanation"] = await batcher.run(_explain, picture, explain, target)
         result["latency_ms"] = round(1000 * (time.perf_counter() - start), 2)
         return result
@@ -276,7 +279,13 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
             415, f"send the image as multipart/form-data field {field!r} or as a raw image/* body, not {kind!r}"
         )
 
-    TopK = Query(5, ge=1, le=1000, description="how many classes to return, most likely first")
+    TopK = Query(
+        5,
+        ge=1,
+        le=1000,
+        description="how many classes to return, most likely first (a multi-label model returns every label "
+        "above its threshold instead)",
+    )
     Explain = Query(
         "none",
         description="none; rollout (attention rollout, class-agnostic); relevance (gradient-weighted attention "
@@ -316,6 +325,8 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
             "max_batch": settings.max_batch,
             "max_wait_ms": settings.max_wait_ms,
             "explanations": list(EXPLANATIONS),
+            "multi_label": loaded.multi_label,
+            "threshold": loaded.threshold,
         }
 
     @app.post(f"/{API_VERSION}/predict", dependencies=[Depends(authorised)])

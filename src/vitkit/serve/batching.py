@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ..models import VisionTransformer
+from ..predict import class_probabilities
 
 
 @dataclass
@@ -51,7 +52,7 @@ class DynamicBatcher:
 
     ``preprocess`` turns each input (e.g. a PIL image) into a tensor ``(C, H, W)`` on the worker;
     None means inputs arrive preprocessed. ``precision`` is ``"bf16"`` (autocast) or ``"fp32"``;
-    ``max_batch=1`` turns batching off."""
+    ``max_batch=1`` turns batching off; ``multi_label``: a sigmoid per class instead of the softmax."""
 
     def __init__(
         self,
@@ -62,6 +63,7 @@ class DynamicBatcher:
         max_wait_ms: float = 5.0,
         precision: str = "fp32",
         thread: bool = True,
+        multi_label: bool = False,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -72,6 +74,7 @@ class DynamicBatcher:
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         self.precision = precision
+        self.multi_label = multi_label
         self.device = next(model.parameters()).device
         self.batches = 0  # forward passes run so far (for tests and /v1/model)
         self._expected = 0  # requests announced but not yet queued
@@ -94,7 +97,8 @@ class DynamicBatcher:
                 self._expected -= 1
 
     async def probabilities(self, image: Any) -> Tensor:
-        """Softmax class probabilities ``(num_classes,)`` in fp32 for one image."""
+        """Class probabilities ``(num_classes,)`` in fp32 for one image: softmax, or a sigmoid per
+        class for a ``multi_label`` model."""
         return await self._submit(image=image)
 
     async def run(self, call: Callable[..., Any], *args: Any) -> Any:
@@ -177,7 +181,7 @@ class DynamicBatcher:
         with autocast:
             logits = self.model(images.to(self.device))
         self.batches += 1
-        return logits.float().softmax(dim=-1).cpu()
+        return class_probabilities(logits, multi_label=self.multi_label).cpu()
 
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:

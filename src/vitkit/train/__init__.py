@@ -3,11 +3,13 @@
 from .accuracy import EvalResult, evaluate
 from .config import PRESETS, ConfigError, TrainConfig, resolve_config
 from .loop import RunSummary, TrainingDiverged, TrainingInterrupted, resume_run, train
+from .multilabel import MultiLabelResult
 
 __all__ = [
     "PRESETS",
     "ConfigError",
     "EvalResult",
+    "MultiLabelResult",
     "RunSummary",
     "TrainConfig",
     "TrainingDiverged",

@@ -1,4 +1,5 @@
-"""Accuracy of a classifier on a data loader: top-1, top-5, per class, confusion matrix."""
+"""Accuracy of a classifier on a data loader: top-1, top-5, per class, confusion matrix; for a
+multi-label classifier mAP, per-class AP and F1 (see :mod:`vitkit.train.multilabel`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ..data.shards import ShardStream
 from ..interop.pretrained import imagenet1k_class_names, imagenet1k_synsets
 from ..interop.sources import LoadedModel
 from .device import autocast
+from .multilabel import MultiLabelResult, multilabel_logits, score_multilabel
 
 
 @dataclass
@@ -101,14 +103,65 @@ def _label_map(data_classes: list[str], model_classes: list[str], data_spec: str
 
 
 def evaluate_model_on(
-    loaded: LoadedModel, data_spec: str, *, split: str = "val", batch_size: int = 256, workers: int = 0
-) -> EvalResult:
+    loaded: LoadedModel,
+    data_spec: str,
+    *,
+    split: str = "val",
+    batch_size: int = 256,
+    workers: int = 0,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> EvalResult | MultiLabelResult:
     """Evaluate a loaded model on a data spec's ``split`` ("val" or "train"), with the model's own
     preprocessing. Each class of the data must be one of the model's, by name (any order, a subset
-    is fine) or, for an ImageNet-1k model, by WordNet id (``n01440764/``, ImageNet's own layout)."""
+    is fine) or, for an ImageNet-1k model, by WordNet id (``n01440764/``, ImageNet's own layout).
+    ``val_fraction`` and ``seed`` hold images out of data without a split of its own, as
+    :func:`vitkit.data.load.load_data` does (a run's own values give its held-out images).
+
+    A multi-label model (``loaded.multi_label``) reads the data's labels as label sets and gives a
+    :class:`MultiLabelResult`: mAP and per-class AP (in the model's class order; NaN for a class
+    without a positive in the data), and micro-F1 at the model's own threshold (chosen on
+    held-out data when it was trained). Other models give an :class:`EvalResult` (top-1, top-5)."""
     loaded.require_classifier("evaluate")
-    model, preprocess, class_names = loaded
-    data = load_data(data_spec, in_chans=model.config.in_chans)
+    model, multi_label = loaded.model, loaded.multi_label
+    loader, label_map, skipped = _held_out_loader(
+        loaded, data_spec, split, batch_size, workers, multi_label=multi_label, val_fraction=val_fraction, seed=seed
+    )
+    device = next(model.parameters()).device
+    if not multi_label:
+        result = evaluate(model, loader, num_classes=len(loaded.class_names), device=device, label_map=label_map)
+        result.skipped = sorted(set(skipped) | set(result.skipped))
+        return result
+    logits, data_targets, broken = multilabel_logits(model, loader, device=device)
+    targets = data_targets
+    if label_map is not None:  # the data's columns, placed at the model's indices
+        targets = torch.zeros(len(data_targets), len(loaded.class_names))
+        targets[:, label_map] = data_targets
+    return score_multilabel(logits, targets, threshold=loaded.threshold, skipped=sorted(set(skipped) | set(broken)))
+
+
+def _held_out_loader(
+    loaded: LoadedModel,
+    data_spec: str,
+    split: str,
+    batch_size: int,
+    workers: int,
+    *,
+    multi_label: bool,
+    val_fraction: float,
+    seed: int,
+) -> tuple[DataLoader, torch.Tensor | None, list[str]]:
+    """Batches of ``split`` with the model's preprocessing, the model's index of each data class
+    (None when they are the same list), and the files skipped while scanning."""
+    model, preprocess, class_names = loaded.model, loaded.preprocess, loaded.class_names
+    data = load_data(
+        data_spec, in_chans=model.config.in_chans, val_fraction=val_fraction, seed=seed, multi_label=multi_label
+    )
+    if data.multi_label != multi_label:
+        raise ValueError(
+            f"{data_spec} holds {'several labels' if data.multi_label else 'one label'} per image, but the model "
+            f"predicts {'a set of labels' if multi_label else 'one class'}"
+        )
     label_map = _label_map(data.class_names, class_names, data_spec)
     if split not in ("val", "train"):
         raise ValueError(f"split must be 'val' or 'train', got {split!r}")
@@ -118,7 +171,4 @@ def evaluate_model_on(
     else:
         dataset = preprocess_in_memory(base, preprocess) or TransformedDataset(base, preprocess)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping_broken)
-    device = next(model.parameters()).device
-    result = evaluate(model, loader, num_classes=len(class_names), device=device, label_map=label_map)
-    result.skipped = sorted(set(data.skipped) | set(result.skipped))
-    return result
+    return loader, label_map, data.skipped

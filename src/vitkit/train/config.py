@@ -35,6 +35,12 @@ class TrainConfig:
     # data
     data: str = _opt("mnist", "built-in dataset (digits, mnist), an ImageFolder folder, or a path,label CSV")
     val_fraction: float = _opt(0.1, "held-out fraction when the data has no val/ split (per class, seeded)")
+    multi_label: bool = _opt(
+        False,
+        "CSV data: several labels per image (sigmoid outputs, binary cross-entropy, ranked by mAP) even when no "
+        "row lists several; a ';' in any label, or a path,<class>,<class>,... header, means multi-label anyway",
+        only="classify",
+    )
     train_images: int | None = _opt(
         None, "use only this many training images, equally many per class (seeded): few-label experiments"
     )
@@ -101,7 +107,9 @@ class TrainConfig:
     batch_size: int = _opt(128, "images per optimiser micro-batch")
     accum_steps: int = _opt(1, "micro-batches per optimiser step (global batch = batch_size × accum_steps × processes)")
     grad_clip: float = _opt(1.0, "clip the global gradient norm to this value; 0 = no clipping")
-    label_smoothing: float = _opt(0.0, "label smoothing of the cross-entropy", only="classify")
+    label_smoothing: float = _opt(
+        0.0, "label smoothing of the cross-entropy (multi-label: targets y(1-ε) + ε/2)", only="classify"
+    )
     ema: float = _opt(0.0, "keep an exponential moving average of the weights with this decay, e.g. 0.9999; 0 = off")
     # self-supervised pre-training (vitkit pretrain)
     objective: str = _opt(

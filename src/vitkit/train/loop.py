@@ -27,7 +27,7 @@ from ..models import VisionTransformer
 from . import distributed, inputs, report
 from .config import ConfigError, TrainConfig
 from .distributed import DistributedFailure, Processes
-from .objectives import Evaluation, build_objective
+from .objectives import THRESHOLD, Evaluation, build_objective
 from .run import Run, model_name, set_up_run
 from .run_folder import SUMMARY_NAME, TRAIN_CONFIG_NAME
 from .step import train_step
@@ -280,7 +280,13 @@ def _finish(run: Run, result: Evaluation, wall_seconds: float) -> RunSummary:
     if run.main:
         vit = run.objective.vit(kept.cpu() if run.device.type != "cpu" else kept)
         class_names = run.data.class_names if run.supervised else []
-        save_model(run.run_dir, vit, class_names=class_names, model_name=model_name(run.config, run.model))
+        save_model(
+            run.run_dir,
+            vit,
+            class_names=class_names,
+            model_name=model_name(run.config, run.model),
+            threshold=result.metrics.get(THRESHOLD),
+        )
         report.plot_curves(report.read_metrics(run.run_dir), run.run_dir / "curves.png")
         if result.confusion is not None:
             report.plot_confusion(result.confusion, run.data.class_names, run.run_dir / "confusion.png")
@@ -304,6 +310,7 @@ def _kept_module(run: Run) -> torch.nn.Module:
         num_classes=len(run.data.class_names),
         device=run.device,
         precision=run.precision,
+        multi_label=run.data.multi_label,
     )
     plain.module.load_state_dict(full)
     return plain.module

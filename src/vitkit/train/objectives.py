@@ -19,6 +19,10 @@ from .accuracy import evaluate
 from .config import ConfigError, TrainConfig
 from .device import autocast
 from .distributed import Processes, all_reduce_sum
+from .multilabel import multilabel_logits, score_multilabel
+
+#: the held-out metric of a multi-label run that holds its decision threshold
+THRESHOLD = "val_threshold"
 
 #: default fraction of patches each objective corrupts or hides (the papers' values)
 DEFAULT_MASK_RATIO = {"mpp": 0.5, "mae": 0.75}
@@ -76,6 +80,10 @@ class Objective(Protocol):
 
 @dataclass
 class Classification:
+    """One class per image (softmax, cross-entropy, ranked by top-1), or with ``multi_label``
+    any set of classes (a sigmoid per class, binary cross-entropy on multi-hot targets, ranked by
+    mAP). Mixup and CutMix mix multi-hot targets as they mix one-hot ones."""
+
     module: VisionTransformer
     num_classes: int
     label_smoothing: float
@@ -83,21 +91,37 @@ class Classification:
     cutmix: float
     device: torch.device
     precision: str
+    multi_label: bool = False
 
     def __post_init__(self) -> None:
         self.mixing = batch_mixing(self.num_classes, self.mixup, self.cutmix)
 
     def loss(self, module: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
+        if self.multi_label:
+            labels = labels.float()  # torchvision's mixing then mixes the multi-hot vectors as given
         if self.mixing is not None:
             images, labels = self.mixing(images, labels)
         with autocast(self.device, self.precision):
             logits = module(images)
+        if self.multi_label:
+            targets = labels * (1 - self.label_smoothing) + self.label_smoothing / 2
+            return F.binary_cross_entropy_with_logits(logits.float(), targets)
         return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
 
     def evaluate(self, module: nn.Module, loader: DataLoader) -> Evaluation:
+        if self.multi_label:
+            return self._evaluate_multilabel(module, loader)
         result = evaluate(module, loader, num_classes=self.num_classes, device=self.device, precision=self.precision)
         metrics = {"val_loss": result.loss, "val_top1": result.top1, "val_top5": result.top5}
         return Evaluation(metrics, result.count, "val_top1", True, result.confusion, result.skipped)
+
+    def _evaluate_multilabel(self, module: nn.Module, loader: DataLoader) -> Evaluation:
+        """mAP, and micro-F1 at the threshold that maximises it on these held-out images (the
+        threshold the run folder keeps for predictions)."""
+        logits, targets, skipped = multilabel_logits(module, loader, device=self.device, precision=self.precision)
+        result = score_multilabel(logits, targets, skipped=skipped)
+        metrics = {"val_loss": result.loss, "val_mAP": result.mean_ap, "val_f1": result.f1, THRESHOLD: result.threshold}
+        return Evaluation(metrics, result.count, "val_mAP", True, skipped=skipped)
 
     def vit(self, module: nn.Module) -> VisionTransformer:
         return module  # type: ignore[return-value]
@@ -142,12 +166,19 @@ class Pretraining:
 
 
 def build_objective(
-    config: TrainConfig, model: VisionTransformer, *, num_classes: int, device: torch.device, precision: str
+    config: TrainConfig,
+    model: VisionTransformer,
+    *,
+    num_classes: int,
+    device: torch.device,
+    precision: str,
+    multi_label: bool = False,
 ) -> Classification | Pretraining:
-    """The objective ``config.objective`` names, around ``model`` (already sized for the data)."""
+    """The objective ``config.objective`` names, around ``model`` (already sized for the data);
+    ``multi_label`` for data with several labels per image."""
     if config.objective == "classify":
         return Classification(
-            model, num_classes, config.label_smoothing, config.mixup, config.cutmix, device, precision
+            model, num_classes, config.label_smoothing, config.mixup, config.cutmix, device, precision, multi_label
         )
     ratio = config.mask_ratio if config.mask_ratio is not None else DEFAULT_MASK_RATIO.get(config.objective)
     if config.objective == "mpp":

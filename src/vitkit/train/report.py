@@ -39,7 +39,13 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 #: held-out metrics shown as percentages, and their names for people
-PERCENT_METRICS = {"val_top1": "top-1", "val_top5": "top-5", "val_color_accuracy": "colour accuracy"}
+PERCENT_METRICS = {
+    "val_top1": "top-1",
+    "val_top5": "top-5",
+    "val_color_accuracy": "colour accuracy",
+    "val_mAP": "mAP",
+    "val_f1": "micro-F1",
+}
 
 
 def percent_metrics(metrics: dict[str, Any]) -> dict[str, str]:

@@ -166,6 +166,11 @@ def set_up_run(config: TrainConfig, *, resume: bool, processes: Processes) -> Ru
     config = dataclasses.replace(config, out=str(_shared_run_dir(config, processes)))
     data = _training_data(config)
     supervised = config.objective == "classify"
+    if supervised and data.multi_label and processes.distributed:
+        raise ConfigError(
+            "multi-label runs train in one process for now (mAP needs every held-out score in one place); "
+            "start vitkit train without torchrun"
+        )
     num_classes = len(data.class_names)
     model = build_model(config, num_classes=num_classes if supervised else 0, in_chans=data.in_chans)
     model.set_grad_checkpointing(config.grad_checkpointing)
@@ -173,7 +178,14 @@ def set_up_run(config: TrainConfig, *, resume: bool, processes: Processes) -> Ru
     if model.config.img_size != (img_size, img_size):
         model.set_image_size(img_size)
     data = inputs.decode_once(config, data, img_size, processes)
-    objective = build_objective(config, model.to(device), num_classes=num_classes, device=device, precision=precision)
+    objective = build_objective(
+        config,
+        model.to(device),
+        num_classes=num_classes,
+        device=device,
+        precision=precision,
+        multi_label=data.multi_label,
+    )
     sharded = config.fsdp and processes.distributed
     if sharded and config.ema:
         raise ConfigError("--ema is not supported with --fsdp yet; drop one of them")
@@ -244,7 +256,15 @@ def _training_data(config: TrainConfig) -> DataSplits:
         val_fraction=config.val_fraction,
         seed=config.seed,
         labels=supervised or fewshot,
+        multi_label=config.multi_label,
     )
+    if config.multi_label and not data.multi_label:
+        raise ConfigError(f"--multi-label reads the labels of a CSV as label sets; {config.data} is not a CSV")
+    if data.multi_label and (fewshot or config.train_images):
+        flag = "--evaluators fewshot" if fewshot else "--train-images"
+        raise ConfigError(
+            f"{flag} draws images class by class, which needs one class per image; {config.data} is multi-label"
+        )
     if supervised and len(data.class_names) < 2:
         raise ConfigError(
             f"{config.data} has one class ({data.class_names[0]!r}): a classifier needs two or more "

@@ -34,6 +34,16 @@ def run_data(folder: str | Path) -> str | None:
     return json.loads(path.read_text())["data"] if path.is_file() else None
 
 
+def run_split(folder: str | Path) -> dict[str, Any]:
+    """How a run folder held images out of its data (``val_fraction``, ``seed``), for evaluating
+    it on the very images it was scored on; empty for anything that is not a run folder."""
+    path = Path(folder) / TRAIN_CONFIG_NAME
+    if not path.is_file():
+        return {}
+    settings = json.loads(path.read_text())
+    return {key: settings[key] for key in ("val_fraction", "seed")}
+
+
 def run_metrics(folder: str | Path) -> dict[str, Any] | None:
     """The headline figures of a finished run folder (for a model card); None for other sources."""
     path = Path(folder) / SUMMARY_NAME
