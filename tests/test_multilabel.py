@@ -17,9 +17,11 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import average_precision_score, f1_score
 
 import vitkit
+from vitkit.analysis import explanation_maps, perturbation_curves
 from vitkit.cli.main import main
 from vitkit.data.datasets import DataError
 from vitkit.data.decoded import decoded
+from vitkit.data.images import load_image
 from vitkit.data.load import load_data
 from vitkit.interop.convert import convert
 from vitkit.predict import predict_files
@@ -301,3 +303,22 @@ def test_multi_label_settings_that_cannot_work_are_refused(collage_run, tmp_path
     )
     with pytest.raises(ValueError, match="holds several labels per image, but the model predicts one class"):
         evaluate_model_on(vitkit.load_model(one_class), str(csv_path))
+
+
+def test_a_chosen_label_is_explained_and_its_faithfulness_follows_the_sigmoid(collage_run, capsys):
+    run_dir, _, tmp, _ = collage_run
+    files = [str(tmp / "data" / f"{i:04d}.png") for i in range(3)]
+    out = tmp / "inspect"
+    assert main(["inspect", str(run_dir), *files, "--out", str(out), "--class", "3"]) == 0
+    assert set(json.loads((out / "faithfulness.json").read_text())) == {"rollout", "relevance", "gradcam", "random"}
+    loaded = vitkit.load_model(run_dir)
+    images = torch.stack([loaded.preprocess(load_image(path, 1)) for path in files])
+    maps = explanation_maps(loaded.model, images, "relevance", target=3)
+    deletion, _ = perturbation_curves(loaded.model, images, maps, torch.full((3,), 3), multi_label=True)
+    with torch.no_grad():
+        torch.testing.assert_close(deletion[:, 0], loaded.model(images).sigmoid()[:, 3])
+    with TestClient(create_app(loaded, ServeSettings(model_name="collages"))) as client:
+        data = (tmp / "data" / "0000.png").read_bytes()
+        url = "/v1/predict?explain=gradcam&explain_class=3"
+        answer = client.post(url, content=data, headers={"content-type": "image/png"}).json()
+    assert answer["explanation"]["class"] == {"label": "3", "index": 3}

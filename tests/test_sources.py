@@ -228,3 +228,19 @@ def test_class_names_from_a_file_and_predict_errors(tmp_path, capsys):
     assert "top_k must be at least 1" in capsys.readouterr().err
     args = ["predict", str(tmp_path / "model"), str(tmp_path / "a.png"), "--class-names", str(tmp_path / "names.txt")]
     assert main(args) == 0 and capsys.readouterr().out.split()[1] in ("cat", "dog", "bird")
+
+
+def test_transformers_pipeline_scores_a_converted_multi_label_model_with_sigmoids(tmp_path):
+    model = tiny_vit(num_classes=3, patch_size=8).eval()
+    with torch.no_grad():
+        model.head.weight.normal_(std=0.5)
+    names = ["car", "person", "bicycle"]
+    save_model(tmp_path / "run", model, class_names=names, threshold=0.4)
+    convert(tmp_path / "run", tmp_path / "hf", to="hf")
+    classify = pipeline("image-classification", model=str(tmp_path / "hf"), top_k=3)
+    image = photo(40, 40)
+    with torch.no_grad():
+        ours = model(Preprocessing.centre_crop(32)(image).unsqueeze(0)).sigmoid()[0]
+    theirs = {answer["label"]: answer["score"] for answer in classify(image)}
+    assert max(abs(ours[i].item() - theirs[name]) for i, name in enumerate(names)) <= 1e-4
+    assert abs(sum(theirs.values()) - 1) > 0.01  # sigmoids, not a softmax
