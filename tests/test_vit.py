@@ -5,7 +5,7 @@ import torch
 from conftest import randomize_head, tiny_vit
 
 import vitkit
-from vitkit.models.vit import Attention
+from vitkit.models.vit import Attention, _attention
 
 POS_KINDS = ["none", "learn", "learn2d", "relative", "sincos2d"]
 
@@ -314,3 +314,16 @@ def test_bf16_on_cpu_takes_the_explicit_attention_path_and_agrees_with_fp32():
     assert vitkit.models.vit._math_attention_is_faster(torch.zeros(1, dtype=torch.bfloat16))
     assert not vitkit.models.vit._math_attention_is_faster(torch.zeros(1))
     torch.testing.assert_close(low, reference, atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_inference_attention_in_query_chunks_equals_the_whole(with_bias):
+    """Without autograd the explicit (CPU bf16) path takes 64 queries at a time, so the N × N
+    weights never exist at once; the result is the same, bit for bit."""
+    tokens = 2 * 64 + 37  # three chunks, the last one short
+    q, k, v = (torch.randn(2, 3, tokens, 16).bfloat16() for _ in range(3))
+    bias = torch.randn(2, 3, tokens, tokens).bfloat16() if with_bias else None
+    whole = _attention(q, k, v, bias, 0.0)  # autograd on: one piece
+    with torch.no_grad():
+        chunked = _attention(q, k, v, bias, 0.0)
+    assert torch.equal(whole, chunked)
