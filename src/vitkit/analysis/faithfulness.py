@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..models import VisionTransformer
+from ..predict import class_probabilities
 
 #: images per forward pass while scoring perturbed images
 CHUNK = 64
@@ -100,9 +101,8 @@ def _probabilities(model: VisionTransformer, images: Tensor, targets: Tensor, mu
     model.eval()
     chunks = []
     for start in range(0, images.shape[0], CHUNK):
-        logits = model(images[start : start + CHUNK].to(device)).float()
+        logits = model(images[start : start + CHUNK].to(device))
         chosen = targets[start : start + CHUNK].to(device)[:, None]
-        probabilities = logits.sigmoid() if multi_label else logits.softmax(dim=-1)
-        chunks.append(probabilities.gather(1, chosen)[:, 0].cpu())
+        chunks.append(class_probabilities(logits, multi_label=multi_label).gather(1, chosen)[:, 0].cpu())
     model.train(was_training)
     return torch.cat(chunks)
