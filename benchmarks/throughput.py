@@ -1,4 +1,5 @@
-"""vitkit vs timm vs transformers: inference and training img/s, FLOP rate, memory, token scaling.
+"""vitkit vs timm vs transformers: inference (eager, compiled, int8) and training img/s, FLOP
+rate, memory, token scaling.
 
 Runs the sets shown in the README and writes benchmarks/results/throughput.json. Each set is
 one interleaved measurement (see vitkit.benchmark); ratios within a set are what to compare.
@@ -20,8 +21,18 @@ from vitkit.benchmark import format_table, run_benchmark
 
 SETS = [
     # (title, run_benchmark arguments)
-    ("Inference, S/16", {"model": "S/16", "batch": 32, "precisions": ("fp32", "bf16-autocast", "bf16-weights")}),
-    ("Inference, B/16", {"model": "B/16", "batch": 32, "precisions": ("fp32", "bf16-autocast", "bf16-weights")}),
+    *[
+        (
+            f"Inference, {model}: eager, compiled and int8",
+            {
+                "model": model,
+                "batch": 32,
+                "precisions": ("fp32", "bf16-autocast", "bf16-weights", "int8"),
+                "compile": ("vitkit", "timm"),
+            },
+        )
+        for model in ("S/16", "B/16")
+    ],
     (
         "Training step (forward + backward + AdamW), S/16",
         {

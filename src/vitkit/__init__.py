@@ -1,6 +1,7 @@
 """vitkit: the Vision Transformer of Dosovitskiy et al. (ICLR 2021) for PyTorch."""
 
 from .interop import (
+    Int8Model,
     LoadedModel,
     PretrainedWeights,
     create_model,
@@ -8,6 +9,7 @@ from .interop import (
     load_model,
     load_weights,
     open_weights,
+    quantize,
     save_model,
 )
 from .models import VisionTransformer, ViTConfig, get_config, list_models, resample_pos_embed
@@ -15,6 +17,7 @@ from .models import VisionTransformer, ViTConfig, get_config, list_models, resam
 __version__ = "0.1.0"
 
 __all__ = [
+    "Int8Model",
     "LoadedModel",
     "PretrainedWeights",
     "ViTConfig",
@@ -27,6 +30,7 @@ __all__ = [
     "load_model",
     "load_weights",
     "open_weights",
+    "quantize",
     "resample_pos_embed",
     "save_model",
 ]

@@ -23,17 +23,20 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .interop.hf import hf_config_document
+from .interop.int8 import quantize
 from .models import create_model, get_config
 from .models.registry import resolve_name
 
 LIBRARIES = ("vitkit", "timm", "transformers")
-#: fp32; bf16 autocast over fp32 weights; bf16 weights and inputs without autocast
-PRECISIONS = ("fp32", "bf16-autocast", "bf16-weights")
+#: fp32; bf16 autocast over fp32 weights; bf16 weights and inputs without autocast; int8 linear
+#: layers run by ONNX Runtime (:func:`vitkit.quantize`; vitkit only, inference only)
+PRECISIONS = ("fp32", "bf16-autocast", "bf16-weights", "int8")
 
 
 @dataclass
@@ -53,6 +56,7 @@ class Result:
     gflop_per_image: float = 0.0
     achieved_gflops: float = 0.0
     peak_fraction: float | None = None  # of the matmul peak at this precision, measured in the same run
+    # (int8: ONNX Runtime's int8 matmul, the kernel int8 rows run on)
     #: memory the steps take above the model, optimizer state and inputs (RSS on CPU, allocated on CUDA)
     peak_memory_mb: float | None = None
 
@@ -87,6 +91,16 @@ class _LogitsOnly(nn.Module):
         return self.model(pixel_values=x).logits
 
 
+def build_variant(library: str, name: str, *, img_size: int, precision: str) -> nn.Module:
+    """:func:`build_peer`, quantized for the ``int8`` precision (vitkit only)."""
+    model = build_peer(library, name, img_size=img_size)
+    if precision != "int8":
+        return model
+    if library != "vitkit":
+        raise ValueError(f"int8 is measured for vitkit only, not {library}")
+    return quantize(model.eval())
+
+
 def _autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-autocast")
 
@@ -107,8 +121,8 @@ def inference_step(model: nn.Module, images: torch.Tensor, precision: str) -> Ca
 
 def train_step(model: nn.Module, images: torch.Tensor, precision: str) -> Callable[[], None]:
     """A closure running forward, backward and a (foreach) AdamW step."""
-    if precision == "bf16-weights":
-        raise ValueError("training with bf16 weights is not measured; use bf16-autocast")
+    if precision in ("bf16-weights", "int8"):
+        raise ValueError(f"training with {precision} is not measured; use bf16-autocast")
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
     labels = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
@@ -154,6 +168,32 @@ def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, size: int = 204
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
+def int8_matmul_peak_gops(size: int = 2048, reps: int = 5) -> float:
+    """ONNX Runtime's int8 matmul rate on this CPU (u8 × s8 → s32, the kernel of the int8 rows'
+    linear layers): the median of ``reps`` square ``size`` products, in GOP/s."""
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    weights = helper.make_tensor(
+        "b", TensorProto.INT8, (size, size), rng.integers(-127, 128, (size, size), dtype=np.int8).tobytes(), raw=True
+    )
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["c"])],
+        "int8-matmul",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, (size, size))],
+        [helper.make_tensor_value_info("c", TensorProto.INT32, (size, size))],
+        initializer=[weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    a = rng.integers(0, 256, (size, size), dtype=np.uint8)
+    times = interleaved({"mm": lambda: session.run(None, {"a": a})}, reps=reps, warmup=2, device=torch.device("cpu"))
+    return 2 * size**3 / statistics.median(times["mm"]) / 1e9
+
+
 def count_gflop(step: Callable[[], None]) -> float:
     """FLOPs of one call of ``step`` (forward, and backward if it has one), in GFLOP."""
     with FlopCounterMode(display=False) as counter:
@@ -186,7 +226,8 @@ def _probe(spec: dict[str, Any]) -> float:
     what the process held before it, in MB. On CPU a thread samples the RSS every millisecond."""
     device = torch.device(spec["device"])
     torch.set_num_threads(spec["threads"])
-    model = build_peer(spec["library"], spec["model"], img_size=spec["img_size"]).to(device)
+    model = build_variant(spec["library"], spec["model"], img_size=spec["img_size"], precision=spec["precision"])
+    model = model.to(device)
     if spec["grad_checkpointing"]:
         model.set_grad_checkpointing(True)
     images = torch.randn(spec["batch"], 3, spec["img_size"], spec["img_size"], device=device)
@@ -223,20 +264,23 @@ def run_benchmark(
     task: str = "inference",
     libraries: tuple[str, ...] = LIBRARIES,
     precisions: tuple[str, ...] = ("fp32", "bf16-autocast"),
-    compile: bool = False,
+    compile: tuple[str, ...] = (),
     grad_checkpointing: tuple[bool, ...] = (False,),
     reps: int = 5,
     warmup: int = 2,
     memory: bool = True,
     device: str = "cpu",
 ) -> list[Result]:
-    """Measure ``task`` for every library × precision (× compiled, × grad checkpointing for
-    vitkit training), interleaved; see the module docstring for how."""
+    """Measure ``task`` for every library × precision (× compiled for the libraries in
+    ``compile``, × grad checkpointing for vitkit training), interleaved; see the module docstring
+    for how. ``int8`` is measured for vitkit only, eager (ONNX Runtime compiles its own graph)."""
     target = torch.device(device)
     peaks = {
         "fp32": matmul_peak_gflops(torch.float32, target),
         "bf16": matmul_peak_gflops(torch.bfloat16, target),
     }
+    if "int8" in precisions and "vitkit" in libraries:
+        peaks["int8"] = int8_matmul_peak_gops()
     make = train_step if task == "train" else inference_step
     # FLOPs are the architecture's, the same for every library and device (tested). They are
     # counted on vitkit's bf16 CPU path, where attention is plain matmuls: FlopCounterMode does
@@ -247,9 +291,11 @@ def run_benchmark(
     results: dict[str, Result] = {}
     for library in libraries:
         for precision in precisions:
+            if precision == "int8" and library != "vitkit":
+                continue
             for checkpointing in grad_checkpointing if task == "train" and library == "vitkit" else (False,):
-                for compiled in (False, True) if compile else (False,):
-                    net = build_peer(library, model, img_size=img_size).to(target)
+                for compiled in (False, True) if library in compile and precision != "int8" else (False,):
+                    net = build_variant(library, model, img_size=img_size, precision=precision).to(target)
                     if checkpointing:
                         net.set_grad_checkpointing(True)
                     images = torch.randn(batch, 3, img_size, img_size, device=target)
@@ -263,7 +309,7 @@ def run_benchmark(
         result.seconds = timings[key]
         result.images_per_second = batch / statistics.median(timings[key])
         result.achieved_gflops = result.gflop_per_image * result.images_per_second
-        result.peak_fraction = result.achieved_gflops / peaks["fp32" if result.precision == "fp32" else "bf16"]
+        result.peak_fraction = result.achieved_gflops / peaks[result.precision.split("-")[0]]
         if memory and not result.compiled:
             spec = {**asdict(result), "device": device, "threads": torch.get_num_threads()}
             result.peak_memory_mb = _peak_memory_mb(spec)
@@ -272,19 +318,19 @@ def run_benchmark(
 
 def format_table(results: list[Result], *, baseline: str = "timm") -> str:
     """A Markdown table; ``× baseline`` compares each row with the baseline library's row of the
-    same task, precision and compile setting."""
-    reference = {
-        (r.task, r.precision, r.compiled, r.img_size): r.images_per_second
-        for r in results
-        if r.library == baseline and not r.grad_checkpointing
-    }
+    same task, precision and compile setting (int8 rows: with its eager fp32 row)."""
+
+    def key(r: Result) -> tuple:
+        return (r.task, r.precision, r.compiled, r.img_size)
+
+    reference = {key(r): r.images_per_second for r in results if r.library == baseline and not r.grad_checkpointing}
     lines = [
         "| task | model | px | library | precision | compiled | grad ckpt | img/s | × " + baseline + " | GFLOP/s "
         "| % of matmul peak | step memory MB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        base = reference.get((r.task, r.precision, r.compiled, r.img_size))
+        base = reference.get((r.task, "fp32", False, r.img_size) if r.precision == "int8" else key(r))
         ratio = f"{r.images_per_second / base:.2f}" if base else "—"
         memory = f"{r.peak_memory_mb:.0f}" if r.peak_memory_mb is not None else "—"
         lines.append(

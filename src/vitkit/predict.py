@@ -13,6 +13,7 @@ import torch
 
 from .data.images import is_image_file, load_image
 from .interop.sources import LoadedModel
+from .train.device import autocast, device_of
 
 
 @dataclass
@@ -61,16 +62,16 @@ def expand_image_paths(paths: Iterable[str | Path]) -> list[Path]:
 
 @torch.inference_mode()
 def predict_files(
-    loaded: LoadedModel, paths: Iterable[str | Path], *, top_k: int = 5, batch_size: int = 64
+    loaded: LoadedModel, paths: Iterable[str | Path], *, top_k: int = 5, batch_size: int = 64, precision: str = "fp32"
 ) -> list[Prediction]:
     """Class probabilities for each image file: the ``top_k`` classes (softmax), or for a
     multi-label model the labels above its threshold (``top_k`` does not apply); unreadable
-    files get an ``error``."""
+    files get an ``error``. ``precision`` is ``"fp32"`` or ``"bf16"`` (autocast)."""
     loaded.require_classifier("predict")
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     model, preprocess, class_names = loaded
-    device = next(model.parameters()).device
+    device = device_of(model)
     k = min(top_k, len(class_names))
     files = expand_image_paths(paths)
     predictions: list[Prediction] = []
@@ -86,7 +87,9 @@ def predict_files(
                 prediction.error = str(error)
         if not batch:
             continue
-        probabilities = class_probabilities(model(torch.stack(batch).to(device)), multi_label=loaded.multi_label)
+        with autocast(device, precision):
+            logits = model(torch.stack(batch).to(device))
+        probabilities = class_probabilities(logits, multi_label=loaded.multi_label)
         if loaded.multi_label:
             for prediction, row in zip(readable, probabilities.cpu(), strict=True):
                 prediction.labels = [(class_names[i], p) for i, p in labels_above(row, loaded.threshold)]

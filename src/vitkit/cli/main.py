@@ -8,6 +8,7 @@ import json
 import math
 import os
 import sys
+import time
 import types
 import typing
 import warnings
@@ -21,13 +22,15 @@ from vitkit.analysis import METHODS, inspect_model, inspection_images
 from vitkit.benchmark import LIBRARIES, PRECISIONS, format_table, run_benchmark
 from vitkit.data.load import load_data
 from vitkit.data.shards import write_shards
-from vitkit.interop import convert, export_model, load_model
+from vitkit.interop import convert, export_model, load_model, quantize
 from vitkit.interop.convert import TARGETS
 from vitkit.interop.export import EXPORT_FORMATS
+from vitkit.models import parameter_count
 from vitkit.predict import expand_image_paths, predict_files
 from vitkit.probe import POOLS, fewshot_evaluate, linear_probe
 from vitkit.serve import ServeSettings, serve
 from vitkit.train import (
+    EvalResult,
     MultiLabelResult,
     RunSummary,
     TrainConfig,
@@ -58,8 +61,7 @@ def _models(args: argparse.Namespace) -> None:
         return
     for name in vitkit.list_models(args.pattern, aliases=args.aliases):
         config = vitkit.get_config(name)
-        with torch.device("meta"):
-            params = sum(p.numel() for p in vitkit.VisionTransformer(config).parameters())
+        params = parameter_count(config)
         print(
             f"{name:24s} D={config.embed_dim:<5d} L={config.depth:<3d} heads={config.num_heads:<3d} "
             f"patch={config.stride:<3d} {config.img_size[0]}px  {params / 1e6:7.2f}M params"
@@ -215,65 +217,91 @@ def _eval(args: argparse.Namespace) -> None:
     data = _data_of(args)
     # the run's own data: its own held-out images
     holdout = {} if args.data else run_split(args.model)
-    result = evaluate_model_on(loaded, data, split=args.split, batch_size=args.batch_size, **holdout)
+    precision = resolve_precision(args.precision, torch.device("cpu"))
+    settings = {"split": args.split, "batch_size": args.batch_size, "precision": precision, **holdout}
+    result = evaluate_model_on(loaded, data, **settings)
+    int8 = None
+    if args.int8:
+        int8 = evaluate_model_on(_for_inference(loaded, True), data, **{**settings, "precision": "fp32"})
     if isinstance(result, MultiLabelResult):
-        _print_multilabel(args, loaded.class_names, data, result)
+        _print_multilabel(args, precision, loaded.class_names, data, result, int8)
         return
-    per_class = dict(zip(loaded.class_names, result.per_class_accuracy(), strict=True))
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "data": data,
-                    "split": args.split,
-                    "images": result.count,
-                    "top1": result.top1,
-                    "top5": result.top5,
-                    "loss": result.loss,
-                    "per_class": per_class,
-                    "skipped": result.skipped,
-                },
-                indent=2,
-            )
-        )
+        document = {"data": data, "split": args.split, "precision": precision, **_accuracy_document(result, loaded)}
+        if int8 is not None:
+            document["int8"] = _accuracy_document(int8, loaded)
+            document["int8"]["top1_agreement"] = int8.agreement(result)
+        print(json.dumps(document, indent=2))
         return
-    print(
-        f"{data} ({args.split}, {result.count} images): top-1 {100 * result.top1:.2f}%  "
-        f"top-5 {100 * result.top5:.2f}%  loss {result.loss:.4f}"
-    )
-    for name, accuracy in per_class.items():
-        print(f"  {name:>20s}  {100 * accuracy:6.2f}%")
+    for name, scored in [(precision, result), ("int8", int8)]:
+        if scored is not None:
+            print(
+                f"{data} ({args.split}, {scored.count} images, {name}): top-1 {100 * scored.top1:.2f}%  "
+                f"top-5 {100 * scored.top5:.2f}%  loss {scored.loss:.4f}"
+            )
+    if int8 is not None:
+        print(
+            f"  int8 vs {precision}: the same top-1 class for {100 * int8.agreement(result):.2f}% of the images, "
+            f"top-1 {100 * (int8.top1 - result.top1):+.2f} points"
+        )
+    print("per class" + (f" ({precision} | int8)" if int8 else ""))
+    per_class = zip(loaded.class_names, result.per_class_accuracy(), (int8 or result).per_class_accuracy(), strict=True)
+    for name, accuracy, int8_accuracy in per_class:
+        print(f"  {name:>20s}  {100 * accuracy:6.2f}%" + (f" | {100 * int8_accuracy:6.2f}%" if int8 else ""))
     if result.skipped:
         print(f"{len(result.skipped)} unreadable file(s) skipped")
 
 
-def _print_multilabel(args: argparse.Namespace, class_names: list[str], data: str, result: MultiLabelResult) -> None:
-    # JSON has no NaN: a class without a positive image has no AP (null)
-    per_class = {
-        name: None if math.isnan(ap) else ap for name, ap in zip(class_names, result.per_class_ap, strict=True)
+def _accuracy_document(result: EvalResult, loaded: vitkit.LoadedModel) -> dict[str, Any]:
+    return {
+        "images": result.count,
+        "top1": result.top1,
+        "top5": result.top5,
+        "loss": result.loss,
+        "per_class": dict(zip(loaded.class_names, result.per_class_accuracy(), strict=True)),
+        "skipped": result.skipped,
     }
+
+
+def _print_multilabel(
+    args: argparse.Namespace,
+    precision: str,
+    class_names: list[str],
+    data: str,
+    result: MultiLabelResult,
+    int8: MultiLabelResult | None,
+) -> None:
     if args.json:
-        document = {
-            "data": data,
-            "split": args.split,
-            "images": result.count,
-            "mAP": result.mean_ap,
-            "f1": result.f1,
-            "threshold": result.threshold,
-            "loss": result.loss,
-            "per_class_ap": per_class,
-            "skipped": result.skipped,
-        }
+        document = {"data": data, "split": args.split, **_multilabel_document(result, class_names)}
+        if int8 is not None:
+            document["int8"] = _multilabel_document(int8, class_names)
         print(json.dumps(document, indent=2))
         return
-    print(
-        f"{data} ({args.split}, {result.count} images): mAP {100 * result.mean_ap:.2f}%  micro-F1 "
-        f"{100 * result.f1:.2f}% at threshold {result.threshold:.3f}  loss {result.loss:.4f}"
-    )
-    for name, ap in per_class.items():
+    for name, scored in [(precision, result), ("int8", int8)]:
+        if scored is not None:
+            print(
+                f"{data} ({args.split}, {scored.count} images, {name}): mAP {100 * scored.mean_ap:.2f}%  micro-F1 "
+                f"{100 * scored.f1:.2f}% at threshold {scored.threshold:.3f}  loss {scored.loss:.4f}"
+            )
+    for name, ap in _multilabel_document(result, class_names)["per_class_ap"].items():
         print(f"  {name:>20s}  AP " + ("no positive image" if ap is None else f"{100 * ap:6.2f}%"))
     if result.skipped:
         print(f"{len(result.skipped)} unreadable file(s) skipped")
+
+
+def _multilabel_document(result: MultiLabelResult, class_names: list[str]) -> dict[str, Any]:
+    return {
+        "images": result.count,
+        "mAP": result.mean_ap,
+        "f1": result.f1,
+        "threshold": result.threshold,
+        "loss": result.loss,
+        # JSON has no NaN: a class without a positive image has no AP (null)
+        "per_class_ap": {
+            name: None if math.isnan(ap) else ap for name, ap in zip(class_names, result.per_class_ap, strict=True)
+        },
+        "skipped": result.skipped,
+    }
 
 
 def _data_of(args: argparse.Namespace) -> str:
@@ -338,12 +366,23 @@ def _linear_probe(args: argparse.Namespace) -> None:
     )
 
 
+def _for_inference(loaded: vitkit.LoadedModel, int8: bool) -> vitkit.LoadedModel:
+    """``loaded``, with its model quantized to int8 when ``int8`` (saying how long that took)."""
+    if not int8:
+        return loaded
+    start = time.perf_counter()
+    quantized = dataclasses.replace(loaded, model=quantize(loaded.model))
+    print(f"quantized to int8 in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return quantized
+
+
 def _predict(args: argparse.Namespace) -> None:
     files = expand_image_paths(args.images)  # before the model, which may have to be downloaded
     if not files:
         raise ValueError(f"no image files in {', '.join(args.images)}")
-    loaded = load_model(args.model, class_names=args.class_names)
-    predictions = predict_files(loaded, files, top_k=args.top_k)
+    loaded = _for_inference(load_model(args.model, class_names=args.class_names), args.int8)
+    precision = "fp32" if args.int8 else resolve_precision(args.precision, torch.device("cpu"))
+    predictions = predict_files(loaded, files, top_k=args.top_k, precision=precision)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
     else:
@@ -400,7 +439,7 @@ def _benchmark(args: argparse.Namespace) -> None:
             task=args.task,
             libraries=tuple(args.libraries),
             precisions=tuple(args.precisions),
-            compile=args.compile,
+            compile=tuple(args.libraries) if args.compile else (),
             grad_checkpointing=(False, True) if args.grad_checkpointing else (False,),
             reps=args.reps,
             memory=args.memory,
@@ -429,13 +468,14 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    device = resolve_device(args.device)
+    device = resolve_device("cpu" if args.int8 else args.device)
     loaded = load_model(args.model, device=str(device), architecture=args.arch, class_names=args.class_names)
+    loaded = _for_inference(loaded, args.int8)
     settings = ServeSettings(
         model_name=args.model,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
-        precision=resolve_precision(args.precision, device),
+        precision="int8" if args.int8 else resolve_precision(args.precision, device),
         api_key=args.api_key or os.environ.get("VITKIT_API_KEY") or None,
         max_upload_mb=args.max_upload_mb,
     )
@@ -454,18 +494,31 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    if args.int8 and args.format != "onnx":
+        raise ValueError("an int8 export is ONNX (ONNX Runtime runs its int8 matmuls); drop --format pt2")
     model = load_model(args.model).model
-    written = export_model(model, args.out, format=args.format, dynamic=args.dynamic)
+    if args.int8:
+        written = quantize(model, dynamic=args.dynamic).save(args.out)
+    else:
+        written = export_model(model, args.out, format=args.format, dynamic=args.dynamic)
     config = model.config
-    shape = (
-        f"B×{config.in_chans}×H×W, H and W multiples of {config.stride}"
-        if args.dynamic
-        else (f"1×{config.in_chans}×{config.img_size[0]}×{config.img_size[1]}")
-    )
-    print(f"wrote {written} ({args.format}, input {shape})")
+    size = f"H×W multiples of {config.stride}" if args.dynamic else f"{config.img_size[0]}×{config.img_size[1]}"
+    print(f"wrote {written} ({args.format}{', int8' if args.int8 else ''}, input B×{config.in_chans}×{size})")
 
 
 # ------------------------------------------------------------------ parser
+def _add_inference_flags(
+    command: argparse.ArgumentParser,
+    *,
+    precision: str,
+    int8_help: str = "int8 linear layers, run by ONNX Runtime on the CPU (see vitkit.quantize)",
+) -> None:
+    command.add_argument(
+        "--precision", default=precision, choices=("auto", "bf16", "fp32"), help="float format (auto: as in training)"
+    )
+    command.add_argument("--int8", action="store_true", help=int8_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitkit", description="The Vision Transformer, from the paper to your images."
@@ -499,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cmd.add_argument("--split", default="val", choices=("val", "train"), help="which part of the data")
     eval_cmd.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     eval_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_inference_flags(eval_cmd, precision="fp32", int8_help="also score the int8 model, next to the float one")
     eval_cmd.set_defaults(func=_eval)
 
     fewshot_cmd = commands.add_parser(
@@ -539,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict_cmd.add_argument("--class-names", help="a text file with one class name per line (e.g. for 21k models)")
     predict_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_inference_flags(predict_cmd, precision="auto")
     predict_cmd.set_defaults(func=_predict)
 
     inspect_cmd = commands.add_parser(
@@ -601,11 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=EXPORT_FORMATS,
         help="onnx (onnxruntime, TensorRT, ...) or pt2 (torch.export)",
     )
-    export_cmd.add_argument(
-        "--dynamic",
-        action="store_true",
-        help="leave the batch and image size free (default: 1 image at the model's size)",
-    )
+    export_cmd.add_argument("--dynamic", action="store_true", help="leave the image size free (the batch always is)")
+    export_cmd.add_argument("--int8", action="store_true", help="int8 linear layers (ONNX only; see vitkit.quantize)")
     export_cmd.set_defaults(func=_export)
 
     serve_cmd = commands.add_parser(
@@ -622,7 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument("--api-key", help="require Authorization: Bearer KEY on /v1/* (or set VITKIT_API_KEY)")
     serve_cmd.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads are refused (413)")
-    serve_cmd.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"), help="as in training")
+    _add_inference_flags(serve_cmd, precision="auto")
     serve_cmd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the model runs")
     serve_cmd.add_argument("--log-level", default="info", choices=("warning", "info", "debug"), help="uvicorn's log")
     serve_cmd.set_defaults(func=_serve)
@@ -634,7 +686,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--task", default="inference", choices=("inference", "train"), help="what a step is")
     bench.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=LIBRARIES, help="who to time")
     bench.add_argument(
-        "--precisions", nargs="+", default=["fp32", "bf16-autocast"], choices=PRECISIONS, help="numeric formats"
+        "--precisions",
+        nargs="+",
+        default=["fp32", "bf16-autocast"],
+        choices=PRECISIONS,
+        help="numeric formats (int8: vitkit only, see vitkit.quantize)",
     )
     bench.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
     bench.add_argument("--grad-checkpointing", action="store_true", help="also train vitkit with it (task train)")

@@ -1,8 +1,8 @@
 """Export for deployment: ONNX (through ``torch.onnx.export(dynamo=True)``) and ``torch.export``
 programs (``.pt2``). Both trace the model with ``torch.export``.
 
-By default the graph is traced at the model's image size with batch 1, so the position
-embeddings are baked in for that grid. ``dynamic=True`` leaves the batch and the image size free:
+The batch is always free. By default the graph is traced at the model's image size, so the
+position embeddings are baked in for that grid. ``dynamic=True`` leaves the image size free too:
 the graph then resamples the position embeddings for the grid of each input (the same bicubic,
 antialiased resampling as ``set_image_size``; in ONNX a ``Resize`` with ``antialias``, opset 18).
 """
@@ -27,7 +27,7 @@ ONNX_ONE_FILE_LIMIT = 2**31 - 2**24
 
 
 @contextmanager
-def _traceable(model: VisionTransformer, dynamic: bool) -> Iterator[tuple[tuple[torch.Tensor], dict[str, Any] | None]]:
+def _traceable(model: VisionTransformer, dynamic: bool) -> Iterator[tuple[tuple[torch.Tensor], dict[str, Any]]]:
     """Put ``model`` in eval mode (and, if ``dynamic``, accepting any size) and yield the example
     input and ``dynamic_shapes`` for ``torch.export``; restore the model afterwards."""
     config = model.config
@@ -36,13 +36,14 @@ def _traceable(model: VisionTransformer, dynamic: bool) -> Iterator[tuple[tuple[
             "this model's relative position embeddings are tied to its token count, so its image size cannot be "
             "left free; export without --dynamic"
         )
-    example = torch.zeros(2 if dynamic else 1, config.in_chans, *config.img_size)
-    dynamic_shapes = None
+    # batch 2: torch.export would take a batch of 1 for a constant
+    example = torch.zeros(2, config.in_chans, *config.img_size)
+    dynamic_shapes: dict[str, Any] = {"x": {0: torch.export.Dim("batch")}}
     if dynamic:
         # Sizes are multiples of the stride by construction, so no divisibility check is traced.
         rows = torch.export.Dim("rows", min=1, max=MAX_GRID_SIDE)
         cols = torch.export.Dim("cols", min=1, max=MAX_GRID_SIDE)
-        dynamic_shapes = {"x": {0: torch.export.Dim("batch"), 2: config.stride * rows, 3: config.stride * cols}}
+        dynamic_shapes["x"].update({2: config.stride * rows, 3: config.stride * cols})
     was_training = model.training
     model.eval()
     # The exported graph must accept every size, whatever the model was created with.
@@ -57,8 +58,8 @@ def _traceable(model: VisionTransformer, dynamic: bool) -> Iterator[tuple[tuple[
 def export_onnx(model: VisionTransformer, path: str | Path, *, dynamic: bool = False) -> Path:
     """Write ``model`` as ONNX with input ``images`` (B, C, H, W) in [-1, 1] and output ``logits``.
 
-    Fixed ``1 × C × H × W`` at the model's image size unless ``dynamic``, which frees the batch
-    and the image size (any multiple of the patch size; pad or resize other sizes first).
+    Any batch, at the model's image size unless ``dynamic``, which frees the image size too (any
+    multiple of the patch size; pad or resize other sizes first).
     Needs the ``onnx`` and ``onnxscript`` packages (``pip install 'vitkit[onnx]'``).
     """
     try:

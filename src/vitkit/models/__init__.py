@@ -3,7 +3,7 @@
 from .config import ARCHITECTURE_FIELDS, ViTConfig
 from .embed import resample_pos_embed
 from .registry import create_model, get_config, list_models
-from .vit import FeatureMaps, VisionTransformer
+from .vit import FeatureMaps, VisionTransformer, parameter_count
 
 __all__ = [
     "ARCHITECTURE_FIELDS",
@@ -13,5 +13,6 @@ __all__ = [
     "create_model",
     "get_config",
     "list_models",
+    "parameter_count",
     "resample_pos_embed",
 ]

@@ -34,7 +34,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..analysis.explain import EXPLANATIONS, explanation_maps, heatmap, input_picture, overlay
 from ..data.images import ImageTooLarge, UnreadableImage, load_image
-from ..interop import LoadedModel
+from ..interop import Int8Model, LoadedModel
+from ..models import parameter_count
 from ..predict import labels_above
 from .batching import DynamicBatcher
 
@@ -170,6 +171,8 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
     the main thread (see :mod:`vitkit.serve.batching` for why)."""
     loaded.require_classifier("serve")
     model, preprocess, class_names = loaded
+    # the explain= values that answer; an int8 model has no attention to explain
+    explanations = ("none",) if isinstance(model, Int8Model) else EXPLANATIONS
     state: dict[str, Any] = {"batcher": None}
     page = resources.files(__package__).joinpath("page.html").read_text()
 
@@ -231,6 +234,12 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
             raise HTTPException(400, str(error)) from error
 
     async def answer(data: bytes, top_k: int, explain: str, explain_class: str | None) -> dict[str, Any]:
+        if explain not in explanations:
+            raise HTTPException(
+                400,
+                "this server runs the int8 model (--int8), which has no attention to explain; ask with "
+                "explain=none, or start a server without --int8 for explanations",
+            )
         target = explained_class(explain_class)
         start = time.perf_counter()
         batcher = running()
@@ -320,11 +329,11 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
             "image_size": list(model.config.img_size),
             "in_chans": model.config.in_chans,
             "preprocessing": preprocess.to_dict(),
-            "parameters": sum(p.numel() for p in model.parameters()),
+            "parameters": parameter_count(model.config),
             "precision": settings.precision,
             "max_batch": settings.max_batch,
             "max_wait_ms": settings.max_wait_ms,
-            "explanations": list(EXPLANATIONS),
+            "explanations": list(explanations),
             "multi_label": loaded.multi_label,
             "threshold": loaded.threshold,
         }

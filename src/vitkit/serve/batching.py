@@ -31,6 +31,7 @@ from torch import Tensor
 
 from ..models import VisionTransformer
 from ..predict import class_probabilities
+from ..train.device import device_of
 
 
 @dataclass
@@ -75,7 +76,7 @@ class DynamicBatcher:
         self.max_wait = max_wait_ms / 1000
         self.precision = precision
         self.multi_label = multi_label
-        self.device = next(model.parameters()).device
+        self.device = device_of(model)
         self.batches = 0  # forward passes run so far (for tests and /v1/model)
         self._expected = 0  # requests announced but not yet queued
         self._expected_lock = threading.Lock()

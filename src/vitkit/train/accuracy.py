@@ -14,7 +14,7 @@ from ..data.load import load_data
 from ..data.shards import ShardStream
 from ..interop.pretrained import imagenet1k_class_names, imagenet1k_synsets
 from ..interop.sources import LoadedModel
-from .device import autocast
+from .device import autocast, device_of
 from .multilabel import MultiLabelResult, multilabel_logits, score_multilabel
 
 
@@ -27,10 +27,19 @@ class EvalResult:
     #: confusion[true, predicted] counts
     confusion: torch.Tensor
     skipped: list[str] = field(default_factory=list)
+    #: the top-1 class of every image scored, in the loader's order
+    predicted: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     def per_class_accuracy(self) -> list[float]:
         totals = self.confusion.sum(dim=1).clamp(min=1)
         return (self.confusion.diagonal() / totals).tolist()
+
+    def agreement(self, other: EvalResult) -> float:
+        """The fraction of images given the same top-1 class here as in ``other`` (another model
+        scored on the same images, e.g. the int8 one against the float one)."""
+        if len(self.predicted) != len(other.predicted):
+            raise ValueError(f"the results cover different images ({len(self.predicted)} vs {len(other.predicted)})")
+        return (self.predicted == other.predicted).float().mean().item()
 
 
 @torch.inference_mode()
@@ -49,7 +58,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    top5_hits, loss_sum, count, skipped = 0, 0.0, 0, []
+    top5_hits, loss_sum, count, skipped, predictions = 0, 0.0, 0, [], []
     for images, labels, broken in loader:
         skipped += broken
         if images is None:
@@ -64,6 +73,7 @@ def evaluate(
         k = min(5, num_classes)
         top5_hits += (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum().item()
         predicted = logits.argmax(dim=1)
+        predictions.append(predicted.cpu())
         confusion += torch.bincount(
             (labels * num_classes + predicted).cpu(), minlength=num_classes * num_classes
         ).reshape(num_classes, num_classes)
@@ -78,6 +88,7 @@ def evaluate(
         count=count,
         confusion=confusion,
         skipped=skipped,
+        predicted=torch.cat(predictions),
     )
 
 
@@ -111,12 +122,14 @@ def evaluate_model_on(
     workers: int = 0,
     val_fraction: float = 0.1,
     seed: int = 0,
+    precision: str = "fp32",
 ) -> EvalResult | MultiLabelResult:
     """Evaluate a loaded model on a data spec's ``split`` ("val" or "train"), with the model's own
     preprocessing. Each class of the data must be one of the model's, by name (any order, a subset
     is fine) or, for an ImageNet-1k model, by WordNet id (``n01440764/``, ImageNet's own layout).
     ``val_fraction`` and ``seed`` hold images out of data without a split of its own, as
     :func:`vitkit.data.load.load_data` does (a run's own values give its held-out images).
+    ``precision`` is ``"fp32"`` or ``"bf16"`` (autocast).
 
     A multi-label model (``loaded.multi_label``) reads the data's labels as label sets and gives a
     :class:`MultiLabelResult`: mAP and per-class AP (in the model's class order; NaN for a class
@@ -127,12 +140,14 @@ def evaluate_model_on(
     loader, label_map, skipped = _held_out_loader(
         loaded, data_spec, split, batch_size, workers, multi_label=multi_label, val_fraction=val_fraction, seed=seed
     )
-    device = next(model.parameters()).device
+    device = device_of(model)
     if not multi_label:
-        result = evaluate(model, loader, num_classes=len(loaded.class_names), device=device, label_map=label_map)
+        result = evaluate(
+            model, loader, num_classes=len(loaded.class_names), device=device, precision=precision, label_map=label_map
+        )
         result.skipped = sorted(set(skipped) | set(result.skipped))
         return result
-    logits, data_targets, broken = multilabel_logits(model, loader, device=device)
+    logits, data_targets, broken = multilabel_logits(model, loader, device=device, precision=precision)
     targets = data_targets
     if label_map is not None:  # the data's columns, placed at the model's indices
         targets = torch.zeros(len(data_targets), len(loaded.class_names))

@@ -6,6 +6,7 @@ import contextlib
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .config import ConfigError
 
@@ -37,6 +38,13 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name not in ("bf16", "fp32"):
         raise ConfigError(f"unknown precision {name!r}; choose bf16, fp32 or auto")
     return name
+
+
+def device_of(module: nn.Module) -> torch.device:
+    """Where ``module``'s weights are: CPU for one without torch weights (an int8 model, which
+    ONNX Runtime runs)."""
+    weights = next(iter(module.parameters()), None)
+    return torch.device("cpu") if weights is None else weights.device
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

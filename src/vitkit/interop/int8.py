@@ -1,0 +1,104 @@
+"""int8 inference on CPUs: the model exported to ONNX, its linear layers quantized with ONNX
+Runtime's dynamic quantization, and run by ONNX Runtime.
+
+Why ONNX Runtime: on CPUs with AVX512-VNNI its int8 matmuls (MLAS) outrun PyTorch's bf16 ones,
+while PyTorch's own int8 kernels (``torch._int_mm``, fbgemm's and oneDNN's dynamic linear) ran
+slower than its bf16 matmuls on the machine vitkit is measured on (see the README's performance
+section). Dynamic quantization needs no calibration data: every weight matrix is stored as int8
+with a scale per output channel, and each matmul's input is quantized on the fly, per tensor.
+Static quantization (activation scales calibrated on held-out images) was measured slower here,
+so it is not offered. Attention's own products, LayerNorm, GELU and the softmax stay fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..fileio import atomic_write
+from ..models import VisionTransformer, ViTConfig
+from .export import export_onnx
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise ValueError("int8 inference needs onnxruntime: pip install 'vitkit[onnx]'") from error
+    return onnxruntime
+
+
+class Int8Model(nn.Module):
+    """A ViT whose linear layers compute in int8, run by ONNX Runtime on the CPU. Its forward is
+    the float model's: images ``(B, C, H, W)`` in, fp32 logits ``(B, num_classes)`` out (on the
+    images' device). It holds no torch parameters and cannot be trained or explained; keep the
+    float model for that. :meth:`save` writes it as an ONNX file that ONNX Runtime runs alone."""
+
+    def __init__(self, onnx_model: bytes, config: ViTConfig, *, threads: int | None = None) -> None:
+        super().__init__()
+        ort = _onnxruntime()
+        self.config = config
+        self.onnx_model = onnx_model
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        self.session = ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        (logits,) = self.session.run(["logits"], {"images": images.detach().float().cpu().numpy()})
+        return torch.from_numpy(logits).to(images.device)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the int8 model as one ONNX file (input ``images``, output ``logits``, as
+        :func:`vitkit.interop.export_onnx` writes the float model)."""
+        path = Path(path)
+        atomic_write(path, lambda tmp: tmp.write_bytes(self.onnx_model))
+        return path
+
+
+@contextlib.contextmanager
+def _without_preprocessing_advice() -> Iterator[None]:
+    """ONNX Runtime's quantizer advises shape-inference pre-processing on the root logger at every
+    call; it made no difference to speed here (measured), so the advice is kept off the console."""
+
+    def advice(record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
+
+
+def quantize(model: VisionTransformer, *, dynamic: bool | None = None) -> Int8Model:
+    """``model`` with int8 linear layers (see the module docstring for what is quantized and how),
+    for CPU inference; ``model`` itself is left as it was. Any batch; the image size is free when
+    ``dynamic`` (by default: when the model itself takes any size, ``dynamic_img_size``), else
+    fixed at the model's own."""
+    _onnxruntime()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    dynamic = model.config.dynamic_img_size if dynamic is None else dynamic
+    weights = next(model.parameters())
+    if weights.device.type != "cpu" or weights.dtype != torch.float32:
+        model = copy.deepcopy(model).float().cpu()
+    with tempfile.TemporaryDirectory(prefix="vitkit-int8-") as folder, _without_preprocessing_advice():
+        float_path, int8_path = Path(folder, "float.onnx"), Path(folder, "int8.onnx")
+        export_onnx(model, float_path, dynamic=dynamic)
+        # MatMul only: the patch embedding's ConvInteger is slow in ONNX Runtime, and the layer cheap.
+        quantize_dynamic(
+            float_path, int8_path, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"]
+        )
+        return Int8Model(int8_path.read_bytes(), model.config)
