@@ -2,11 +2,12 @@
 
 Serves a ViT-S/16 (``--arch``; random weights, 1,000 classes, 224 px) with ``vitkit serve`` in its own
 process, once with ``--max-batch 16`` and once with ``--max-batch 1`` (one image per forward
-pass), alternating ``--rounds`` times. Each client is a thread with a keep-alive HTTP connection
+pass), alternating ``--rounds`` times; with ``--int8`` also ``--max-batch 16 --int8`` (int8 linear
+layers on ONNX Runtime). Each client is a thread with a keep-alive HTTP connection
 that posts a 224×224 JPEG to /v1/predict again and again; the clients run on the same machine as
 the server, as loopback clients do. Prints a table and writes benchmarks/results/serve.json.
 
-    python benchmarks/serve.py [--arch S/16] [--clients 1 4 16] [--seconds 20] [--rounds 2]
+    python benchmarks/serve.py [--arch S/16] [--clients 1 4 16] [--seconds 20] [--rounds 2] [--int8]
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _start(model: Path, port: int, max_batch: int, max_wait_ms: float) -> subprocess.Popen:
+def _start(model: Path, port: int, max_batch: int, max_wait_ms: float, int8: bool) -> subprocess.Popen:
     command = [sys.executable, "-m", "vitkit.cli.main", "serve", str(model), "--port", str(port)]
     command += ["--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--log-level", "warning"]
+    command += ["--int8"] if int8 else []
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -119,6 +121,7 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--arch", default="S/16", help="the architecture served (random weights, 224 px)")
+    parser.add_argument("--int8", action="store_true", help="also serve the int8 model, batching on")
     parser.add_argument("--out", default="benchmarks/results/serve.json")
     args = parser.parse_args()
 
@@ -129,12 +132,14 @@ def main() -> None:
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
     image = buffer.getvalue()
 
-    modes = {"batching on": args.max_batch, "batching off": 1}
+    modes = {"batching on": (args.max_batch, False), "batching off": (1, False)}
+    if args.int8:
+        modes["int8, batching on"] = (args.max_batch, True)
     runs: dict[tuple[str, int], list[dict[str, float]]] = {}
     for _ in range(args.rounds):
-        for mode, max_batch in modes.items():
+        for mode, (max_batch, int8) in modes.items():
             port = _free_port()
-            server = _start(folder, port, max_batch, args.max_wait_ms)
+            server = _start(folder, port, max_batch, args.max_wait_ms, int8)
             try:
                 for clients in args.clients:
                     runs.setdefault((mode, clients), []).append(_load(port, image, clients, args.seconds))
@@ -147,13 +152,13 @@ def main() -> None:
         best = {key: statistics.median(m[key] for m in measured) for key in measured[0]}
         rows.append({"mode": mode, "clients": clients, **best})
     print(f"{args.arch} at 224 px, {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"{'mode':14s} {'clients':>7s} {'img/s':>7s} {'p50 ms':>8s} {'p99 ms':>8s} {'vs off':>7s}")
+    print(f"{'mode':17s} {'clients':>7s} {'img/s':>7s} {'p50 ms':>8s} {'p99 ms':>8s} {'vs off':>7s}")
     for row in sorted(rows, key=lambda r: (r["clients"], r["mode"])):
         off = next(r for r in rows if r["clients"] == row["clients"] and r["mode"] == "batching off")
         ratio = row["images_per_second"] / off["images_per_second"]
         row["throughput_vs_off"] = ratio
         print(
-            f"{row['mode']:14s} {row['clients']:7d} {row['images_per_second']:7.1f} "
+            f"{row['mode']:17s} {row['clients']:7d} {row['images_per_second']:7.1f} "
             f"{row['p50_ms']:8.0f} {row['p99_ms']:8.0f} {ratio:6.2f}×"
         )
     alone = _model_alone(args.arch, args.max_batch)

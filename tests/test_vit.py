@@ -329,14 +329,15 @@ def test_bf16_on_cpu_takes_the_explicit_attention_path_and_agrees_with_fp32():
     torch.testing.assert_close(low, reference, atol=5e-2, rtol=5e-2)
 
 
+@pytest.mark.parametrize(("tokens", "query_chunk"), [(2 * 64 + 37, 64), (1025, 0)])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_inference_attention_in_query_chunks_equals_the_whole(with_bias):
-    """Without autograd the explicit (CPU bf16) path takes 64 queries at a time, so the N × N
-    weights never exist at once; the result is the same, bit for bit."""
-    tokens = 2 * 64 + 37  # three chunks, the last one short
-    q, k, v = (torch.randn(2, 3, tokens, 16).bfloat16() for _ in range(3))
-    bias = torch.randn(2, 3, tokens, tokens).bfloat16() if with_bias else None
-    whole = _attention(q, k, v, bias, 0.0)  # autograd on: one piece
+def test_inference_attention_in_query_chunks_equals_the_whole(tokens, query_chunk, with_bias):
+    """Without autograd the explicit (CPU bf16) path takes a chunk of queries at a time (64 at
+    1,025 tokens by default), so the N × N weights never exist at once; the result is the same,
+    bit for bit. The first case has three chunks, the last one short."""
+    q, k, v = (torch.randn(1, 2, tokens, 16).bfloat16() for _ in range(3))
+    bias = torch.randn(1, 2, tokens, tokens).bfloat16() if with_bias else None
+    whole = _attention(q, k, v, bias, 0.0, query_chunk)  # autograd on: one piece
     with torch.no_grad():
-        chunked = _attention(q, k, v, bias, 0.0)
+        chunked = _attention(q, k, v, bias, 0.0, query_chunk)
     assert torch.equal(whole, chunked)
