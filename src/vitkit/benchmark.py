@@ -222,20 +222,23 @@ def _rss_mb() -> float:
 
 def _probe(spec: dict[str, Any]) -> float:
     """Run by ``_peak_memory_mb`` in its own process: build; for training take one step (which
-    creates the gradients and optimizer state); then report how far memory rises above what the
-    process held, in MB, during the next step (training) or the first two (inference: so memory
-    that a runtime keeps from step to step, like ONNX Runtime's arena, counts). On CPU a thread
-    samples the RSS every millisecond."""
+    creates the gradients and optimizer state), and for a compiled model one (which compiles it);
+    then report how far memory rises above what the process held, in MB, during the next step, or
+    for eager inference during the first two (so memory that a runtime keeps from step to step,
+    like ONNX Runtime's arena, counts). On CPU a thread samples the RSS every millisecond."""
     device = torch.device(spec["device"])
     torch.set_num_threads(spec["threads"])
     model = build_variant(spec["library"], spec["model"], img_size=spec["img_size"], precision=spec["precision"])
     model = model.to(device)
     if spec["grad_checkpointing"]:
         model.set_grad_checkpointing(True)
+    if spec["compiled"]:
+        model = torch.compile(model)
     images = torch.randn(spec["batch"], 3, spec["img_size"], spec["img_size"], device=device)
     make = train_step if spec["task"] == "train" else inference_step
     step = make(model, images, spec["precision"])
-    measured = 2 if spec["task"] == "inference" else 1
+    # A compiled model compiles in its first step: never part of a step's memory.
+    measured = 2 if spec["task"] == "inference" and not spec["compiled"] else 1
     if measured == 1:
         step()
     if device.type == "cuda":
@@ -316,7 +319,7 @@ def run_benchmark(
         result.images_per_second = batch / statistics.median(timings[key])
         result.achieved_gflops = result.gflop_per_image * result.images_per_second
         result.peak_fraction = result.achieved_gflops / peaks[result.precision.split("-")[0]]
-        if memory and not result.compiled:
+        if memory:
             spec = {**asdict(result), "device": device, "threads": torch.get_num_threads()}
             result.peak_memory_mb = _peak_memory_mb(spec)
     return list(results.values())
