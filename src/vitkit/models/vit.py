@@ -103,7 +103,8 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, dropout_p: 
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
     scale = q.shape[-1] ** -0.5
     tokens = q.shape[-2]
-    query_chunk = query_chunk or max(64, 65536 // tokens)
+    if query_chunk == 0:  # not `or`: TorchScript (of an FX graph) types that as a bool
+        query_chunk = max(64, 65536 // tokens)
     if torch.is_grad_enabled() or tokens <= query_chunk:  # autograd keeps every chunk's weights anyway
         return F.dropout(_attention_weights(q, k, bias, scale), dropout_p, dropout_p > 0) @ v
     # Once here, not in every chunk's matmuls: (B, heads, N, d) views of the qkv output cannot be
