@@ -335,18 +335,11 @@ def test_serving_on_every_interface_warns(trained_digits):
     assert "warning: serving on 0.0.0.0" in output and "no --api-key" in output
 
 
-def test_the_page_in_a_real_browser(trained_digits, tmp_path):
+def _headless_chromium(tmp_path):
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
         pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
     from selenium import webdriver
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-    from sklearn.datasets import load_digits
 
-    digit = load_digits()
-    Image.fromarray((digit.images[3] * 255 / 16).astype(np.uint8)).resize((64, 64)).save(tmp_path / "digit.png")
-    port = free_port()
-    process, output = _start_serving([str(trained_digits), "--port", str(port)])
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
     for flag in (
@@ -361,7 +354,42 @@ def test_the_page_in_a_real_browser(trained_digits, tmp_path):
         f"--user-data-dir={tmp_path / 'profile'}",
     ):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(shutil.which("chromedriver")), options=options)
+    return webdriver.Chrome(service=webdriver.ChromeService(shutil.which("chromedriver")), options=options)
+
+
+def test_the_page_of_an_int8_server_answers_without_the_explanation_panel(trained_digits, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from sklearn.datasets import load_digits
+
+    Image.fromarray((load_digits().images[3] * 255 / 16).astype(np.uint8)).save(tmp_path / "digit.png")
+    port = free_port()
+    driver = _headless_chromium(tmp_path)  # skips before the server starts where there is no chromium
+    process, output = _start_serving([str(trained_digits), "--port", str(port), "--int8"])
+    try:
+        assert "Uvicorn running" in output and "(int8," in output, output
+        driver.get(f"http://127.0.0.1:{port}/")
+        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "model").text.endswith("int8"))
+        driver.find_element(By.ID, "file").send_keys(str(tmp_path / "digit.png"))
+        rows = WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#bars .row"))
+        assert len(rows) == 5 and driver.find_element(By.ID, "status").text == ""  # no error shown
+        assert not driver.find_element(By.ID, "why").is_displayed()
+    finally:
+        driver.quit()
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_the_page_in_a_real_browser(trained_digits, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from sklearn.datasets import load_digits
+
+    digit = load_digits()
+    Image.fromarray((digit.images[3] * 255 / 16).astype(np.uint8)).resize((64, 64)).save(tmp_path / "digit.png")
+    port = free_port()
+    driver = _headless_chromium(tmp_path)  # skips before the server starts where there is no chromium
+    process, output = _start_serving([str(trained_digits), "--port", str(port)])
     try:
         assert "Uvicorn running" in output, output
         driver.get(f"http://127.0.0.1:{port}/")
