@@ -2,10 +2,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import randomize_head, tiny_vit
 
 import vitkit
-from vitkit.models.vit import Attention, _attention
+from vitkit.models.vit import Attention, _attention, _attention_weights
 
 POS_KINDS = ["none", "learn", "learn2d", "relative", "sincos2d"]
 
@@ -26,6 +27,24 @@ def test_fused_and_explicit_attention_agree(pos_embed, relative):
     torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
     assert weights.shape == (3, 4, 17, 17)
     torch.testing.assert_close(weights.sum(-1), torch.ones(3, 4, 17))
+
+
+def test_explicit_attention_gradients_agree_with_the_fused_kernel():
+    """The explicit path scales and biases the logits in place; autograd must still give the
+    fused kernel's gradients for q, k, v and the bias."""
+    inputs = [torch.randn(2, 3, 17, 8, requires_grad=True) for _ in range(3)]
+    bias = torch.randn(3, 17, 17, requires_grad=True)
+    grads = []
+    for attend in (
+        lambda q, k, v, b: F.scaled_dot_product_attention(q, k, v, attn_mask=b),
+        lambda q, k, v, b: _attention_weights(q, k, b, 8**-0.5) @ v,
+    ):
+        attend(*inputs, bias).square().sum().backward()
+        grads.append([t.grad.clone() for t in (*inputs, bias)])
+        for t in (*inputs, bias):
+            t.grad = None
+    for fused, explicit in zip(*grads, strict=True):
+        torch.testing.assert_close(explicit, fused, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("pos_embed", POS_KINDS)
