@@ -28,7 +28,7 @@ from vitkit.interop.export import EXPORT_FORMATS
 from vitkit.models import parameter_count
 from vitkit.predict import expand_image_paths, predict_files
 from vitkit.probe import POOLS, fewshot_evaluate, linear_probe
-from vitkit.serve import ServeSettings, serve
+from vitkit.serve import ServeSettings, serve, served_name
 from vitkit.train import (
     EvalResult,
     MultiLabelResult,
@@ -472,12 +472,16 @@ def _serve(args: argparse.Namespace) -> None:
     loaded = load_model(args.model, device=str(device), architecture=args.arch, class_names=args.class_names)
     loaded = _for_inference(loaded, args.int8)
     settings = ServeSettings(
-        model_name=args.model,
+        model_name=served_name(args.model),
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         precision="int8" if args.int8 else resolve_precision(args.precision, device),
-        api_key=args.api_key or os.environ.get("VITKIT_API_KEY") or None,
+        api_key=os.environ.get("VITKIT_API_KEY") if args.api_key is None else args.api_key,  # "" is refused
         max_upload_mb=args.max_upload_mb,
+        allowed_hosts=("localhost", *args.allowed_hosts),
+        header_timeout_s=args.header_timeout_s,
+        keep_alive_s=args.keep_alive_s,
+        max_connections=args.max_connections,
     )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
@@ -674,6 +678,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument("--api-key", help="require Authorization: Bearer KEY on /v1/* (or set VITKIT_API_KEY)")
     serve_cmd.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads are refused (413)")
+    serve_cmd.add_argument(
+        "--allowed-hosts",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="without --api-key, host names the server answers to besides IP addresses and localhost "
+        "(against DNS rebinding); * for any",
+    )
+    serve_cmd.add_argument(
+        "--max-connections", type=int, help="open connections at most (default 512, fewer under a low ulimit -n)"
+    )
+    serve_cmd.add_argument(
+        "--header-timeout-s", type=float, default=10.0, help="a request header must arrive within this (408)"
+    )
+    serve_cmd.add_argument("--keep-alive-s", type=float, default=5.0, help="how long an idle connection stays open")
     _add_inference_flags(serve_cmd, precision="auto")
     serve_cmd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the model runs")
     serve_cmd.add_argument("--log-level", default="info", choices=("warning", "info", "debug"), help="uvicorn's log")
