@@ -340,7 +340,10 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
         batcher = running()
         with batcher.expecting():  # a batch being gathered waits for this one
             picture = await run_in_threadpool(decode, data)
-        probabilities = await batcher.probabilities(picture)
+        if explain == "none":
+            probabilities, explanation = await batcher.probabilities(picture), None
+        else:  # one call, queued behind every plain predict: many explanations cannot starve them
+            probabilities, explanation = await batcher.run(_classify_and_explain, batcher, picture, explain, target)
         if not torch.isfinite(probabilities).all():
             raise HTTPException(
                 500,
@@ -356,17 +359,22 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
             "predictions": [{"label": class_names[i], "index": i, "probability": p} for i, p in chosen],
             "model": settings.model_name,
         }
-        if explain != "none":
-            target = int(probabilities.argmax()) if target is None else target
-            result["explanation"] = await batcher.run(_explain, picture, explain, target)
+        if explanation is not None:
+            result["explanation"] = explanation
         result["latency_ms"] = round(1000 * (time.perf_counter() - start), 2)
         return result
 
-    def _explain(picture: Image.Image, method: str, target: int) -> dict[str, Any]:
+    def _classify_and_explain(
+        batcher: DynamicBatcher, picture: Image.Image, method: str, target: int | None
+    ) -> tuple[torch.Tensor, dict[str, Any] | None]:
         image = preprocess(picture)
+        probabilities = batcher.forward(image[None])[0]
+        if not torch.isfinite(probabilities).all():
+            return probabilities, None  # answered as an error: nothing to explain
+        target = int(probabilities.argmax()) if target is None else target
         seen = input_picture(image, preprocess)  # what the model saw, after resize and crop
         heat = heatmap(explanation_maps(model, image[None], method, target)[0], (seen.height, seen.width))
-        return {
+        return probabilities, {
             "method": method,
             # rollout explains no class in particular
             "class": None if method == "rollout" else {"label": class_names[target], "index": target},

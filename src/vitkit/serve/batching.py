@@ -189,7 +189,7 @@ class DynamicBatcher:
         if not ready:
             return
         try:
-            rows = self._forward(torch.stack([image for _, image in ready]))
+            rows = self.forward(torch.stack([image for _, image in ready]))
         except Exception as error:  # every waiting caller must hear of it, and the worker live on
             for job, _ in ready:
                 job.settle(error=error)
@@ -198,7 +198,9 @@ class DynamicBatcher:
             job.settle(row)
 
     @torch.inference_mode()
-    def _forward(self, images: Tensor) -> Tensor:
+    def forward(self, images: Tensor) -> Tensor:
+        """Class probabilities ``(B, num_classes)`` for preprocessed images, in the calling thread:
+        for a call that :meth:`run` runs on the worker (the batches use it too)."""
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         with autocast:
             logits = self.model(images.to(self.device))
