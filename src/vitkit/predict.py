@@ -81,7 +81,7 @@ def predict_files(
             prediction = Prediction(str(path), labels=[] if loaded.multi_label else None)
             predictions.append(prediction)
             try:
-                batch.append(preprocess(load_image(path, model.config.in_chans)))
+                batch.append(preprocess(load_image(path, model.config.in_chans, min_side=preprocess.min_side)))
                 readable.append(prediction)
             except OSError as error:
                 prediction.error = str(error)
