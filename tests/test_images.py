@@ -165,3 +165,10 @@ def test_reading_a_bomb_takes_bounded_memory(tmp_path, size):
 
 def test_torch_inputs_keep_working():
     assert Preprocessing.centre_crop(8)(torch.zeros(2, 1, 8, 8, dtype=torch.uint8)).shape == (2, 3, 8, 8)
+
+
+def test_predict_names_the_pixel_limit_and_can_raise_it(non_square, capsys):
+    photo = non_square / "data" / "a" / "0.png"  # 64×48 = 3,072 pixels
+    assert main(["predict", str(non_square / "model"), str(photo), "--max-pixels", "3000"]) == 2
+    assert "64×48 is 3,072 pixels, over the limit of 3,000 pixels (--max-pixels)" in capsys.readouterr().out
+    assert main(["predict", str(non_square / "model"), str(photo), "--max-pixels", "3072"]) == 0
