@@ -65,7 +65,7 @@ def inspection_images(
         images = []
         for path in files:
             try:
-                images.append(preprocess(load_image(path, model.config.in_chans)))
+                images.append(preprocess(load_image(path, model.config.in_chans, min_side=preprocess.min_side)))
             except OSError as error:
                 warnings.warn(f"skipping {error}", stacklevel=2)
             if len(images) == count:

@@ -20,6 +20,7 @@ import torch
 import vitkit
 from vitkit.analysis import METHODS, inspect_model, inspection_images
 from vitkit.benchmark import LIBRARIES, PRECISIONS, format_table, run_benchmark
+from vitkit.data.images import DEFAULT_MAX_PIXELS
 from vitkit.data.load import load_data
 from vitkit.data.shards import write_shards
 from vitkit.interop import convert, export_model, load_model, quantize
@@ -382,7 +383,7 @@ def _predict(args: argparse.Namespace) -> None:
         raise ValueError(f"no image files in {', '.join(args.images)}")
     loaded = _for_inference(load_model(args.model, class_names=args.class_names), args.int8)
     precision = "fp32" if args.int8 else resolve_precision(args.precision, torch.device("cpu"))
-    predictions = predict_files(loaded, files, top_k=args.top_k, precision=precision)
+    predictions = predict_files(loaded, files, top_k=args.top_k, precision=precision, max_pixels=args.max_pixels)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
     else:
@@ -482,6 +483,7 @@ def _serve(args: argparse.Namespace) -> None:
         header_timeout_s=args.header_timeout_s,
         keep_alive_s=args.keep_alive_s,
         max_connections=args.max_connections,
+        max_pixels=args.max_pixels,
     )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
@@ -521,6 +523,22 @@ def _add_inference_flags(
         "--precision", default=precision, choices=("auto", "bf16", "fp32"), help="float format (auto: as in training)"
     )
     command.add_argument("--int8", action="store_true", help=int8_help)
+
+
+def _pixel_count(text: str) -> int:
+    value = int(float(text))  # 5e7 reads too
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a positive number of pixels, got {text}")
+    return value
+
+
+def _add_max_pixels(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--max-pixels",
+        type=_pixel_count,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"refuse images with more pixels, from their header, before decoding (default {DEFAULT_MAX_PIXELS:,})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -598,6 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict_cmd.add_argument("--class-names", help="a text file with one class name per line (e.g. for 21k models)")
     predict_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_inference_flags(predict_cmd, precision="auto")
+    _add_max_pixels(predict_cmd)
     predict_cmd.set_defaults(func=_predict)
 
     inspect_cmd = commands.add_parser(
@@ -693,6 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--header-timeout-s", type=float, default=10.0, help="a request header must arrive within this (408)"
     )
     serve_cmd.add_argument("--keep-alive-s", type=float, default=5.0, help="how long an idle connection stays open")
+    _add_max_pixels(serve_cmd)
     _add_inference_flags(serve_cmd, precision="auto")
     serve_cmd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the model runs")
     serve_cmd.add_argument("--log-level", default="info", choices=("warning", "info", "debug"), help="uvicorn's log")

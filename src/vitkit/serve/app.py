@@ -38,7 +38,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..analysis.explain import EXPLANATIONS, explanation_maps, heatmap, input_picture, overlay
-from ..data.images import ImageTooLarge, UnreadableImage, load_image
+from ..data.images import DEFAULT_MAX_PIXELS, ImageTooElongated, ImageTooLarge, UnreadableImage, load_image
 from ..interop import Int8Model, LoadedModel
 from ..models import parameter_count
 from ..predict import labels_above
@@ -57,6 +57,8 @@ class ServeSettings:
     max_batch: int = 16
     max_wait_ms: float = 5.0
     precision: str = "fp32"
+    #: images with more pixels are refused (413) from their header, before decoding
+    max_pixels: int = DEFAULT_MAX_PIXELS
     #: required as ``Authorization: Bearer <key>`` on /v1/* when set (any Unicode, sent as UTF-8)
     api_key: str | None = None
     max_upload_mb: float = 10.0
@@ -316,9 +318,12 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
         if not data:
             raise HTTPException(400, "the request holds no image")
         try:
-            return load_image(data, model.config.in_chans)  # PIL only: torch work stays on the batcher's thread
+            # PIL only: torch work stays on the batcher's thread; a large JPEG is decoded at a smaller scale
+            return load_image(data, model.config.in_chans, max_pixels=settings.max_pixels, min_side=preprocess.min_side)
         except ImageTooLarge as error:
             raise HTTPException(413, str(error)) from error
+        except ImageTooElongated as error:
+            raise HTTPException(422, str(error)) from error
         except UnreadableImage as error:
             raise HTTPException(415, f"{error}; send a PNG, JPEG, WebP, GIF, BMP or TIFF image") from error
 
