@@ -1,6 +1,7 @@
 """Data sources and preprocessing on real files of every common image mode."""
 
 import io
+import os
 import warnings
 
 import numpy as np
@@ -279,3 +280,38 @@ def test_files_found_unreadable_when_decoded_once_are_counted(image_folder, tmp_
         warnings.simplefilter("ignore")
         summary = train(config, progress=False)
     assert summary.skipped_files == 2  # garbage.png at scan time, truncated.png when decoded once
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MiB file system (tmpfs), for what happens when the disk is full; needs root."""
+    import shutil
+    import subprocess
+
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root and mount(8)")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_full_disk_while_decoding_once_is_one_error_and_leaves_no_file(tmp_path, small_disk):
+    import subprocess
+    import sys
+
+    for label in ("a", "b"):
+        _twelve_images(tmp_path / "data" / label)  # 24 images × 3 × 160² bytes = 1.8 MB decoded: over 1 MiB
+    command = [sys.executable, "-m", "vitkit.cli.main", "train", "--data", str(tmp_path / "data"), "--img-size", "160",
+               "--model-args", "patch_size=16", "embed_dim=16", "depth=1", "num_heads=2", "mlp_dim=16",
+               "--epochs", "1", "--cache-decoded", "--out", str(tmp_path / "run"), "--quiet"]  # fmt: skip
+    done = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "VITKIT_HOME": str(small_disk)}, timeout=300
+    )
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("vitkit: error:")]
+    assert len(errors) == 1 and "no room for the decoded images" in errors[0] and "Traceback" not in done.stderr
+    assert [p for p in small_disk.rglob("*") if p.is_file()] == []
