@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..data.images import load_image
 from ..data.load import load_data
-from ..fileio import atomic_write
+from ..fileio import atomic_write, check_out_folder
 from ..interop.sources import LoadedModel
 from ..models import VisionTransformer
 from ..predict import expand_image_paths
@@ -96,6 +96,7 @@ def inspect_model(
     methods: Sequence[str] = METHODS,
     measure_faithfulness: bool = True,
     multi_label: bool = False,
+    force: bool = False,
 ) -> InspectReport:
     """Write the paper's inspection figures for ``model`` into ``out_dir``.
 
@@ -115,6 +116,7 @@ def inspect_model(
         multi_label: the model gives a sigmoid per class (the curves follow it) instead of a softmax.
     """
     out_dir = Path(out_dir)
+    check_out_folder(out_dir, own=PAGE_NAME, force=force)  # a folder of earlier figures is rewritten
     out_dir.mkdir(parents=True, exist_ok=True)
     report = InspectReport(out_dir)
     config = model.config

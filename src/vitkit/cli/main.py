@@ -25,7 +25,7 @@ from vitkit.data.load import load_data
 from vitkit.data.shards import write_shards
 from vitkit.interop import convert, export_model, load_model, quantize
 from vitkit.interop.convert import TARGETS
-from vitkit.interop.export import EXPORT_FORMATS
+from vitkit.interop.export import EXPORT_FORMATS, check_export_path
 from vitkit.models import parameter_count
 from vitkit.predict import expand_image_paths, predict_files
 from vitkit.probe import POOLS, fewshot_evaluate, linear_probe
@@ -141,6 +141,7 @@ def _add_run_flags(parser: argparse.ArgumentParser, command: str) -> None:
         "--resume", metavar="RUN_DIR", help="continue an interrupted run exactly (--epochs / --steps may lengthen it)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--force", action="store_true", help="write into an --out folder that holds other files")
     _add_config_flags(parser, command)
 
 
@@ -175,7 +176,8 @@ def _train(args: argparse.Namespace) -> None:
     if args.resume:
         summary = _resume(args)
     else:
-        summary = train(resolve_config(file=args.config, overrides=_overrides(args)), progress=not args.quiet)
+        config = resolve_config(file=args.config, overrides=_overrides(args))
+        summary = train(config, progress=not args.quiet, force=args.force)
     _print_summary(summary)
 
 
@@ -189,7 +191,7 @@ def _pretrain(args: argparse.Namespace) -> None:
         config = resolve_config(preset=default, file=args.config, overrides=overrides)
         if config.objective == "classify":
             raise ValueError("say what to pre-train with: --objective mpp or --objective mae (or an mpp-/mae- preset)")
-        summary = train(config, progress=not args.quiet)
+        summary = train(config, progress=not args.quiet, force=args.force)
     _print_summary(summary)
 
 
@@ -418,6 +420,7 @@ def _inspect(args: argparse.Namespace) -> None:
         methods=args.explain,
         measure_faithfulness=args.faithfulness,
         multi_label=loaded.multi_label,
+        force=args.force,
     )
     for title, path, _ in report.figures:
         print(f"{path}  {title}")
@@ -455,7 +458,7 @@ def _benchmark(args: argparse.Namespace) -> None:
 
 def _shards(args: argparse.Namespace) -> None:
     data = load_data(args.data, in_chans=args.in_chans, val_fraction=args.val_fraction)
-    manifest = write_shards(data, args.out, source=args.data, shard_size=args.shard_size)
+    manifest = write_shards(data, args.out, source=args.data, shard_size=args.shard_size, force=args.force)
     for split, shards in manifest["splits"].items():
         print(f"{split}: {sum(s['count'] for s in shards):,} images in {len(shards)} shard(s)")
     print(f"wrote {Path(args.out) / 'shards.json'}; train on it with vitkit train --data {args.out}")
@@ -502,11 +505,12 @@ def _serve(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     if args.int8 and args.format != "onnx":
         raise ValueError("an int8 export is ONNX (ONNX Runtime runs its int8 matmuls); drop --format pt2")
+    check_export_path(args.out, args.format, overwrite=args.force)  # before the model is loaded
     model = load_model(args.model).model
     if args.int8:
         written = quantize(model, dynamic=args.dynamic).save(args.out)
     else:
-        written = export_model(model, args.out, format=args.format, dynamic=args.dynamic)
+        written = export_model(model, args.out, format=args.format, dynamic=args.dynamic, overwrite=args.force)
     config = model.config
     size = f"H×W multiples of {config.stride}" if args.dynamic else f"{config.img_size[0]}×{config.img_size[1]}"
     print(f"wrote {written} ({args.format}{', int8' if args.int8 else ''}, input B×{config.in_chans}×{size})")
@@ -627,6 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect_cmd.add_argument("model", help=MODEL_HELP)
     inspect_cmd.add_argument("images", nargs="*", help="image files or folders (default: held-out images of --data)")
     inspect_cmd.add_argument("--out", required=True, help="folder for the PNGs and index.html")
+    inspect_cmd.add_argument("--force", action="store_true", help="write into an --out folder that holds other files")
     inspect_cmd.add_argument("--data", help="dataset to take images from (default: the run's own data)")
     inspect_cmd.add_argument("--count", type=int, default=8, help="images to show attention and rollout for")
     inspect_cmd.add_argument(
@@ -660,6 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     shards_cmd.add_argument(
         "--val-fraction", type=float, default=0.1, help="held-out fraction when the data has no val/ split"
     )
+    shards_cmd.add_argument("--force", action="store_true", help="write into an OUT folder that holds other files")
     shards_cmd.set_defaults(func=_shards)
 
     convert_cmd = commands.add_parser("convert", help="write a model in another library's format")
@@ -681,6 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export_cmd.add_argument("--dynamic", action="store_true", help="leave the image size free (the batch always is)")
     export_cmd.add_argument("--int8", action="store_true", help="int8 linear layers (ONNX only; see vitkit.quantize)")
+    export_cmd.add_argument("--force", action="store_true", help="replace an existing file")
     export_cmd.set_defaults(func=_export)
 
     serve_cmd = commands.add_parser(

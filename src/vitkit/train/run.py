@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from ..data.datasets import DataSplits, balanced_subset
 from ..data.load import load_data
 from ..data.shards import ShardStream
-from ..fileio import atomic_write, lock_folder
+from ..fileio import atomic_write, check_out_folder, lock_folder
 from ..interop.adapt import load_state_into
 from ..interop.folder import WEIGHTS_NAME
 from ..interop.sources import open_weights
@@ -157,13 +157,16 @@ class Run:
             )
 
 
-def set_up_run(config: TrainConfig, *, resume: bool, processes: Processes) -> Run:
+def set_up_run(config: TrainConfig, *, resume: bool, processes: Processes, force: bool = False) -> Run:
     """Every part of the run, ready for its first (or next) step. With ``resume`` the
-    checkpoint in ``config.out`` is restored; the run folder is created and locked."""
+    checkpoint in ``config.out`` is restored; the run folder is created and locked (a folder
+    holding files vitkit did not write is refused unless ``force``)."""
     device = distributed.start(processes, resolve_device(config.device), config.dist_timeout)
     precision = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)  # the same initial weights in every process
     config = dataclasses.replace(config, out=str(_shared_run_dir(config, processes)))
+    if not resume:  # before the data is read and the model built
+        check_out_folder(Path(config.out), own=TRAIN_CONFIG_NAME, force=force)
     data = _training_data(config)
     supervised = config.objective == "classify"
     if supervised and data.multi_label and processes.distributed:
