@@ -221,9 +221,10 @@ class _Repo:
     repo_id: str
     sha: str
     files: dict[str, _Blob]  # repo path (with /) -> blob
+    branches: tuple[str, ...] = ("main",)
 
     def knows(self, revision: str) -> bool:
-        return revision in ("main", self.sha)
+        return revision in (*self.branches, self.sha)
 
 
 class _Listener(ThreadingHTTPServer):
@@ -306,13 +307,21 @@ class LoopbackServer:
 
     # -- content ----------------------------------------------------------------------------------------------------
 
-    def add_repo(self, repo_id: str, folder: str | os.PathLike, *, lfs: tuple[str, ...] = LFS_PATTERNS) -> str:
+    def add_repo(
+        self,
+        repo_id: str,
+        folder: str | os.PathLike,
+        *,
+        lfs: tuple[str, ...] = LFS_PATTERNS,
+        branches: tuple[str, ...] = (),
+    ) -> str:
         """Serve every file under ``folder`` as model repo ``repo_id`` (``"org/name"`` or ``"name"``).
 
         Files are hashed now (add them first); their bytes are read when asked for. Files whose name matches one of
         the ``lfs`` glob patterns are served as LFS files (through ``cdn_url``). Registering a repo again replaces it.
         Returns the repo's fake commit sha, which depends on its content, and which ``revision=`` accepts like
-        ``"main"``.
+        ``"main"``. ``branches`` are more revision names that answer as ``main`` does, whatever they hold (as a
+        mirror behind ``HF_ENDPOINT`` might answer a name the Hub would refuse).
         """
         if repo_id.count("/") > 1 or "" in repo_id.split("/"):
             raise ValueError(f"not a repo id: {repo_id!r}")
@@ -328,7 +337,7 @@ class LoopbackServer:
         tree = "".join(f"{name} {blob.git_oid}\n" for name, blob in files.items())
         sha = hashlib.sha1(f"{repo_id}\n{tree}".encode()).hexdigest()
         with self._lock:
-            self._repos[repo_id] = _Repo(repo_id, sha, files)
+            self._repos[repo_id] = _Repo(repo_id, sha, files, ("main", *branches))
         return sha
 
     def add_bucket_file(self, name: str, local_path: str | os.PathLike) -> None:

@@ -204,3 +204,46 @@ def test_a_missing_image_is_reported_before_any_download(served, tmp_path, capsy
     before = len(served.requests)
     assert vitkit.cli.main.main(["predict", "vit_tiny_patch16_224", str(tmp_path / "nothing.jpg")]) == 2
     assert "does not exist" in capsys.readouterr().err and len(served.requests) == before
+
+
+# ------------------------------------------------------------------ names that leave the cache
+def test_a_hub_revision_that_leaves_the_cache_is_refused_and_nothing_is_written_outside_it(tmp_path):
+    """A mirror behind HF_ENDPOINT that answers a revision named ``../../../../escape`` as a branch:
+    huggingface_hub would write ``refs/<revision>`` four folders up, outside HF_HOME."""
+    config = HFConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32)
+    ViTForImageClassification(config).save_pretrained(tmp_path / "repo")
+    escape = "../../../../escape"
+    server = LoopbackServer()
+    server.add_repo("org/repo", tmp_path / "repo", branches=(escape,))
+    home = tmp_path / "cache" / "hf"
+    with server:
+        result = _vitkit(
+            ["convert", f"hf-hub:org/repo@{escape}", str(tmp_path / "out"), "--to", "vitkit"],
+            configure_hub_env(dict(os.environ), server.url, home),
+        )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("vitkit: error:") and "not a branch, tag or commit name" in result.stderr
+    outside = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(tmp_path / "repo")]
+    assert [p for p in outside if not p.is_relative_to(home)] == []
+    assert server.requests == []  # refused before asking: nothing in the cache either
+
+
+@pytest.mark.parametrize(
+    "source", ["hf-hub:org/re po", "hf-hub:org/re..po", "hf-hub:org--x/repo", "hf-hub:org/repo@v 1", "hf-hub:o/r@a/.b"]
+)
+def test_hub_ids_against_the_hubs_rules_get_one_line_before_any_request(source, hub, tmp_path, capsys):
+    before = len(hub.requests)
+    assert vitkit.cli.main.main(["convert", source, str(tmp_path / "out"), "--to", "vitkit"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"vitkit: error: {source!r}") and error.count("\n") == 1
+    assert len(hub.requests) == before and not (tmp_path / "out").exists()
+
+
+def test_a_google_name_that_leaves_the_cache_is_refused_before_anything_is_fetched(bucket, hub, tmp_path):
+    hub.add_bucket_file("vit_models/../../escape.npz", tmp_path / "vit.npz")  # a bucket that would answer it
+    before = len(hub.requests)
+    with pytest.raises(DownloadError, match="outside the cache"):
+        vitkit.load_model("google:../../escape")
+    assert not (tmp_path / "escape.npz").exists() and len(hub.requests) == before
+    vitkit.load_model("google:imagenet21k/./ViT-Ti_test")  # a name that stays inside is normalised
+    assert (tmp_path / "cache" / "google" / "imagenet21k" / "ViT-Ti_test.npz").is_file()

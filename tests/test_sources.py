@@ -7,6 +7,7 @@ import stat
 
 import numpy as np
 import pytest
+import safetensors.torch
 import timm
 import torch
 from conftest import tiny_vit
@@ -244,3 +245,58 @@ def test_transformers_pipeline_scores_a_converted_multi_label_model_with_sigmoid
     theirs = {answer["label"]: answer["score"] for answer in classify(image)}
     assert max(abs(ours[i].item() - theirs[name]) for i, name in enumerate(names)) <= 1e-4
     assert abs(sum(theirs.values()) - 1) > 0.01  # sigmoids, not a softmax
+
+
+# ------------------------------------------------------------------ weights that cannot be right
+def _hf_folder(folder, **changes):
+    """A transformers ViT folder written by save_pretrained (tiny), with ``changes`` to its weights."""
+    from transformers import ViTConfig as HFConfig
+    from transformers import ViTForImageClassification
+
+    config = HFConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32)
+    peer = ViTForImageClassification(config)
+    with torch.no_grad():
+        for name, change in changes.items():
+            change(peer.get_parameter(name))
+    peer.save_pretrained(folder)
+    return folder
+
+
+def test_weights_holding_nan_or_inf_are_refused_naming_the_tensor_unless_allowed(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("VITKIT_ALLOW_NONFINITE", "0")  # restored after the test: the CLI flag sets it
+    model = tiny_vit()
+    with torch.no_grad():
+        model.blocks[1].mlp.fc2.bias[3] = float("inf")
+    save_model(tmp_path / "vitkit", model)
+    nan_query = {"vit.layers.0.attention.q_proj.weight": lambda p: p[0, :2].fill_(float("nan"))}
+    _hf_folder(tmp_path / "hf", **nan_query)
+    with pytest.raises(ValueError, match=r"blocks\.1\.mlp\.fc2\.bias \(1 of 32 values\).*--allow-nonfinite"):
+        vitkit.load_model(tmp_path / "vitkit")
+    with pytest.raises(ValueError, match=r"blocks\.0\.attn\.qkv\.weight \(2 of 3,072 values\)"):
+        open_weights(tmp_path / "hf")
+    with pytest.warns(UserWarning, match=r"NON-FINITE.*blocks\.1\.mlp\.fc2\.bias"):
+        loaded = vitkit.load_model(tmp_path / "vitkit", allow_nonfinite=True)
+    assert loaded.model.blocks[1].mlp.fc2.bias.isinf().sum() == 1
+    out = str(tmp_path / "out")
+    assert vitkit.cli.main.main(["convert", str(tmp_path / "hf"), out, "--to", "vitkit"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("vitkit: error:") and "qkv.weight" in error and error.count("\n") == 1
+    with pytest.warns(UserWarning, match="LOADING NON-FINITE WEIGHTS"):  # the CLI prints it as "vitkit: warning:"
+        assert vitkit.cli.main.main(["convert", str(tmp_path / "hf"), out, "--to", "vitkit", "--allow-nonfinite"]) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.uint8])
+def test_integer_or_bool_tensors_where_floats_belong_are_refused(dtype, tmp_path, capsys):
+    model = tiny_vit()
+    state = model.state_dict()
+    state["pos_embed"] = state["pos_embed"].to(dtype)
+    torch.save(state, tmp_path / "weights.pth")
+    with pytest.raises(ValueError, match=rf"pos_embed is {str(dtype).removeprefix('torch.')} where"):
+        open_weights(tmp_path / "weights.pth", architecture=model.config, allow_nonfinite=True)
+    weights = _hf_folder(tmp_path / "hf") / "model.safetensors"
+    tensors = safetensors.torch.load_file(weights)
+    tensors["vit.embeddings.cls_token"] = tensors["vit.embeddings.cls_token"].to(dtype)
+    safetensors.torch.save_file(tensors, weights)
+    photo(40, 40).save(tmp_path / "a.png")
+    assert vitkit.cli.main.main(["predict", str(tmp_path / "hf"), str(tmp_path / "a.png")]) == 2
+    assert f"cls_token is {str(dtype).removeprefix('torch.')} where" in capsys.readouterr().err

@@ -26,6 +26,7 @@ from vitkit.data.shards import write_shards
 from vitkit.interop import convert, export_model, load_model, quantize
 from vitkit.interop.convert import TARGETS
 from vitkit.interop.export import EXPORT_FORMATS, check_export_path
+from vitkit.interop.sources import ALLOW_NONFINITE_ENV
 from vitkit.models import parameter_count
 from vitkit.predict import expand_image_paths, predict_files
 from vitkit.probe import POOLS, fewshot_evaluate, linear_probe
@@ -755,6 +756,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--pretrained", action="store_true", help="list the pretrained weights vitkit knows by name, with their facts"
     )
     models.set_defaults(func=_models)
+    for name, command in commands.choices.items():
+        if name in ("shards", "benchmark", "models"):  # the commands that read no weights
+            continue
+        command.add_argument(
+            "--allow-nonfinite",
+            action="store_true",
+            help=f"load weights that hold NaN or Inf, with a warning (else an error; or set {ALLOW_NONFINITE_ENV}=1)",
+        )
     return parser
 
 
@@ -774,6 +783,8 @@ def _raised_by_vitkit(error: BaseException) -> bool:
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _format_warning  # a user-facing line, not the code location
     args = build_parser().parse_args(argv)
+    if getattr(args, "allow_nonfinite", False):  # read by open_weights wherever the command loads weights
+        os.environ[ALLOW_NONFINITE_ENV] = "1"
     try:
         args.func(args)
     except (ValueError, TrainingDiverged) as error:

@@ -33,6 +33,15 @@ class DownloadError(ValueError):
     """A file could not be fetched; the message says what to do instead."""
 
 
+def confined(path: str | Path, root: str | Path, name: str) -> Path:
+    """``path`` normalised (``..`` and ``.`` folded, symlinks left alone), refused unless it lies
+    inside ``root``: a downloaded file goes into its cache and nowhere else."""
+    normal, top = Path(os.path.abspath(path)), Path(os.path.abspath(root))
+    if not normal.is_relative_to(top):
+        raise DownloadError(f"{name} leads outside the cache {top} (to {normal}); vitkit writes nothing there")
+    return normal
+
+
 def google_bucket_url() -> str:
     return os.environ.get("VITKIT_GOOGLE_BUCKET_URL", GOOGLE_BUCKET_URL).rstrip("/")
 
@@ -47,8 +56,11 @@ def _offline() -> bool:
 def fetch_google_file(path: str, *, progress: bool = True) -> Path:
     """The local copy of ``gs://vit_models/<path>`` (e.g. ``imagenet21k/ViT-B_16.npz``),
     downloaded into the cache on first use. Offline (``HF_HUB_OFFLINE=1`` or
-    ``VITKIT_OFFLINE=1``) only the cache is used."""
-    target = cache_dir() / "google" / path
+    ``VITKIT_OFFLINE=1``) only the cache is used. A ``path`` that leaves the cache (``../x``,
+    ``/x``) is refused before anything is fetched or written."""
+    root = cache_dir() / "google"
+    target = confined(root / path, root, f"google:{path}")
+    path = target.relative_to(os.path.abspath(root)).as_posix()  # normalised: the URL asks for what is cached
     if target.is_file():
         return target
     url = f"{google_bucket_url()}/{path}"

@@ -9,6 +9,7 @@ the folder readers take from there.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import huggingface_hub
@@ -16,11 +17,14 @@ from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
     HfHubHTTPError,
+    HFValidationError,
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.utils import validate_repo_id
 
+from .download import confined
 from .folder import WEIGHT_FILES
 
 PREFIXES = ("hf-hub:", "hf_hub:")  # timm accepts both
@@ -32,12 +36,28 @@ def is_hub_id(source: str) -> bool:
     return source.startswith(PREFIXES)
 
 
+# What git refuses in a branch or tag name (git check-ref-format), which every revision on the Hub
+# is, commit hashes included. huggingface_hub checks repo ids but not revisions, and writes
+# ``refs/<revision>`` into its cache: a ``..`` there would write outside it.
+_BAD_REVISION = re.compile(r"\.\.|@\{|//|[\x00-\x20\x7f~^:?*\[\\]|^/|/$|\.$|(^|/)\.|\.lock(/|$)|^@$")
+
+
 def parse_hub_id(source: str) -> tuple[str, str | None]:
-    """``hf-hub:ORG/REPO[@REVISION]`` → (``ORG/REPO``, revision or None)."""
+    """``hf-hub:ORG/REPO[@REVISION]`` → (``ORG/REPO``, revision or None). The repo id is checked
+    by huggingface_hub's own rules, the revision by git's for branch and tag names."""
     spec = source.split(":", 1)[1]
     repo, _, revision = spec.partition("@")
     if repo.count("/") != 1 or not all(repo.split("/")):
         raise ValueError(f"{source!r} is not a hub id; write hf-hub:ORG/REPO or hf-hub:ORG/REPO@REVISION")
+    try:
+        validate_repo_id(repo)
+    except HFValidationError as error:
+        raise ValueError(f"{source!r} is not a hub id: {error}") from None
+    if _BAD_REVISION.search(revision):
+        raise ValueError(
+            f"{source!r}: {revision!r} is not a branch, tag or commit name (git refuses '..', spaces, "
+            "control characters and ~^:?*[\\ in them); write hf-hub:ORG/REPO@main, a tag or a commit hash"
+        )
     return repo, revision or None
 
 
@@ -78,7 +98,8 @@ def _download(
     """One file of the repo from the cache or the hub; None when the repo has no such file (or,
     with ``cached_only_ok``, when offline and it is not cached)."""
     try:
-        return Path(huggingface_hub.hf_hub_download(repo, filename, revision=revision))
+        local = huggingface_hub.hf_hub_download(repo, filename, revision=revision)
+        return confined(local, huggingface_hub.constants.HF_HUB_CACHE, f"{source} {filename}")
     except LocalEntryNotFoundError as error:
         if cached_only_ok:
             return None

@@ -24,12 +24,14 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ..data.transforms import Preprocessing, eval_transform
@@ -55,6 +57,8 @@ from .timm import (
 )
 
 GOOGLE_PREFIX = "google:"
+#: set to 1 to load weights holding NaN or Inf with a warning instead of an error (``--allow-nonfinite``)
+ALLOW_NONFINITE_ENV = "VITKIT_ALLOW_NONFINITE"
 _FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".npz", ".json")
 
 
@@ -79,7 +83,11 @@ class Weights:
 
 
 def open_weights(
-    source: str | Path, *, architecture: str | ViTConfig | None = None, keep_pre_logits: bool = False
+    source: str | Path,
+    *,
+    architecture: str | ViTConfig | None = None,
+    keep_pre_logits: bool = False,
+    allow_nonfinite: bool | None = None,
 ) -> Weights:
     """Read ``source`` (see the module docstring for what it may be), downloading it first when it
     names a hub repo, a Google file or pretrained weights that are not cached yet.
@@ -87,7 +95,45 @@ def open_weights(
     ``architecture`` says what a bare weight file is (a model name such as ``"S/16"``, whose class
     count, resolution and channels are then read off the tensors, or a full config); other sources
     carry their own. A pre-logits layer (Google's ``pre_logits``, transformers' pooler) is kept
-    when a classifier sits on it or when ``keep_pre_logits``."""
+    when a classifier sits on it or when ``keep_pre_logits``.
+
+    Weights that cannot be right are refused, naming the tensor: a tensor that is not floating
+    point, or one holding NaN or Inf. ``allow_nonfinite=True`` (default: the environment variable
+    ``VITKIT_ALLOW_NONFINITE=1``; the CLI's ``--allow-nonfinite``) loads the latter with a warning."""
+    weights = _open(source, architecture, keep_pre_logits)
+    if allow_nonfinite is None:
+        allow_nonfinite = os.environ.get(ALLOW_NONFINITE_ENV, "").lower() in ("1", "true", "yes", "on")
+    _check_values(weights, allow_nonfinite)
+    return weights
+
+
+def _check_values(weights: Weights, allow_nonfinite: bool) -> None:
+    """Refuse tensors that no trained ViT holds: integers or bools (every weight is a float), and
+    NaN or Inf, which a diverged run or a damaged file leaves and every output would inherit."""
+    nonfinite = []
+    for key, value in weights.state.items():
+        if not value.is_floating_point():
+            raise ValueError(
+                f"{weights.source}: tensor {key} is {str(value.dtype).removeprefix('torch.')} where a ViT's "
+                "weights are floating point; this is no weight file vitkit reads (or it was quantised by "
+                "another tool: load the float original)"
+            )
+        bad = value.numel() - int(torch.isfinite(value).sum())
+        if bad:
+            nonfinite.append(f"{key} ({bad:,} of {value.numel():,} values)")
+    if not nonfinite:
+        return
+    where = f"{weights.source}: {len(nonfinite)} tensor(s) hold NaN or Inf: {', '.join(nonfinite[:3])}"
+    where += ", …" if len(nonfinite) > 3 else ""
+    if not allow_nonfinite:
+        raise ValueError(
+            f"{where}. Weights like these come from a diverged run or a damaged file and give NaN outputs; "
+            f"load them anyway with --allow-nonfinite ({ALLOW_NONFINITE_ENV}=1, or allow_nonfinite=True)"
+        )
+    warnings.warn(f"LOADING NON-FINITE WEIGHTS (--allow-nonfinite): {where}", stacklevel=3)
+
+
+def _open(source: str | Path, architecture: str | ViTConfig | None, keep_pre_logits: bool) -> Weights:
     text = str(source)
     path = Path(source)
     if path.exists():
@@ -104,7 +150,7 @@ def open_weights(
         if _looks_like_a_path(path):
             raise ValueError(f"{source} does not exist") from error
         raise ValueError(f"{source} is no file or folder, and: {error}") from error
-    return _named(open_weights(row.source, keep_pre_logits=keep_pre_logits), row.name)
+    return _named(_open(row.source, None, keep_pre_logits), row.name)
 
 
 def _looks_like_a_path(path: Path) -> bool:
@@ -276,10 +322,18 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return read_weight_file(path)
 
 
-def load_weights(model: VisionTransformer, source: str | Path, *, keep_pre_logits: bool = False) -> LoadReport:
+def load_weights(
+    model: VisionTransformer,
+    source: str | Path,
+    *,
+    keep_pre_logits: bool = False,
+    allow_nonfinite: bool | None = None,
+) -> LoadReport:
     """Load any source :func:`open_weights` reads into ``model``, adapting position embeddings and
     the head (see :func:`vitkit.interop.adapt.load_state_into`). Returns what happened to each key."""
-    weights = open_weights(source, architecture=model.config, keep_pre_logits=keep_pre_logits)
+    weights = open_weights(
+        source, architecture=model.config, keep_pre_logits=keep_pre_logits, allow_nonfinite=allow_nonfinite
+    )
     return load_state_into(model, weights.state, source=str(source))
 
 
@@ -333,13 +387,17 @@ def load_model(
     keep_pre_logits: bool = False,
     architecture: str | None = None,
     class_names: str | Path | None = None,
+    allow_nonfinite: bool | None = None,
 ) -> LoadedModel:
     """A ready-to-use model from any source :func:`open_weights` reads (a run or model folder, a
     Google ``.npz``, ``hf-hub:ORG/REPO``, ``google:DIR/FILE``, a pretrained name such as
     ``vit_base_patch16_224.augreg2_in21k_ft_in1k``, or a bare weight file with its ``architecture``):
     the model in eval mode, the preprocessing that came with the weights, and the class names
-    (those of the weights, or one per line of the text file ``class_names``)."""
-    weights = open_weights(source, architecture=architecture, keep_pre_logits=keep_pre_logits)
+    (those of the weights, or one per line of the text file ``class_names``). Weights holding NaN
+    or Inf are refused unless ``allow_nonfinite`` (see :func:`open_weights`)."""
+    weights = open_weights(
+        source, architecture=architecture, keep_pre_logits=keep_pre_logits, allow_nonfinite=allow_nonfinite
+    )
     if class_names is not None:
         weights.class_names = read_class_names(class_names, weights.config.num_classes)
     elif weights.note:
