@@ -67,6 +67,7 @@ def test_a_safetensors_file_that_is_not_a_checkpoint_is_refused(tmp_path):
 VITKIT_0_1 = Path(__file__).parent / "fixtures" / "vitkit-0.1"  # see make.py there
 
 
+@pytest.mark.slow
 def test_a_vitkit_0_1_run_resumes_exactly(tmp_path):
     """A run stopped under vitkit 0.1 (optimiser state by position, ``pos_embed.weight``) continues
     to the weights of 0.1's own uninterrupted run, but for the machine's rounding; and on this
