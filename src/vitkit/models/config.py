@@ -126,7 +126,7 @@ class ViTConfig:
             raise ValueError(f"img_size must be a positive number of pixels, got {self.img_size}")
         if not 0 < self.norm_eps < math.inf:
             raise ValueError(
-                f"norm_eps must be finite and > 0 (LayerNorm divides by sqrt(var + eps)), got {self.norm_eps}"
+                f"norm_eps must be > 0 and finite (LayerNorm divides by sqrt(var + eps)), got {self.norm_eps}"
             )
         if self.pos_embed not in POS_EMBED_KINDS:
             raise ValueError(
