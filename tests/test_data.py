@@ -93,6 +93,7 @@ def _all_files(data):
     return FileImageDataset(data.train.samples + data.val.samples, 3)
 
 
+@pytest.mark.slow
 def test_training_on_a_folder_counts_skipped_files(image_folder, tmp_path):
     config = resolve_config(
         overrides={

@@ -65,6 +65,7 @@ def test_a_model_that_takes_any_size_stays_so():
         vitkit.quantize(randomize_head(tiny_vit()).eval())(x)
 
 
+@pytest.mark.slow
 def test_the_saved_file_runs_in_onnxruntime_alone(tmp_path):
     model = randomize_head(tiny_vit()).eval()
     quantized = vitkit.quantize(model)

@@ -359,6 +359,7 @@ def _headless_chromium(tmp_path):
     return webdriver.Chrome(service=webdriver.ChromeService(shutil.which("chromedriver")), options=options)
 
 
+@pytest.mark.slow
 def test_the_page_of_an_int8_server_answers_without_the_explanation_panel(trained_digits, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -382,6 +383,7 @@ def test_the_page_of_an_int8_server_answers_without_the_explanation_panel(traine
         process.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_the_page_in_a_real_browser(trained_digits, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

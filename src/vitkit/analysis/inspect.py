@@ -57,6 +57,8 @@ def inspection_images(
     folders of them) in ``paths``, else the first ``count`` held-out images of ``data`` (a
     built-in dataset name, folder or CSV). Unreadable files are skipped with a warning naming
     them; none readable is an error."""
+    if count < 1:
+        raise ValueError(f"count must be at least 1 image, got {count}")
     model, preprocess, _ = loaded
     if paths:
         files = expand_image_paths(paths)

@@ -20,6 +20,7 @@ import torch
 import vitkit
 from vitkit.analysis import METHODS, inspect_model, inspection_images
 from vitkit.benchmark import LIBRARIES, PRECISIONS, format_table, run_benchmark
+from vitkit.cli.arguments import nonnegative_float, pixel_count, port, positive_float, positive_int
 from vitkit.data.images import DEFAULT_MAX_PIXELS
 from vitkit.data.load import load_data
 from vitkit.data.shards import write_shards
@@ -328,7 +329,7 @@ def _number_list(kind: type) -> Any:
 
 
 def _l2_list(text: str) -> list:
-    return ["auto"] if text == "auto" else _number_list(float)(text)
+    return ["auto"] if text == "auto" else _number_list(nonnegative_float)(text)
 
 
 def _fewshot(args: argparse.Namespace) -> None:
@@ -530,17 +531,10 @@ def _add_inference_flags(
     command.add_argument("--int8", action="store_true", help=int8_help)
 
 
-def _pixel_count(text: str) -> int:
-    value = int(float(text))  # 5e7 reads too
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"a positive number of pixels, got {text}")
-    return value
-
-
 def _add_max_pixels(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--max-pixels",
-        type=_pixel_count,
+        type=pixel_count,
         default=DEFAULT_MAX_PIXELS,
         help=f"refuse images with more pixels, from their header, before decoding (default {DEFAULT_MAX_PIXELS:,})",
     )
@@ -577,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cmd.add_argument("model", help=MODEL_HELP)
     eval_cmd.add_argument("--data", help="dataset to evaluate on (default: the run's own data)")
     eval_cmd.add_argument("--split", default="val", choices=("val", "train"), help="which part of the data")
-    eval_cmd.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    eval_cmd.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     eval_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_inference_flags(eval_cmd, precision="fp32", int8_help="also score the int8 model, next to the float one")
     eval_cmd.set_defaults(func=_eval)
@@ -588,9 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
     fewshot_cmd.add_argument("model", help=MODEL_HELP)
     fewshot_cmd.add_argument("--data", help="dataset: shots from its training split, scored on its held-out split")
     fewshot_cmd.add_argument(
-        "--shots", type=_number_list(int), default=[1, 5, 10, 25], help="images per class, comma-separated"
+        "--shots", type=_number_list(positive_int), default=[1, 5, 10, 25], help="images per class, comma-separated"
     )
-    fewshot_cmd.add_argument("--seeds", type=int, default=3, help="draws of the shots (mean ± std reported)")
+    fewshot_cmd.add_argument("--seeds", type=positive_int, default=3, help="draws of the shots (mean ± std reported)")
     fewshot_cmd.add_argument(
         "--l2",
         type=_l2_list,
@@ -604,8 +598,10 @@ def build_parser() -> argparse.ArgumentParser:
     probe_cmd = commands.add_parser("linear-probe", help="logistic regression on frozen features")
     probe_cmd.add_argument("model", help=MODEL_HELP)
     probe_cmd.add_argument("--data", help="dataset (default: the run's own data)")
-    probe_cmd.add_argument("--train-images", type=int, help="fit on this many training images (equal per class)")
-    probe_cmd.add_argument("--c", type=float, default=1.0, help="inverse L2 strength (scikit-learn's C)")
+    probe_cmd.add_argument(
+        "--train-images", type=positive_int, help="fit on this many training images (equal per class)"
+    )
+    probe_cmd.add_argument("--c", type=positive_float, default=1.0, help="inverse L2 strength (scikit-learn's C)")
     probe_cmd.add_argument("--pool", default="head", choices=POOLS, help="which features (see vitkit.probe)")
     probe_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
     probe_cmd.set_defaults(func=_linear_probe)
@@ -616,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict_cmd.add_argument("model", help=MODEL_HELP)
     predict_cmd.add_argument("images", nargs="+", help="image files or folders of them")
     predict_cmd.add_argument(
-        "--top-k", type=int, default=5, help="how many classes to show per image (not for multi-label models)"
+        "--top-k", type=positive_int, default=5, help="how many classes to show per image (not for multi-label models)"
     )
     predict_cmd.add_argument("--class-names", help="a text file with one class name per line (e.g. for 21k models)")
     predict_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -634,9 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect_cmd.add_argument("--out", required=True, help="folder for the PNGs and index.html")
     inspect_cmd.add_argument("--force", action="store_true", help="write into an --out folder that holds other files")
     inspect_cmd.add_argument("--data", help="dataset to take images from (default: the run's own data)")
-    inspect_cmd.add_argument("--count", type=int, default=8, help="images to show attention and rollout for")
+    inspect_cmd.add_argument("--count", type=positive_int, default=8, help="images to show attention and rollout for")
     inspect_cmd.add_argument(
-        "--distance-images", type=int, default=256, help="images of --data to average attention distances over"
+        "--distance-images", type=positive_int, default=256, help="images of --data to average attention distances over"
     )
     inspect_cmd.add_argument(
         "--explain",
@@ -661,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     shards_cmd.add_argument("data", help="an ImageFolder folder, a path,label CSV, digits or mnist")
     shards_cmd.add_argument("out", help="folder for train-*.tar, val-*.tar and shards.json")
-    shards_cmd.add_argument("--shard-size", type=int, default=10_000, help="images per shard")
+    shards_cmd.add_argument("--shard-size", type=positive_int, default=10_000, help="images per shard")
     shards_cmd.add_argument("--in-chans", type=int, default=3, choices=(1, 3), help="channels the images are read as")
     shards_cmd.add_argument(
         "--val-fraction", type=float, default=0.1, help="held-out fraction when the data has no val/ split"
@@ -698,13 +694,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--model", dest="arch", help="architecture of a bare weight file, e.g. S/16")
     serve_cmd.add_argument("--class-names", help="a text file with one class name per line (e.g. for 21k models)")
     serve_cmd.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every one; warns)")
-    serve_cmd.add_argument("--port", type=int, default=8000, help="TCP port")
-    serve_cmd.add_argument("--max-batch", type=int, default=16, help="images per forward pass at most (1: no batching)")
+    serve_cmd.add_argument("--port", type=port, default=8000, help="TCP port")
     serve_cmd.add_argument(
-        "--max-wait-ms", type=float, default=5.0, help="how long a request may wait for others to share its batch"
+        "--max-batch", type=positive_int, default=16, help="images per forward pass at most (1: no batching)"
+    )
+    serve_cmd.add_argument(
+        "--max-wait-ms",
+        type=nonnegative_float,
+        default=5.0,
+        help="how long a request may wait for others to share its batch",
     )
     serve_cmd.add_argument("--api-key", help="require Authorization: Bearer KEY on /v1/* (or set VITKIT_API_KEY)")
-    serve_cmd.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads are refused (413)")
+    serve_cmd.add_argument(
+        "--max-upload-mb", type=positive_float, default=10.0, help="larger uploads are refused (413)"
+    )
     serve_cmd.add_argument(
         "--allowed-hosts",
         nargs="+",
@@ -714,12 +717,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(against DNS rebinding); * for any",
     )
     serve_cmd.add_argument(
-        "--max-connections", type=int, help="open connections at most (default 512, fewer under a low ulimit -n)"
+        "--max-connections",
+        type=positive_int,
+        help="open connections at most (default 512, fewer under a low ulimit -n)",
     )
     serve_cmd.add_argument(
-        "--header-timeout-s", type=float, default=10.0, help="a request header must arrive within this (408)"
+        "--header-timeout-s", type=positive_float, default=10.0, help="a request header must arrive within this (408)"
     )
-    serve_cmd.add_argument("--keep-alive-s", type=float, default=5.0, help="how long an idle connection stays open")
+    serve_cmd.add_argument(
+        "--keep-alive-s", type=positive_float, default=5.0, help="how long an idle connection stays open"
+    )
     _add_max_pixels(serve_cmd)
     _add_inference_flags(serve_cmd, precision="auto")
     serve_cmd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the model runs")
@@ -728,8 +735,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("benchmark", help="img/s, FLOP rate and memory next to timm and transformers")
     bench.add_argument("--model", default="S/16", help="model name or alias")
-    bench.add_argument("--batch", type=int, default=32, help="images per step")
-    bench.add_argument("--img-size", type=int, nargs="+", default=[224], help="one or more resolutions")
+    bench.add_argument("--batch", type=positive_int, default=32, help="images per step")
+    bench.add_argument("--img-size", type=positive_int, nargs="+", default=[224], help="one or more resolutions")
     bench.add_argument("--task", default="inference", choices=("inference", "train"), help="what a step is")
     bench.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=LIBRARIES, help="who to time")
     bench.add_argument(
@@ -741,7 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
     bench.add_argument("--grad-checkpointing", action="store_true", help="also train vitkit with it (task train)")
-    bench.add_argument("--reps", type=int, default=5, help="timed repetitions per variant (median reported)")
+    bench.add_argument("--reps", type=positive_int, default=5, help="timed repetitions per variant (median reported)")
     bench.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="peak memory probes")
     bench.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to run")
     bench.add_argument("--json", help="also write the results to this JSON file")

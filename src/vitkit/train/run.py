@@ -31,7 +31,8 @@ from .config import ConfigError, TrainConfig, evaluator_spec
 from .device import resolve_device, resolve_precision
 from .distributed import Processes
 from .evaluators import Evaluator, build_evaluators, run_evaluators
-from .objectives import Evaluation, Objective, build_objective
+from .memory import check_activations_fit
+from .objectives import DEFAULT_MASK_RATIO, Evaluation, Objective, build_objective
 from .optim import build_optimizer, build_scheduler
 from .progress import Progress
 from .run_folder import TRAIN_CONFIG_NAME, default_run_dir
@@ -178,6 +179,15 @@ def set_up_run(config: TrainConfig, *, resume: bool, processes: Processes, force
     model = build_model(config, num_classes=num_classes if supervised else 0, in_chans=data.in_chans)
     model.set_grad_checkpointing(config.grad_checkpointing)
     img_size = inputs.image_size(config, data, model.config.stride)
+    check_activations_fit(
+        model.config,
+        img_size=img_size,
+        batch=config.batch_size,
+        device=device,
+        precision=precision,
+        grad_checkpointing=config.grad_checkpointing,
+        visible_fraction=1 - (config.mask_ratio or DEFAULT_MASK_RATIO["mae"]) if config.objective == "mae" else 1.0,
+    )
     if model.config.img_size != (img_size, img_size):
         model.set_image_size(img_size)
     data = inputs.decode_once(config, data, img_size, processes)
