@@ -32,8 +32,8 @@ from folder_demo import write_folder
 from vitkit.benchmark import train_step
 from vitkit.data.load import load_data
 from vitkit.data.shards import write_shards
+from vitkit.machine import cpu_has_native_bf16
 from vitkit.train import resolve_config
-from vitkit.train.device import cpu_has_native_bf16
 from vitkit.train.distributed import Processes
 from vitkit.train.inputs import decode_once, epoch_batches, image_size, run_datasets
 from vitkit.train.run import build_model

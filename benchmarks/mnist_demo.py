@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from vitkit.interop import load_model
+from vitkit.machine import cpu_has_native_bf16
 from vitkit.train import resolve_config, train
-from vitkit.train.device import cpu_has_native_bf16
 
 TARGET_TOP1 = 0.99
 TARGET_SECONDS = 300.0

@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from vitkit.data.load import load_data
 from vitkit.interop import load_model
+from vitkit.machine import cpu_has_native_bf16
 from vitkit.train import resolve_config, train
-from vitkit.train.device import cpu_has_native_bf16
 from vitkit.train.multilabel import average_precision, mean_average_precision, multilabel_logits, score_multilabel
 
 CELL = 28  # MNIST's size: a 2×2 grid makes 56 px collages

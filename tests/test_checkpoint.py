@@ -13,9 +13,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import vitkit
 from vitkit.interop.keys import upgrade_vitkit_keys
+from vitkit.machine import cpu_has_native_bf16
 from vitkit.train import TrainConfig, resume_run, train
 from vitkit.train.checkpoint import load_checkpoint, save_checkpoint
-from vitkit.train.device import cpu_has_native_bf16
 
 
 def _training_parts(seed):

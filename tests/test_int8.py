@@ -15,10 +15,12 @@ from PIL import Image
 
 import vitkit
 from vitkit.cli.main import main
+from vitkit.machine import cpu_has_int8_dot_product
 from vitkit.serve import ServeSettings, create_app
 
-#: int8 logits may differ from fp32 by this fraction of the largest fp32 logit (2–3 % measured on these models)
-LOGIT_TOLERANCE = 0.05
+#: int8 logits may differ from fp32 by this fraction of the largest fp32 logit: 2–3 % measured on these
+#: models with 8-bit weights (VNNI/AMX hosts), 2.6–5.4 % with the 7-bit weights a CPU without them needs
+LOGIT_TOLERANCE = 0.05 if cpu_has_int8_dot_product() else 0.08
 
 
 def assert_close_to_float(int8_logits, float_logits):
@@ -44,6 +46,17 @@ def test_int8_logits_are_close_to_the_float_model():
     assert_close_to_float(logits, expected)
     assert quantized(x[:1]).shape == (1, 10)  # any batch
     assert list(quantized.parameters()) == []  # ONNX Runtime holds the weights
+
+
+def test_seven_bit_weights_run_right_on_every_cpu():
+    """``reduce_range=True``, the file for any machine: without VNNI, 8-bit products saturate
+    (64 % of the largest logit off on an AVX2 host); 7-bit weights stay close there and elsewhere."""
+    model = randomize_head(tiny_vit()).eval()
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    scale = expected.abs().max()
+    assert (vitkit.quantize(model, reduce_range=True)(x) - expected).abs().max() <= 0.08 * scale
 
 
 def test_the_float_model_is_left_as_it_was():

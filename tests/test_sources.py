@@ -225,8 +225,9 @@ def test_class_names_from_a_file_and_predict_errors(tmp_path, capsys):
     main = vitkit.cli.main.main
     assert main(["predict", str(tmp_path / "model"), str(tmp_path / "empty")]) == 2
     assert "no image files" in capsys.readouterr().err
-    assert main(["predict", str(tmp_path / "model"), str(tmp_path / "a.png"), "--top-k", "0"]) == 2
-    assert "top_k must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:  # argparse refuses it, naming the flag
+        main(["predict", str(tmp_path / "model"), str(tmp_path / "a.png"), "--top-k", "0"])
+    assert stopped.value.code == 2 and "--top-k: must be at least 1, got 0" in capsys.readouterr().err
     args = ["predict", str(tmp_path / "model"), str(tmp_path / "a.png"), "--class-names", str(tmp_path / "names.txt")]
     assert main(args) == 0 and capsys.readouterr().out.split()[1] in ("cat", "dog", "bird")
 

@@ -18,10 +18,14 @@ def default_file_mode() -> int:
     return 0o666 & ~current
 
 
+#: the file :func:`lock_folder` holds: vitkit's own in any folder
+LOCK_FILE = ".lock"
+
+
 def lock_folder(folder: Path) -> IO[str]:
     """Hold an exclusive lock on ``folder`` for as long as the returned file stays open (the
     process ending releases it too); a second holder is refused with an error naming the first."""
-    handle = open(folder / ".lock", "a+")  # noqa: SIM115 — the open file is the lock
+    handle = open(folder / LOCK_FILE, "a+")  # noqa: SIM115 — the open file is the lock
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -65,7 +69,7 @@ def check_out_folder(folder: Path, *, own: str | None, force: bool = False) -> N
         raise FileExistsError(f"{folder} is a file, not a folder; choose a folder to write into")
     if own is not None and (folder / own).is_file():
         return
-    found = sorted(entry.name for entry in folder.iterdir())
+    found = sorted(entry.name for entry in folder.iterdir() if entry.name != LOCK_FILE)
     if found:
         shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
         raise FileExistsError(

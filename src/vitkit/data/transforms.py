@@ -8,9 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torchvision.transforms import v2
 
 from ..models.config import to_pair
@@ -46,17 +44,15 @@ INTERPOLATIONS = ("bilinear", "bicubic")
 
 
 class ResizeCrop(v2.Transform):
-    """Resize an image so that it covers ``size`` (H, W), its short side at least ``shorter``
-    (when given), then keep the middle ``size``.
+    """Resize an image tensor so that it covers ``size`` (H, W), its short side at least
+    ``shorter`` (when given), then keep the middle ``size``.
 
-    For a PIL image the crop is decided in the source's coordinates and only it is resized
-    (``Image.resize(box=…)``), so work and memory follow ``size`` whatever the image's shape (a
-    1×100000 strip resized whole to a short side of 224 would take 15 GB). PIL's filter reads the
-    pixels around the box as a resize of the whole image does, so the result is the same. Tensors,
-    already in memory (built-in datasets, batches), are resized whole, then cropped. Offsets are
-    rounded down as transformers' image processors do (torchvision's CenterCrop rounds half up:
-    one pixel apart when a margin is odd), so that a model written for transformers' ``pipeline``
-    sees exactly vitkit's input."""
+    The whole image is resized with torchvision's antialiased resize, as transformers' image
+    processors do, so that a model written for transformers' ``pipeline`` sees exactly vitkit's
+    input; the readers' header limits (:func:`vitkit.data.images.check_size`: pixels, and an
+    aspect ratio of at most 20:1) bound what that takes, since the resized image is at most 20
+    times the crop. Offsets are rounded down as transformers' processors do (torchvision's
+    CenterCrop rounds half up: one pixel apart when a margin is odd)."""
 
     def __init__(self, size: tuple[int, int], shorter: int | None = None, interpolation: str = "bilinear") -> None:
         super().__init__()
@@ -78,18 +74,8 @@ class ResizeCrop(v2.Transform):
         resized_height, resized_width = self.resized_size(height, width)
         crop_height, crop_width = self.size
         top, left = (resized_height - crop_height) // 2, (resized_width - crop_width) // 2
-        if isinstance(inpt, Image.Image):
-            y, x = height / resized_height, width / resized_width
-            box = (left * x, top * y, (left + crop_width) * x, (top + crop_height) * y)
-            return inpt.resize((crop_width, crop_height), PIL_RESAMPLING[self.interpolation], box=box)
         resized = v2.functional.resize(inpt, [resized_height, resized_width], self.interpolation, antialias=True)
         return v2.functional.crop(resized, top, left, crop_height, crop_width)
-
-
-PIL_RESAMPLING = {
-    v2.InterpolationMode.BILINEAR: Image.Resampling.BILINEAR,
-    v2.InterpolationMode.BICUBIC: Image.Resampling.BICUBIC,
-}
 
 
 @dataclass(frozen=True)
@@ -124,8 +110,8 @@ class Preprocessing:
         else:
             resize = v2.Resize(list(self.img_size), interpolation=mode, antialias=True)
         steps = [
+            v2.ToImage(),  # a tensor first: resized by torchvision, as transformers' processors do
             resize,
-            v2.ToImage(),
             ToChannels(self.in_chans),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(list(self.mean), list(self.std)),
@@ -150,8 +136,6 @@ class Preprocessing:
         return max(self.resize_shorter or 0, *self.img_size)
 
     def __call__(self, image: Any) -> torch.Tensor:
-        if isinstance(image, np.ndarray):  # to a tensor first, so that the resize sees it
-            image = v2.functional.to_image(image)
         return self._transform(image)
 
     def to_dict(self) -> dict[str, Any]:
@@ -187,7 +171,7 @@ def decode_transform(img_size: int | tuple[int, int], in_chans: int) -> v2.Compo
     """An image file → uint8 ``(in_chans, H, W)``: resized (antialiased) to cover ``img_size``,
     the middle kept (see :class:`ResizeCrop`); what batched augmentation starts from for files and
     shards."""
-    return v2.Compose([ResizeCrop(to_pair(img_size)), v2.ToImage(), ToChannels(in_chans)])
+    return v2.Compose([v2.ToImage(), ResizeCrop(to_pair(img_size)), ToChannels(in_chans)])
 
 
 def train_transform(

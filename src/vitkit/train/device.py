@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..machine import cpu_has_native_bf16
 from .config import ConfigError
-
-
-def cpu_has_native_bf16() -> bool:
-    """AMX or AVX512-BF16: without either, bf16 matmuls are emulated and far slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def resolve_device(name: str) -> torch.device:
