@@ -7,7 +7,18 @@ layers on ONNX Runtime). Each client is a thread with a keep-alive HTTP connecti
 that posts a 224×224 JPEG to /v1/predict again and again; the clients run on the same machine as
 the server, as loopback clients do. Prints a table and writes benchmarks/results/serve.json.
 
+``--hostile`` measures the server under hostile clients instead, with ``ulimit -n 1024`` and its
+address space capped at ``--memory-cap-gb`` (so that a bug cannot take the machine down), and
+writes benchmarks/results/serve_hostile.json with three figures:
+
+- its peak RSS (VmHWM) while eight 100-megapixel PNGs (solid colour, ~100 KB each) and a
+  1×100000 PNG are uploaded at once, with the answers' statuses;
+- the latency of ``/health`` while 1,100 connections that sent half a request header are open;
+- plain-predict p50/p99 while ``/v1/predict/batch?explain=relevance`` requests of 64 images run
+  (and p50 with the server otherwise idle, for reference).
+
     python benchmarks/serve.py [--arch S/16] [--clients 1 4 16] [--seconds 20] [--rounds 2] [--int8]
+    python benchmarks/serve.py --hostile [--arch S/16] [--seconds 30]
 """
 
 from __future__ import annotations
@@ -16,7 +27,9 @@ import argparse
 import http.client
 import io
 import json
+import os
 import platform
+import resource
 import socket
 import statistics
 import subprocess
@@ -24,6 +37,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +55,13 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _start(model: Path, port: int, max_batch: int, max_wait_ms: float, int8: bool) -> subprocess.Popen:
+def _start(
+    model: Path, port: int, max_batch: int, max_wait_ms: float, int8: bool, limits: Callable[[], None] | None = None
+) -> subprocess.Popen:
     command = [sys.executable, "-m", "vitkit.cli.main", "serve", str(model), "--port", str(port)]
     command += ["--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--log-level", "warning"]
     command += ["--int8"] if int8 else []
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=limits)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -113,6 +130,212 @@ def _model_alone(arch: str, max_batch: int) -> dict[str, float]:
     return {"precision": precision, "batch 1": max(r[0] for r in rates), f"batch {max_batch}": max(r[1] for r in rates)}
 
 
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height), 200).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def _jpeg(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def _status_kb(pid: int) -> dict[str, int]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0])
+    return fields
+
+
+def _post(port: int, path: str, body: bytes, kind: str, timeout: float = 600) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("POST", path, body=body, headers={"Content-Type": kind})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def _multipart(images: list[bytes]) -> tuple[bytes, str]:
+    boundary = "vitkit-bench"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{i}.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n".encode()
+        + image
+        + b"\r\n"
+        for i, image in enumerate(images)
+    ]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _health_ms(port: int, timeout: float = 30) -> float | str:
+    start = time.monotonic()
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        connection.request("GET", "/health")
+        status = connection.getresponse().status
+        connection.close()
+    except OSError as error:
+        return f"failed after {time.monotonic() - start:.1f} s: {error!r}"
+    return 1000 * (time.monotonic() - start) if status == 200 else f"HTTP {status}"
+
+
+def _hostile_uploads(port: int, pid: int) -> dict:
+    """Peak RSS while 8 100-megapixel PNGs and a 1×100000 PNG are posted at once."""
+    big, thin = _png(10_000, 10_000), _png(1, 100_000)
+    before = _status_kb(pid)["VmRSS"]
+    samples, done = [], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append(_status_kb(pid)["VmRSS"])
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    with ThreadPoolExecutor(9) as pool:
+        answers = list(pool.map(lambda body: _post(port, "/v1/predict", body, "image/png"), [big] * 8 + [thin]))
+    done.set()
+    sampler.join()
+    return {
+        "uploads": "8 × 10000×10000 PNG + 1 × 1×100000 PNG, at once",
+        "upload_bytes": {"100MP": len(big), "1x100000": len(thin)},
+        "statuses": [status for status, _ in answers],
+        "errors": sorted({json.loads(body).get("error", "")[:160] for status, body in answers if status != 200}),
+        "rss_before_mb": before / 1024,
+        "rss_peak_sampled_mb": max(samples, default=before) / 1024,
+        "vm_hwm_mb": _status_kb(pid)["VmHWM"] / 1024,
+    }
+
+
+def _idle_sockets(port: int, count: int) -> dict:
+    """/health latency while ``count`` connections that sent half a header are open."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, count + 256)), hard))
+    idle = [_health_ms(port) for _ in range(5)]
+    sockets, refused = [], 0
+    for _ in range(count):
+        try:
+            connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+            connection.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0")
+            sockets.append(connection)
+        except OSError:
+            refused += 1
+    time.sleep(0.5)
+    under = [_health_ms(port) for _ in range(20)]
+    for connection in sockets:
+        connection.close()
+    timings = [t for t in under if isinstance(t, float)]
+    return {
+        "half_header_sockets": count,
+        "sockets_the_client_could_not_open": refused,
+        "health_ms_idle_median": statistics.median(t for t in idle if isinstance(t, float)),
+        "health_ms_median": statistics.median(timings) if timings else None,
+        "health_ms_max": max(timings) if timings else None,
+        "health_failures": [t for t in under if not isinstance(t, float)],
+    }
+
+
+def _mixed_load(port: int, seconds: float) -> dict:
+    """Plain-predict latencies while explanation batches of 64 images run in two other clients."""
+    image = _jpeg(0)
+    idle = []
+    for _ in range(10):
+        start = time.monotonic()
+        _post(port, "/v1/predict", image, "image/jpeg")
+        idle.append(1000 * (time.monotonic() - start))
+    body, kind = _multipart([_jpeg(seed) for seed in range(64)])
+    stop_at = time.monotonic() + seconds
+    explained, failures = [0], []
+
+    def explainer() -> None:
+        while time.monotonic() < stop_at:
+            status, _ = _post(port, "/v1/predict/batch?explain=relevance", body, kind)
+            explained[0] += 64 if status == 200 else 0
+
+    explainers = [threading.Thread(target=explainer) for _ in range(2)]
+    for thread in explainers:
+        thread.start()
+    time.sleep(2.0)  # the explanation batches are under way
+    latencies = []
+    while time.monotonic() < stop_at:
+        start = time.monotonic()
+        status, _ = _post(port, "/v1/predict", image, "image/jpeg")
+        latencies.append(1000 * (time.monotonic() - start))
+        if status != 200:
+            failures.append(status)
+    for thread in explainers:
+        thread.join()
+    ordered = sorted(latencies)
+    return {
+        "explanation_clients": 2,
+        "images_per_explanation_request": 64,
+        "seconds": seconds,
+        "explained_images": explained[0],
+        "plain_predicts": len(ordered),
+        "plain_predict_failures": failures,
+        "plain_p50_ms_idle": statistics.median(idle),
+        "plain_p50_ms": statistics.median(ordered),
+        "plain_p99_ms": ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))],
+        "plain_max_ms": ordered[-1],
+    }
+
+
+def hostile(args: argparse.Namespace, folder: Path) -> None:
+    """The three figures of ``--hostile`` (see the module's docstring)."""
+    cap = int(args.memory_cap_gb * 2**30)
+
+    def limits() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    port = _free_port()
+    server = _start(folder, port, args.max_batch, args.max_wait_ms, False, limits)
+    try:
+        results = {
+            "uploads": _hostile_uploads(port, server.pid),
+            "idle_sockets": _idle_sockets(port, 1100),
+            "mixed_load": _mixed_load(port, args.seconds),
+        }
+        time.sleep(1.0)
+        alive = _health_ms(port)
+    finally:
+        server.terminate()
+        log = server.communicate(timeout=60)[0]
+    results["server"] = {
+        "alive_after": isinstance(alive, float),
+        "log_lines": len(log.splitlines()),
+        "log_tail": log.splitlines()[-5:],
+        "open_file_limit": 1024,
+        "address_space_cap_gb": args.memory_cap_gb,
+    }
+    host = {
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    print(json.dumps(results, indent=2))
+    out = Path(args.out if args.out != "benchmarks/results/serve.json" else "benchmarks/results/serve_hostile.json")
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "clients", "rounds", "int8")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"host": host, "settings": settings, **results}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
@@ -123,10 +346,15 @@ def main() -> None:
     parser.add_argument("--arch", default="S/16", help="the architecture served (random weights, 224 px)")
     parser.add_argument("--int8", action="store_true", help="also serve the int8 model, batching on")
     parser.add_argument("--out", default="benchmarks/results/serve.json")
+    parser.add_argument("--hostile", action="store_true", help="hostile uploads, idle sockets, explanation load")
+    parser.add_argument("--memory-cap-gb", type=float, default=8.0, help="--hostile: the server's address space")
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="vitkit-serve-bench-")) / "model"
     vitkit.save_model(folder, vitkit.create_model(args.arch).eval(), model_name=f"{args.arch} (random weights)")
+    if args.hostile:
+        hostile(args, folder)
+        return
     buffer = io.BytesIO()
     pixels = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)

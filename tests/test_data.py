@@ -1,6 +1,7 @@
 """Data sources and preprocessing on real files of every common image mode."""
 
 import io
+import os
 import warnings
 
 import numpy as np
@@ -92,6 +93,7 @@ def _all_files(data):
     return FileImageDataset(data.train.samples + data.val.samples, 3)
 
 
+@pytest.mark.slow
 def test_training_on_a_folder_counts_skipped_files(image_folder, tmp_path):
     config = resolve_config(
         overrides={
@@ -179,3 +181,138 @@ def test_mixup_and_cutmix_give_soft_labels():
     assert mixed.shape == images.shape and targets.shape == (8, 10)
     torch.testing.assert_close(targets.sum(1), torch.ones(8))
     assert batch_mixing(10) is None
+
+
+# ------------------------------------------------------------------ untrusted CSVs and counts
+def _twelve_images(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def _all_paths(data):
+    return [str(p.resolve()) for p, _ in data.train.samples + data.val.samples]
+
+
+@pytest.mark.parametrize("form", ["single", "sets", "multi-hot"])
+def test_a_csv_image_listed_twice_is_used_once(tmp_path, form):
+    _twelve_images(tmp_path / "imgs")
+    label = {"single": lambda i: "cat" if i % 2 else "dog", "sets": lambda i: "cat;dog" if i % 2 else "dog"}
+    if form == "multi-hot":
+        rows = ["path,cat,dog"] + [f"imgs/{i}.png,{i % 2},1" for i in range(12)]
+        rows += [f"./imgs/{i}.png,{i % 2},1" for i in range(6)]  # the same files, spelled another way
+    else:
+        rows = ["path,label"] + [f"imgs/{i}.png,{label[form](i)}" for i in range(12)]
+        rows += [f"./imgs/{i}.png,{label[form](i)}" for i in range(6)]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    for seed in range(4):
+        with pytest.warns(UserWarning, match="6 duplicate row"):
+            data = load_data(str(tmp_path / "labels.csv"), in_chans=3, val_fraction=0.5, seed=seed)
+        paths = _all_paths(data)
+        assert len(paths) == len(set(paths)) == 12  # no image both trained on and held out
+
+
+def test_a_csv_image_with_two_different_labels_is_an_error_naming_the_lines(tmp_path):
+    _twelve_images(tmp_path / "imgs")
+    rows = ["path,label"] + [f"imgs/{i}.png,{'cat' if i % 2 else 'dog'}" for i in range(12)] + ["imgs/3.png,dog"]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"lines 5 and 14: imgs/3.png is listed twice with different labels"):
+        load_data(str(tmp_path / "labels.csv"))
+    (tmp_path / "sets.csv").write_text("path,label\nimgs/0.png,cat;dog\nimgs/1.png,dog\nimgs/0.png,cat\n")
+    with pytest.raises(DataError, match=r"lines 2 and 4"):
+        load_data(str(tmp_path / "sets.csv"))
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "what"),
+    [
+        ("path,label\nimgs/0.png,caf\xe9\n".encode("latin-1"), 2, "not UTF-8"),
+        (b"path,label\nimgs/0.png,cat\n\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", 5, "binary"),
+    ],
+)
+def test_a_csv_that_is_not_utf8_text_is_one_error_naming_the_line(tmp_path, content, line, what):
+    (tmp_path / "labels.csv").write_bytes(content)
+    with pytest.raises(DataError, match=rf"labels.csv, line {line}: .*{what}"):
+        load_data(str(tmp_path / "labels.csv"))
+
+
+def test_a_utf8_csv_with_a_byte_order_mark_reads(tmp_path):
+    _twelve_images(tmp_path / "imgs")
+    rows = ["path,label"] + [f"imgs/{i}.png,caf\xe9{i % 2}" for i in range(12)]
+    (tmp_path / "labels.csv").write_bytes(("\n".join(rows) + "\n").encode("utf-8-sig"))
+    assert load_data(str(tmp_path / "labels.csv")).class_names == ["caf\xe90", "caf\xe91"]
+
+
+def test_multi_label_rows_without_any_label_are_refused_when_loaded(tmp_path):
+    _twelve_images(tmp_path / "imgs")
+    (tmp_path / "hot.csv").write_text("path,cat,dog\n" + "".join(f"imgs/{i}.png,0,0\n" for i in range(12)))
+    with pytest.raises(DataError, match=r"none of the .* image.s. has a label"):
+        load_data(str(tmp_path / "hot.csv"), val_fraction=0.25)
+    # labels on the training images only: the held-out score would be undefined after the first epoch
+    rows = "".join(f"imgs/{i}.png,{int(i < 9)},0\n" for i in range(12))
+    (tmp_path / "train_only.csv").write_text("path,cat,dog\n" + rows)
+    for seed in range(20):
+        data_or_error = None
+        try:
+            data_or_error = load_data(str(tmp_path / "train_only.csv"), val_fraction=0.25, seed=seed)
+        except DataError as error:
+            assert "held-out" in str(error)
+            continue
+        assert any(target.any() for _, target in data_or_error.val.samples)
+
+
+def test_files_found_unreadable_when_decoded_once_are_counted(image_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("VITKIT_HOME", str(tmp_path / "home"))
+    config = resolve_config(
+        overrides={
+            "data": str(image_folder),
+            "img_size": 16,
+            "model_args": {"patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2, "mlp_dim": 16},
+            "batch_size": 4,
+            "epochs": 1,
+            "val_fraction": 0.3,
+            "cache_decoded": True,
+            "out": str(tmp_path / "run"),
+        }
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = train(config, progress=False)
+    assert summary.skipped_files == 2  # garbage.png at scan time, truncated.png when decoded once
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MiB file system (tmpfs), for what happens when the disk is full; needs root."""
+    import shutil
+    import subprocess
+
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root and mount(8)")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_full_disk_while_decoding_once_is_one_error_and_leaves_no_file(tmp_path, small_disk):
+    import subprocess
+    import sys
+
+    for label in ("a", "b"):
+        _twelve_images(tmp_path / "data" / label)  # 24 images × 3 × 160² bytes = 1.8 MB decoded: over 1 MiB
+    command = [sys.executable, "-m", "vitkit.cli.main", "train", "--data", str(tmp_path / "data"), "--img-size", "160",
+               "--model-args", "patch_size=16", "embed_dim=16", "depth=1", "num_heads=2", "mlp_dim=16",
+               "--epochs", "1", "--cache-decoded", "--out", str(tmp_path / "run"), "--quiet"]  # fmt: skip
+    done = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "VITKIT_HOME": str(small_disk)}, timeout=300
+    )
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("vitkit: error:")]
+    assert len(errors) == 1 and "no room for the decoded images" in errors[0] and "Traceback" not in done.stderr
+    assert [p for p in small_disk.rglob("*") if p.is_file()] == []

@@ -72,6 +72,7 @@ def test_the_cache_is_reused_and_renewed_when_a_file_changes(tmp_path, cache):
     assert (renewed.images[0] == 255).all() and not torch.equal(renewed.images[0], first.images[0])
 
 
+@pytest.mark.slow
 def test_a_run_with_cache_decoded_trains_from_batched_memory(tmp_path, cache):
     folder = _digit_folder(tmp_path / "digits", per_class=30)
     config = digits_config(tmp_path, data=str(folder), in_chans=1, cache_decoded=True, epochs=3, rotate=10.0)

@@ -52,6 +52,7 @@ def _without_key_bias(name, tensor):
     return torch.cat([q, v])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
 def test_two_processes_train_like_one_with_twice_the_batch(tmp_path, fsdp):
     settings = {"steps": 3, "warmup_epochs": 0, "precision": "fp32", "checkpoint_every": 0}
@@ -69,6 +70,7 @@ def test_two_processes_train_like_one_with_twice_the_batch(tmp_path, fsdp):
     assert abs(record["val_top1"] - alone.top1) < 1e-9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
 def test_a_checkpoint_of_two_processes_resumes_with_one_and_with_two(tmp_path, fsdp):
     config = digits_config(tmp_path / "pair", epochs=1, checkpoint_every=0, fsdp=fsdp)
@@ -97,6 +99,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_a_process_that_dies_stops_the_other_with_a_clear_error(tmp_path):
     config = digits_config(tmp_path / "run", epochs=50, checkpoint_every=5, dist_timeout=30)
     config_file = write_config(config, tmp_path / "config.json")

@@ -29,6 +29,7 @@ def test_specs_name_an_evaluator_and_its_shots():
         resolve_config(overrides={"evaluators": ["heldout:3"]})
 
 
+@pytest.mark.slow
 def test_fewshot_during_training_agrees_with_vitkit_fewshot(tmp_path):
     config = digits_config(tmp_path, epochs=1, precision="fp32", evaluators=["heldout", "fewshot:2,5"])
     summary = train(config, progress=False)
@@ -40,6 +41,7 @@ def test_fewshot_during_training_agrees_with_vitkit_fewshot(tmp_path):
     assert record["fewshot_5shot"] == pytest.approx(result.mean, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_pretraining_reports_fewshot_accuracy_and_can_be_ranked_by_it(tmp_path):
     config = resolve_config(
         preset="mae-demo",

@@ -17,6 +17,7 @@ def trained_like_model():
     return model
 
 
+@pytest.mark.slow
 def test_fixed_size_export_matches_pytorch(tmp_path):
     model = trained_like_model()
     vitkit.save_model(tmp_path / "model", model)
@@ -28,6 +29,7 @@ def test_fixed_size_export_matches_pytorch(tmp_path):
         assert np.abs(logits - model(x).numpy()).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_dynamic_export_takes_any_batch_and_image_size(tmp_path):
     model = trained_like_model()
     vitkit.save_model(tmp_path / "model", model)
@@ -44,6 +46,7 @@ def test_dynamic_export_takes_any_batch_and_image_size(tmp_path):
             assert logits.shape == (shape[0], 10) and np.abs(logits - flexible(x).numpy()).max() <= 1e-4, shape
 
 
+@pytest.mark.slow
 def test_dynamic_export_of_a_hybrid(tmp_path):
     # The ResNet stem's TF "SAME" padding must trace for a free image size too.
     torch.manual_seed(0)

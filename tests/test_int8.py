@@ -65,6 +65,7 @@ def test_a_model_that_takes_any_size_stays_so():
         vitkit.quantize(randomize_head(tiny_vit()).eval())(x)
 
 
+@pytest.mark.slow
 def test_the_saved_file_runs_in_onnxruntime_alone(tmp_path):
     model = randomize_head(tiny_vit()).eval()
     quantized = vitkit.quantize(model)
@@ -111,7 +112,9 @@ def test_an_int8_server_answers_and_refuses_explanations_with_400(trained_digits
     loaded = vitkit.load_model(trained_digits)
     int8 = vitkit.LoadedModel(vitkit.quantize(loaded.model), loaded.preprocess, loaded.class_names)
     picture = Image.fromarray(np.zeros((8, 8), dtype=np.uint8))
-    with TestClient(create_app(int8, ServeSettings(model_name="digits", precision="int8"))) as client:
+    with TestClient(
+        create_app(int8, ServeSettings(model_name="digits", precision="int8")), base_url="http://localhost"
+    ) as client:
         described = client.get("/v1/model").json()
         assert described["precision"] == "int8" and described["explanations"] == ["none"]
         assert described["parameters"] == sum(p.numel() for p in loaded.model.parameters())

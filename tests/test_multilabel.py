@@ -264,7 +264,7 @@ def test_serve_answers_with_the_label_set(collage_run):
     run_dir, _, tmp, _ = collage_run
     loaded = vitkit.load_model(run_dir)
     expected = predict_files(loaded, [tmp / "data" / "0000.png"])[0]
-    with TestClient(create_app(loaded, ServeSettings(model_name="collages"))) as client:
+    with TestClient(create_app(loaded, ServeSettings(model_name="collages")), base_url="http://localhost") as client:
         data = (tmp / "data" / "0000.png").read_bytes()
         answer = client.post("/v1/predict", content=data, headers={"content-type": "image/png"}).json()
         described = client.get("/v1/model").json()
@@ -317,7 +317,7 @@ def test_a_chosen_label_is_explained_and_its_faithfulness_follows_the_sigmoid(co
     deletion, _ = perturbation_curves(loaded.model, images, maps, torch.full((3,), 3), multi_label=True)
     with torch.no_grad():
         torch.testing.assert_close(deletion[:, 0], loaded.model(images).sigmoid()[:, 3])
-    with TestClient(create_app(loaded, ServeSettings(model_name="collages"))) as client:
+    with TestClient(create_app(loaded, ServeSettings(model_name="collages")), base_url="http://localhost") as client:
         data = (tmp / "data" / "0000.png").read_bytes()
         url = "/v1/predict?explain=gradcam&explain_class=3"
         answer = client.post(url, content=data, headers={"content-type": "image/png"}).json()

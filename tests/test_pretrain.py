@@ -163,6 +163,7 @@ def test_pretraining_lowers_its_held_out_loss(pretrained):
     assert (run_dir / "reconstructions.png").is_file() == (config.objective == "mae")
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_the_pretrained_encoder(pretrained, tmp_path):
     _, summary = pretrained
     config = resolve_config(
@@ -190,6 +191,7 @@ def test_fine_tuning_starts_from_the_pretrained_encoder(pretrained, tmp_path):
     assert train(config, progress=False).final_top1 > 0.25
 
 
+@pytest.mark.slow
 def test_pretraining_resumes_exactly(tmp_path):
     config = pretrain_config(tmp_path / "a", "mpp", epochs=6)  # time to stop it mid-run
     full = train(config, progress=False)

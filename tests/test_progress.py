@@ -63,6 +63,7 @@ def test_a_new_global_batch_restarts_the_epoch_at_a_whole_batch():
     assert progress.rebatch(128) and progress.images_in_epoch == 128 and progress.global_batch == 128
 
 
+@pytest.mark.slow
 def test_an_old_checkpoint_resumes_to_the_same_weights(tmp_path):
     """A checkpoint whose progress is in the old dict form continues bit-identically."""
     full = train(digits_config(tmp_path / "a", epochs=6), progress=False)

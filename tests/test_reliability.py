@@ -41,6 +41,7 @@ def _start_training(config, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_that_resumes_to_the_same_weights(tmp_path):
     # ~5 s of training; no checkpoint but the one the signal asks for
     settings = {"epochs": 40, "checkpoint_every": 100_000}
@@ -62,6 +63,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes_to_the_same_weights(tmp_path):
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
 
 
+@pytest.mark.slow
 def test_a_run_stopped_before_its_first_checkpoint_can_restart(tmp_path):
     config = digits_config(tmp_path, epochs=1)
     Path(config.out).mkdir(parents=True)
@@ -78,6 +80,7 @@ def test_a_run_stopped_before_its_first_checkpoint_can_restart(tmp_path):
         assert resume_run(fresh.out, progress=False).steps > 0
 
 
+@pytest.mark.slow
 def test_one_process_per_run_folder(tmp_path):
     config = digits_config(tmp_path, epochs=1)
     Path(config.out).mkdir(parents=True)
@@ -113,6 +116,7 @@ def test_convert_never_overwrites_without_force(tmp_path, capsys):
     assert vitkit.load_model(tmp_path / "b").model.config.num_classes == 10
 
 
+@pytest.mark.slow
 def test_onnx_export_is_one_file_and_the_suffix_says_the_format(tmp_path):
     export_model(tiny_vit(), tmp_path / "m.onnx")
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]

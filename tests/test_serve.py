@@ -57,7 +57,7 @@ def model_folder(tmp_path_factory):
 
 def client(folder, **settings) -> TestClient:
     loaded = vitkit.load_model(folder)
-    return TestClient(create_app(loaded, ServeSettings(model_name="tiny", **settings)))
+    return TestClient(create_app(loaded, ServeSettings(model_name="tiny", **settings)), base_url="http://localhost")
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +243,9 @@ def _oversized_upload(port, size=600_000):
     """Declare a large body, send its first bytes and read the answer: the server refuses it from
     the Content-Length (a client that sent it all would see the connection closed mid-way)."""
     with socket.create_connection(("127.0.0.1", port), timeout=60) as connection:
-        head = f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {size}\r\n\r\n"
+        head = (
+            f"POST /v1/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\nContent-Length: {size}\r\n\r\n"
+        )
         connection.sendall(head.encode() + b"x" * 1000)
         reply = b""
         while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
@@ -291,7 +293,7 @@ def test_a_load_of_good_and_bad_requests_is_all_answered_without_5xx(live_server
 def test_a_stalled_upload_times_out_with_408_and_the_server_stays_up(live_server):
     with socket.create_connection(("127.0.0.1", live_server), timeout=10) as connection:
         connection.sendall(
-            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n"
+            b"POST /v1/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n"
             + b"\x89PNG"
         )
         chunks = []
@@ -357,6 +359,7 @@ def _headless_chromium(tmp_path):
     return webdriver.Chrome(service=webdriver.ChromeService(shutil.which("chromedriver")), options=options)
 
 
+@pytest.mark.slow
 def test_the_page_of_an_int8_server_answers_without_the_explanation_panel(trained_digits, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -380,6 +383,7 @@ def test_the_page_of_an_int8_server_answers_without_the_explanation_panel(traine
         process.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_the_page_in_a_real_browser(trained_digits, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

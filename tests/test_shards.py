@@ -69,6 +69,7 @@ def test_every_image_comes_back_exactly_once_per_epoch(image_folder, shards):
     assert orders != first  # the shuffle changes with the epoch
 
 
+@pytest.mark.slow
 def test_training_streams_shards_in_one_and_two_processes(shards, tmp_path, capsys):
     settings = {"data": str(shards), "img_size": 8, "model_args": TINY, "epochs": 2, "batch_size": 16}
     summary = train(resolve_config(preset="demo", overrides={**settings, "out": str(tmp_path / "one")}), progress=False)

@@ -66,6 +66,7 @@ def test_eval_and_predict_from_the_cli(trained_run, tmp_path, capsys):
     assert all(len(p["top"]) == 3 and abs(sum(q for _, q in p["top"])) <= 1.0001 for p in good)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     # ~1 s: time to stop it mid-run; batched augmentation of every kind
     settings = {"epochs": 6, "dropout": 0.1, "drop_path": 0.1, "rotate": 10, "erase": 0.25, "randaugment": 9}
@@ -86,6 +87,7 @@ def test_resume_after_kill_9_gives_the_same_weights_as_an_uninterrupted_run(tmp_
     assert metrics(full.run_dir) == metrics(resumed.run_dir)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     import vitkit.train.run as run_module
 
@@ -176,6 +178,7 @@ def test_config_layers_merge_in_order(tmp_path):
     assert config.peak_lr(processes=4) == pytest.approx(0.002 * 512 / 512)  # global batch counts processes
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_a_bigger_batch(tmp_path):
     # SGD, not Adam: Adam divides by the gradient's own size, which turns float noise in
     # gradients that are exactly zero in theory (the key bias) into full-size steps. fp32: bf16
@@ -190,6 +193,7 @@ def test_gradient_accumulation_matches_a_bigger_batch(tmp_path):
         torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=1e-4, msg=key)
 
 
+@pytest.mark.slow
 def test_ema_weights_are_what_the_run_saves(tmp_path):
     summary = train(digits_config(tmp_path, epochs=1, ema=0.9), progress=False)
     run_dir = Path(summary.run_dir)
@@ -206,6 +210,7 @@ def test_deterministic_mode_is_restored_after_the_run(tmp_path):
     assert not torch.are_deterministic_algorithms_enabled()
 
 
+@pytest.mark.slow
 def test_fine_tune_from_timm_weights_at_a_higher_resolution(tmp_path):
     import timm
     from safetensors.torch import save_file

@@ -283,6 +283,9 @@ def run_benchmark(
     """Measure ``task`` for every library × precision (× compiled for the libraries in
     ``compile``, × grad checkpointing for vitkit training), interleaved; see the module docstring
     for how. ``int8`` is measured for vitkit only, eager (ONNX Runtime compiles its own graph)."""
+    for name, value in (("batch", batch), ("img_size", img_size), ("reps", reps)):
+        if value < 1:  # reps=0 has no median to report
+            raise ValueError(f"{name} must be at least 1, got {value}")
     target = torch.device(device)
     peaks = {
         "fp32": matmul_peak_gflops(torch.float32, target),

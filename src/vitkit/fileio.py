@@ -55,6 +55,25 @@ def _remove_stale_temporaries(path: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
+def check_out_folder(folder: Path, *, own: str | None, force: bool = False) -> None:
+    """Refuse to write into ``folder`` when it holds files vitkit did not write (a user's
+    ``config.json`` would be replaced): it must be new, empty, or hold ``own`` (the file by which
+    vitkit recognises a folder it wrote, e.g. a run's ``train_config.json``), unless ``force``."""
+    if force or not folder.exists():
+        return
+    if not folder.is_dir():
+        raise FileExistsError(f"{folder} is a file, not a folder; choose a folder to write into")
+    if own is not None and (folder / own).is_file():
+        return
+    found = sorted(entry.name for entry in folder.iterdir())
+    if found:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise FileExistsError(
+            f"{folder} holds files vitkit did not write ({shown}); choose a new or empty folder, or pass --force "
+            "to write into it anyway (files of the same names are replaced)"
+        )
+
+
 def cache_dir() -> Path:
     """vitkit's own cache (downloads, decoded datasets): ``$VITKIT_HOME`` if set, else
     ``$XDG_CACHE_HOME/vitkit`` (``~/.cache/vitkit``). Hugging Face files live in huggingface_hub's."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .data.images import is_image_file, load_image
+from .data.images import DEFAULT_MAX_PIXELS, is_image_file, load_image
 from .interop.sources import LoadedModel
 from .train.device import autocast, device_of
 
@@ -62,11 +62,18 @@ def expand_image_paths(paths: Iterable[str | Path]) -> list[Path]:
 
 @torch.inference_mode()
 def predict_files(
-    loaded: LoadedModel, paths: Iterable[str | Path], *, top_k: int = 5, batch_size: int = 64, precision: str = "fp32"
+    loaded: LoadedModel,
+    paths: Iterable[str | Path],
+    *,
+    top_k: int = 5,
+    batch_size: int = 64,
+    precision: str = "fp32",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> list[Prediction]:
     """Class probabilities for each image file: the ``top_k`` classes (softmax), or for a
     multi-label model the labels above its threshold (``top_k`` does not apply); unreadable
-    files get an ``error``. ``precision`` is ``"fp32"`` or ``"bf16"`` (autocast)."""
+    files, and those over ``max_pixels`` (see :func:`~vitkit.data.images.load_image`), get an
+    ``error``. ``precision`` is ``"fp32"`` or ``"bf16"`` (autocast)."""
     loaded.require_classifier("predict")
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
@@ -81,7 +88,11 @@ def predict_files(
             prediction = Prediction(str(path), labels=[] if loaded.multi_label else None)
             predictions.append(prediction)
             try:
-                batch.append(preprocess(load_image(path, model.config.in_chans)))
+                batch.append(
+                    preprocess(
+                        load_image(path, model.config.in_chans, max_pixels=max_pixels, min_side=preprocess.min_side)
+                    )
+                )
                 readable.append(prediction)
             except OSError as error:
                 prediction.error = str(error)

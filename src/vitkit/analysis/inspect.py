@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..data.images import load_image
 from ..data.load import load_data
-from ..fileio import atomic_write
+from ..fileio import atomic_write, check_out_folder
 from ..interop.sources import LoadedModel
 from ..models import VisionTransformer
 from ..predict import expand_image_paths
@@ -57,6 +57,8 @@ def inspection_images(
     folders of them) in ``paths``, else the first ``count`` held-out images of ``data`` (a
     built-in dataset name, folder or CSV). Unreadable files are skipped with a warning naming
     them; none readable is an error."""
+    if count < 1:
+        raise ValueError(f"count must be at least 1 image, got {count}")
     model, preprocess, _ = loaded
     if paths:
         files = expand_image_paths(paths)
@@ -65,7 +67,7 @@ def inspection_images(
         images = []
         for path in files:
             try:
-                images.append(preprocess(load_image(path, model.config.in_chans)))
+                images.append(preprocess(load_image(path, model.config.in_chans, min_side=preprocess.min_side)))
             except OSError as error:
                 warnings.warn(f"skipping {error}", stacklevel=2)
             if len(images) == count:
@@ -96,6 +98,7 @@ def inspect_model(
     methods: Sequence[str] = METHODS,
     measure_faithfulness: bool = True,
     multi_label: bool = False,
+    force: bool = False,
 ) -> InspectReport:
     """Write the paper's inspection figures for ``model`` into ``out_dir``.
 
@@ -115,6 +118,7 @@ def inspect_model(
         multi_label: the model gives a sigmoid per class (the curves follow it) instead of a softmax.
     """
     out_dir = Path(out_dir)
+    check_out_folder(out_dir, own=PAGE_NAME, force=force)  # a folder of earlier figures is rewritten
     out_dir.mkdir(parents=True, exist_ok=True)
     report = InspectReport(out_dir)
     config = model.config

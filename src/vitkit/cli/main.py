@@ -20,16 +20,18 @@ import torch
 import vitkit
 from vitkit.analysis import METHODS, inspect_model, inspection_images
 from vitkit.benchmark import LIBRARIES, PRECISIONS, format_table, run_benchmark
+from vitkit.cli.arguments import nonnegative_float, pixel_count, port, positive_float, positive_int
+from vitkit.data.images import DEFAULT_MAX_PIXELS
 from vitkit.data.load import load_data
 from vitkit.data.shards import write_shards
 from vitkit.interop import convert, export_model, load_model, quantize
 from vitkit.interop.convert import TARGETS
-from vitkit.interop.export import EXPORT_FORMATS
+from vitkit.interop.export import EXPORT_FORMATS, check_export_path
 from vitkit.interop.sources import ALLOW_NONFINITE_ENV
 from vitkit.models import parameter_count
 from vitkit.predict import expand_image_paths, predict_files
 from vitkit.probe import POOLS, fewshot_evaluate, linear_probe
-from vitkit.serve import ServeSettings, serve
+from vitkit.serve import ServeSettings, serve, served_name
 from vitkit.train import (
     EvalResult,
     MultiLabelResult,
@@ -141,6 +143,7 @@ def _add_run_flags(parser: argparse.ArgumentParser, command: str) -> None:
         "--resume", metavar="RUN_DIR", help="continue an interrupted run exactly (--epochs / --steps may lengthen it)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--force", action="store_true", help="write into an --out folder that holds other files")
     _add_config_flags(parser, command)
 
 
@@ -175,7 +178,8 @@ def _train(args: argparse.Namespace) -> None:
     if args.resume:
         summary = _resume(args)
     else:
-        summary = train(resolve_config(file=args.config, overrides=_overrides(args)), progress=not args.quiet)
+        config = resolve_config(file=args.config, overrides=_overrides(args))
+        summary = train(config, progress=not args.quiet, force=args.force)
     _print_summary(summary)
 
 
@@ -189,7 +193,7 @@ def _pretrain(args: argparse.Namespace) -> None:
         config = resolve_config(preset=default, file=args.config, overrides=overrides)
         if config.objective == "classify":
             raise ValueError("say what to pre-train with: --objective mpp or --objective mae (or an mpp-/mae- preset)")
-        summary = train(config, progress=not args.quiet)
+        summary = train(config, progress=not args.quiet, force=args.force)
     _print_summary(summary)
 
 
@@ -325,7 +329,7 @@ def _number_list(kind: type) -> Any:
 
 
 def _l2_list(text: str) -> list:
-    return ["auto"] if text == "auto" else _number_list(float)(text)
+    return ["auto"] if text == "auto" else _number_list(nonnegative_float)(text)
 
 
 def _fewshot(args: argparse.Namespace) -> None:
@@ -383,7 +387,7 @@ def _predict(args: argparse.Namespace) -> None:
         raise ValueError(f"no image files in {', '.join(args.images)}")
     loaded = _for_inference(load_model(args.model, class_names=args.class_names), args.int8)
     precision = "fp32" if args.int8 else resolve_precision(args.precision, torch.device("cpu"))
-    predictions = predict_files(loaded, files, top_k=args.top_k, precision=precision)
+    predictions = predict_files(loaded, files, top_k=args.top_k, precision=precision, max_pixels=args.max_pixels)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
     else:
@@ -418,6 +422,7 @@ def _inspect(args: argparse.Namespace) -> None:
         methods=args.explain,
         measure_faithfulness=args.faithfulness,
         multi_label=loaded.multi_label,
+        force=args.force,
     )
     for title, path, _ in report.figures:
         print(f"{path}  {title}")
@@ -455,7 +460,7 @@ def _benchmark(args: argparse.Namespace) -> None:
 
 def _shards(args: argparse.Namespace) -> None:
     data = load_data(args.data, in_chans=args.in_chans, val_fraction=args.val_fraction)
-    manifest = write_shards(data, args.out, source=args.data, shard_size=args.shard_size)
+    manifest = write_shards(data, args.out, source=args.data, shard_size=args.shard_size, force=args.force)
     for split, shards in manifest["splits"].items():
         print(f"{split}: {sum(s['count'] for s in shards):,} images in {len(shards)} shard(s)")
     print(f"wrote {Path(args.out) / 'shards.json'}; train on it with vitkit train --data {args.out}")
@@ -473,12 +478,17 @@ def _serve(args: argparse.Namespace) -> None:
     loaded = load_model(args.model, device=str(device), architecture=args.arch, class_names=args.class_names)
     loaded = _for_inference(loaded, args.int8)
     settings = ServeSettings(
-        model_name=args.model,
+        model_name=served_name(args.model),
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         precision="int8" if args.int8 else resolve_precision(args.precision, device),
-        api_key=args.api_key or os.environ.get("VITKIT_API_KEY") or None,
+        api_key=os.environ.get("VITKIT_API_KEY") if args.api_key is None else args.api_key,  # "" is refused
         max_upload_mb=args.max_upload_mb,
+        allowed_hosts=("localhost", *args.allowed_hosts),
+        header_timeout_s=args.header_timeout_s,
+        keep_alive_s=args.keep_alive_s,
+        max_connections=args.max_connections,
+        max_pixels=args.max_pixels,
     )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
@@ -497,11 +507,12 @@ def _serve(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     if args.int8 and args.format != "onnx":
         raise ValueError("an int8 export is ONNX (ONNX Runtime runs its int8 matmuls); drop --format pt2")
+    check_export_path(args.out, args.format, overwrite=args.force)  # before the model is loaded
     model = load_model(args.model).model
     if args.int8:
         written = quantize(model, dynamic=args.dynamic).save(args.out)
     else:
-        written = export_model(model, args.out, format=args.format, dynamic=args.dynamic)
+        written = export_model(model, args.out, format=args.format, dynamic=args.dynamic, overwrite=args.force)
     config = model.config
     size = f"H×W multiples of {config.stride}" if args.dynamic else f"{config.img_size[0]}×{config.img_size[1]}"
     print(f"wrote {written} ({args.format}{', int8' if args.int8 else ''}, input B×{config.in_chans}×{size})")
@@ -518,6 +529,15 @@ def _add_inference_flags(
         "--precision", default=precision, choices=("auto", "bf16", "fp32"), help="float format (auto: as in training)"
     )
     command.add_argument("--int8", action="store_true", help=int8_help)
+
+
+def _add_max_pixels(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--max-pixels",
+        type=pixel_count,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"refuse images with more pixels, from their header, before decoding (default {DEFAULT_MAX_PIXELS:,})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -551,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cmd.add_argument("model", help=MODEL_HELP)
     eval_cmd.add_argument("--data", help="dataset to evaluate on (default: the run's own data)")
     eval_cmd.add_argument("--split", default="val", choices=("val", "train"), help="which part of the data")
-    eval_cmd.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    eval_cmd.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     eval_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_inference_flags(eval_cmd, precision="fp32", int8_help="also score the int8 model, next to the float one")
     eval_cmd.set_defaults(func=_eval)
@@ -562,9 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
     fewshot_cmd.add_argument("model", help=MODEL_HELP)
     fewshot_cmd.add_argument("--data", help="dataset: shots from its training split, scored on its held-out split")
     fewshot_cmd.add_argument(
-        "--shots", type=_number_list(int), default=[1, 5, 10, 25], help="images per class, comma-separated"
+        "--shots", type=_number_list(positive_int), default=[1, 5, 10, 25], help="images per class, comma-separated"
     )
-    fewshot_cmd.add_argument("--seeds", type=int, default=3, help="draws of the shots (mean ± std reported)")
+    fewshot_cmd.add_argument("--seeds", type=positive_int, default=3, help="draws of the shots (mean ± std reported)")
     fewshot_cmd.add_argument(
         "--l2",
         type=_l2_list,
@@ -578,8 +598,10 @@ def build_parser() -> argparse.ArgumentParser:
     probe_cmd = commands.add_parser("linear-probe", help="logistic regression on frozen features")
     probe_cmd.add_argument("model", help=MODEL_HELP)
     probe_cmd.add_argument("--data", help="dataset (default: the run's own data)")
-    probe_cmd.add_argument("--train-images", type=int, help="fit on this many training images (equal per class)")
-    probe_cmd.add_argument("--c", type=float, default=1.0, help="inverse L2 strength (scikit-learn's C)")
+    probe_cmd.add_argument(
+        "--train-images", type=positive_int, help="fit on this many training images (equal per class)"
+    )
+    probe_cmd.add_argument("--c", type=positive_float, default=1.0, help="inverse L2 strength (scikit-learn's C)")
     probe_cmd.add_argument("--pool", default="head", choices=POOLS, help="which features (see vitkit.probe)")
     probe_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
     probe_cmd.set_defaults(func=_linear_probe)
@@ -590,11 +612,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict_cmd.add_argument("model", help=MODEL_HELP)
     predict_cmd.add_argument("images", nargs="+", help="image files or folders of them")
     predict_cmd.add_argument(
-        "--top-k", type=int, default=5, help="how many classes to show per image (not for multi-label models)"
+        "--top-k", type=positive_int, default=5, help="how many classes to show per image (not for multi-label models)"
     )
     predict_cmd.add_argument("--class-names", help="a text file with one class name per line (e.g. for 21k models)")
     predict_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_inference_flags(predict_cmd, precision="auto")
+    _add_max_pixels(predict_cmd)
     predict_cmd.set_defaults(func=_predict)
 
     inspect_cmd = commands.add_parser(
@@ -605,10 +628,11 @@ def build_parser() -> argparse.ArgumentParser:
     inspect_cmd.add_argument("model", help=MODEL_HELP)
     inspect_cmd.add_argument("images", nargs="*", help="image files or folders (default: held-out images of --data)")
     inspect_cmd.add_argument("--out", required=True, help="folder for the PNGs and index.html")
+    inspect_cmd.add_argument("--force", action="store_true", help="write into an --out folder that holds other files")
     inspect_cmd.add_argument("--data", help="dataset to take images from (default: the run's own data)")
-    inspect_cmd.add_argument("--count", type=int, default=8, help="images to show attention and rollout for")
+    inspect_cmd.add_argument("--count", type=positive_int, default=8, help="images to show attention and rollout for")
     inspect_cmd.add_argument(
-        "--distance-images", type=int, default=256, help="images of --data to average attention distances over"
+        "--distance-images", type=positive_int, default=256, help="images of --data to average attention distances over"
     )
     inspect_cmd.add_argument(
         "--explain",
@@ -633,11 +657,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     shards_cmd.add_argument("data", help="an ImageFolder folder, a path,label CSV, digits or mnist")
     shards_cmd.add_argument("out", help="folder for train-*.tar, val-*.tar and shards.json")
-    shards_cmd.add_argument("--shard-size", type=int, default=10_000, help="images per shard")
+    shards_cmd.add_argument("--shard-size", type=positive_int, default=10_000, help="images per shard")
     shards_cmd.add_argument("--in-chans", type=int, default=3, choices=(1, 3), help="channels the images are read as")
     shards_cmd.add_argument(
         "--val-fraction", type=float, default=0.1, help="held-out fraction when the data has no val/ split"
     )
+    shards_cmd.add_argument("--force", action="store_true", help="write into an OUT folder that holds other files")
     shards_cmd.set_defaults(func=_shards)
 
     convert_cmd = commands.add_parser("convert", help="write a model in another library's format")
@@ -659,6 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export_cmd.add_argument("--dynamic", action="store_true", help="leave the image size free (the batch always is)")
     export_cmd.add_argument("--int8", action="store_true", help="int8 linear layers (ONNX only; see vitkit.quantize)")
+    export_cmd.add_argument("--force", action="store_true", help="replace an existing file")
     export_cmd.set_defaults(func=_export)
 
     serve_cmd = commands.add_parser(
@@ -668,13 +694,40 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--model", dest="arch", help="architecture of a bare weight file, e.g. S/16")
     serve_cmd.add_argument("--class-names", help="a text file with one class name per line (e.g. for 21k models)")
     serve_cmd.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every one; warns)")
-    serve_cmd.add_argument("--port", type=int, default=8000, help="TCP port")
-    serve_cmd.add_argument("--max-batch", type=int, default=16, help="images per forward pass at most (1: no batching)")
+    serve_cmd.add_argument("--port", type=port, default=8000, help="TCP port")
     serve_cmd.add_argument(
-        "--max-wait-ms", type=float, default=5.0, help="how long a request may wait for others to share its batch"
+        "--max-batch", type=positive_int, default=16, help="images per forward pass at most (1: no batching)"
+    )
+    serve_cmd.add_argument(
+        "--max-wait-ms",
+        type=nonnegative_float,
+        default=5.0,
+        help="how long a request may wait for others to share its batch",
     )
     serve_cmd.add_argument("--api-key", help="require Authorization: Bearer KEY on /v1/* (or set VITKIT_API_KEY)")
-    serve_cmd.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads are refused (413)")
+    serve_cmd.add_argument(
+        "--max-upload-mb", type=positive_float, default=10.0, help="larger uploads are refused (413)"
+    )
+    serve_cmd.add_argument(
+        "--allowed-hosts",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="without --api-key, host names the server answers to besides IP addresses and localhost "
+        "(against DNS rebinding); * for any",
+    )
+    serve_cmd.add_argument(
+        "--max-connections",
+        type=positive_int,
+        help="open connections at most (default 512, fewer under a low ulimit -n)",
+    )
+    serve_cmd.add_argument(
+        "--header-timeout-s", type=positive_float, default=10.0, help="a request header must arrive within this (408)"
+    )
+    serve_cmd.add_argument(
+        "--keep-alive-s", type=positive_float, default=5.0, help="how long an idle connection stays open"
+    )
+    _add_max_pixels(serve_cmd)
     _add_inference_flags(serve_cmd, precision="auto")
     serve_cmd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the model runs")
     serve_cmd.add_argument("--log-level", default="info", choices=("warning", "info", "debug"), help="uvicorn's log")
@@ -682,8 +735,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("benchmark", help="img/s, FLOP rate and memory next to timm and transformers")
     bench.add_argument("--model", default="S/16", help="model name or alias")
-    bench.add_argument("--batch", type=int, default=32, help="images per step")
-    bench.add_argument("--img-size", type=int, nargs="+", default=[224], help="one or more resolutions")
+    bench.add_argument("--batch", type=positive_int, default=32, help="images per step")
+    bench.add_argument("--img-size", type=positive_int, nargs="+", default=[224], help="one or more resolutions")
     bench.add_argument("--task", default="inference", choices=("inference", "train"), help="what a step is")
     bench.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=LIBRARIES, help="who to time")
     bench.add_argument(
@@ -695,7 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
     bench.add_argument("--grad-checkpointing", action="store_true", help="also train vitkit with it (task train)")
-    bench.add_argument("--reps", type=int, default=5, help="timed repetitions per variant (median reported)")
+    bench.add_argument("--reps", type=positive_int, default=5, help="timed repetitions per variant (median reported)")
     bench.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="peak memory probes")
     bench.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to run")
     bench.add_argument("--json", help="also write the results to this JSON file")

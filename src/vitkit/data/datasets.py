@@ -377,8 +377,7 @@ def load_csv(path: Path, *, in_chans: int, val_fraction: float, seed: int, multi
 
     Multi-label data is held out as a seeded random ``val_fraction`` of all images (a per-class
     split is not defined when an image has several classes)."""
-    with path.open(newline="") as handle:
-        rows = [(line_no, row) for line_no, row in enumerate(csv.reader(handle), start=1) if row]
+    rows = [(line_no, row) for line_no, row in enumerate(csv.reader(_csv_lines(path)), start=1) if row]
     if not rows:
         raise DataError(f"{path} lists no image; expected rows of path,label")
     header = [cell.strip() for cell in rows[0][1]]
@@ -394,22 +393,71 @@ def load_csv(path: Path, *, in_chans: int, val_fraction: float, seed: int, multi
     skipped: list[str] = []
     found: dict[str, list[Path]] = {}
     for line_no, row in rows:
-        image_path = _listed_image(path, line_no, row[0], skipped)
-        if image_path is None:
-            continue
         if not row[1].strip():
             raise DataError(f"{path}, line {line_no}: the label is empty; every row needs path,label")
-        found.setdefault(row[1].strip(), []).append(image_path)
+    for line_no, cell, label in _merge_duplicates(path, [(line_no, row[0], row[1].strip()) for line_no, row in rows]):
+        image_path = _listed_image(path, line_no, cell, skipped)
+        if image_path is not None:
+            found.setdefault(label, []).append(image_path)
     if not found:
         raise DataError(f"no readable image listed in {path}")
     train, val = _hold_out(found, val_fraction, seed)
     return _file_splits(train, val, in_chans, skipped)
 
 
+def _csv_lines(path: Path) -> list[str]:
+    """The CSV's lines as text; a file that is binary or not UTF-8 is a :class:`DataError` naming
+    the line (a spreadsheet's "CSV UTF-8" export reads; its byte-order mark is dropped)."""
+    raw = path.read_bytes()
+    if b"\x00" in raw:
+        line_no = raw[: raw.index(b"\x00")].count(b"\n") + 1
+        raise DataError(f"{path}, line {line_no}: a NUL byte; this is a binary file, not a CSV of path,label rows")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line_no = raw[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}, line {line_no}: not UTF-8 text ({error.reason} at byte {error.start}); save the CSV as UTF-8"
+        ) from None
+    return text.splitlines(keepends=True)
+
+
+def _image_path(csv_path: Path, cell: str) -> Path:
+    image_path = Path(cell.strip())
+    return image_path if image_path.is_absolute() else csv_path.parent / image_path
+
+
+def _merge_duplicates(csv_path: Path, entries: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
+    """``(line, path cell, labels)`` rows with each image once: an image listed twice would be
+    split into both the training and the held-out part, and inflate the held-out score. Repeats
+    with the same labels are merged (with a warning counting them); different labels are an error
+    naming both lines."""
+    first: dict[Path, tuple[int, str, str]] = {}
+    merged = 0
+    for line_no, cell, labels in entries:
+        image = _image_path(csv_path, cell).resolve()  # imgs/a.png and ./imgs/a.png are one image
+        if image not in first:
+            first[image] = (line_no, cell, labels)
+            continue
+        seen_line, _, seen_labels = first[image]
+        if seen_labels != labels:
+            raise DataError(
+                f"{csv_path}, lines {seen_line} and {line_no}: {cell.strip()} is listed twice with different labels "
+                f"({seen_labels!r} and {labels!r}); keep the row with the right labels"
+            )
+        merged += 1
+    if merged:
+        warnings.warn(
+            f"{csv_path}: {merged} duplicate row(s) merged (an image listed more than once is used once, so it is "
+            "never both trained on and held out)",
+            stacklevel=3,
+        )
+    return list(first.values())
+
+
 def _listed_image(csv_path: Path, line_no: int, cell: str, skipped: list[str]) -> Path | None:
     """The image a CSV row names, or None (with a warning) when it is missing or unreadable."""
-    image_path = Path(cell.strip())
-    image_path = image_path if image_path.is_absolute() else csv_path.parent / image_path
+    image_path = _image_path(csv_path, cell)
     if not image_path.is_file():
         warnings.warn(f"skipping missing image {image_path} ({csv_path}, line {line_no})", stacklevel=3)
         skipped.append(str(image_path))
@@ -421,7 +469,7 @@ def _label_sets_csv(
     path: Path, rows: list[tuple[int, list[str]]], in_chans: int, val_fraction: float, seed: int
 ) -> DataSplits:
     skipped: list[str] = []
-    listed: list[tuple[Path, list[str]]] = []
+    entries = []
     for line_no, row in rows:
         cell = row[1].strip()
         labels = [part.strip() for part in cell.split(LABEL_SEPARATOR)] if cell else []
@@ -430,9 +478,12 @@ def _label_sets_csv(
                 f"{path}, line {line_no}: the labels {row[1]!r} hold an empty one; separate labels by a single "
                 f"'{LABEL_SEPARATOR}', e.g. cat{LABEL_SEPARATOR}dog"
             )
-        image_path = _listed_image(path, line_no, row[0], skipped)
+        entries.append((line_no, row[0], LABEL_SEPARATOR.join(sorted(set(labels)))))
+    listed: list[tuple[Path, list[str]]] = []
+    for line_no, cell, labels in _merge_duplicates(path, entries):
+        image_path = _listed_image(path, line_no, cell, skipped)
         if image_path is not None:
-            listed.append((image_path, labels))
+            listed.append((image_path, labels.split(LABEL_SEPARATOR) if labels else []))
     class_names = sorted({label for _, labels in listed for label in labels})
     if not class_names:
         raise DataError(f"no readable image listed in {path} has a label; give each image its labels, e.g. cat;dog")
@@ -455,7 +506,7 @@ def _multi_hot_csv(
             f"(one 0/1 column per class), got {header!r}; for one label per image the header is path,label"
         )
     skipped: list[str] = []
-    samples = []
+    entries = []
     for line_no, row in rows:
         if len(row) != len(header):
             raise DataError(
@@ -467,9 +518,12 @@ def _multi_hot_csv(
         if wrong is not None:
             given = row[header.index(wrong)]
             raise DataError(f"{path}, line {line_no}: column {wrong!r} must be 0 or 1, got {given!r}")
-        image_path = _listed_image(path, line_no, row[0], skipped)
+        entries.append((line_no, row[0], ",".join(values)))
+    samples = []
+    for line_no, cell, values in _merge_duplicates(path, entries):
+        image_path = _listed_image(path, line_no, cell, skipped)
         if image_path is not None:
-            samples.append((image_path, torch.tensor([float(value) for value in values])))
+            samples.append((image_path, torch.tensor([float(value) for value in values.split(",")])))
     return _multi_label_splits(path, samples, class_names, in_chans, val_fraction, seed, skipped)
 
 
@@ -491,9 +545,17 @@ def _multi_label_splits(
     order = list(range(len(samples)))
     random.Random(seed).shuffle(order)
     cut = min(len(samples) - 1, max(1, round(len(samples) * val_fraction)))
+    train, val = [samples[i] for i in sorted(order[cut:])], [samples[i] for i in sorted(order[:cut])]
+    # Checked now, not when the first epoch's held-out score turns out undefined.
+    for part, name in ((train, "training"), (val, "held-out")):
+        if not any(bool(target.any()) for _, target in part):
+            raise DataError(
+                f"{path}: none of the {len(part)} {name} image(s) has a label (every row of them is without one); "
+                "give images their labels, or hold out another part (--val-fraction, --seed)"
+            )
     return DataSplits(
-        train=FileImageDataset([samples[i] for i in sorted(order[cut:])], in_chans),
-        val=FileImageDataset([samples[i] for i in sorted(order[:cut])], in_chans),
+        train=FileImageDataset(train, in_chans),
+        val=FileImageDataset(val, in_chans),
         class_names=class_names,
         in_chans=in_chans,
         image_size=None,

@@ -11,8 +11,10 @@ never read. Writes are atomic (a killed decode leaves no half-written cache).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -54,10 +56,19 @@ def _key(files: FileImageDataset, size: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def decoded(files: FileImageDataset, size: int, *, workers: int = 0, progress: bool = True) -> ArrayImageDataset:
+def decoded(
+    files: FileImageDataset,
+    size: int,
+    *,
+    workers: int = 0,
+    progress: bool = True,
+    skipped: list[str] | None = None,
+) -> ArrayImageDataset:
     """``files`` as an in-memory dataset of uint8 images ``(N, C, size, size)`` backed by a
     memory-mapped cache file (decoded now, with ``workers`` loader processes, or read from an
-    earlier run). Unreadable files are left out with a warning naming each."""
+    earlier run). Unreadable files are left out with a warning naming each, and their messages
+    are appended to ``skipped``. A disk too full for the cache is an ``OSError`` saying so,
+    raised before any image is decoded."""
     folder = cache_dir() / "decoded"
     key = _key(files, size)
     images_path, index_path = folder / f"{key}.npy", folder / f"{key}.json"
@@ -67,6 +78,8 @@ def decoded(files: FileImageDataset, size: int, *, workers: int = 0, progress: b
     kept = index["kept"]
     for message in index["broken"]:
         warnings.warn(f"skipping unreadable image: {message}", stacklevel=2)
+    if skipped is not None:
+        skipped += index["broken"]
     # Copy-on-write mapping: pages are read from the file as batches need them, and nothing a
     # caller might do to the tensor can change the cache.
     images = torch.from_numpy(np.load(images_path, mmap_mode="c"))
@@ -83,6 +96,7 @@ def _decode(
     def write_images(tmp: Path) -> None:
         shape = (len(files), files.in_chans, size, size)
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        _reserve(tmp)
         bar = tqdm(loader, total=len(files), disable=not progress, unit="img", desc=f"decoding once at {size} px")
         for index, (image, error) in enumerate(bar):
             if image is None:
@@ -93,15 +107,34 @@ def _decode(
         array.flush()
 
     atomic_write(full, write_images)
-    if broken:  # keep only the readable images, so that the array and the labels line up
+    try:
+        if broken:  # keep only the readable images, so that the array and the labels line up
 
-        def write_kept(tmp: Path) -> None:
-            with open(tmp, "wb") as handle:
-                np.save(handle, np.load(full, mmap_mode="r")[: len(kept)])
+            def write_kept(tmp: Path) -> None:
+                with open(tmp, "wb") as handle:
+                    np.save(handle, np.load(full, mmap_mode="r")[: len(kept)])
 
-        atomic_write(images_path, write_kept)
-        full.unlink()
-    else:
-        full.replace(images_path)
+            atomic_write(images_path, write_kept)
+        else:
+            full.replace(images_path)
+    finally:
+        full.unlink(missing_ok=True)
     text = json.dumps({"kept": kept, "broken": broken})
     atomic_write(index_path, lambda tmp: tmp.write_text(text))
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the whole (sparse) memory-mapped file on disk now: writing a page the disk has no
+    room for would otherwise kill the process with SIGBUS midway instead of raising an error."""
+    size = path.stat().st_size
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, size)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise
+            raise OSError(
+                error.errno,
+                f"no room for the decoded images ({size / 2**20:.1f} MiB) in {path.parent}: free some space, or "
+                "point VITKIT_HOME at a disk with room (or drop --cache-decoded)",
+            ) from None

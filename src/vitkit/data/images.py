@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -47,19 +48,68 @@ class UnreadableImage(OSError):
 
 
 class ImageTooLarge(UnreadableImage):
-    """More pixels than PIL's guard against decompression bombs allows (``Image.MAX_IMAGE_PIXELS``)."""
+    """More pixels than the reader's ``max_pixels`` (or PIL's own guard against decompression
+    bombs, ``Image.MAX_IMAGE_PIXELS``) allows; found from the header, before decoding."""
 
 
-def load_image(source: str | Path | bytes, in_chans: int = 3) -> Image.Image:
+class ImageTooElongated(UnreadableImage):
+    """One side more than ``max_aspect`` times the other: a centre crop would keep a sliver of it."""
+
+
+#: pixels an image may have before it is decoded (50 megapixels: 8,660 × 5,774; an 8-bit RGB
+#: decode takes 3 bytes a pixel). Below PIL's own decompression-bomb threshold
+#: (``Image.MAX_IMAGE_PIXELS``, 89.5 M pixels, where it warns; it refuses at twice that).
+DEFAULT_MAX_PIXELS = 50_000_000
+#: the longest side may be this many times the shortest (a panorama is 2–6, a long receipt ~10)
+DEFAULT_MAX_ASPECT = 20.0
+
+
+def check_size(size: tuple[int, int], name: str, max_pixels: int, max_aspect: float) -> None:
+    """Refuse an image of ``size`` (width, height) from its header: :class:`ImageTooLarge` past
+    ``max_pixels``, :class:`ImageTooElongated` past ``max_aspect``."""
+    width, height = size
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"cannot read image {name}: {width}×{height} is {width * height:,} pixels, over the limit of "
+            f"{max_pixels:,} pixels (--max-pixels)"
+        )
+    if max(width, height) > max_aspect * max(1, min(width, height)):
+        raise ImageTooElongated(
+            f"cannot read image {name}: {width}×{height} has an aspect ratio over the limit of {max_aspect:g}:1"
+        )
+
+
+def load_image(
+    source: str | Path | bytes,
+    in_chans: int = 3,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_aspect: float = DEFAULT_MAX_ASPECT,
+    min_side: int | None = None,
+) -> Image.Image:
     """Open an image file (or its bytes), turn it upright as its EXIF orientation says (phone
-    photos), and convert it to the model's channels. Raises :class:`UnreadableImage` (an
-    ``OSError``) naming the source if it is not a readable image, :class:`ImageTooLarge` for a
-    decompression bomb."""
+    photos), and convert it to the model's channels.
+
+    Its size is checked from the header before anything is decoded (see :func:`check_size`), so
+    the memory it takes follows ``max_pixels`` (a few bytes a pixel), whatever the file. With ``min_side``
+    (the shortest side the caller will resize it to), a JPEG at least twice as large again is
+    decoded at 1/2, 1/4 or 1/8 scale by libjpeg, its short side still ≥ 2 × ``min_side``.
+
+    Raises :class:`UnreadableImage` (an ``OSError``) naming the source if it is not a readable
+    image, :class:`ImageTooLarge` or :class:`ImageTooElongated` past the limits."""
     name = "the uploaded image" if isinstance(source, bytes) else str(source)
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            check_size(image.size, name, max_pixels, max_aspect)
+            if min_side is not None:
+                # twice the size needed, so the resize after it still filters (as Image.thumbnail does)
+                scale = 2 * min_side / max(1, min(image.size))
+                image.draft(None, (math.ceil(image.width * scale), math.ceil(image.height * scale)))
             image.load()
-            return convert_image(ImageOps.exif_transpose(image), in_chans)
+            ImageOps.exif_transpose(image, in_place=True)
+            return convert_image(image, in_chans)
+    except UnreadableImage:
+        raise
     except Image.DecompressionBombError as error:
         raise ImageTooLarge(f"cannot read image {name}: {error}") from error
     except UnidentifiedImageError as error:

@@ -26,7 +26,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..fileio import atomic_write
+from ..fileio import atomic_write, check_out_folder
 from .augment import BatchAugment
 from .datasets import ArrayImageDataset, DataError, DataSplits, FileImageDataset
 from .images import load_image
@@ -48,10 +48,13 @@ def _encoded(dataset, index: int) -> tuple[bytes, str, int]:
     raise DataError(f"cannot write a {type(dataset).__name__} to shards")
 
 
-def write_shards(data: DataSplits, out: str | Path, *, source: str, shard_size: int = 10_000, seed: int = 0) -> dict:
+def write_shards(
+    data: DataSplits, out: str | Path, *, source: str, shard_size: int = 10_000, seed: int = 0, force: bool = False
+) -> dict:
     """Write ``data``'s training and held-out splits (as :func:`vitkit.data.load.load_data` gives
     them for the spec ``source``) as tar shards into ``out``; returns the manifest (also written
-    to ``out/shards.json``). The training samples are shuffled once with ``seed``."""
+    to ``out/shards.json``). The training samples are shuffled once with ``seed``. A folder
+    holding other files is refused unless ``force``."""
     if shard_size < 1:
         raise DataError(f"--shard-size must be at least 1, got {shard_size}")
     if data.multi_label:
@@ -59,6 +62,7 @@ def write_shards(data: DataSplits, out: str | Path, *, source: str, shard_size: 
     out = Path(out)
     if (out / MANIFEST).exists():
         raise DataError(f"{out} already holds shards ({MANIFEST}); choose another folder")
+    check_out_folder(out, own=None, force=force)
     out.mkdir(parents=True, exist_ok=True)
     splits = {}
     for split, dataset in (("train", data.train), ("val", data.val)):

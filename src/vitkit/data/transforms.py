@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms import v2
 
 from ..models.config import to_pair
@@ -43,21 +45,51 @@ class ToChannels(v2.Transform):
 INTERPOLATIONS = ("bilinear", "bicubic")
 
 
-class CentreCrop(v2.Transform):
-    """Crop ``size`` from the middle of an image tensor, offsets rounded down as transformers'
-    image processors do (torchvision's CenterCrop rounds half up: one pixel apart when a margin is
-    odd), so that a model written for transformers' ``pipeline`` sees exactly vitkit's input."""
+class ResizeCrop(v2.Transform):
+    """Resize an image so that it covers ``size`` (H, W), its short side at least ``shorter``
+    (when given), then keep the middle ``size``.
 
-    def __init__(self, size: tuple[int, int]) -> None:
+    For a PIL image the crop is decided in the source's coordinates and only it is resized
+    (``Image.resize(box=…)``), so work and memory follow ``size`` whatever the image's shape (a
+    1×100000 strip resized whole to a short side of 224 would take 15 GB). PIL's filter reads the
+    pixels around the box as a resize of the whole image does, so the result is the same. Tensors,
+    already in memory (built-in datasets, batches), are resized whole, then cropped. Offsets are
+    rounded down as transformers' image processors do (torchvision's CenterCrop rounds half up:
+    one pixel apart when a margin is odd), so that a model written for transformers' ``pipeline``
+    sees exactly vitkit's input."""
+
+    def __init__(self, size: tuple[int, int], shorter: int | None = None, interpolation: str = "bilinear") -> None:
         super().__init__()
-        self.size = size
+        self.size, self.shorter = size, shorter
+        self.interpolation = v2.InterpolationMode(interpolation)
 
-    def transform(self, inpt: torch.Tensor, params: dict) -> torch.Tensor:
-        height, width = inpt.shape[-2:]
-        if height < self.size[0] or width < self.size[1]:
-            raise ValueError(f"cannot crop {self.size} from a {height}×{width} image")
-        top, left = (height - self.size[0]) // 2, (width - self.size[1]) // 2
-        return v2.functional.crop(inpt, top, left, *self.size)
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) of the whole resized image: the side that asks for the larger scale
+        gets its size exactly, the other its scaled length rounded down, as torchvision's Resize."""
+        crop_height, crop_width = self.size
+        by_height = max(crop_height, (self.shorter or 0) if height <= width else 0)
+        by_width = max(crop_width, (self.shorter or 0) if width < height else 0)
+        if by_height / height >= by_width / width:
+            return by_height, max(crop_width, int(by_height * width / height))
+        return max(crop_height, int(by_width * height / width)), by_width
+
+    def transform(self, inpt: Any, params: dict) -> Any:
+        height, width = v2.functional.get_size(inpt)
+        resized_height, resized_width = self.resized_size(height, width)
+        crop_height, crop_width = self.size
+        top, left = (resized_height - crop_height) // 2, (resized_width - crop_width) // 2
+        if isinstance(inpt, Image.Image):
+            y, x = height / resized_height, width / resized_width
+            box = (left * x, top * y, (left + crop_width) * x, (top + crop_height) * y)
+            return inpt.resize((crop_width, crop_height), PIL_RESAMPLING[self.interpolation], box=box)
+        resized = v2.functional.resize(inpt, [resized_height, resized_width], self.interpolation, antialias=True)
+        return v2.functional.crop(resized, top, left, crop_height, crop_width)
+
+
+PIL_RESAMPLING = {
+    v2.InterpolationMode.BILINEAR: Image.Resampling.BILINEAR,
+    v2.InterpolationMode.BICUBIC: Image.Resampling.BICUBIC,
+}
 
 
 @dataclass(frozen=True)
@@ -66,8 +98,9 @@ class Preprocessing:
     (timm's ``pretrained_cfg``, a Hugging Face ``preprocessor_config.json``, a vitkit folder).
 
     Calling it transforms one image (PIL, ndarray HWC, uint8 or float tensor CHW) into a float
-    tensor (C, H, W). ``resize_shorter`` set: resize the short side to it, then centre-crop
-    ``img_size`` (timm, vitkit). ``resize_shorter`` None: resize straight to ``img_size``
+    tensor (C, H, W). ``resize_shorter`` set: resize the short side to it (or more, where a
+    non-square ``img_size`` needs it to cover both sides), then centre-crop ``img_size`` (timm,
+    vitkit; see :class:`ResizeCrop`). ``resize_shorter`` None: resize straight to ``img_size``
     ("squash", as vit_jax and transformers' ViTImageProcessor do)."""
 
     img_size: tuple[int, int]
@@ -86,11 +119,13 @@ class Preprocessing:
         if self.resize_shorter is not None and self.resize_shorter < min(self.img_size):
             raise ValueError(f"resize_shorter {self.resize_shorter} is smaller than the crop {self.img_size}")
         mode = v2.InterpolationMode(self.interpolation)
-        size = [self.resize_shorter] if self.resize_shorter else list(self.img_size)
-        steps: list = [v2.ToImage(), v2.Resize(size, interpolation=mode, antialias=True)]
         if self.resize_shorter:
-            steps.append(CentreCrop(self.img_size))
-        steps += [
+            resize = ResizeCrop(self.img_size, self.resize_shorter, self.interpolation)
+        else:
+            resize = v2.Resize(list(self.img_size), interpolation=mode, antialias=True)
+        steps = [
+            resize,
+            v2.ToImage(),
             ToChannels(self.in_chans),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(list(self.mean), list(self.std)),
@@ -108,7 +143,15 @@ class Preprocessing:
         shorter = min(math.floor(s / crop_fraction) for s in to_pair(img_size))
         return cls(to_pair(img_size), in_chans, resize_shorter=shorter, **kwargs)
 
+    @property
+    def min_side(self) -> int:
+        """A short side with which an image still covers what the resize makes of it (see
+        :func:`vitkit.data.images.load_image`, which decodes large JPEGs at a smaller scale)."""
+        return max(self.resize_shorter or 0, *self.img_size)
+
     def __call__(self, image: Any) -> torch.Tensor:
+        if isinstance(image, np.ndarray):  # to a tensor first, so that the resize sees it
+            image = v2.functional.to_image(image)
         return self._transform(image)
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,12 +183,11 @@ def eval_transform(img_size: int | tuple[int, int], in_chans: int = 3, crop_frac
     return Preprocessing.centre_crop(img_size, in_chans, crop_fraction)
 
 
-def decode_transform(img_size: int, in_chans: int) -> v2.Compose:
-    """An image file → uint8 ``(in_chans, img_size, img_size)``: short side resized (antialiased),
-    centre square kept; what batched augmentation starts from for files and shards."""
-    return v2.Compose(
-        [v2.ToImage(), ToChannels(in_chans), v2.Resize(img_size, antialias=True), CentreCrop((img_size, img_size))]
-    )
+def decode_transform(img_size: int | tuple[int, int], in_chans: int) -> v2.Compose:
+    """An image file → uint8 ``(in_chans, H, W)``: resized (antialiased) to cover ``img_size``,
+    the middle kept (see :class:`ResizeCrop`); what batched augmentation starts from for files and
+    shards."""
+    return v2.Compose([ResizeCrop(to_pair(img_size)), v2.ToImage(), ToChannels(in_chans)])
 
 
 def train_transform(

@@ -103,11 +103,26 @@ def export_program(model: VisionTransformer, path: str | Path, *, dynamic: bool 
     return path
 
 
-def export_model(model: VisionTransformer, path: str | Path, *, format: str = "onnx", dynamic: bool = False) -> Path:
-    """Export ``model`` to ``path`` in ``format`` (``onnx`` or ``pt2``)."""
+def check_export_path(path: str | Path, format: str, *, overwrite: bool = False) -> Path:
+    """``path`` as a destination for a ``format`` export (an int8 model is ``onnx``): its suffix
+    must be the format's, and an existing file is left alone unless ``overwrite``."""
     if format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
-    if Path(path).suffix.lower() != f".{format}":
+    path = Path(path)
+    if path.suffix.lower() != f".{format}":
         raise ValueError(f"a {format} export is written as one .{format} file; got {path}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the file to write, e.g. {path / f'model.{format}'}")
+    if path.exists() and not overwrite:
+        raise ValueError(f"{path} already exists; choose another file or pass --force to replace it")
+    return path
+
+
+def export_model(
+    model: VisionTransformer, path: str | Path, *, format: str = "onnx", dynamic: bool = False, overwrite: bool = False
+) -> Path:
+    """Export ``model`` to ``path`` in ``format`` (``onnx`` or ``pt2``); an existing file is left
+    alone unless ``overwrite``."""
+    check_export_path(path, format, overwrite=overwrite)
     writer = export_onnx if format == "onnx" else export_program
     return writer(model, path, dynamic=dynamic)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -117,10 +118,16 @@ class ViTConfig:
         wrong = type_errors(self)
         if wrong:
             raise ValueError(f"ViTConfig: {wrong[0]}")
+        # before anything divides by them or by sizes derived from them
+        for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if min(self.img_size) < 1:
             raise ValueError(f"img_size must be a positive number of pixels, got {self.img_size}")
-        if self.norm_eps <= 0:
-            raise ValueError(f"norm_eps must be > 0 (LayerNorm divides by sqrt(var + eps)), got {self.norm_eps}")
+        if not 0 < self.norm_eps < math.inf:
+            raise ValueError(
+                f"norm_eps must be > 0 and finite (LayerNorm divides by sqrt(var + eps)), got {self.norm_eps}"
+            )
         if self.pos_embed not in POS_EMBED_KINDS:
             raise ValueError(
                 f"unknown position embedding {self.pos_embed!r}; choose one of {', '.join(POS_EMBED_KINDS)}"
@@ -142,9 +149,10 @@ class ViTConfig:
             raise ValueError(f"pos_embed 'sincos2d' needs embed_dim divisible by 4, got {self.embed_dim}")
         if self.pool == "token" and not self.class_token:
             raise ValueError("pool='token' needs the class token; set class_token=True or pool='avg'")
-        for name in ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.representation_size is not None and self.representation_size < 1:
+            raise ValueError(f"representation_size must be a positive integer or None, got {self.representation_size}")
+        if any(n < 1 for n in self.hybrid_layers):
+            raise ValueError(f"hybrid_layers are ResNet stage depths >= 1, got {self.hybrid_layers}")
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be >= 0 (0 = no classifier), got {self.num_classes}")
         for name in ("dropout", "attn_dropout", "drop_path"):

@@ -14,6 +14,7 @@ themselves — exact and almost free for ridge regression, and it needs no extra
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -149,6 +150,7 @@ def fewshot_evaluate(
     """Few-shot accuracy of a model's frozen features on a data spec: shots from its training
     split, scored on its held-out split. Only the sampled training images are passed through
     the model."""
+    check_request(shots, seeds, l2s)  # before the data is read
     model, preprocess, _ = loaded
     data = load_data(data_spec, in_chans=model.config.in_chans)
     return fewshot_of_splits(
@@ -180,6 +182,7 @@ def fewshot_of_splits(
 ) -> list[FewShotResult]:
     """Few-shot accuracy of ``model``'s frozen features: shots drawn from ``train``, scored on all
     of ``val``. Only the sampled training images are passed through the model."""
+    check_request(shots, seeds, l2s)
     num_classes = len(class_names)
     labels = dataset_labels(train)
     check_enough_shots(labels, max(shots), class_names)
@@ -195,6 +198,16 @@ def fewshot_of_splits(
     return fewshot_accuracies(
         train_features, labels, test_features, test_labels, num_classes=num_classes, shots=shots, seeds=seeds, l2s=l2s
     )
+
+
+def check_request(shots: Sequence[int], seeds: Sequence[int], l2s: Sequence[float | str]) -> None:
+    """Shots of at least 1 per class, at least one seed, L2 strengths "auto" or finite and >= 0."""
+    if not shots or min(shots) < 1:
+        raise ValueError(f"shots per class must each be at least 1, got {list(shots)}")
+    if not len(seeds):
+        raise ValueError("give at least one seed (draw of the shots)")
+    if any(l2 != "auto" and not 0 <= l2 < math.inf for l2 in l2s):  # NaN fails both comparisons
+        raise ValueError(f"L2 strengths are 'auto' or finite numbers >= 0, got {list(l2s)}")
 
 
 def check_enough_shots(labels: Tensor, shots: int, class_names: Sequence[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from sklearn.linear_model import LogisticRegression
@@ -37,10 +38,14 @@ def linear_probe(
     """Fit logistic regression on the frozen features of the training split (all of it, or
     ``train_images`` of it with equal counts per class) and score it on the held-out split.
     ``regularization`` is scikit-learn's ``C``: the inverse L2 strength."""
+    if train_images is not None and train_images < 1:  # 0 must not mean "all of them"
+        raise ValueError(f"train_images must be at least 1 (or None for all), got {train_images}")
+    if not 0 < regularization < math.inf:
+        raise ValueError(f"regularization (C, the inverse L2 strength) must be finite and > 0, got {regularization}")
     model, preprocess, _ = loaded
     data = load_data(data_spec, in_chans=model.config.in_chans)
     train = data.train
-    if train_images:
+    if train_images is not None:
         train = balanced_subset(train, train_images, num_classes=len(data.class_names), seed=seed)
     train_x, train_y = extract_features(model, train, preprocess, pool=pool, batch_size=batch_size)
     test_x, test_y = extract_features(model, data.val, preprocess, pool=pool, batch_size=batch_size)

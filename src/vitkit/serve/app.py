@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import io
+import ipaddress
 import json
+import logging
 import secrets
 import signal
 import threading
@@ -20,8 +23,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import uvicorn
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -33,13 +38,15 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..analysis.explain import EXPLANATIONS, explanation_maps, heatmap, input_picture, overlay
-from ..data.images import ImageTooLarge, UnreadableImage, load_image
+from ..data.images import DEFAULT_MAX_PIXELS, ImageTooElongated, ImageTooLarge, UnreadableImage, load_image
 from ..interop import Int8Model, LoadedModel
 from ..models import parameter_count
 from ..predict import labels_above
 from .batching import DynamicBatcher
+from .connections import uvicorn_config
 
 API_VERSION = "v1"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,12 +57,36 @@ class ServeSettings:
     max_batch: int = 16
     max_wait_ms: float = 5.0
     precision: str = "fp32"
-    #: required as ``Authorization: Bearer <key>`` on /v1/* when set
+    #: images with more pixels are refused (413) from their header, before decoding
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    #: required as ``Authorization: Bearer <key>`` on /v1/* when set (any Unicode, sent as UTF-8)
     api_key: str | None = None
     max_upload_mb: float = 10.0
     #: seconds to wait for each piece of an upload before answering 408
     upload_timeout_s: float = 30.0
     max_images_per_batch: int = 64
+    #: without an api_key, the names the ``Host`` header may give besides IP addresses, so that a
+    #: web page elsewhere cannot reach the server by DNS rebinding; "*" allows every name
+    allowed_hosts: tuple[str, ...] = ("localhost",)
+    #: seconds for a request header to arrive whole before answering 408 (``vitkit serve`` only)
+    header_timeout_s: float = 10.0
+    #: seconds an idle kept-alive connection stays open (``vitkit serve`` only)
+    keep_alive_s: float = 5.0
+    #: open connections at most (``vitkit serve`` only); None: 512, or fewer to stay under the
+    #: open-file limit (see :mod:`vitkit.serve.connections`)
+    max_connections: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.api_key is not None and (not self.api_key.strip() or not self.api_key.isprintable()):
+            what = "empty" if not self.api_key.strip() else "not printable (it holds a control character)"
+            raise ValueError(
+                f"the API key (--api-key or VITKIT_API_KEY) is {what}: give a key that clients can send as "
+                "Authorization: Bearer KEY, or unset it to serve without one"
+            )
+        for name in ("header_timeout_s", "keep_alive_s"):
+            if not 0 < getattr(self, name) < float("inf"):
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be a positive number of seconds, got {getattr(self, name)}")
 
 
 #: the ``explain=`` values (FastAPI answers 422 to others)
@@ -132,6 +163,51 @@ async def _send_error(send: Send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def served_name(source: str) -> str:
+    """How the server names the model it serves: a file or folder by its own name (its place on
+    disk is nobody's business), a pretrained or hub name as it is."""
+    path = Path(source)
+    return path.resolve().name if path.exists() else source
+
+
+class HostCheck:
+    """ASGI middleware: answer 400 to a request whose ``Host`` names neither an IP address nor one
+    of ``names`` ("*": any). A web page that rebinds its own DNS name to 127.0.0.1 sends its own
+    name, so it cannot reach a server that has no API key; clients of an address are unaffected."""
+
+    def __init__(self, app: ASGIApp, *, names: tuple[str, ...]) -> None:
+        self.app, self.names = app, {name.lower().rstrip(".") for name in names}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and "*" not in self.names:
+            given = dict(scope["headers"]).get(b"host")  # an HTTP/1.0 client without one is not a browser
+            name = None if given is None else _host_name(given.decode("latin-1"))
+            if name is not None and not _is_address(name) and name not in self.names:
+                names = ", ".join(sorted(self.names))
+                message = (
+                    f"this server does not answer to the host name {name!r} (it answers to IP addresses and "
+                    f"{names}); start it with --allowed-hosts {name} or with --api-key"
+                )
+                await _send_error(send, 400, message)
+                return
+        await self.app(scope, receive, send)
+
+
+def _host_name(host: str) -> str:
+    """The name or address in a ``Host`` header, without its port or an IPv6 address's brackets."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return (host.rpartition(":")[0] if host.count(":") == 1 else host).lower().rstrip(".")
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def batcher_for(loaded: LoadedModel, settings: ServeSettings, *, thread: bool = True) -> DynamicBatcher:
     """The dynamic batcher ``settings`` describe, for ``loaded``'s model and preprocessing."""
     return DynamicBatcher(
@@ -147,10 +223,22 @@ def batcher_for(loaded: LoadedModel, settings: ServeSettings, *, thread: bool = 
 
 def serve(loaded: LoadedModel, settings: ServeSettings, *, host: str, port: int, log_level: str = "info") -> None:
     """Serve until Ctrl-C or SIGTERM: uvicorn in a thread of its own, the model in this (the main)
-    thread (see :mod:`vitkit.serve.batching` for why). Raises ``ValueError`` if uvicorn could not
-    start (a port in use, say)."""
+    thread (see :mod:`vitkit.serve.batching` for why). Slow and idle clients are bounded by the
+    settings' connection limits (see :mod:`vitkit.serve.connections`). Raises ``ValueError`` if
+    uvicorn could not start (a port in use, say) or the limits do not fit the open-file limit."""
+    if not _is_address(_host_name(host)) and host not in settings.allowed_hosts:  # served by its name
+        settings = dataclasses.replace(settings, allowed_hosts=(*settings.allowed_hosts, host))
     batcher = batcher_for(loaded, settings, thread=False)
-    server = uvicorn.Server(uvicorn.Config(create_app(loaded, settings, batcher), host, port, log_level=log_level))
+    config = uvicorn_config(
+        create_app(loaded, settings, batcher),
+        host=host,
+        port=port,
+        log_level=log_level,
+        max_connections=settings.max_connections,
+        header_timeout_s=settings.header_timeout_s,
+        keep_alive_s=settings.keep_alive_s,
+    )
+    server = uvicorn.Server(config)
     web = threading.Thread(target=server.run, name="vitkit-web")
     web.start()
     signal.signal(signal.SIGTERM, lambda *_: batcher.close())  # a scheduler's stop: as Ctrl-C
@@ -193,10 +281,17 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
         lifespan=lifespan,
     )
     app.add_middleware(UploadLimits, max_bytes=int(settings.max_upload_mb * 1e6), timeout_s=settings.upload_timeout_s)
+    if settings.api_key is None:  # with a key, a rebinding page has no key to send
+        app.add_middleware(HostCheck, names=settings.allowed_hosts)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         return JSONResponse({"error": error.detail}, status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, error: Exception) -> JSONResponse:
+        # a bug, not the client's fault: JSON all the same; Starlette still logs the traceback
+        return JSONResponse({"error": f"the server failed on this request: {error!r}"}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -207,7 +302,9 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
         if settings.api_key is None:
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), settings.api_key.encode()):
+        # headers arrive as bytes, which Starlette decodes as Latin-1: encode back to compare bytes
+        sent = given.encode("latin-1")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(sent, settings.api_key.encode()):
             raise HTTPException(
                 401, "this server needs an API key: Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"}
             )
@@ -221,9 +318,12 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
         if not data:
             raise HTTPException(400, "the request holds no image")
         try:
-            return load_image(data, model.config.in_chans)  # PIL only: torch work stays on the batcher's thread
+            # PIL only: torch work stays on the batcher's thread; a large JPEG is decoded at a smaller scale
+            return load_image(data, model.config.in_chans, max_pixels=settings.max_pixels, min_side=preprocess.min_side)
         except ImageTooLarge as error:
             raise HTTPException(413, str(error)) from error
+        except ImageTooElongated as error:
+            raise HTTPException(422, str(error)) from error
         except UnreadableImage as error:
             raise HTTPException(415, f"{error}; send a PNG, JPEG, WebP, GIF, BMP or TIFF image") from error
 
@@ -245,7 +345,16 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
         batcher = running()
         with batcher.expecting():  # a batch being gathered waits for this one
             picture = await run_in_threadpool(decode, data)
-        probabilities = await batcher.probabilities(picture)
+        if explain == "none":
+            probabilities, explanation = await batcher.probabilities(picture), None
+        else:  # one call, queued behind every plain predict: many explanations cannot starve them
+            probabilities, explanation = await batcher.run(_classify_and_explain, batcher, picture, explain, target)
+        if not torch.isfinite(probabilities).all():
+            raise HTTPException(
+                500,
+                "the model's output for this image is not a number (NaN or infinite): its weights, or its "
+                "activations on this input, overflow; no prediction can be made from it",
+            )
         if loaded.multi_label:  # the set of labels above the model's threshold; top_k does not apply
             chosen = labels_above(probabilities, loaded.threshold)
         else:
@@ -255,17 +364,22 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
             "predictions": [{"label": class_names[i], "index": i, "probability": p} for i, p in chosen],
             "model": settings.model_name,
         }
-        if explain != "none":
-            target = int(probabilities.argmax()) if target is None else target
-            result["explanation"] = await batcher.run(_explain, picture, explain, target)
+        if explanation is not None:
+            result["explanation"] = explanation
         result["latency_ms"] = round(1000 * (time.perf_counter() - start), 2)
         return result
 
-    def _explain(picture: Image.Image, method: str, target: int) -> dict[str, Any]:
+    def _classify_and_explain(
+        batcher: DynamicBatcher, picture: Image.Image, method: str, target: int | None
+    ) -> tuple[torch.Tensor, dict[str, Any] | None]:
         image = preprocess(picture)
+        probabilities = batcher.forward(image[None])[0]
+        if not torch.isfinite(probabilities).all():
+            return probabilities, None  # answered as an error: nothing to explain
+        target = int(probabilities.argmax()) if target is None else target
         seen = input_picture(image, preprocess)  # what the model saw, after resize and crop
         heat = heatmap(explanation_maps(model, image[None], method, target)[0], (seen.height, seen.width))
-        return {
+        return probabilities, {
             "method": method,
             # rollout explains no class in particular
             "class": None if method == "rollout" else {"label": class_names[target], "index": target},
@@ -278,10 +392,11 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
         kind = request.headers.get("content-type", "")
         if kind.startswith("multipart/form-data"):
             form = await request.form(max_files=settings.max_images_per_batch)
-            files = [item for item in form.getlist(field) if isinstance(item, UploadFile)]
+            files = form.getlist(field)
             if not files:
                 raise HTTPException(400, f"the form has no file field {field!r}")
-            return [await item.read() for item in files]
+            # a text value where a file belongs reads as no image: its own error, in its place
+            return [await item.read() if isinstance(item, UploadFile) else b"" for item in files]
         if kind.startswith(("image/", "application/octet-stream")):
             return [await request.body()]
         raise HTTPException(
@@ -356,6 +471,9 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
                 return await answer(data, top_k, explain, explain_class)
             except HTTPException as error:
                 return {"error": error.detail, "status": error.status_code}
+            except Exception as error:  # a bug or an exhausted machine: this image's error, and the log's
+                logger.exception("predict/batch failed on one image")
+                return {"error": f"the server failed on this image: {error!r}", "status": 500}
 
         return {"results": await asyncio.gather(*(one(data) for data in await uploads(request, "images")))}
 

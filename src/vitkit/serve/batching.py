@@ -22,6 +22,7 @@ import contextlib
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +82,7 @@ class DynamicBatcher:
         self._expected = 0  # requests announced but not yet queued
         self._expected_lock = threading.Lock()
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._closing = False  # close() was called: finish what is queued, then stop
         self._thread = threading.Thread(target=self.work, name="vitkit-batcher", daemon=True) if thread else None
         if self._thread is not None:
             self._thread.start()
@@ -121,42 +123,61 @@ class DynamicBatcher:
     def work(self, while_true: Callable[[], bool] = lambda: True) -> None:
         """Serve jobs in the calling thread until :meth:`close`, or until ``while_true()`` turns
         false (checked every half second; e.g. the web server's thread is alive). The worker
-        thread does this unless ``thread=False``."""
-        stop = False
-        while not stop:
-            try:
-                first = self._jobs.get(timeout=0.5)  # wakes now and then, so Ctrl-C reaches a main thread
-            except queue.Empty:
-                if not while_true():
-                    return
-                continue
-            if first is None:
-                return
-            images, calls, stop = self._gather(first)
+        thread does this unless ``thread=False``.
+
+        Classifications go first: calls (explanations, a forward and a backward pass each) run
+        one at a time, and only while no image waits, so a request for 64 explanations delays
+        another client's plain predict by one explanation at most, not by all 64."""
+        images: deque[_Job] = deque()
+        calls: deque[_Job] = deque()
+        while images or calls or not self._closing:
+            if not images and not calls:
+                try:
+                    first = self._jobs.get(timeout=0.5)  # wakes now and then, so Ctrl-C reaches a main thread
+                except queue.Empty:
+                    if not while_true():
+                        return
+                    continue
+                self._sort(first, images, calls)
+            self._take_queued(images, calls)
             if images:
-                self._classify(images)
-            for job in calls:
+                self._classify(self._gather(images, calls))
+            elif calls:
+                job = calls.popleft()
                 try:
                     job.settle(job.call(*job.args))
                 except Exception as error:  # the caller hears of it; the worker lives on
                     job.settle(error=error)
 
-    def _gather(self, first: _Job) -> tuple[list[_Job], list[_Job], bool]:
-        """Image jobs for one batch (and calls that arrived meanwhile), waiting up to max_wait."""
-        images, calls = [], []
-        (calls if first.call else images).append(first)
+    def _sort(self, job: _Job | None, images: deque[_Job], calls: deque[_Job]) -> None:
+        if job is None:
+            self._closing = True
+        else:
+            (calls if job.call else images).append(job)
+
+    def _take_queued(self, images: deque[_Job], calls: deque[_Job]) -> None:
+        while True:
+            try:
+                self._sort(self._jobs.get_nowait(), images, calls)
+            except queue.Empty:
+                return
+
+    def _gather(self, images: deque[_Job], calls: deque[_Job]) -> list[_Job]:
+        """Up to max_batch image jobs for one batch, waiting up to max_wait for more while others
+        are on their way (calls that arrive meanwhile wait in ``calls``)."""
+        batch = [images.popleft() for _ in range(min(self.max_batch, len(images)))]
         deadline = time.monotonic() + self.max_wait
-        while images and len(images) < self.max_batch:
+        while len(batch) < self.max_batch and not self._closing:
+            if images:
+                batch.append(images.popleft())
+                continue
             if self._jobs.empty() and not self._expected:  # nobody else is on the way: go now
                 break
             try:
-                job = self._jobs.get(timeout=max(0.0, deadline - time.monotonic()))
+                self._sort(self._jobs.get(timeout=max(0.0, deadline - time.monotonic())), images, calls)
             except queue.Empty:
                 break
-            if job is None:
-                return images, calls, True
-            (calls if job.call else images).append(job)
-        return images, calls, False
+        return batch
 
     def _classify(self, jobs: list[_Job]) -> None:
         ready = []
@@ -168,7 +189,7 @@ class DynamicBatcher:
         if not ready:
             return
         try:
-            rows = self._forward(torch.stack([image for _, image in ready]))
+            rows = self.forward(torch.stack([image for _, image in ready]))
         except Exception as error:  # every waiting caller must hear of it, and the worker live on
             for job, _ in ready:
                 job.settle(error=error)
@@ -177,7 +198,9 @@ class DynamicBatcher:
             job.settle(row)
 
     @torch.inference_mode()
-    def _forward(self, images: Tensor) -> Tensor:
+    def forward(self, images: Tensor) -> Tensor:
+        """Class probabilities ``(B, num_classes)`` for preprocessed images, in the calling thread:
+        for a call that :meth:`run` runs on the worker (the batches use it too)."""
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         with autocast:
             logits = self.model(images.to(self.device))

@@ -136,6 +136,8 @@ def evaluate_model_on(
     without a positive in the data), and micro-F1 at the model's own threshold (chosen on
     held-out data when it was trained). Other models give an :class:`EvalResult` (top-1, top-5)."""
     loaded.require_classifier("evaluate")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     model, multi_label = loaded.model, loaded.multi_label
     loader, label_map, skipped = _held_out_loader(
         loaded, data_spec, split, batch_size, workers, multi_label=multi_label, val_fraction=val_fraction, seed=seed

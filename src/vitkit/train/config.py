@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -169,6 +170,7 @@ class TrainConfig:
         wrong = type_errors(self)
         if wrong:
             raise ConfigError(f"setting {wrong[0]}")
+        self._check_finite()
         self._check_ranges()
         self._check_model_args()
         for spec in self.evaluators:
@@ -176,6 +178,17 @@ class TrainConfig:
                 evaluator_spec(spec)
             except ValueError as error:
                 raise ConfigError(f"--evaluators: {error}") from error
+
+    def _check_finite(self) -> None:
+        # float("nan") and float("inf") parse from a flag, YAML (.nan) and Python alike; NaN passes no
+        # comparison, so the range checks below would give the wrong message or none (an infinite
+        # --epochs or --warmup-epochs passes "> 0").
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if any(
+                isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])
+            ):
+                raise ConfigError(f"--{spec.name.replace('_', '-')} must be a finite number, got {value!r}")
 
     def _check_ranges(self) -> None:
         def need(ok: bool, flag: str, rule: str) -> None:
@@ -193,7 +206,12 @@ class TrainConfig:
         need(self.in_chans in (None, 1, 3), "in_chans", "is 1 (gray) or 3 (RGB)")
         need(self.randaugment is None or 0 <= self.randaugment <= 30, "randaugment", "is a magnitude from 0 to 30")
         need(0 <= self.label_smoothing < 1, "label_smoothing", "is in [0, 1)")
-        need(self.mixup >= 0 and self.cutmix >= 0, "mixup" if self.mixup < 0 else "cutmix", "must be >= 0 (0 = off)")
+        need(self.lr_batch_base is None or self.lr_batch_base >= 1, "lr_batch_base", "must be at least 1")
+        need(self.weight_decay >= 0, "weight_decay", "must be >= 0 (0 = no decay)")
+        need(all(0 <= beta < 1 for beta in self.betas), "betas", "are two decay rates in [0, 1), e.g. 0.9 0.999")
+        need(0 <= self.momentum < 1, "momentum", "is in [0, 1), e.g. 0.9")
+        need(self.mixup >= 0, "mixup", "must be >= 0 (0 = off)")
+        need(self.cutmix >= 0, "cutmix", "must be >= 0 (0 = off)")
         need(0 <= self.ema < 1, "ema", "is a decay in [0, 1) (0 = off)")
         need(self.layer_decay is None or 0 < self.layer_decay <= 1, "layer_decay", "is a factor in (0, 1]")
         need(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = no clipping)")
@@ -212,6 +230,12 @@ class TrainConfig:
             low, high = self.crop_scale
             need(0 < low <= high <= 1, "crop_scale", "is two area fractions 0 < low <= high <= 1")
         need(self.workers >= 0, "workers", "must be >= 0")
+        need(self.shuffle_buffer >= 0, "shuffle_buffer", "must be >= 0 (0 = no shuffling)")
+        need(self.dist_timeout > 0, "dist_timeout", "is a positive number of seconds")
+        need(self.mask_ratio is None or 0 < self.mask_ratio < 1, "mask_ratio", "is a fraction in (0, 1)")
+        need(1 <= self.color_bits <= 8, "color_bits", "is 1 to 8 bits per channel")
+        for name in ("decoder_dim", "decoder_depth", "decoder_heads"):
+            need(getattr(self, name) >= 1, name, "must be at least 1")
         need(len(self.evaluators) >= 1, "evaluators", "names at least one evaluator (heldout, fewshot)")
 
     def _check_model_args(self) -> None:

@@ -58,13 +58,14 @@ def decode_once(config: TrainConfig, data: DataSplits, img_size: int, processes:
         return data  # already in memory
     if processes.distributed and not processes.is_main:
         torch.distributed.barrier()  # until rank 0 has written the cache
+    skipped = list(data.skipped)  # files found unreadable when decoded count as skipped too
     splits = {
-        split: decoded(files, img_size, workers=config.workers, progress=processes.is_main)
+        split: decoded(files, img_size, workers=config.workers, progress=processes.is_main, skipped=skipped)
         for split, files in (("train", data.train), ("val", data.val))
     }
     if processes.distributed and processes.is_main:
         torch.distributed.barrier()
-    return dataclasses.replace(data, **splits)
+    return dataclasses.replace(data, **splits, skipped=skipped)
 
 
 def run_datasets(

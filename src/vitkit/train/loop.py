@@ -97,9 +97,10 @@ class RunSummary:
 
 
 # ------------------------------------------------------------------ the run
-def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> RunSummary:
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, force: bool = False) -> RunSummary:
     """Train as ``config`` says — a classifier, or with ``config.objective`` "mpp"/"mae" a
-    self-supervised encoder; with ``resume`` continue from ``config.out``'s checkpoint.
+    self-supervised encoder; with ``resume`` continue from ``config.out``'s checkpoint. A
+    ``config.out`` holding files vitkit did not write is refused unless ``force``.
 
     Writes into the run folder: ``train_config.json``, ``checkpoint.safetensors`` (every
     ``checkpoint_every`` steps and at each epoch end), ``metrics.jsonl``, ``tensorboard/``,
@@ -112,7 +113,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     processes = distributed.from_environment()
     try:
         with _StopSignals(enabled=not processes.distributed) as stop:
-            return _train(config, resume=resume, progress=progress, processes=processes, stop=stop)
+            return _train(config, resume=resume, progress=progress, processes=processes, stop=stop, force=force)
     except RuntimeError as error:
         if not processes.distributed or isinstance(error, (TrainingDiverged, TrainingInterrupted, DistributedFailure)):
             raise
@@ -128,10 +129,10 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
 
 
 def _train(
-    config: TrainConfig, *, resume: bool, progress: bool, processes: Processes, stop: _StopSignals
+    config: TrainConfig, *, resume: bool, progress: bool, processes: Processes, stop: _StopSignals, force: bool
 ) -> RunSummary:
     started = time.perf_counter()
-    run = set_up_run(config, resume=resume, processes=processes)
+    run = set_up_run(config, resume=resume, processes=processes, force=force)
     show = progress and run.main
     if show:
         print(_banner(run), flush=True)

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from ..data.datasets import DataSplits, balanced_subset
 from ..data.load import load_data
 from ..data.shards import ShardStream
-from ..fileio import atomic_write, lock_folder
+from ..fileio import atomic_write, check_out_folder, lock_folder
 from ..interop.adapt import load_state_into
 from ..interop.folder import WEIGHTS_NAME
 from ..interop.sources import open_weights
@@ -31,7 +31,8 @@ from .config import ConfigError, TrainConfig, evaluator_spec
 from .device import resolve_device, resolve_precision
 from .distributed import Processes
 from .evaluators import Evaluator, build_evaluators, run_evaluators
-from .objectives import Evaluation, Objective, build_objective
+from .memory import check_activations_fit
+from .objectives import DEFAULT_MASK_RATIO, Evaluation, Objective, build_objective
 from .optim import build_optimizer, build_scheduler
 from .progress import Progress
 from .run_folder import TRAIN_CONFIG_NAME, default_run_dir
@@ -157,13 +158,16 @@ class Run:
             )
 
 
-def set_up_run(config: TrainConfig, *, resume: bool, processes: Processes) -> Run:
+def set_up_run(config: TrainConfig, *, resume: bool, processes: Processes, force: bool = False) -> Run:
     """Every part of the run, ready for its first (or next) step. With ``resume`` the
-    checkpoint in ``config.out`` is restored; the run folder is created and locked."""
+    checkpoint in ``config.out`` is restored; the run folder is created and locked (a folder
+    holding files vitkit did not write is refused unless ``force``)."""
     device = distributed.start(processes, resolve_device(config.device), config.dist_timeout)
     precision = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)  # the same initial weights in every process
     config = dataclasses.replace(config, out=str(_shared_run_dir(config, processes)))
+    if not resume:  # before the data is read and the model built
+        check_out_folder(Path(config.out), own=TRAIN_CONFIG_NAME, force=force)
     data = _training_data(config)
     supervised = config.objective == "classify"
     if supervised and data.multi_label and processes.distributed:
@@ -175,6 +179,15 @@ def set_up_run(config: TrainConfig, *, resume: bool, processes: Processes) -> Ru
     model = build_model(config, num_classes=num_classes if supervised else 0, in_chans=data.in_chans)
     model.set_grad_checkpointing(config.grad_checkpointing)
     img_size = inputs.image_size(config, data, model.config.stride)
+    check_activations_fit(
+        model.config,
+        img_size=img_size,
+        batch=config.batch_size,
+        device=device,
+        precision=precision,
+        grad_checkpointing=config.grad_checkpointing,
+        visible_fraction=1 - (config.mask_ratio or DEFAULT_MASK_RATIO["mae"]) if config.objective == "mae" else 1.0,
+    )
     if model.config.img_size != (img_size, img_size):
         model.set_image_size(img_size)
     data = inputs.decode_once(config, data, img_size, processes)
