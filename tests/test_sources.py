@@ -301,3 +301,70 @@ def test_integer_or_bool_tensors_where_floats_belong_are_refused(dtype, tmp_path
     photo(40, 40).save(tmp_path / "a.png")
     assert vitkit.cli.main.main(["predict", str(tmp_path / "hf"), str(tmp_path / "a.png")]) == 2
     assert f"cls_token is {str(dtype).removeprefix('torch.')} where" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ configs checked before anything is allocated
+def _edit_config(folder, change):
+    path = folder / "config.json"
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+    return folder
+
+
+def test_a_config_too_large_to_be_meant_is_refused_before_allocating(tmp_path, monkeypatch):
+    monkeypatch.delenv("VITKIT_MAX_PARAMS", raising=False)
+    claims = {"hidden_size": 1_000_000, "num_hidden_layers": 10_000}
+    huge = _edit_config(_hf_folder(tmp_path / "hf"), lambda c: c.update(claims))
+    with pytest.raises(ValueError, match=r"would hold 4e\+16 numbers .* over the limit of 2e\+09"):
+        vitkit.load_model(huge)  # built first, it would ask for petabytes; refused in well under a second
+    timm_size = {"pretrained_cfg": {"input_size": [3, 65536, 65536]}, "architecture": "vit_tiny_patch16_224"}
+    (tmp_path / "timm").mkdir()
+    (tmp_path / "timm" / "config.json").write_text(json.dumps(timm_size))
+    safetensors.torch.save_file({"x": torch.zeros(1)}, tmp_path / "timm" / "model.safetensors")
+    with pytest.raises(ValueError, match=r"largest tensor is pos_embed \(1, 16777217, 192\)"):
+        vitkit.load_model(tmp_path / "timm")
+    config = vitkit.get_config("Ti/16")
+    assert vitkit.models.parameter_count(config) == sum(p.numel() for p in vitkit.create_model("Ti/16").parameters())
+    with pytest.raises(ValueError, match="over the limit of 1e\\+06"):
+        vitkit.models.VisionTransformer(config, max_params=1_000_000)
+    monkeypatch.setenv("VITKIT_MAX_PARAMS", "1e6")
+    with pytest.raises(ValueError, match=r"VITKIT_MAX_PARAMS=\.\.\."):
+        vitkit.create_model("Ti/16")
+    monkeypatch.setenv("VITKIT_MAX_PARAMS", "6e6")  # Ti/16 holds 5.7 million
+    assert vitkit.create_model("Ti/16").config == config
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c.pop("hidden_size"), "config.json has no hidden_size"),
+        (lambda c: c.update(id2label=["cat", "dog"]), "id2label must map class indices to names"),
+        (lambda c: c.update(image_size=32.5), r"image_size must be an integer ≥ 1, got 32\.5"),
+        (lambda c: c.update(num_attention_heads="2"), "num_attention_heads must be an integer"),
+    ],
+)
+def test_a_malformed_transformers_config_names_its_field(change, message, tmp_path, capsys):
+    folder = _edit_config(_hf_folder(tmp_path / "hf"), change)
+    with pytest.raises(ValueError, match=message):
+        open_weights(folder)
+    photo(40, 40).save(tmp_path / "a.png")
+    assert vitkit.cli.main.main(["predict", str(folder), str(tmp_path / "a.png")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("vitkit: error:") and error.count("\n") == 1
+
+
+def test_a_missing_query_tensor_or_a_zero_std_is_refused_naming_it(tmp_path):
+    folder = _hf_folder(tmp_path / "hf")
+    tensors = safetensors.torch.load_file(folder / "model.safetensors")
+    del tensors["vit.encoder.layer.0.attention.attention.query.weight"]
+    safetensors.torch.save_file(tensors, folder / "model.safetensors")
+    with pytest.raises(ValueError, match=r"no vit\.encoder\.layer\.0\.attention\.attention\.query\.weight"):
+        open_weights(folder)
+    peer = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10)
+    peer.pretrained_cfg = {**peer.pretrained_cfg, "std": (0.0, 0.0, 0.0)}
+    save_for_hf(peer, str(tmp_path / "timm"), safe_serialization=True)
+    with pytest.raises(ValueError, match=r"std must be finite and above 0, got \(0\.0, 0\.0, 0\.0\)"):
+        vitkit.load_model(tmp_path / "timm")
+    with pytest.raises(ValueError, match="std must be finite and above 0"):
+        Preprocessing(img_size=32, std=(0.5, 0.0, 0.5))

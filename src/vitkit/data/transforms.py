@@ -158,6 +158,9 @@ def _per_channel(values: float | Sequence[float], in_chans: int, what: str) -> t
         values = values[:1] * in_chans
     if len(values) != in_chans:
         raise ValueError(f"{what} has {len(values)} values for a {in_chans}-channel model")
+    if not all(math.isfinite(v) for v in values) or (what == "std" and min(values) <= 0):
+        # normalising divides by std: 0 would turn every pixel into inf or NaN
+        raise ValueError(f"{what} must be finite{' and above 0' if what == 'std' else ''}, got {values}")
     return values
 
 

@@ -48,29 +48,71 @@ def is_hf_config(document: dict[str, Any]) -> bool:
     return document.get("model_type") == "vit"
 
 
+_REQUIRED = object()
+
+
+def _number(
+    document: dict[str, Any], name: str, default: Any = _REQUIRED, *, kind: type = int, minimum: float = 1
+) -> Any:
+    """``config.json``'s ``name``, checked: present unless it has a default, of ``kind`` (an int
+    passes for a float; a bool for neither), at least ``minimum``."""
+    if name not in document:
+        if default is _REQUIRED:
+            raise ValueError(f"config.json has no {name}; transformers' ViTConfig writes it")
+        return default
+    value = document[name]
+    if not isinstance(value, int | kind) or isinstance(value, bool) or not value >= minimum:
+        wanted = "an integer" if kind is int else "a number"
+        raise ValueError(f"config.json: {name} must be {wanted} ≥ {minimum:g}, got {value!r}")
+    return value
+
+
+def _image_size(document: dict[str, Any]) -> int | tuple[int, int]:
+    """``image_size``: an int, or (height, width) as transformers also accepts."""
+    size = document.get("image_size", 224)
+    if isinstance(size, list | tuple) and len(size) == 2:
+        return tuple(_number({"image_size": side}, "image_size") for side in size)  # type: ignore[return-value]
+    return _number({"image_size": size}, "image_size")
+
+
+def _labels(document: dict[str, Any]) -> dict[str, Any]:
+    labels = document.get("id2label") or {}
+    if not isinstance(labels, dict):
+        raise ValueError(
+            f'config.json: id2label must map class indices to names ({{"0": "cat", ...}}), '
+            f"got a {type(labels).__name__}"
+        )
+    return labels
+
+
 def config_from_hf(document: dict[str, Any], *, keep_pooler: bool = False, classifier: bool = True) -> ViTConfig:
     """A :class:`ViTConfig` equal to a transformers ``ViTConfig`` dict (``classifier=False`` for
-    a bare ViTModel, which has no classification head)."""
+    a bare ViTModel, which has no classification head). A field that is missing or of the wrong
+    kind is an error naming it."""
     if document.get("hidden_act", "gelu") != "gelu":
         raise ValueError(f"hidden_act {document['hidden_act']!r} is not supported; vitkit's MLP uses exact GELU")
-    labels = document.get("id2label") or {}
+    labels = _labels(document)
+    hidden_size = _number(document, "hidden_size")
+    qkv_bias = document.get("qkv_bias", True)
+    if not isinstance(qkv_bias, bool):
+        raise ValueError(f"config.json: qkv_bias must be true or false, got {qkv_bias!r}")
     return ViTConfig(
-        img_size=document.get("image_size", 224),
-        patch_size=document.get("patch_size", 16),
-        in_chans=document.get("num_channels", 3),
-        num_classes=(len(labels) if labels else document.get("num_labels", 2)) if classifier else 0,
-        embed_dim=document["hidden_size"],
-        depth=document["num_hidden_layers"],
-        num_heads=document["num_attention_heads"],
-        mlp_dim=document["intermediate_size"],
-        qkv_bias=document.get("qkv_bias", True),
-        norm_eps=document.get("layer_norm_eps", 1e-12),
-        representation_size=document.get("pooler_output_size", document["hidden_size"]) if keep_pooler else None,
+        img_size=_image_size(document),
+        patch_size=_number(document, "patch_size", 16),
+        in_chans=_number(document, "num_channels", 3),
+        num_classes=(len(labels) if labels else _number(document, "num_labels", 2, minimum=0)) if classifier else 0,
+        embed_dim=hidden_size,
+        depth=_number(document, "num_hidden_layers"),
+        num_heads=_number(document, "num_attention_heads"),
+        mlp_dim=_number(document, "intermediate_size"),
+        qkv_bias=qkv_bias,
+        norm_eps=_number(document, "layer_norm_eps", 1e-12, kind=float, minimum=0),
+        representation_size=_number(document, "pooler_output_size", hidden_size) if keep_pooler else None,
     )
 
 
 def class_names_from_hf(document: dict[str, Any]) -> list[str]:
-    labels = document.get("id2label") or {}
+    labels = _labels(document)
     return [labels.get(str(i), labels.get(i, str(i))) for i in range(len(labels))]
 
 
@@ -95,6 +137,12 @@ def hf_to_vitkit(state: dict[str, Tensor], *, keep_pooler: bool = False) -> dict
             continue
         converted[rename_key(key, _RENAMES)] = value
     for (layer, kind), qkv in parts.items():
+        missing = [which for which in ("query", "key", "value") if which not in qkv]
+        if missing:  # vitkit fuses the three: one alone cannot load
+            raise ValueError(
+                f"the weights have no vit.encoder.layer.{layer}.attention.attention.{missing[0]}.{kind} beside "
+                f"its {', '.join(sorted(qkv))}; the file is damaged or not a ViT's"
+            )
         converted[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([qkv["query"], qkv["key"], qkv["value"]])
     return converted
 

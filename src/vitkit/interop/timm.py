@@ -78,16 +78,27 @@ def is_timm_config(document: dict[str, Any]) -> bool:
 def config_from_timm(document: dict[str, Any]) -> ViTConfig:
     """The :class:`ViTConfig` of a timm hub ``config.json`` (architecture, class count, input size)."""
     arch = document["architecture"]
+    if not isinstance(arch, str):
+        raise ValueError(f"config.json: architecture must be a timm model name, got {arch!r}")
     try:
         base = get_config(arch)
     except ValueError as error:
         raise ValueError(f"timm architecture {arch!r} is not one vitkit builds: {error}") from error
-    args = dict(document.get("model_args") or {})
+    args = _section(document, "model_args")
     unknown = sorted(set(args) - _TIMM_ARGS - _TIMM_TRAINING_ARGS)
     if unknown:
         raise ValueError(f"vitkit cannot build timm's {arch} with model_args {', '.join(unknown)}")
-    cfg = document.get("pretrained_cfg") or {}
-    in_chans, *size = cfg.get("input_size", (base.in_chans, *base.img_size))
+    cfg = _section(document, "pretrained_cfg")
+    input_size = cfg.get("input_size", [base.in_chans, *base.img_size])
+    if not (
+        isinstance(input_size, list | tuple)
+        and len(input_size) == 3
+        and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in input_size)
+    ):
+        raise ValueError(
+            f"config.json: pretrained_cfg.input_size must be [channels, height, width] in pixels, got {input_size!r}"
+        )
+    in_chans, *size = input_size
     pool = args.get("global_pool", document.get("global_pool", "token"))
     if pool not in ("token", "avg"):
         raise ValueError(f"vitkit has no global_pool {pool!r} (timm's {arch}); it pools by token or avg")
@@ -101,10 +112,18 @@ def config_from_timm(document: dict[str, Any]) -> ViTConfig:
     )
 
 
+def _section(document: dict[str, Any], name: str) -> dict[str, Any]:
+    """``model_args`` or ``pretrained_cfg``: a JSON object, or absent."""
+    section = document.get(name) or {}
+    if not isinstance(section, dict):
+        raise ValueError(f"config.json: {name} must be an object of settings, got {section!r}")
+    return section
+
+
 def preprocessing_from_timm(document: dict[str, Any], config: ViTConfig) -> Preprocessing:
     """timm's ``pretrained_cfg`` as a :class:`Preprocessing`: bicubic (by default) resize of the
     short side to ``floor(size / crop_pct)`` and a centre crop, or a squash (``crop_mode``)."""
-    cfg = document.get("pretrained_cfg") or {}
+    cfg = _section(document, "pretrained_cfg")
     options = {
         "interpolation": cfg.get("interpolation", "bicubic"),
         "mean": cfg.get("mean", (0.485, 0.456, 0.406)),  # timm's defaults: ImageNet statistics

@@ -3,13 +3,15 @@
 from .config import ARCHITECTURE_FIELDS, ViTConfig
 from .embed import resample_pos_embed
 from .registry import create_model, get_config, list_models
-from .vit import FeatureMaps, VisionTransformer, parameter_count
+from .vit import MAX_PARAMS, FeatureMaps, VisionTransformer, check_model_size, parameter_count
 
 __all__ = [
     "ARCHITECTURE_FIELDS",
+    "MAX_PARAMS",
     "FeatureMaps",
     "ViTConfig",
     "VisionTransformer",
+    "check_model_size",
     "create_model",
     "get_config",
     "list_models",

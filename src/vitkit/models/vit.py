@@ -10,7 +10,8 @@ know one know the other.
 """
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -22,6 +23,12 @@ from torch.utils.checkpoint import checkpoint
 from .config import ViTConfig, to_pair
 from .embed import Grid, PatchEmbed, RelativePositionLogits, build_pos_embed2d, is_symbolic, resample_pos_embed
 from .hybrid import HybridEmbed
+
+#: The most numbers (parameters and buffers) a model may hold unless the caller raises it (``max_params=``,
+#: ``VITKIT_MAX_PARAMS``): above ViT-G/14's 1.8e9, the largest ViT with public weights, and 8 GB in fp32 (32 GB to
+#: train with AdamW). A config file claiming more is far likelier wrong than meant, and would be built before failing.
+MAX_PARAMS = 2_000_000_000
+MAX_PARAMS_ENV = "VITKIT_MAX_PARAMS"
 
 
 class Attention(nn.Module):
@@ -206,8 +213,12 @@ class VisionTransformer(nn.Module):
     ``forward_intermediates`` (per-block outputs) and ``attention_maps`` (softmax weights).
     """
 
-    def __init__(self, config: ViTConfig) -> None:
+    def __init__(self, config: ViTConfig, *, max_params: int | None = None) -> None:
+        """``max_params``: refuse a config whose model holds more numbers than this (default
+        :data:`MAX_PARAMS`, or ``VITKIT_MAX_PARAMS``), before anything is allocated."""
         super().__init__()
+        if torch.get_default_device().type != "meta":  # on meta nothing is allocated (and the check builds there)
+            check_model_size(config, max_params)
         self.config = config
         D = config.embed_dim
         if config.hybrid_layers:
@@ -622,10 +633,45 @@ class VisionTransformer(nn.Module):
         return self.forward_attention(x)[1]
 
 
+def _one_block_shell(config: ViTConfig) -> VisionTransformer:
+    """``config``'s model with a single block, on the meta device: shapes without storage, built in
+    a time that does not grow with the depth (every block has the same tensors)."""
+    with torch.device("meta"):
+        return VisionTransformer(config.replace(depth=1))
+
+
+def _numel(tensors: Iterable[Tensor]) -> int:
+    return sum(t.numel() for t in tensors)
+
+
 def parameter_count(config: ViTConfig) -> int:
     """How many parameters a model of ``config`` has (counted on the meta device: nothing is allocated)."""
-    with torch.device("meta"):
-        return sum(p.numel() for p in VisionTransformer(config).parameters())
+    shell = _one_block_shell(config)
+    return _numel(shell.parameters()) + (config.depth - 1) * _numel(shell.blocks[0].parameters())
+
+
+def check_model_size(config: ViTConfig, max_params: int | None = None) -> None:
+    """Refuse ``config`` if its model would hold more than ``max_params`` numbers, parameters and
+    buffers (default :data:`MAX_PARAMS`, or the environment variable ``VITKIT_MAX_PARAMS``),
+    naming the size and the largest tensor. Counted on the meta device: nothing is allocated."""
+    if max_params is None:
+        setting = os.environ.get(MAX_PARAMS_ENV, "")
+        try:
+            max_params = int(float(setting)) if setting else MAX_PARAMS
+        except ValueError:
+            raise ValueError(f"{MAX_PARAMS_ENV}={setting!r} is not a number of parameters (e.g. 5e9)") from None
+    shell = _one_block_shell(config)
+    block = shell.blocks[0]
+    total = _numel(shell.parameters()) + _numel(shell.buffers())
+    total += (config.depth - 1) * (_numel(block.parameters()) + _numel(block.buffers()))
+    if total <= max_params:
+        return
+    name, largest = max([*shell.named_parameters(), *shell.named_buffers()], key=lambda item: item[1].numel())
+    raise ValueError(
+        f"a ViT of {config.describe()} would hold {total:.3g} numbers ({4 * total / 1e9:.3g} GB in fp32; its "
+        f"largest tensor is {name} {tuple(largest.shape)}), over the limit of {max_params:.3g}. A config this "
+        f"size is likelier wrong than meant; if it is meant, raise the limit ({MAX_PARAMS_ENV}=..., or max_params=)"
+    )
 
 
 class FeatureInfo(list):
