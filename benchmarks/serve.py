@@ -12,7 +12,8 @@ address space capped at ``--memory-cap-gb`` (so that a bug cannot take the machi
 writes benchmarks/results/serve_hostile.json with three figures:
 
 - its peak RSS (VmHWM) while eight 100-megapixel PNGs (solid colour, ~100 KB each) and a
-  1×100000 PNG are uploaded at once, with the answers' statuses;
+  1×100000 PNG are uploaded at once, then eight 49-megapixel ones (just under the default
+  ``--max-pixels``, so decoded), with the answers' statuses;
 - the latency of ``/health`` while 1,100 connections that sent half a request header are open;
 - plain-predict p50/p99 while ``/v1/predict/batch?explain=relevance`` requests of 64 images run
   (and p50 with the server otherwise idle, for reference).
@@ -46,6 +47,7 @@ import torch
 from PIL import Image
 
 import vitkit
+from vitkit.machine import cpu_has_int8_dot_product, cpu_has_native_bf16
 from vitkit.train.device import resolve_precision
 
 
@@ -192,9 +194,9 @@ def _health_ms(port: int, timeout: float = 30) -> float | str:
     return 1000 * (time.monotonic() - start) if status == 200 else f"HTTP {status}"
 
 
-def _hostile_uploads(port: int, pid: int) -> dict:
-    """Peak RSS while 8 100-megapixel PNGs and a 1×100000 PNG are posted at once."""
-    big, thin = _png(10_000, 10_000), _png(1, 100_000)
+def _hostile_uploads(port: int, pid: int, side: int) -> dict:
+    """Peak RSS while 8 ``side``×``side`` PNGs and a 1×100000 PNG are posted at once."""
+    big, thin = _png(side, side), _png(1, 100_000)
     before = _status_kb(pid)["VmRSS"]
     samples, done = [], threading.Event()
 
@@ -210,8 +212,8 @@ def _hostile_uploads(port: int, pid: int) -> dict:
     done.set()
     sampler.join()
     return {
-        "uploads": "8 × 10000×10000 PNG + 1 × 1×100000 PNG, at once",
-        "upload_bytes": {"100MP": len(big), "1x100000": len(thin)},
+        "uploads": f"8 × {side}×{side} PNG ({side * side / 1e6:g} megapixels) + 1 × 1×100000 PNG, at once",
+        "upload_bytes": {"big": len(big), "1x100000": len(thin)},
         "statuses": [status for status, _ in answers],
         "errors": sorted({json.loads(body).get("error", "")[:160] for status, body in answers if status != 200}),
         "rss_before_mb": before / 1024,
@@ -305,7 +307,9 @@ def hostile(args: argparse.Namespace, folder: Path) -> None:
     server = _start(folder, port, args.max_batch, args.max_wait_ms, False, limits)
     try:
         results = {
-            "uploads": _hostile_uploads(port, server.pid),
+            # past the default --max-pixels (refused from the header), then just under it (decoded)
+            "uploads_over_limit": _hostile_uploads(port, server.pid, 10_000),
+            "uploads_under_limit": _hostile_uploads(port, server.pid, 7_000),
             "idle_sockets": _idle_sockets(port, 1100),
             "mixed_load": _mixed_load(port, args.seconds),
         }
@@ -327,6 +331,8 @@ def hostile(args: argparse.Namespace, folder: Path) -> None:
         "machine": platform.machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "native_bf16": cpu_has_native_bf16(),
+        "int8_dot_product": cpu_has_int8_dot_product(),
     }
     print(json.dumps(results, indent=2))
     out = Path(args.out if args.out != "benchmarks/results/serve.json" else "benchmarks/results/serve_hostile.json")

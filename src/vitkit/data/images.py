@@ -93,7 +93,8 @@ def load_image(
     Its size is checked from the header before anything is decoded (see :func:`check_size`), so
     the memory it takes follows ``max_pixels`` (a few bytes a pixel), whatever the file. With ``min_side``
     (the shortest side the caller will resize it to), a JPEG at least twice as large again is
-    decoded at 1/2, 1/4 or 1/8 scale by libjpeg, its short side still ≥ 2 × ``min_side``.
+    decoded at 1/2, 1/4 or 1/8 scale by libjpeg, and any other image at least twice as large again
+    is averaged down by a whole factor (``Image.reduce``), its short side still ≥ 2 × ``min_side``.
 
     Raises :class:`UnreadableImage` (an ``OSError``) naming the source if it is not a readable
     image, :class:`ImageTooLarge` or :class:`ImageTooElongated` past the limits."""
@@ -106,6 +107,10 @@ def load_image(
                 scale = 2 * min_side / max(1, min(image.size))
                 image.draft(None, (math.ceil(image.width * scale), math.ceil(image.height * scale)))
             image.load()
+            if min_side is not None and (factor := min(image.size) // (2 * min_side)) > 1:
+                # any other format: averaged down by a whole factor, so that a decoded picture waiting
+                # for the model holds what the resize needs, not 50 megapixels
+                image = image.reduce(factor)
             ImageOps.exif_transpose(image, in_place=True)
             return convert_image(image, in_chans)
     except UnreadableImage:

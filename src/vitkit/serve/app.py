@@ -15,6 +15,7 @@ import io
 import ipaddress
 import json
 import logging
+import os
 import secrets
 import signal
 import threading
@@ -26,6 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+import anyio
 import torch
 import uvicorn
 from fastapi import Depends, FastAPI, Query, Request
@@ -262,6 +264,9 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
     # the explain= values that answer; an int8 model has no attention to explain
     explanations = ("none",) if isinstance(model, Int8Model) else EXPLANATIONS
     state: dict[str, Any] = {"batcher": None}
+    # one decode per core at a time: more would not decode faster, only hold more images, so the
+    # memory decoding takes stays below cores × ~5 bytes × max_pixels however many uploads arrive
+    decoders = anyio.CapacityLimiter(os.cpu_count() or 1)
     page = resources.files(__package__).joinpath("page.html").read_text()
 
     @asynccontextmanager
@@ -344,7 +349,7 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
         start = time.perf_counter()
         batcher = running()
         with batcher.expecting():  # a batch being gathered waits for this one
-            picture = await run_in_threadpool(decode, data)
+            picture = await anyio.to_thread.run_sync(decode, data, limiter=decoders)
         if explain == "none":
             probabilities, explanation = await batcher.probabilities(picture), None
         else:  # one call, queued behind every plain predict: many explanations cannot starve them
