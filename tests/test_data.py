@@ -93,18 +93,24 @@ def _all_files(data):
     return FileImageDataset(data.train.samples + data.val.samples, 3)
 
 
-@pytest.mark.slow
-def test_training_on_a_folder_counts_skipped_files(image_folder, tmp_path):
+@pytest.mark.parametrize(
+    "settings",
+    [
+        pytest.param({"epochs": 2, "crop_scale": [0.5, 1.0]}, marks=pytest.mark.slow, id="read each epoch"),
+        pytest.param({"epochs": 1, "cache_decoded": True}, id="decoded once"),
+    ],
+)
+def test_training_on_a_folder_counts_skipped_files(settings, image_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("VITKIT_HOME", str(tmp_path / "home"))
     config = resolve_config(
         overrides={
             "data": str(image_folder),
             "img_size": 16,
             "model_args": {"patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2, "mlp_dim": 16},
             "batch_size": 4,
-            "epochs": 2,
             "val_fraction": 0.3,
-            "crop_scale": [0.5, 1.0],
             "out": str(tmp_path / "run"),
+            **settings,
         }
     )
     with warnings.catch_warnings():
@@ -261,26 +267,6 @@ def test_multi_label_rows_without_any_label_are_refused_when_loaded(tmp_path):
             assert "held-out" in str(error)
             continue
         assert any(target.any() for _, target in data_or_error.val.samples)
-
-
-def test_files_found_unreadable_when_decoded_once_are_counted(image_folder, tmp_path, monkeypatch):
-    monkeypatch.setenv("VITKIT_HOME", str(tmp_path / "home"))
-    config = resolve_config(
-        overrides={
-            "data": str(image_folder),
-            "img_size": 16,
-            "model_args": {"patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2, "mlp_dim": 16},
-            "batch_size": 4,
-            "epochs": 1,
-            "val_fraction": 0.3,
-            "cache_decoded": True,
-            "out": str(tmp_path / "run"),
-        }
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        summary = train(config, progress=False)
-    assert summary.skipped_files == 2  # garbage.png at scan time, truncated.png when decoded once
 
 
 @pytest.fixture

@@ -20,28 +20,26 @@ def _number(text: str, kind: type) -> int | float:
     return value
 
 
+def _at_least(text: str, kind: type, low: float, *, above: bool = False) -> int | float:
+    value = _number(text, kind)
+    if value < low or (above and value == low):
+        raise argparse.ArgumentTypeError(f"must be {'above' if above else 'at least'} {low}, got {text}")
+    return kind(value)
+
+
 def positive_int(text: str) -> int:
     """A count: 1 or more."""
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return int(value)
+    return int(_at_least(text, int, 1))
 
 
 def positive_float(text: str) -> float:
     """A finite number above 0."""
-    value = _number(text, float)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
-    return float(value)
+    return float(_at_least(text, float, 0, above=True))
 
 
 def nonnegative_float(text: str) -> float:
     """A finite number, 0 or more."""
-    value = _number(text, float)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return float(value)
+    return float(_at_least(text, float, 0))
 
 
 def port(text: str) -> int:
