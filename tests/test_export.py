@@ -50,7 +50,9 @@ def test_dynamic_export_takes_any_batch_and_image_size(tmp_path):
 def test_dynamic_export_of_a_hybrid(tmp_path):
     # The ResNet stem's TF "SAME" padding must trace for a free image size too.
     torch.manual_seed(0)
-    model = vitkit.create_model("R26+S/32", num_classes=4, img_size=64, depth=1, dynamic_img_size=True).eval()
+    model = vitkit.create_model(
+        "R26+S/32", num_classes=4, img_size=64, depth=1, hybrid_layers=(1, 1), dynamic_img_size=True
+    ).eval()
     torch.nn.init.normal_(model.head.weight, std=0.1)
     vitkit.interop.export_onnx(model, tmp_path / "hybrid.onnx", dynamic=True)
     session = onnxruntime.InferenceSession(str(tmp_path / "hybrid.onnx"))
