@@ -16,16 +16,20 @@ $(STAMP): pyproject.toml requirements.txt
 train: $(STAMP)
 	$(BIN)/vitkit train
 
+# two pytest workers of one thread each: the suite's time is mostly processes starting and small
+# models, which one thread runs as fast; two torch processes of two threads each would fight for 2 cores
+PYTEST = OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup
+
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 # the same without the slow end-to-end tests (training runs, browser, exports): for while you work
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 clean:
 	rm -rf $(VENV)

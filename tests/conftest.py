@@ -115,3 +115,18 @@ def digits_config(tmp_path, **overrides):
     }
     settings.update(overrides)
     return resolve_config(preset="demo", overrides=settings)
+
+
+def torchrun(*args, processes=2, timeout=240):
+    """``vitkit *args`` in ``processes`` processes on this machine, launched as torchrun launches them."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    command += ["-m", "vitkit.cli.main", *args, "--quiet"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def write_config(config, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config.to_json())
+    return str(path)

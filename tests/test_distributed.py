@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import digits_config
+from conftest import digits_config, torchrun, write_config
 from safetensors.torch import load_file
 
 from vitkit.interop import load_model
@@ -20,19 +20,8 @@ from vitkit.train import resume_run, train
 from vitkit.train.accuracy import evaluate_model_on
 from vitkit.train.distributed import Processes, rank_batches
 
-
-def torchrun(*args, processes=2, timeout=240):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
-    command += ["-m", "vitkit.cli.main", *args, "--quiet"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
-
-
-def write_config(config, path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(config.to_json())
-    return str(path)
+# torchrun's processes would fight another pytest worker's for the 2 cores: one worker runs them all
+pytestmark = pytest.mark.xdist_group("torchrun")
 
 
 def test_each_rank_takes_its_own_micro_batches():

@@ -6,7 +6,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, torchrun, write_config
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -70,6 +70,7 @@ def test_every_image_comes_back_exactly_once_per_epoch(image_folder, shards):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("torchrun")
 def test_training_streams_shards_in_one_and_two_processes(shards, tmp_path, capsys):
     settings = {"data": str(shards), "img_size": 8, "model_args": TINY, "epochs": 2, "batch_size": 16}
     summary = train(resolve_config(preset="demo", overrides={**settings, "out": str(tmp_path / "one")}), progress=False)
@@ -80,8 +81,6 @@ def test_training_streams_shards_in_one_and_two_processes(shards, tmp_path, caps
     assert main(["eval", str(tmp_path / "one"), "--json"]) == 0  # vitkit eval reads the shards too
     report = json.loads(capsys.readouterr().out)
     assert report["images"] == 60 and report["top1"] == pytest.approx(records[-1]["val_top1"])
-    from test_distributed import torchrun, write_config
-
     config = resolve_config(preset="demo", overrides={**settings, "out": str(tmp_path / "two")})
     torchrun("train", "--config", write_config(config, tmp_path / "two.json"))
     records = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
