@@ -1,7 +1,8 @@
 """vitkit vs timm vs transformers: inference (eager, compiled, int8) and training img/s, FLOP
 rate, memory, token scaling.
 
-Runs the sets shown in the README and writes benchmarks/results/throughput.json. Each set is
+Runs the sets shown in the README and keeps this host kind's in benchmarks/results/throughput.json
+(one entry per host kind, the host with every row). Each set is
 one interleaved measurement (see vitkit.benchmark); ratios within a set are what to compare.
 
     python benchmarks/throughput.py [--reps 5] [--device cpu]
@@ -11,13 +12,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import platform
 from pathlib import Path
 
-import torch
-
-from vitkit.benchmark import format_table, run_benchmark
+from vitkit.benchmark import format_table, run_benchmark, save_for_host
+from vitkit.machine import host_record
 
 SETS = [
     # (title, run_benchmark arguments)
@@ -60,30 +58,21 @@ SETS = [
 ]
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args()
-    machine = (
-        torch.cuda.get_device_name() if args.device == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads"
-    )
-    print(f"Machine: {machine}; torch {torch.__version__}\n")
-    record = {"machine": machine, "torch": torch.__version__, "sets": []}
+    host = host_record()
+    machine = host["gpu"] if args.device == "cuda" else f"{host['cpu']} ({' '.join(host['cpu_flags'])})"
+    print(f"Machine: {machine}, {host['threads']} threads; torch {host['torch']}\n")
+    sets = []
     for title, settings in SETS:
         results = run_benchmark(reps=args.reps, device=args.device, **settings)
         print(f"### {title}\n\n{format_table(results)}\n", flush=True)
-        record["sets"].append({"title": title, "results": [dataclasses.asdict(r) for r in results]})
+        sets.append({"title": title, "results": [{**dataclasses.asdict(r), "host": host} for r in results]})
     out = Path(__file__).parent / "results" / "throughput.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    save_for_host(out, host, {"sets": sets})
     print(f"wrote {out}")
 
 

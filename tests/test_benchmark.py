@@ -27,7 +27,7 @@ def test_benchmark_command_prints_a_table_and_writes_json(tmp_path, capsys):
 
 def test_the_three_libraries_build_the_same_computation():
     # Same architecture → the same FLOPs per image outside the fused attention kernel, which
-    # FlopCounterMode does not count on CPU. vitkit's bf16 CPU path does attention in plain
+    # FlopCounterMode does not count on CPU. vitkit's explicit kernel does attention in plain
     # matmuls: exactly two (N × N × head_dim) products per head and layer more.
     images = torch.randn(1, 3, 64, 64)
     counts = {
@@ -36,7 +36,9 @@ def test_the_three_libraries_build_the_same_computation():
     }
     assert counts["timm"] == pytest.approx(counts["vitkit"], rel=1e-6)
     assert counts["transformers"] == pytest.approx(counts["vitkit"], rel=1e-6)
-    explicit = count_gflop(inference_step(build_peer("vitkit", "Ti/16", img_size=64), images, "bf16-autocast"))
+    model = build_peer("vitkit", "Ti/16", img_size=64)
+    model.set_attention_kernel("explicit")
+    explicit = count_gflop(inference_step(model, images, "fp32"))
     tokens, width, depth = 1 + 16, 192, 12
     assert (explicit - counts["vitkit"]) * 1e9 == pytest.approx(depth * 2 * (2 * tokens * tokens * width), rel=1e-6)
 

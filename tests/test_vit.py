@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from conftest import randomize_head, tiny_vit
 
 import vitkit
-from vitkit.models.vit import Attention, _attention, _attention_weights
+from vitkit.models.vit import Attention, _attention_weights, attention
 
 POS_KINDS = ["none", "learn", "learn2d", "relative", "sincos2d"]
 
@@ -336,27 +336,36 @@ def test_grad_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
 
 
-def test_bf16_on_cpu_takes_the_explicit_attention_path_and_agrees_with_fp32():
+@pytest.mark.parametrize("kernel", ["sdpa", "explicit"])
+@pytest.mark.parametrize("query_chunk", [0, 3])
+def test_each_attention_kernel_gives_the_same_logits_in_fp32_and_bf16(kernel, query_chunk):
     model = randomize_head(tiny_vit()).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         reference = model(x)
+        model.set_attention_kernel(kernel, query_chunk)
+        assert model.attention_kernel == (kernel, query_chunk)
+        forced = model(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model(x).float()
-    assert vitkit.models.vit._math_attention_is_faster(torch.zeros(1, dtype=torch.bfloat16))
-    assert not vitkit.models.vit._math_attention_is_faster(torch.zeros(1))
+    torch.testing.assert_close(forced, reference, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(low, reference, atol=5e-2, rtol=5e-2)
+
+
+def test_an_unknown_attention_kernel_is_refused():
+    with pytest.raises(ValueError, match="unknown attention kernel 'flash'; choose one of sdpa, explicit"):
+        tiny_vit().set_attention_kernel("flash")
 
 
 @pytest.mark.parametrize(("tokens", "query_chunk"), [(2 * 64 + 37, 64), (1025, 0)])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_inference_attention_in_query_chunks_equals_the_whole(tokens, query_chunk, with_bias):
-    """Without autograd the explicit (CPU bf16) path takes a chunk of queries at a time (64 at
+    """Without autograd the explicit kernel takes a chunk of queries at a time (64 at
     1,025 tokens by default), so the N × N weights never exist at once; the result is the same,
     bit for bit. The first case has three chunks, the last one short."""
     q, k, v = (torch.randn(1, 2, tokens, 16).bfloat16() for _ in range(3))
     bias = torch.randn(1, 2, tokens, tokens).bfloat16() if with_bias else None
-    whole = _attention(q, k, v, bias, 0.0, query_chunk)  # autograd on: one piece
+    whole = attention(q, k, v, bias, 0.0, "explicit", query_chunk)  # autograd on: one piece
     with torch.no_grad():
-        chunked = _attention(q, k, v, bias, 0.0, query_chunk)
+        chunked = attention(q, k, v, bias, 0.0, "explicit", query_chunk)
     assert torch.equal(whole, chunked)

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,9 +29,17 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .decisions import (
+    Decision,
+    decide_attention_for,
+    decide_optimizer,
+    decide_precision,
+    parse_attention_choice,
+)
+from .fileio import atomic_write
 from .interop.hf import hf_config_document
 from .interop.int8 import quantize
-from .models import create_model, get_config
+from .models import VisionTransformer, create_model, get_config
 from .models.registry import resolve_name
 
 LIBRARIES = ("vitkit", "timm", "transformers")
@@ -101,6 +110,53 @@ def build_variant(library: str, name: str, *, img_size: int, precision: str) -> 
     return quantize(model.eval())
 
 
+def set_up_vitkit(model: VisionTransformer, *, task: str, precision: str, batch: int, img_size: int) -> list[Decision]:
+    """What vitkit's own commands choose on this machine for ``model`` (vitkit.decisions): its
+    attention kernel is set, and for training the optimiser kernel is the last decision."""
+    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float32
+    training = task == "train"
+    decisions = [decide_attention_for(model, batch=batch, img_size=img_size, dtype=dtype, training=training)]
+    model.set_attention_kernel(*parse_attention_choice(decisions[0].choice))
+    if training:
+        decisions.append(decide_optimizer(model.parameters(), "adamw", next(model.parameters()).device))
+    return decisions
+
+
+def explain_choices(
+    *, model: str, batch: int, img_size: int, task: str, precisions: tuple[str, ...], device: str = "cpu"
+) -> list[Decision]:
+    """The choices vitkit makes on this machine for ``model`` (see vitkit.decisions): the
+    attention kernel per precision, and the optimiser kernel (training) or what ``--precision
+    auto`` means (inference). Measured now where the cache holds none."""
+    target = torch.device(device)
+    net = build_peer("vitkit", model, img_size=img_size).to(target)
+    decisions: dict[str, Decision] = {}
+    for precision in precisions:
+        if precision != "int8":
+            for decision in set_up_vitkit(net, task=task, precision=precision, batch=batch, img_size=img_size):
+                decisions[f"{decision.what}: {decision.situation}"] = decision
+    if task == "inference":
+        decision = decide_precision(net.eval(), batch=batch, img_size=img_size, device=target)
+        decisions["precision"] = decision
+    return list(decisions.values())
+
+
+def _step(
+    library: str, model: nn.Module, images: torch.Tensor, *, task: str, precision: str, compiled: bool
+) -> Callable[[], None]:
+    """The timed step of ``library``'s ``model`` (``compiled`` by torch.compile): vitkit's with the
+    kernels it chooses on this machine, the peers' as they come."""
+    kernel = "foreach"
+    if library == "vitkit" and precision != "int8":
+        decisions = set_up_vitkit(model, task=task, precision=precision, batch=len(images), img_size=images.shape[-1])
+        kernel = decisions[-1].choice
+    if compiled:
+        model = torch.compile(model)
+    if task == "train":
+        return train_step(model, images, precision, kernel)
+    return inference_step(model, images, precision)
+
+
 def _autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-autocast")
 
@@ -119,12 +175,15 @@ def inference_step(model: nn.Module, images: torch.Tensor, precision: str) -> Ca
     return step
 
 
-def train_step(model: nn.Module, images: torch.Tensor, precision: str) -> Callable[[], None]:
-    """A closure running forward, backward and a (foreach) AdamW step."""
+def train_step(
+    model: nn.Module, images: torch.Tensor, precision: str, optimizer_kernel: str = "foreach"
+) -> Callable[[], None]:
+    """A closure running forward, backward and an AdamW step (PyTorch's ``optimizer_kernel``
+    implementation: foreach, or fused)."""
     if precision in ("bf16-weights", "int8"):
         raise ValueError(f"training with {precision} is not measured; use bf16-autocast")
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **{optimizer_kernel: True})
     labels = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
 
     def step() -> None:
@@ -232,11 +291,10 @@ def _probe(spec: dict[str, Any]) -> float:
     model = model.to(device)
     if spec["grad_checkpointing"]:
         model.set_grad_checkpointing(True)
-    if spec["compiled"]:
-        model = torch.compile(model)
     images = torch.randn(spec["batch"], 3, spec["img_size"], spec["img_size"], device=device)
-    make = train_step if spec["task"] == "train" else inference_step
-    step = make(model, images, spec["precision"])
+    step = _step(
+        spec["library"], model, images, task=spec["task"], precision=spec["precision"], compiled=spec["compiled"]
+    )
     # A compiled model compiles in its first step: never part of a step's memory.
     measured = 2 if spec["task"] == "inference" and not spec["compiled"] else 1
     if measured == 1:
@@ -298,10 +356,11 @@ def run_benchmark(
         peaks["int8"] = int8_matmul_peak_gops()
     make = train_step if task == "train" else inference_step
     # FLOPs are the architecture's, the same for every library and device (tested). They are
-    # counted on vitkit's bf16 CPU path, where attention is plain matmuls: FlopCounterMode does
-    # not count PyTorch's fused CPU attention kernel.
+    # counted with vitkit's explicit attention, plain matmuls: FlopCounterMode does not count
+    # PyTorch's fused CPU attention kernel.
     reference = build_peer("vitkit", model, img_size=img_size)
-    flops = count_gflop(make(reference, torch.randn(1, 3, img_size, img_size), "bf16-autocast"))
+    reference.set_attention_kernel("explicit")
+    flops = count_gflop(make(reference, torch.randn(1, 3, img_size, img_size), "fp32"))
     steps: dict[str, Callable[[], None]] = {}
     results: dict[str, Result] = {}
     for library in libraries:
@@ -315,7 +374,7 @@ def run_benchmark(
                         net.set_grad_checkpointing(True)
                     images = torch.randn(batch, 3, img_size, img_size, device=target)
                     key = f"{library}/{precision}/{compiled}/{checkpointing}"
-                    steps[key] = make(torch.compile(net) if compiled else net, images, precision)
+                    steps[key] = _step(library, net, images, task=task, precision=precision, compiled=compiled)
                     results[key] = Result(
                         task, library, model, precision, batch, img_size, compiled, checkpointing, gflop_per_image=flops
                     )
@@ -329,6 +388,17 @@ def run_benchmark(
             spec = {**asdict(result), "device": device, "threads": torch.get_num_threads()}
             result.peak_memory_mb = _peak_memory_mb(spec)
     return list(results.values())
+
+
+def save_for_host(path: Path, host: dict[str, Any], record: dict[str, Any]) -> None:
+    """Write ``record`` (measured on ``host``, a :func:`vitkit.machine.host_record`) into the JSON
+    file ``path``, which keeps one entry per host kind (CPU model, flags, threads, GPU): this
+    host's replaces its earlier one, the other hosts' stay. Atomic."""
+    entries = json.loads(path.read_text()).get("hosts", []) if path.exists() else []
+    kind = {key: host[key] for key in ("cpu", "cpu_flags", "threads", "gpu")}
+    entries = [e for e in entries if {key: e["host"].get(key) for key in kind} != kind]
+    document = {"hosts": [*entries, {"host": host, **record}]}
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(document, indent=2) + "\n"))
 
 
 def format_table(results: list[Result], *, baseline: str = "timm") -> str:

@@ -19,11 +19,13 @@ import torch
 
 import vitkit
 from vitkit.analysis import METHODS, inspect_model, inspection_images
-from vitkit.benchmark import LIBRARIES, PRECISIONS, format_table, run_benchmark
+from vitkit.benchmark import LIBRARIES, PRECISIONS, explain_choices, format_table, run_benchmark
 from vitkit.cli.arguments import nonnegative_float, pixel_count, port, positive_float, positive_int
 from vitkit.data.images import DEFAULT_MAX_PIXELS
 from vitkit.data.load import load_data
 from vitkit.data.shards import write_shards
+from vitkit.decisions import ENVIRONMENT, machine_fingerprint, set_up_inference
+from vitkit.decisions import cache_path as decisions_cache_path
 from vitkit.interop import convert, export_model, load_model, quantize
 from vitkit.interop.convert import TARGETS
 from vitkit.interop.export import EXPORT_FORMATS, check_export_path
@@ -44,7 +46,7 @@ from vitkit.train import (
     train,
 )
 from vitkit.train.accuracy import evaluate_model_on
-from vitkit.train.device import resolve_device, resolve_precision
+from vitkit.train.device import device_of, resolve_device, resolve_precision
 from vitkit.train.distributed import DistributedFailure, from_environment
 from vitkit.train.report import describe
 from vitkit.train.run_folder import run_data, run_metrics, run_split
@@ -381,12 +383,24 @@ def _for_inference(loaded: vitkit.LoadedModel, int8: bool) -> vitkit.LoadedModel
     return quantized
 
 
+def _set_up_inference(loaded: vitkit.LoadedModel, precision: str, *, batch: int) -> str:
+    """The precision and attention kernel this machine runs ``loaded`` fastest with (measured once,
+    then cached; see vitkit.decisions), each said on stderr."""
+    model = loaded.model
+    precision, decisions = set_up_inference(
+        model, precision=precision, batch=batch, img_size=model.config.img_size[0], device=device_of(model)
+    )
+    for decision in decisions:
+        print(f"vitkit: {decision}", file=sys.stderr)
+    return precision
+
+
 def _predict(args: argparse.Namespace) -> None:
     files = expand_image_paths(args.images)  # before the model, which may have to be downloaded
     if not files:
         raise ValueError(f"no image files in {', '.join(args.images)}")
     loaded = _for_inference(load_model(args.model, class_names=args.class_names), args.int8)
-    precision = "fp32" if args.int8 else resolve_precision(args.precision, torch.device("cpu"))
+    precision = "fp32" if args.int8 else _set_up_inference(loaded, args.precision, batch=min(len(files), 64))
     predictions = predict_files(loaded, files, top_k=args.top_k, precision=precision, max_pixels=args.max_pixels)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
@@ -436,6 +450,14 @@ def _inspect(args: argparse.Namespace) -> None:
 
 
 def _benchmark(args: argparse.Namespace) -> None:
+    if args.explain:
+        print(f"what vitkit chooses on this machine ({machine_fingerprint(torch.device(args.device))}):")
+        for img_size in args.img_size:
+            settings = {"batch": args.batch, "img_size": img_size, "task": args.task, "device": args.device}
+            for decision in explain_choices(model=args.model, precisions=tuple(args.precisions), **settings):
+                print(f"  {decision}")
+        print(f"cached in {decisions_cache_path()}; force a choice with {', '.join(sorted(ENVIRONMENT.values()))}")
+        return
     results = []
     for img_size in args.img_size:
         results += run_benchmark(
@@ -481,7 +503,7 @@ def _serve(args: argparse.Namespace) -> None:
         model_name=served_name(args.model),
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
-        precision="int8" if args.int8 else resolve_precision(args.precision, device),
+        precision="int8" if args.int8 else args.precision,
         api_key=os.environ.get("VITKIT_API_KEY") if args.api_key is None else args.api_key,  # "" is refused
         max_upload_mb=args.max_upload_mb,
         allowed_hosts=("localhost", *args.allowed_hosts),
@@ -490,6 +512,9 @@ def _serve(args: argparse.Namespace) -> None:
         max_connections=args.max_connections,
         max_pixels=args.max_pixels,
     )
+    if not args.int8:  # once the settings are known to be right: measuring takes a moment
+        precision = _set_up_inference(loaded, args.precision, batch=args.max_batch)
+        settings = dataclasses.replace(settings, precision=precision)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
             f"vitkit: warning: serving on {args.host}: every machine that can reach this one can use the model"
@@ -526,7 +551,10 @@ def _add_inference_flags(
     int8_help: str = "int8 linear layers, run by ONNX Runtime on the CPU (see vitkit.quantize)",
 ) -> None:
     command.add_argument(
-        "--precision", default=precision, choices=("auto", "bf16", "fp32"), help="float format (auto: as in training)"
+        "--precision",
+        default=precision,
+        choices=("auto", "bf16", "fp32"),
+        help="float format (auto: the faster here, measured once and cached; VITKIT_PRECISION forces one)",
     )
     command.add_argument("--int8", action="store_true", help=int8_help)
 
@@ -752,6 +780,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="peak memory probes")
     bench.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to run")
     bench.add_argument("--json", help="also write the results to this JSON file")
+    bench.add_argument(
+        "--explain", action="store_true", help="say which kernels and precision vitkit chooses here, and why; no timing"
+    )
     bench.set_defaults(func=_benchmark)
 
     models = commands.add_parser(

@@ -3,10 +3,11 @@
 from .config import ARCHITECTURE_FIELDS, ViTConfig
 from .embed import resample_pos_embed
 from .registry import create_model, get_config, list_models
-from .vit import MAX_PARAMS, FeatureMaps, VisionTransformer, check_model_size, parameter_count
+from .vit import ATTENTION_KERNELS, MAX_PARAMS, FeatureMaps, VisionTransformer, check_model_size, parameter_count
 
 __all__ = [
     "ARCHITECTURE_FIELDS",
+    "ATTENTION_KERNELS",
     "MAX_PARAMS",
     "FeatureMaps",
     "ViTConfig",

@@ -31,13 +31,19 @@ MAX_PARAMS = 2_000_000_000
 MAX_PARAMS_ENV = "VITKIT_MAX_PARAMS"
 
 
+#: The attention kernels a model can run (:meth:`VisionTransformer.set_attention_kernel`).
+ATTENTION_KERNELS = ("sdpa", "explicit")
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with one fused qkv projection.
 
-    ``forward(x)`` uses ``scaled_dot_product_attention`` (fused kernels), except in bf16/fp16
-    on CPU where the explicit softmax was measured faster; with ``return_attention=True`` it
-    computes the softmax explicitly and also returns the attention weights ``(B, heads, N, N)``.
-    Both give the same output.
+    ``forward(x)`` runs the kernel in ``kernel`` (one of :data:`ATTENTION_KERNELS`): PyTorch's
+    ``scaled_dot_product_attention`` ("sdpa", the default, and what compiled and exported graphs
+    take), or the explicit matmul-softmax-matmul ("explicit"), which without autograd takes
+    ``query_chunk`` queries at a time (0: about 2¹⁶ weights per image and head). Which is faster
+    depends on the machine: ``vitkit.decisions`` measures it. With ``return_attention=True`` the
+    softmax is explicit and the weights ``(B, heads, N, N)`` come back too. All give the same output.
     """
 
     def __init__(
@@ -53,6 +59,8 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
+        self.kernel = "sdpa"
+        self.query_chunk = 0
         self.attn_dropout = attn_dropout
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
@@ -86,7 +94,7 @@ class Attention(nn.Module):
             weights = _attention_weights(q, k, bias, self.head_dim**-0.5)
             x = F.dropout(weights, dropout_p, self.training) @ v
         else:
-            x = _attention(q, k, v, bias, dropout_p)
+            x = attention(q, k, v, bias, dropout_p, self.kernel, self.query_chunk)
         x = self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, D)))
         return (x, weights) if return_attention else x
 
@@ -100,15 +108,16 @@ def _attention_weights(q: Tensor, k: Tensor, bias: Tensor | None, scale: float) 
     return logits.softmax(dim=-1)
 
 
-@torch.fx.wrap  # one call in an FX graph: the kernel choice below is made on real tensors
-def _attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, dropout_p: float, query_chunk: int = 0) -> Tensor:
-    """softmax(q kᵀ / √d + bias) v, with the kernel measured fastest for the device and dtype.
-    Without autograd the explicit path takes ``query_chunk`` queries at a time, so the weights
-    held at once are (B, heads, chunk, N), not (B, heads, N, N). By default (0) a chunk holds
-    about 2¹⁶ weights per image and head, and at least 64 queries: measured fastest at 197, 577
-    and 1,025 tokens (whole, 113 and 64 queries), with step memory at 1,025 tokens equal to the
-    fused kernel's (README, "Performance")."""
-    if not _math_attention_is_faster(q):
+@torch.fx.wrap  # one call in an FX graph: the kernel runs on real tensors
+def attention(
+    q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, dropout_p: float, kernel: str = "sdpa", query_chunk: int = 0
+) -> Tensor:
+    """softmax(q kᵀ / √d + bias) v by ``kernel`` (see :class:`Attention`). Without autograd the
+    explicit kernel takes ``query_chunk`` queries at a time, so the weights held at once are
+    (B, heads, chunk, N), not (B, heads, N, N); by default (0) a chunk holds about 2¹⁶ weights
+    per image and head, and at least 64 queries. Under torch.compile and export the kernel is
+    sdpa whatever ``kernel`` says: a graph has no machine to measure, and inductor fuses it."""
+    if kernel == "sdpa" or torch.compiler.is_compiling():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
     scale = q.shape[-1] ** -0.5
     tokens = q.shape[-2]
@@ -125,16 +134,6 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, dropout_p: 
         weights = _attention_weights(q[..., rows, :], k, None if bias is None else bias[..., rows, :], scale)
         chunks.append(F.dropout(weights, dropout_p, dropout_p > 0) @ v)
     return torch.cat(chunks, dim=-2)
-
-
-def _math_attention_is_faster(q: Tensor) -> bool:
-    """Measured (README, "Performance"): on CPU in bf16, PyTorch's fused (flash) attention kernel
-    is 7-26 % slower than matmul-softmax-matmul for 197-1025 tokens, forward and backward; in
-    fp32 and on CUDA the fused kernel wins. Under torch.compile, inductor's fused attention was
-    at least as fast as its code for the explicit path (S/16 bf16 inference: 1.13× against 1.07×
-    timm compiled in one comparison), so compiled graphs take it. All three facts are static: no
-    graph break."""
-    return q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and not torch.compiler.is_compiling()
 
 
 class Mlp(nn.Module):
@@ -503,6 +502,24 @@ class VisionTransformer(nn.Module):
 
     def _embed(self, x: Tensor) -> Tensor:
         return self.add_positions(*self.embed_patches(x))
+
+    def set_attention_kernel(self, kernel: str, query_chunk: int = 0) -> None:
+        """Run every block's attention with ``kernel`` (one of :data:`ATTENTION_KERNELS`) and, for
+        the explicit kernel without autograd, ``query_chunk`` queries at a time (0: the default
+        size). The same numbers either way, up to rounding; speed is the machine's."""
+        if kernel not in ATTENTION_KERNELS:
+            raise ValueError(f"unknown attention kernel {kernel!r}; choose one of {', '.join(ATTENTION_KERNELS)}")
+        if query_chunk < 0:
+            raise ValueError(f"query_chunk must be 0 (the default size) or positive, not {query_chunk}")
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.kernel, module.query_chunk = kernel, query_chunk
+
+    @property
+    def attention_kernel(self) -> tuple[str, int]:
+        """``(kernel, query_chunk)`` of the blocks' attention (see :meth:`set_attention_kernel`)."""
+        first = next(module for module in self.modules() if isinstance(module, Attention))
+        return first.kernel, first.query_chunk
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """Activation checkpointing while training: keep only each block's input and recompute

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from ..data.datasets import BUILTIN
-from ..models import get_config
+from ..models import ATTENTION_KERNELS, get_config
 from ..models.config import type_errors
 
 PRESETS = ("demo", "paper-pretrain", "paper-finetune", "deit", "mpp-demo", "mpp-paper", "mae-demo", "mae-paper")
@@ -148,6 +148,18 @@ class TrainConfig:
         choices=("auto", "bf16", "fp32"),
     )
     grad_checkpointing: bool = _opt(False, "recompute block activations in the backward pass: less memory, more time")
+    attention: str = _opt(
+        "auto",
+        "attention kernel: sdpa (PyTorch's fused), explicit (matmul-softmax-matmul), or auto (the faster on this "
+        "machine, measured once and cached; VITKIT_ATTENTION forces one); a run keeps its choice when resumed",
+        choices=("auto", *ATTENTION_KERNELS),
+    )
+    optimizer_kernel: str = _opt(
+        "auto",
+        "PyTorch's fused or foreach optimiser implementation, or auto (the faster on this machine, measured once "
+        "and cached; VITKIT_OPTIMIZER forces one); a run keeps its choice when resumed",
+        choices=("auto", "fused", "foreach"),
+    )
     device: str = _opt("auto", "cpu, cuda, or auto", choices=("auto", "cpu", "cuda"))
     fsdp: bool = _opt(
         False, "under torchrun: shard weights, gradients and optimiser state over the processes (FSDP2) instead of DDP"

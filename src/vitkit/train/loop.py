@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..decisions import Decision
 from ..fileio import atomic_write
 from ..interop.folder import save_model
 from ..models import VisionTransformer
@@ -157,8 +158,14 @@ def _banner(run: Run) -> str:
     return (
         f"{doing} {model_name(config, model)}: {model.config.describe()}, {params:,} parameters; "
         f"{config.data}: {len(run.train_set):,} training / {len(run.val_set):,} held-out images, "
-        f"{len(run.data.class_names)} classes; {run.device} {run.precision}; run folder {run.run_dir}"
+        f"{len(run.data.class_names)} classes; {run.device} {run.precision}, {config.attention} attention, "
+        f"{config.optimizer_kernel} {config.optimizer}{_how(run.decisions)}; run folder {run.run_dir}"
     )
+
+
+def _how(decisions: list[Decision]) -> str:
+    """How the kernels were chosen: "(attention measured, optimizer cached)"."""
+    return f" ({', '.join(f'{d.what} {d.how}' for d in decisions)})" if decisions else ""
 
 
 def _train_epoch(run: Run, epoch: int, log: report.RunLog, stop: _StopSignals) -> None:

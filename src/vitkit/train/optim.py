@@ -9,7 +9,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..decisions import OPTIMIZER_KERNELS, decide_optimizer
 from .config import ConfigError, TrainConfig
+from .device import device_of
 
 
 def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
@@ -67,18 +69,25 @@ def _depths(model: nn.Module) -> Callable[[str], int]:
 
 def build_optimizer(model: nn.Module, config: TrainConfig, processes: int = 1) -> torch.optim.Optimizer:
     """AdamW / Adam / SGD with decoupled (AdamW) or L2 (Adam, SGD) weight decay on the decaying
-    group only, using PyTorch's foreach implementations; ``processes`` counts in the global batch."""
+    group only, using PyTorch's ``config.optimizer_kernel`` implementation (fused or foreach;
+    "auto": the faster here, see vitkit.decisions); ``processes`` counts in the global batch."""
+    if config.optimizer not in ("adamw", "adam", "sgd"):
+        raise ConfigError(f"unknown optimizer {config.optimizer!r}; choose adamw, adam or sgd")
+    implementation = config.optimizer_kernel
+    if implementation == "auto":
+        implementation = decide_optimizer(model.parameters(), config.optimizer, device_of(model)).choice
+    if implementation not in OPTIMIZER_KERNELS:
+        raise ConfigError(f"unknown optimizer_kernel {implementation!r}; choose auto, {', '.join(OPTIMIZER_KERNELS)}")
     groups = param_groups(model, config.weight_decay, config.layer_decay)
     lr = config.peak_lr(processes)
     for group in groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+    kernel = {implementation: True}
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(config.betas), foreach=True)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(config.betas), **kernel)
     if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=tuple(config.betas), foreach=True)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, foreach=True)
-    raise ConfigError(f"unknown optimizer {config.optimizer!r}; choose adamw, adam or sgd")
+        return torch.optim.Adam(groups, lr=lr, betas=tuple(config.betas), **kernel)
+    return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, **kernel)
 
 
 def lr_multiplier(step: int, *, total_steps: int, warmup_steps: int, schedule: str) -> float:

@@ -8,7 +8,7 @@ import dataclasses
 import functools
 import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from ..data.datasets import DataSplits, balanced_subset
 from ..data.load import load_data
 from ..data.shards import ShardStream
+from ..decisions import Decision, decide_attention_for, decide_optimizer, parse_attention_choice, tokens_of
 from ..fileio import atomic_write, check_out_folder, lock_folder
 from ..interop.adapt import load_state_into
 from ..interop.folder import WEIGHTS_NAME
@@ -108,6 +109,8 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     progress: Progress
+    #: the kernels chosen for this machine (empty where the config named them)
+    decisions: list[Decision] = field(default_factory=list)
     #: continues a checkpoint (False for a new run, or a resumed one that had none yet)
     resumed: bool = False
     #: held while the run lives: one process per run folder
@@ -212,6 +215,7 @@ def set_up_run(config: TrainConfig, *, resume: bool, processes: Processes, force
     inputs.check_shares(config, processes, train_set, val_set)
     steps_per_epoch = inputs.steps_per_epoch(config, processes, train_set)
     total_steps = config.steps or max(1, round(config.epochs * steps_per_epoch))
+    config, decisions = _decide_kernels(config, model, objective.module, img_size, device, precision, processes)
     optimizer = build_optimizer(objective.module, config, processes.world_size)
     scheduler = build_scheduler(optimizer, config, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     ema = None
@@ -246,9 +250,47 @@ def set_up_run(config: TrainConfig, *, resume: bool, processes: Processes, force
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         progress=Progress(config.global_batch(processes.world_size), skipped=sorted(data.skipped)),
+        decisions=decisions,
     )
     _start_or_restore(run, resume)
     return run
+
+
+def _decide_kernels(
+    config: TrainConfig,
+    model: VisionTransformer,
+    trained: nn.Module,
+    img_size: int,
+    device: torch.device,
+    precision: str,
+    processes: Processes,
+) -> tuple[TrainConfig, list[Decision]]:
+    """``config`` with ``attention`` and ``optimizer_kernel`` "auto" made the faster on this machine
+    (rank 0's measurement, the same in every process), set on ``model``. The run folder saves the
+    choices, so a resumed run keeps them."""
+    decisions: list[Decision] = []
+    if processes.is_main:
+        if config.attention == "auto":
+            tokens = tokens_of(model, img_size)
+            if config.objective == "mae":  # the encoder sees the visible patches only
+                visible = 1 - (config.mask_ratio or DEFAULT_MASK_RATIO["mae"])
+                tokens = model.num_prefix_tokens + round(visible * (tokens - model.num_prefix_tokens))
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            decisions.append(
+                decide_attention_for(
+                    model, batch=config.batch_size, img_size=img_size, dtype=dtype, training=True, tokens=tokens
+                )
+            )
+        if config.optimizer_kernel == "auto":
+            decisions.append(decide_optimizer(trained.parameters(), config.optimizer, device))
+    shared = [decisions]
+    if processes.distributed:
+        torch.distributed.broadcast_object_list(shared, src=0)
+    decisions = shared[0]
+    names = {"attention": "attention", "optimizer": "optimizer_kernel"}
+    config = dataclasses.replace(config, **{names[d.what]: d.choice for d in decisions})
+    model.set_attention_kernel(*parse_attention_choice(config.attention))
+    return config, decisions
 
 
 def _shared_run_dir(config: TrainConfig, processes: Processes) -> Path:

@@ -1,0 +1,302 @@
+"""Speed choices made by measuring this machine, not written into the code.
+
+What is fastest differs between machines (an AVX2-only CPU emulates bf16; AMX makes it fast; the
+fused attention backward is slow on some CPUs and the fastest kernel on GPUs), so vitkit decides
+each of these by a short timed trial the first time it meets a situation, and remembers:
+
+- ``attention``: the kernel (:data:`~vitkit.models.vit.ATTENTION_KERNELS`) for a device, dtype,
+  training or inference, and shape class; env ``VITKIT_ATTENTION`` (``sdpa``, ``explicit``);
+- ``optimizer``: PyTorch's ``fused`` or ``foreach`` implementation; env ``VITKIT_OPTIMIZER``;
+- ``precision``: what ``--precision auto`` means for inference (``fp32`` or ``bf16``); env
+  ``VITKIT_PRECISION``.
+
+Choices are cached in ``$VITKIT_HOME/decisions.json`` under the machine's fingerprint (CPU model
+and flags or GPU name, torch version, threads), so another CPU or a torch upgrade measures again.
+An unreadable cache is measured over, with a warning. A setting that is not ``auto`` (a flag, a
+config file) wins over all of this, and the environment variable over the cache. The choice
+changes speed, not results beyond rounding; a training run records its choices, and a resumed
+run keeps them, so it stays bit-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .fileio import atomic_write, cache_dir
+from .machine import cpu_flags, cpu_model
+from .models.vit import ATTENTION_KERNELS, attention
+
+OPTIMIZER_KERNELS = ("foreach", "fused")
+INFERENCE_PRECISIONS = ("fp32", "bf16")
+ENVIRONMENT = {"attention": "VITKIT_ATTENTION", "optimizer": "VITKIT_OPTIMIZER", "precision": "VITKIT_PRECISION"}
+#: seconds one trial may take (each candidate runs at least ``_MIN_ROUNDS`` times, interleaved)
+TRIAL_SECONDS = 0.5
+_MIN_ROUNDS = 3
+#: a candidate whose first call is this many times the fastest first call is not timed further
+_DROP_RATIO = 3.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One choice: ``what`` (attention, optimizer, precision) for ``situation``, and ``how`` it
+    was made (measured, cached, set by an environment variable, or set). ``seconds`` holds the
+    median time of one trial call per candidate, when it was measured."""
+
+    what: str
+    situation: str
+    choice: str
+    how: str
+    seconds: Mapping[str, float] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        timing = ", ".join(f"{name} {_duration(s)}" for name, s in sorted(self.seconds.items(), key=lambda x: x[1]))
+        return f"{self.what} for {self.situation}: {self.choice} ({self.how}{': ' + timing if timing else ''})"
+
+
+def _duration(seconds: float) -> str:
+    return f"{1000 * seconds:.3g} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def machine_fingerprint(device: torch.device) -> str:
+    """What a measurement holds for: the device's model (and a CPU's flags), torch, threads."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        flags = sorted(cpu_flags())
+        name = f"{cpu_model()} {platform.machine()} flags:{hash_text(' '.join(flags))}"
+    return f"{name} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+def hash_text(text: str) -> str:
+    """A short, stable digest (not Python's per-process ``hash``)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def cache_path() -> Path:
+    return cache_dir() / "decisions.json"
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        cache = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        warnings.warn(f"ignoring {path}: {error}; measuring again (delete the file to stop this warning)", stacklevel=3)
+        return {}
+    if not isinstance(cache, dict) or not all(isinstance(v, dict) for v in cache.values()):
+        warnings.warn(f"ignoring {path}: not vitkit's decision cache; measuring again", stacklevel=3)
+        return {}
+    return cache
+
+
+def _remember(device: torch.device, key: str, decision: Decision) -> None:
+    path = cache_path()
+    cache = _read_cache(path)  # again, just before writing: keep what other processes added
+    cache.setdefault(machine_fingerprint(device), {})[key] = {"choice": decision.choice, "seconds": decision.seconds}
+    try:
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(cache, indent=1, sort_keys=True)))
+    except OSError as error:  # a read-only home still runs, measuring each time
+        warnings.warn(f"could not cache a measured choice in {path}: {error}", stacklevel=3)
+
+
+def forced_choice(what: str, choices: Iterable[str]) -> str | None:
+    """The choice the environment variable for ``what`` forces, if set; one outside ``choices`` is an error."""
+    variable = ENVIRONMENT[what]
+    forced = os.environ.get(variable, "").strip()
+    if forced and not _is_choice(forced, choices):
+        raise ValueError(f"{variable}={forced!r} is not a choice here; use one of {', '.join(choices)}, or unset it")
+    return forced or None
+
+
+def _is_choice(value: str, choices: Iterable[str]) -> bool:
+    kernel, _, chunk = value.partition(":")  # explicit:Q, Q queries at a time, for any Q
+    return value in choices or (kernel == "explicit" and chunk.isdigit() and int(chunk) > 0)
+
+
+def decide(what: str, situation: str, candidates: Mapping[str, Callable[[], object]], device: torch.device) -> Decision:
+    """The fastest of ``candidates`` (name → a call that does the work once) for ``situation``:
+    from the environment variable for ``what`` if set, else from the cache, else measured now
+    (interleaved rounds, median per candidate) and cached."""
+    forced = forced_choice(what, candidates)
+    if forced:
+        return Decision(what, situation, forced, f"set by {ENVIRONMENT[what]}")
+    key = f"{what}: {situation}"
+    cached = _read_cache(cache_path()).get(machine_fingerprint(device), {}).get(key)
+    if isinstance(cached, dict) and cached.get("choice") in candidates:
+        seconds = cached.get("seconds") if isinstance(cached.get("seconds"), dict) else {}
+        return Decision(what, situation, cached["choice"], "cached", seconds)
+    choice, seconds = _fastest(candidates, device)
+    decision = Decision(what, situation, choice, "measured", seconds)
+    _remember(device, key, decision)
+    return decision
+
+
+def _fastest(candidates: Mapping[str, Callable[[], object]], device: torch.device) -> tuple[str, dict[str, float]]:
+    if len(candidates) == 1:
+        return next(iter(candidates)), {}
+    # The first call of each (which allocates and picks kernels) is timed too: one far slower than
+    # the best (emulated bf16 can be 10×) is out without more calls, and keeps that time.
+    first = {name: _timed(run, device) for name, run in candidates.items()}
+    times = {name: [] for name, seconds in first.items() if seconds <= _DROP_RATIO * min(first.values())}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < _MIN_ROUNDS or (time.perf_counter() - start < TRIAL_SECONDS and rounds < 50):
+        for name in times:
+            times[name].append(_timed(candidates[name], device))
+        rounds += 1
+    seconds = {name: statistics.median(times[name]) if name in times else first[name] for name in candidates}
+    return min(seconds, key=seconds.__getitem__), seconds
+
+
+def _timed(run: Callable[[], object], device: torch.device) -> float:
+    _synchronize(device)
+    began = time.perf_counter()
+    run()
+    _synchronize(device)
+    return time.perf_counter() - began
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _bucket(n: int) -> int:
+    """The power of two at or above ``n``: a shape class, so a close size reuses a measurement."""
+    return 1 << max(0, math.ceil(math.log2(max(1, n))))
+
+
+def decide_attention(
+    *, batch: int, heads: int, tokens: int, head_dim: int, dtype: torch.dtype, device: torch.device, training: bool
+) -> Decision:
+    """The attention kernel for this shape class, as ``"sdpa"``, ``"explicit"`` or, for
+    inference at many tokens, ``"explicit:Q"`` (Q queries at a time; see :class:`~vitkit.models.vit.Attention`)."""
+    mode = "training" if training else "inference"
+    dtype_name = str(dtype).removeprefix("torch.")
+    shape = f"~{_bucket(tokens)} tokens, heads of {head_dim}, ~{_bucket(batch * heads)} maps"
+    situation = f"{device.type} {dtype_name} {mode}, {shape}"
+    q, k, v = (torch.randn(batch, heads, tokens, head_dim, device=device, dtype=dtype) for _ in range(3))
+    if training:
+        q, k, v = (t.requires_grad_() for t in (q, k, v))
+    candidates = {kernel: _attention_trial(q, k, v, kernel, 0, training) for kernel in ATTENTION_KERNELS}
+    default_chunk = max(64, 65536 // tokens)
+    if not training and tokens > default_chunk:  # only then does the explicit kernel take chunks
+        for chunk in (default_chunk // 2, default_chunk * 2):
+            if chunk < tokens:
+                candidates[f"explicit:{chunk}"] = _attention_trial(q, k, v, "explicit", chunk, training)
+    return decide("attention", situation, candidates, device)
+
+
+def _attention_trial(q, k, v, kernel: str, chunk: int, training: bool) -> Callable[[], object]:
+    def run() -> None:
+        if training:
+            attention(q, k, v, None, 0.0, kernel, chunk).sum().backward()
+        else:
+            with torch.no_grad():
+                attention(q, k, v, None, 0.0, kernel, chunk)
+
+    return run
+
+
+def parse_attention_choice(choice: str) -> tuple[str, int]:
+    """``"explicit:113"`` → ``("explicit", 113)``; ``"sdpa"`` → ``("sdpa", 0)``."""
+    kernel, _, chunk = choice.partition(":")
+    return kernel, int(chunk or 0)
+
+
+def decide_optimizer(parameters: Iterable[nn.Parameter], optimizer: str, device: torch.device) -> Decision:
+    """PyTorch's ``fused`` or ``foreach`` implementation of ``optimizer`` (adamw, adam, sgd),
+    timed on copies of (up to 4M numbers of) ``parameters`` with random gradients."""
+    sample, count = [], 0
+    for parameter in parameters:
+        if count >= 4_000_000:
+            break
+        sample.append(parameter.detach().clone().requires_grad_())
+        sample[-1].grad = torch.randn_like(sample[-1])
+        count += parameter.numel()
+    situation = f"{device.type} {optimizer}, ~{_bucket(count):,} numbers in ~{_bucket(len(sample))} tensors"
+    build = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}[optimizer]
+    candidates = {}
+    for kernel in OPTIMIZER_KERNELS:
+        step = build(sample, lr=1e-6, **{kernel: True}).step
+        candidates[kernel] = step
+    return decide("optimizer", situation, candidates, device)
+
+
+def decide_precision(model: nn.Module, *, batch: int, img_size: int, device: torch.device) -> Decision:
+    """What ``--precision auto`` means for inference with ``model``: the faster of fp32 and bf16
+    autocast, each with its own best attention kernel, timed on a batch of up to 8 images."""
+    config = model.config
+    shape = f"{config.depth} blocks of {config.embed_dim}, ~{_bucket(tokens_of(model, img_size))} tokens"
+    situation = f"{device.type} inference, {shape}"
+    images = torch.randn(min(batch, 8), config.in_chans, img_size, img_size, device=device)
+
+    candidates = {}
+    for precision in INFERENCE_PRECISIONS:
+        candidates[precision] = _inference_trial(model, images, precision)
+    return decide("precision", situation, candidates, device)
+
+
+def _inference_trial(model: nn.Module, images: torch.Tensor, precision: str) -> Callable[[], object]:
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    kernel = decide_attention_for(model, batch=len(images), img_size=images.shape[-1], dtype=dtype, training=False)
+
+    def run() -> None:
+        model.set_attention_kernel(*parse_attention_choice(kernel.choice))
+        with torch.no_grad(), torch.autocast(images.device.type, dtype=dtype, enabled=precision == "bf16"):
+            model(images)
+
+    return run
+
+
+def tokens_of(model: nn.Module, img_size: int) -> int:
+    """The tokens ``model`` attends over for square images of ``img_size`` pixels."""
+    config = model.config
+    return config.num_prefix_tokens + (img_size // config.stride) ** 2
+
+
+def decide_attention_for(
+    model: nn.Module, *, batch: int, img_size: int, dtype: torch.dtype, training: bool, tokens: int | None = None
+) -> Decision:
+    """:func:`decide_attention` for ``model``'s heads at ``img_size`` (or ``tokens``), on its device."""
+    config = model.config
+    return decide_attention(
+        batch=batch,
+        heads=config.num_heads,
+        tokens=tokens or tokens_of(model, img_size),
+        head_dim=config.embed_dim // config.num_heads,
+        dtype=dtype,
+        device=next(model.parameters()).device,
+        training=training,
+    )
+
+
+def set_up_inference(
+    model: nn.Module, *, precision: str, batch: int, img_size: int, device: torch.device
+) -> tuple[str, list[Decision]]:
+    """Make ``model`` (on ``device``, in eval mode) run inference the fastest way this machine
+    has: ``precision`` ``"auto"`` becomes fp32 or bf16 by :func:`decide_precision` (a given one is
+    kept), and the attention kernel is :func:`decide_attention_for` that precision. Returns the
+    precision and the decisions, to show."""
+    decisions = []
+    if precision == "auto":
+        decisions.append(decide_precision(model, batch=batch, img_size=img_size, device=device))
+        precision = decisions[-1].choice
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    decisions.append(decide_attention_for(model, batch=batch, img_size=img_size, dtype=dtype, training=False))
+    model.set_attention_kernel(*parse_attention_choice(decisions[-1].choice))
+    return precision, decisions

@@ -1,0 +1,141 @@
+"""Kernels and precision chosen by measuring the machine: measured once, cached, forced, and
+measured again when the cache is wrong or stale."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import digits_config, tiny_vit
+
+from vitkit import decisions
+from vitkit.cli.main import main
+from vitkit.decisions import decide, decide_attention_for, decide_optimizer, set_up_inference
+from vitkit.train import train
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _measured(monkeypatch, tmp_path):
+    """Nothing forced (conftest forces the kernels for every other test), and an empty cache."""
+    for variable in decisions.ENVIRONMENT.values():
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("VITKIT_HOME", str(tmp_path / "home"))
+
+
+def _sleeps(fast, slow):
+    return {"fast": lambda: time.sleep(fast), "slow": lambda: time.sleep(slow)}
+
+
+def test_the_faster_is_chosen_then_cached_for_this_machine():
+    first = decide("attention", "a situation", _sleeps(0.0, 0.01), CPU)
+    assert (first.choice, first.how) == ("fast", "measured")
+    assert first.seconds["slow"] > first.seconds["fast"]
+    cache = json.loads(decisions.cache_path().read_text())
+    assert list(cache) == [decisions.machine_fingerprint(CPU)]
+    assert cache[decisions.machine_fingerprint(CPU)]["attention: a situation"]["choice"] == "fast"
+    # Now the other is faster, but the cache answers without measuring.
+    again = decide("attention", "a situation", _sleeps(0.01, 0.0), CPU)
+    assert (again.choice, again.how) == ("fast", "cached")
+    assert "attention for a situation: fast (cached: fast" in str(again)
+    # Another situation is measured on its own.
+    assert decide("attention", "another situation", _sleeps(0.01, 0.0), CPU).choice == "slow"
+
+
+def test_an_environment_variable_forces_a_choice_and_a_wrong_one_says_what_to_use(monkeypatch):
+    monkeypatch.setenv("VITKIT_ATTENTION", "slow")
+    forced = decide("attention", "x", _sleeps(0.0, 0.01), CPU)
+    assert (forced.choice, forced.how) == ("slow", "set by VITKIT_ATTENTION")
+    assert not decisions.cache_path().exists()  # nothing measured, nothing cached
+    monkeypatch.setenv("VITKIT_ATTENTION", "flash")
+    with pytest.raises(ValueError, match=r"VITKIT_ATTENTION='flash' is not a choice here; use one of fast, slow"):
+        decide("attention", "x", _sleeps(0.0, 0.01), CPU)
+
+
+def test_a_cache_with_an_unknown_choice_or_unreadable_is_measured_over():
+    decide("optimizer", "x", _sleeps(0.0, 0.01), CPU)
+    path = decisions.cache_path()
+    cache = json.loads(path.read_text())
+    cache[decisions.machine_fingerprint(CPU)]["optimizer: x"]["choice"] = "a kernel of another version"
+    path.write_text(json.dumps(cache))
+    assert decide("optimizer", "x", _sleeps(0.0, 0.01), CPU).how == "measured"
+    path.write_text("{not json")
+    with pytest.warns(UserWarning, match=rf"ignoring {path}: .*measuring again"):
+        remeasured = decide("optimizer", "x", _sleeps(0.0, 0.01), CPU)
+    assert remeasured.how == "measured"
+    assert json.loads(path.read_text())[decisions.machine_fingerprint(CPU)]["optimizer: x"]["choice"] == "fast"
+
+
+def test_a_torch_upgrade_measures_again(monkeypatch):
+    decide("attention", "x", _sleeps(0.0, 0.01), CPU)
+    monkeypatch.setattr(torch, "__version__", "99.0.0")
+    assert "torch 99.0.0" in decisions.machine_fingerprint(CPU)
+    assert decide("attention", "x", _sleeps(0.0, 0.01), CPU).how == "measured"
+    assert len(json.loads(decisions.cache_path().read_text())) == 2  # both machines' choices kept
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_the_attention_trial_times_each_kernel_on_the_models_shapes(training):
+    model = tiny_vit()
+    decision = decide_attention_for(model, batch=4, img_size=32, dtype=torch.float32, training=training)
+    assert set(decision.seconds) == {"sdpa", "explicit"}
+    assert decision.choice == min(decision.seconds, key=decision.seconds.get)
+    mode = "training" if training else "inference"
+    assert decision.situation == f"cpu float32 {mode}, ~128 tokens, heads of 8, ~16 maps"
+
+
+def test_inference_at_many_tokens_also_times_query_chunks():
+    model = tiny_vit(img_size=256, patch_size=8)  # 1,025 tokens: the default chunk is 64 queries
+    decision = decide_attention_for(model, batch=1, img_size=256, dtype=torch.float32, training=False)
+    assert set(decision.seconds) == {"sdpa", "explicit", "explicit:32", "explicit:128"}
+
+
+def test_the_optimizer_kernel_is_timed_on_the_models_parameters():
+    decision = decide_optimizer(tiny_vit().parameters(), "adamw", CPU)
+    assert set(decision.seconds) == {"foreach", "fused"}
+
+
+def test_auto_inference_precision_is_the_faster_and_sets_its_attention_kernel():
+    model = tiny_vit().eval()
+    precision, chosen = set_up_inference(model, precision="auto", batch=4, img_size=32, device=CPU)
+    assert [d.what for d in chosen] == ["precision", "attention"]
+    assert precision == chosen[0].choice == min(chosen[0].seconds, key=chosen[0].seconds.get)
+    assert model.attention_kernel[0] == chosen[1].choice.partition(":")[0]
+    # A precision that is given is kept: only the kernel is chosen.
+    precision, chosen = set_up_inference(model, precision="bf16", batch=4, img_size=32, device=CPU)
+    assert precision == "bf16" and [d.what for d in chosen] == ["attention"]
+    assert "bfloat16 inference" in chosen[0].situation
+
+
+def test_a_run_records_its_kernels_and_each_choice_trains_to_the_same_result(tmp_path, monkeypatch):
+    finals = []
+    for attention, optimizer in [("sdpa", "foreach"), ("explicit", "fused")]:
+        monkeypatch.setenv("VITKIT_ATTENTION", attention)
+        monkeypatch.setenv("VITKIT_OPTIMIZER", optimizer)
+        summary = train(digits_config(tmp_path / attention, precision="fp32", epochs=1), progress=False)
+        saved = json.loads((Path(summary.run_dir) / "train_config.json").read_text())
+        assert (saved["attention"], saved["optimizer_kernel"]) == (attention, optimizer)  # a resumed run keeps them
+        finals.append(summary.final_metrics)
+    # The same numbers up to rounding: after 23 steps the held-out loss agrees to 1e-3.
+    assert finals[1]["val_loss"] == pytest.approx(finals[0]["val_loss"], abs=1e-3)
+    assert finals[1]["val_top1"] == pytest.approx(finals[0]["val_top1"], abs=0.01)
+
+
+def test_a_run_measures_its_kernels_when_nothing_is_set(tmp_path, capsys):
+    summary = train(digits_config(tmp_path, steps=2, precision="fp32"), progress=True)
+    assert "(attention measured, optimizer measured); run folder" in capsys.readouterr().out
+    saved = json.loads((Path(summary.run_dir) / "train_config.json").read_text())
+    assert saved["attention"] in ("sdpa", "explicit") and saved["optimizer_kernel"] in ("foreach", "fused")
+
+
+def test_benchmark_explain_says_what_is_chosen_here(capsys):
+    args = ["benchmark", "--explain", "--model", "Ti/16", "--img-size", "32", "--batch", "2", "--precisions", "fp32"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "what vitkit chooses on this machine" in out
+    assert "attention for cpu float32 inference" in out and "precision for cpu inference" in out
+    assert "(measured: " in out and "VITKIT_ATTENTION" in out
+    assert main(args) == 0
+    assert "(cached: " in capsys.readouterr().out
