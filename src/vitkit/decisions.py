@@ -190,7 +190,9 @@ def decide_attention(
     shape = f"~{_bucket(tokens)} tokens, heads of {head_dim}, ~{_bucket(batch * heads)} maps"
     situation = f"{device.type} {dtype_name} {mode}, {shape}"
     # Laid out as in the model: views of one qkv projection, and a gradient like a layer's (a
-    # broadcast one, as from .sum(), sends the explicit backward down a 4× slower path).
+    # broadcast one, as from .sum(), sends the explicit backward down a 4× slower path). At most
+    # 2²⁶ attention weights (256 MB in fp32): fewer images, the same per-image shapes.
+    batch = max(1, min(batch, (1 << 26) // (heads * tokens * tokens)))
     qkv = torch.randn(batch, tokens, 3, heads, head_dim, device=device, dtype=dtype, requires_grad=training)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     gradient = torch.randn_like(q) if training else None

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from . import cores
 from .data.images import DEFAULT_MAX_PIXELS, is_image_file, load_image
 from .interop.sources import LoadedModel
 from .train.device import autocast, device_of
@@ -98,6 +99,7 @@ def predict_files(
                 prediction.error = str(error)
         if not batch:
             continue
+        cores.rebalance()
         with autocast(device, precision):
             logits = model(torch.stack(batch).to(device))
         probabilities = class_probabilities(logits, multi_label=loaded.multi_label)

@@ -21,6 +21,7 @@ import vitkit
 from vitkit.analysis import METHODS, inspect_model, inspection_images
 from vitkit.benchmark import LIBRARIES, PRECISIONS, explain_choices, format_table, run_benchmark
 from vitkit.cli.arguments import nonnegative_float, pixel_count, port, positive_float, positive_int
+from vitkit.cores import share_cores
 from vitkit.data.images import DEFAULT_MAX_PIXELS
 from vitkit.data.load import load_data
 from vitkit.data.shards import write_shards
@@ -818,12 +819,18 @@ def _raised_by_vitkit(error: BaseException) -> bool:
     return frame is not None and Path(frame.f_code.co_filename).resolve().is_relative_to(VITKIT_PACKAGE)
 
 
+#: the commands that share the cores with other vitkit processes (vitkit.cores); benchmark times alone
+SHARES_CORES = frozenset({"train", "pretrain", "eval", "fewshot", "probe", "predict", "inspect", "serve"})
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _format_warning  # a user-facing line, not the code location
     args = build_parser().parse_args(argv)
     if getattr(args, "allow_nonfinite", False):  # read by open_weights wherever the command loads weights
         os.environ[ALLOW_NONFINITE_ENV] = "1"
     try:
+        if args.command in SHARES_CORES:
+            share_cores()
         args.func(args)
     except (ValueError, TrainingDiverged) as error:
         if not _raised_by_vitkit(error):

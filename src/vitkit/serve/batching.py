@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import cores
 from ..models import VisionTransformer
 from ..predict import class_probabilities
 from ..train.device import device_of
@@ -140,6 +141,7 @@ class DynamicBatcher:
                     continue
                 self._sort(first, images, calls)
             self._take_queued(images, calls)
+            cores.rebalance()  # in this thread: OpenMP's thread count is per calling thread
             if images:
                 self._classify(self._gather(images, calls))
             elif calls:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import cores
 from ..decisions import Decision
 from ..fileio import atomic_write
 from ..interop.folder import save_model
@@ -185,6 +186,8 @@ def _train_epoch(run: Run, epoch: int, log: report.RunLog, stop: _StopSignals) -
     )
     tick = time.perf_counter()
     while (micro_batches := _next_micro_batches(run, batches)) is not None:
+        if not config.deterministic:  # a deterministic run keeps its thread count
+            cores.rebalance()
         result = train_step(
             run.objective,
             run.wrapped,

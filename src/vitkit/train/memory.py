@@ -26,7 +26,7 @@ def activation_bytes(
 
     Per block and token it keeps at least 6·D + 2·MLP values (the two LayerNorms' inputs and
     outputs, q, k and v, and the MLP's hidden layer before and after GELU), and on the explicit
-    softmax path (``attention_weights``: bf16 on CPU, see :mod:`vitkit.models.vit`) the weights,
+    softmax kernel (``attention_weights``: the explicit kernel, see :mod:`vitkit.models.vit`) the weights,
     tokens² × heads; fused kernels keep O(tokens) there. With gradient checkpointing only each
     block's input stays, plus one block at a time. Weights, gradients, optimiser state and
     temporaries come on top, so a step that this exceeds cannot fit."""
@@ -57,11 +57,14 @@ def check_activations_fit(
     device: torch.device,
     precision: str,
     grad_checkpointing: bool,
+    attention: str = "auto",
     visible_fraction: float = 1.0,
 ) -> None:
     """Refuse a training resolution whose activations (:func:`activation_bytes`) exceed the
-    device's memory, with the estimate. ``visible_fraction`` is the share of patch tokens the
-    encoder sees (a masked autoencoder's 1 - mask ratio)."""
+    device's memory, with the estimate. ``attention`` is the run's kernel setting (its weights
+    count only when it is "explicit": "auto" may choose the fused kernel, and this is a lower
+    bound). ``visible_fraction`` is the share of patch tokens the encoder sees (a masked
+    autoencoder's 1 - mask ratio)."""
     patches = (img_size // config.stride) ** 2
     tokens = int(patches * visible_fraction) + config.num_prefix_tokens
     need, attention = activation_bytes(
@@ -69,7 +72,7 @@ def check_activations_fit(
         tokens=tokens,
         batch=batch,
         bytes_per_value=2 if precision == "bf16" else 4,
-        attention_weights=device.type == "cpu" and precision == "bf16",
+        attention_weights=attention == "explicit",
         grad_checkpointing=grad_checkpointing,
     )
     have = device_memory_bytes(device)

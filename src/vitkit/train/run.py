@@ -189,6 +189,7 @@ def set_up_run(config: TrainConfig, *, resume: bool, processes: Processes, force
         device=device,
         precision=precision,
         grad_checkpointing=config.grad_checkpointing,
+        attention=config.attention,
         visible_fraction=1 - (config.mask_ratio or DEFAULT_MASK_RATIO["mae"]) if config.objective == "mae" else 1.0,
     )
     if model.config.img_size != (img_size, img_size):
