@@ -25,54 +25,57 @@ def _measured(monkeypatch, tmp_path):
     monkeypatch.setenv("VITKIT_HOME", str(tmp_path / "home"))
 
 
+CHOICES = ("fast", "slow")
+
+
 def _sleeps(fast, slow):
     return {"fast": lambda: time.sleep(fast), "slow": lambda: time.sleep(slow)}
 
 
 def test_the_faster_is_chosen_then_cached_for_this_machine():
-    first = decide("attention", "a situation", _sleeps(0.0, 0.01), CPU)
+    first = decide("attention", "a situation", CHOICES, lambda: _sleeps(0.0, 0.01), CPU)
     assert (first.choice, first.how) == ("fast", "measured")
     assert first.seconds["slow"] > first.seconds["fast"]
     cache = json.loads(decisions.cache_path().read_text())
     assert list(cache) == [decisions.machine_fingerprint(CPU)]
     assert cache[decisions.machine_fingerprint(CPU)]["attention: a situation"]["choice"] == "fast"
     # Now the other is faster, but the cache answers without measuring.
-    again = decide("attention", "a situation", _sleeps(0.01, 0.0), CPU)
+    again = decide("attention", "a situation", CHOICES, lambda: _sleeps(0.01, 0.0), CPU)
     assert (again.choice, again.how) == ("fast", "cached")
     assert "attention for a situation: fast (cached: fast" in str(again)
     # Another situation is measured on its own.
-    assert decide("attention", "another situation", _sleeps(0.01, 0.0), CPU).choice == "slow"
+    assert decide("attention", "another situation", CHOICES, lambda: _sleeps(0.01, 0.0), CPU).choice == "slow"
 
 
 def test_an_environment_variable_forces_a_choice_and_a_wrong_one_says_what_to_use(monkeypatch):
     monkeypatch.setenv("VITKIT_ATTENTION", "slow")
-    forced = decide("attention", "x", _sleeps(0.0, 0.01), CPU)
+    forced = decide("attention", "x", CHOICES, lambda: _sleeps(0.0, 0.01), CPU)
     assert (forced.choice, forced.how) == ("slow", "set by VITKIT_ATTENTION")
     assert not decisions.cache_path().exists()  # nothing measured, nothing cached
     monkeypatch.setenv("VITKIT_ATTENTION", "flash")
     with pytest.raises(ValueError, match=r"VITKIT_ATTENTION='flash' is not a choice here; use one of fast, slow"):
-        decide("attention", "x", _sleeps(0.0, 0.01), CPU)
+        decide("attention", "x", CHOICES, lambda: _sleeps(0.0, 0.01), CPU)
 
 
 def test_a_cache_with_an_unknown_choice_or_unreadable_is_measured_over():
-    decide("optimizer", "x", _sleeps(0.0, 0.01), CPU)
+    decide("optimizer", "x", CHOICES, lambda: _sleeps(0.0, 0.01), CPU)
     path = decisions.cache_path()
     cache = json.loads(path.read_text())
     cache[decisions.machine_fingerprint(CPU)]["optimizer: x"]["choice"] = "a kernel of another version"
     path.write_text(json.dumps(cache))
-    assert decide("optimizer", "x", _sleeps(0.0, 0.01), CPU).how == "measured"
+    assert decide("optimizer", "x", CHOICES, lambda: _sleeps(0.0, 0.01), CPU).how == "measured"
     path.write_text("{not json")
     with pytest.warns(UserWarning, match=rf"ignoring {path}: .*measuring again"):
-        remeasured = decide("optimizer", "x", _sleeps(0.0, 0.01), CPU)
+        remeasured = decide("optimizer", "x", CHOICES, lambda: _sleeps(0.0, 0.01), CPU)
     assert remeasured.how == "measured"
     assert json.loads(path.read_text())[decisions.machine_fingerprint(CPU)]["optimizer: x"]["choice"] == "fast"
 
 
 def test_a_torch_upgrade_measures_again(monkeypatch):
-    decide("attention", "x", _sleeps(0.0, 0.01), CPU)
+    decide("attention", "x", CHOICES, lambda: _sleeps(0.0, 0.01), CPU)
     monkeypatch.setattr(torch, "__version__", "99.0.0")
     assert "torch 99.0.0" in decisions.machine_fingerprint(CPU)
-    assert decide("attention", "x", _sleeps(0.0, 0.01), CPU).how == "measured"
+    assert decide("attention", "x", CHOICES, lambda: _sleeps(0.0, 0.01), CPU).how == "measured"
     assert len(json.loads(decisions.cache_path().read_text())) == 2  # both machines' choices kept
 
 
@@ -139,3 +142,12 @@ def test_benchmark_explain_says_what_is_chosen_here(capsys):
     assert "(measured: " in out and "VITKIT_ATTENTION" in out
     assert main(args) == 0
     assert "(cached: " in capsys.readouterr().out
+
+
+def test_choosing_leaves_the_random_numbers_of_a_run_alone(monkeypatch):
+    model = tiny_vit()
+    state = torch.random.get_rng_state()
+    decide_attention_for(model, batch=4, img_size=32, dtype=torch.float32, training=True)  # measured
+    assert torch.equal(torch.random.get_rng_state(), state)
+    monkeypatch.setenv("VITKIT_OPTIMIZER", "fused")  # forced: nothing is even built
+    assert decide("optimizer", "x", ["foreach", "fused"], lambda: 1 / 0, CPU).choice == "fused"

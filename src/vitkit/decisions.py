@@ -28,7 +28,7 @@ import platform
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,19 +127,28 @@ def _is_choice(value: str, choices: Iterable[str]) -> bool:
     return value in choices or (kernel == "explicit" and chunk.isdigit() and int(chunk) > 0)
 
 
-def decide(what: str, situation: str, candidates: Mapping[str, Callable[[], object]], device: torch.device) -> Decision:
-    """The fastest of ``candidates`` (name → a call that does the work once) for ``situation``:
-    from the environment variable for ``what`` if set, else from the cache, else measured now
-    (interleaved rounds, median per candidate) and cached."""
-    forced = forced_choice(what, candidates)
+def decide(
+    what: str,
+    situation: str,
+    choices: Sequence[str],
+    trials: Callable[[], Mapping[str, Callable[[], object]]],
+    device: torch.device,
+) -> Decision:
+    """The fastest of ``choices`` for ``situation``: from the environment variable for ``what`` if
+    set, else from the cache, else measured now and cached. ``trials()`` makes, only when measuring,
+    a call per choice that does the work once; they are timed in interleaved rounds (median per
+    choice), with the random number generators left as they were, so a run's randomness does not
+    depend on whether a choice was measured."""
+    forced = forced_choice(what, choices)
     if forced:
         return Decision(what, situation, forced, f"set by {ENVIRONMENT[what]}")
     key = f"{what}: {situation}"
     cached = _read_cache(cache_path()).get(machine_fingerprint(device), {}).get(key)
-    if isinstance(cached, dict) and cached.get("choice") in candidates:
+    if isinstance(cached, dict) and cached.get("choice") in choices:
         seconds = cached.get("seconds") if isinstance(cached.get("seconds"), dict) else {}
         return Decision(what, situation, cached["choice"], "cached", seconds)
-    choice, seconds = _fastest(candidates, device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        choice, seconds = _fastest(trials(), device)
     decision = Decision(what, situation, choice, "measured", seconds)
     _remember(device, key, decision)
     return decision
@@ -189,20 +198,26 @@ def decide_attention(
     dtype_name = str(dtype).removeprefix("torch.")
     shape = f"~{_bucket(tokens)} tokens, heads of {head_dim}, ~{_bucket(batch * heads)} maps"
     situation = f"{device.type} {dtype_name} {mode}, {shape}"
-    # Laid out as in the model: views of one qkv projection, and a gradient like a layer's (a
-    # broadcast one, as from .sum(), sends the explicit backward down a 4× slower path). At most
-    # 2²⁶ attention weights (256 MB in fp32): fewer images, the same per-image shapes.
-    batch = max(1, min(batch, (1 << 26) // (heads * tokens * tokens)))
-    qkv = torch.randn(batch, tokens, 3, heads, head_dim, device=device, dtype=dtype, requires_grad=training)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-    gradient = torch.randn_like(q) if training else None
-    candidates = {kernel: _attention_trial(q, k, v, kernel, 0, gradient) for kernel in ATTENTION_KERNELS}
     default_chunk = max(64, 65536 // tokens)
+    chunks = []
     if not training and tokens > default_chunk:  # only then does the explicit kernel take chunks
-        for chunk in (default_chunk // 2, default_chunk * 2):
-            if chunk < tokens:
-                candidates[f"explicit:{chunk}"] = _attention_trial(q, k, v, "explicit", chunk, gradient)
-    return decide("attention", situation, candidates, device)
+        chunks = [chunk for chunk in (default_chunk // 2, default_chunk * 2) if chunk < tokens]
+    choices = [*ATTENTION_KERNELS, *(f"explicit:{chunk}" for chunk in chunks)]
+
+    def trials() -> dict[str, Callable[[], object]]:
+        # Laid out as in the model: views of one qkv projection, and a gradient like a layer's (a
+        # broadcast one, as from .sum(), sends the explicit backward down a 4× slower path). At
+        # most 2²⁶ attention weights (256 MB in fp32): fewer images, the same per-image shapes.
+        images = max(1, min(batch, (1 << 26) // (heads * tokens * tokens)))
+        qkv = torch.randn(images, tokens, 3, heads, head_dim, device=device, dtype=dtype, requires_grad=training)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        gradient = torch.randn_like(q) if training else None
+        kernels = [(kernel, 0) for kernel in ATTENTION_KERNELS] + [("explicit", chunk) for chunk in chunks]
+        return {
+            name: _attention_trial(q, k, v, *kernel, gradient) for name, kernel in zip(choices, kernels, strict=True)
+        }
+
+    return decide("attention", situation, choices, trials, device)
 
 
 def _attention_trial(q, k, v, kernel: str, chunk: int, gradient: torch.Tensor | None) -> Callable[[], object]:
@@ -229,16 +244,18 @@ def decide_optimizer(parameters: Iterable[nn.Parameter], optimizer: str, device:
     for parameter in parameters:
         if count >= 4_000_000:
             break
-        sample.append(parameter.detach().clone().requires_grad_())
-        sample[-1].grad = torch.randn_like(sample[-1])
+        sample.append(parameter)
         count += parameter.numel()
     situation = f"{device.type} {optimizer}, ~{_bucket(count):,} numbers in ~{_bucket(len(sample))} tensors"
     build = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}[optimizer]
-    candidates = {}
-    for kernel in OPTIMIZER_KERNELS:
-        step = build(sample, lr=1e-6, **{kernel: True}).step
-        candidates[kernel] = step
-    return decide("optimizer", situation, candidates, device)
+
+    def trials() -> dict[str, Callable[[], object]]:
+        copies = [p.detach().clone().requires_grad_() for p in sample]
+        for copy in copies:
+            copy.grad = torch.randn_like(copy)
+        return {kernel: build(copies, lr=1e-6, **{kernel: True}).step for kernel in OPTIMIZER_KERNELS}
+
+    return decide("optimizer", situation, OPTIMIZER_KERNELS, trials, device)
 
 
 def decide_precision(model: nn.Module, *, batch: int, img_size: int, device: torch.device) -> Decision:
@@ -247,12 +264,12 @@ def decide_precision(model: nn.Module, *, batch: int, img_size: int, device: tor
     config = model.config
     shape = f"{config.depth} blocks of {config.embed_dim}, ~{_bucket(tokens_of(model, img_size))} tokens"
     situation = f"{device.type} inference, {shape}"
-    images = torch.randn(min(batch, 8), config.in_chans, img_size, img_size, device=device)
 
-    candidates = {}
-    for precision in INFERENCE_PRECISIONS:
-        candidates[precision] = _inference_trial(model, images, precision)
-    return decide("precision", situation, candidates, device)
+    def trials() -> dict[str, Callable[[], object]]:
+        images = torch.randn(min(batch, 8), config.in_chans, img_size, img_size, device=device)
+        return {precision: _inference_trial(model, images, precision) for precision in INFERENCE_PRECISIONS}
+
+    return decide("precision", situation, INFERENCE_PRECISIONS, trials, device)
 
 
 def _inference_trial(model: nn.Module, images: torch.Tensor, precision: str) -> Callable[[], object]:
