@@ -1,5 +1,6 @@
-"""What this machine's CPU can compute natively, read from its flags (Linux ``/proc/cpuinfo``;
-elsewhere none are known, and the portable choice is made)."""
+"""What this machine is and what its CPU computes natively, read from its flags (Linux
+``/proc/cpuinfo``; elsewhere none are known, and the portable choice is made), and the record
+of it that every measurement carries (:func:`host_record`)."""
 
 from __future__ import annotations
 
