@@ -355,12 +355,17 @@ def main() -> None:
     parser.add_argument("--hostile", action="store_true", help="hostile uploads, idle sockets, explanation load")
     parser.add_argument("--memory-cap-gb", type=float, default=8.0, help="--hostile: the server's address space")
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="vitkit-serve-bench-") as scratch:  # the model, gone after
+        folder = Path(scratch) / "model"
+        vitkit.save_model(folder, vitkit.create_model(args.arch).eval(), model_name=f"{args.arch} (random weights)")
+        if args.hostile:
+            hostile(args, folder)
+        else:
+            normal(args, folder)
 
-    folder = Path(tempfile.mkdtemp(prefix="vitkit-serve-bench-")) / "model"
-    vitkit.save_model(folder, vitkit.create_model(args.arch).eval(), model_name=f"{args.arch} (random weights)")
-    if args.hostile:
-        hostile(args, folder)
-        return
+
+def normal(args: argparse.Namespace, folder: Path) -> None:
+    """Batching on against off (and int8), for each number of clients; see the module docstring."""
     buffer = io.BytesIO()
     pixels = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
