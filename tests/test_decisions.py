@@ -55,6 +55,9 @@ def test_an_environment_variable_forces_a_choice_and_a_wrong_one_says_what_to_us
     monkeypatch.setenv("VITKIT_ATTENTION", "flash")
     with pytest.raises(ValueError, match=r"VITKIT_ATTENTION='flash' is not a choice here; use one of fast, slow"):
         decide("attention", "x", CHOICES, lambda: _sleeps(0.0, 0.01), CPU)
+    monkeypatch.setenv("VITKIT_OPTIMIZER", "explicit:64")  # a query chunk is an attention choice only
+    with pytest.raises(ValueError, match=r"VITKIT_OPTIMIZER='explicit:64' is not a choice here"):
+        decide("optimizer", "x", ["foreach", "fused"], lambda: 1 / 0, CPU)
 
 
 def test_a_cache_with_an_unknown_choice_or_unreadable_is_measured_over():

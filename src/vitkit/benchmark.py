@@ -34,6 +34,7 @@ from .decisions import (
     decide_attention_for,
     decide_optimizer,
     decide_precision,
+    dtype_of,
     parse_attention_choice,
 )
 from .fileio import atomic_write
@@ -113,8 +114,8 @@ def build_variant(library: str, name: str, *, img_size: int, precision: str) -> 
 def set_up_vitkit(model: VisionTransformer, *, task: str, precision: str, batch: int, img_size: int) -> list[Decision]:
     """What vitkit's own commands choose on this machine for ``model`` (vitkit.decisions): its
     attention kernel is set, and for training the optimiser kernel is the last decision."""
-    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float32
     training = task == "train"
+    dtype = dtype_of(precision)
     decisions = [decide_attention_for(model, batch=batch, img_size=img_size, dtype=dtype, training=training)]
     model.set_attention_kernel(*parse_attention_choice(decisions[0].choice))
     if training:

@@ -45,9 +45,11 @@ class CoreShare:
         """The live vitkit processes registered (this one among them); stale entries are removed."""
         live = 0
         for entry in self.folder.iterdir():
-            if entry.name.isdigit() and process_alive(int(entry.name)):
+            if not entry.name.isdigit():
+                continue
+            if process_alive(int(entry.name)):
                 live += 1
-            elif entry.name.isdigit():
+            else:
                 entry.unlink(missing_ok=True)
         return max(live, 1)
 

@@ -37,6 +37,7 @@ from torch import nn
 
 from .fileio import atomic_write, cache_dir
 from .machine import cpu_flags, cpu_model
+from .models import ViTConfig
 from .models.vit import ATTENTION_KERNELS, attention
 
 OPTIMIZER_KERNELS = ("foreach", "fused")
@@ -76,11 +77,11 @@ def machine_fingerprint(device: torch.device) -> str:
         name = torch.cuda.get_device_name(device)
     else:
         flags = sorted(cpu_flags())
-        name = f"{cpu_model()} {platform.machine()} flags:{hash_text(' '.join(flags))}"
+        name = f"{cpu_model()} {platform.machine()} flags:{_digest(' '.join(flags))}"
     return f"{name} | torch {torch.__version__} | {torch.get_num_threads()} threads"
 
 
-def hash_text(text: str) -> str:
+def _digest(text: str) -> str:
     """A short, stable digest (not Python's per-process ``hash``)."""
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -123,8 +124,8 @@ def forced_choice(what: str, choices: Iterable[str]) -> str | None:
 
 
 def _is_choice(value: str, choices: Iterable[str]) -> bool:
-    kernel, _, chunk = value.partition(":")  # explicit:Q, Q queries at a time, for any Q
-    return value in choices or (kernel == "explicit" and chunk.isdigit() and int(chunk) > 0)
+    kernel, _, chunk = value.partition(":")  # where explicit is a choice, so is explicit:Q (Q queries at a time)
+    return value in choices or (kernel == "explicit" and kernel in choices and chunk.isdigit() and int(chunk) > 0)
 
 
 def decide(
@@ -262,7 +263,7 @@ def decide_precision(model: nn.Module, *, batch: int, img_size: int, device: tor
     """What ``--precision auto`` means for inference with ``model``: the faster of fp32 and bf16
     autocast, each with its own best attention kernel, timed on a batch of up to 8 images."""
     config = model.config
-    shape = f"{config.depth} blocks of {config.embed_dim}, ~{_bucket(tokens_of(model, img_size))} tokens"
+    shape = f"{config.depth} blocks of {config.embed_dim}, ~{_bucket(tokens_of(config, img_size))} tokens"
     situation = f"{device.type} inference, {shape}"
 
     def trials() -> dict[str, Callable[[], object]]:
@@ -273,7 +274,7 @@ def decide_precision(model: nn.Module, *, batch: int, img_size: int, device: tor
 
 
 def _inference_trial(model: nn.Module, images: torch.Tensor, precision: str) -> Callable[[], object]:
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = dtype_of(precision)
     kernel = decide_attention_for(model, batch=len(images), img_size=images.shape[-1], dtype=dtype, training=False)
 
     def run() -> None:
@@ -284,10 +285,15 @@ def _inference_trial(model: nn.Module, images: torch.Tensor, precision: str) -> 
     return run
 
 
-def tokens_of(model: nn.Module, img_size: int) -> int:
-    """The tokens ``model`` attends over for square images of ``img_size`` pixels."""
-    config = model.config
-    return config.num_prefix_tokens + (img_size // config.stride) ** 2
+def tokens_of(config: ViTConfig, img_size: int, visible_fraction: float = 1.0) -> int:
+    """The tokens a model of ``config`` attends over for square images of ``img_size`` pixels, of
+    which the encoder sees ``visible_fraction`` of the patches (a masked autoencoder's 1 - mask ratio)."""
+    return config.num_prefix_tokens + int((img_size // config.stride) ** 2 * visible_fraction)
+
+
+def dtype_of(precision: str) -> torch.dtype:
+    """The dtype matmuls run in at ``precision`` (``fp32``, ``bf16``, or a ``bf16-…`` variant)."""
+    return torch.bfloat16 if precision.startswith("bf16") else torch.float32
 
 
 def decide_attention_for(
@@ -298,7 +304,7 @@ def decide_attention_for(
     return decide_attention(
         batch=batch,
         heads=config.num_heads,
-        tokens=tokens or tokens_of(model, img_size),
+        tokens=tokens or tokens_of(config, img_size),
         head_dim=config.embed_dim // config.num_heads,
         dtype=dtype,
         device=next(model.parameters()).device,
@@ -317,7 +323,8 @@ def set_up_inference(
     if precision == "auto":
         decisions.append(decide_precision(model, batch=batch, img_size=img_size, device=device))
         precision = decisions[-1].choice
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    decisions.append(decide_attention_for(model, batch=batch, img_size=img_size, dtype=dtype, training=False))
+    decisions.append(
+        decide_attention_for(model, batch=batch, img_size=img_size, dtype=dtype_of(precision), training=False)
+    )
     model.set_attention_kernel(*parse_attention_choice(decisions[-1].choice))
     return precision, decisions

@@ -8,6 +8,7 @@ import os
 
 import torch
 
+from ..decisions import tokens_of
 from ..models import ViTConfig
 from .config import ConfigError
 
@@ -25,8 +26,8 @@ def activation_bytes(
     attention)`` bytes, ``attention`` being the part in softmax weights.
 
     Per block and token it keeps at least 6·D + 2·MLP values (the two LayerNorms' inputs and
-    outputs, q, k and v, and the MLP's hidden layer before and after GELU), and on the explicit
-    softmax kernel (``attention_weights``: the explicit kernel, see :mod:`vitkit.models.vit`) the weights,
+    outputs, q, k and v, and the MLP's hidden layer before and after GELU), and with the explicit
+    attention kernel (``attention_weights``, see :mod:`vitkit.models.vit`) the softmax weights,
     tokens² × heads; fused kernels keep O(tokens) there. With gradient checkpointing only each
     block's input stays, plus one block at a time. Weights, gradients, optimiser state and
     temporaries come on top, so a step that this exceeds cannot fit."""
@@ -65,9 +66,8 @@ def check_activations_fit(
     count only when it is "explicit": "auto" may choose the fused kernel, and this is a lower
     bound). ``visible_fraction`` is the share of patch tokens the encoder sees (a masked
     autoencoder's 1 - mask ratio)."""
-    patches = (img_size // config.stride) ** 2
-    tokens = int(patches * visible_fraction) + config.num_prefix_tokens
-    need, attention = activation_bytes(
+    tokens = tokens_of(config, img_size, visible_fraction)
+    need, attention_bytes = activation_bytes(
         config,
         tokens=tokens,
         batch=batch,
@@ -79,8 +79,9 @@ def check_activations_fit(
     if need <= have:
         return
     attention_part = (
-        f", {attention / 1e9:,.0f} GB of it attention weights ({tokens:,}² × {config.num_heads} heads × batch {batch})"
-        if attention
+        f", {attention_bytes / 1e9:,.0f} GB of it attention weights "
+        f"({tokens:,}² × {config.num_heads} heads × batch {batch})"
+        if attention_bytes
         else ""
     )
     hint = "" if grad_checkpointing else ", or add --grad-checkpointing"

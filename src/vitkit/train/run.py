@@ -20,7 +20,14 @@ from torch.utils.data import Dataset
 from ..data.datasets import DataSplits, balanced_subset
 from ..data.load import load_data
 from ..data.shards import ShardStream
-from ..decisions import Decision, decide_attention_for, decide_optimizer, parse_attention_choice, tokens_of
+from ..decisions import (
+    Decision,
+    decide_attention_for,
+    decide_optimizer,
+    dtype_of,
+    parse_attention_choice,
+    tokens_of,
+)
 from ..fileio import atomic_write, check_out_folder, lock_folder
 from ..interop.adapt import load_state_into
 from ..interop.folder import WEIGHTS_NAME
@@ -190,7 +197,7 @@ def set_up_run(config: TrainConfig, *, resume: bool, processes: Processes, force
         precision=precision,
         grad_checkpointing=config.grad_checkpointing,
         attention=config.attention,
-        visible_fraction=1 - (config.mask_ratio or DEFAULT_MASK_RATIO["mae"]) if config.objective == "mae" else 1.0,
+        visible_fraction=_visible_fraction(config),
     )
     if model.config.img_size != (img_size, img_size):
         model.set_image_size(img_size)
@@ -272,11 +279,8 @@ def _decide_kernels(
     decisions: list[Decision] = []
     if processes.is_main:
         if config.attention == "auto":
-            tokens = tokens_of(model, img_size)
-            if config.objective == "mae":  # the encoder sees the visible patches only
-                visible = 1 - (config.mask_ratio or DEFAULT_MASK_RATIO["mae"])
-                tokens = model.num_prefix_tokens + round(visible * (tokens - model.num_prefix_tokens))
-            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            tokens = tokens_of(model.config, img_size, _visible_fraction(config))
+            dtype = dtype_of(precision)
             decisions.append(
                 decide_attention_for(
                     model, batch=config.batch_size, img_size=img_size, dtype=dtype, training=True, tokens=tokens
@@ -292,6 +296,11 @@ def _decide_kernels(
     config = dataclasses.replace(config, **{names[d.what]: d.choice for d in decisions})
     model.set_attention_kernel(*parse_attention_choice(config.attention))
     return config, decisions
+
+
+def _visible_fraction(config: TrainConfig) -> float:
+    """The share of patch tokens the encoder sees: a masked autoencoder's 1 - mask ratio, else all."""
+    return 1 - (config.mask_ratio or DEFAULT_MASK_RATIO["mae"]) if config.objective == "mae" else 1.0
 
 
 def _shared_run_dir(config: TrainConfig, processes: Processes) -> Path:
