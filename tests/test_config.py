@@ -10,7 +10,7 @@ from PIL import Image
 
 import vitkit
 from vitkit.cli.main import main
-from vitkit.train import resolve_config, train
+from vitkit.train import PRESETS, resolve_config, train
 from vitkit.train.config import ConfigError
 from vitkit.train.loop import resume_run
 
@@ -40,6 +40,44 @@ def test_values_that_cannot_be_right_are_refused_where_they_enter(overrides, wor
     with pytest.raises(ConfigError) as caught:
         resolve_config(overrides=overrides)
     assert words in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "words"),
+    [
+        ("optimizer", "adm", "--optimizer 'adm' is not a choice; did you mean 'adam'?"),
+        ("schedule", "step", "--schedule 'step' is not a choice"),
+        ("precision", "fp16", "--precision 'fp16' is not a choice"),
+        ("attention", "flash", "--attention 'flash' is not a choice"),
+        ("device", "tpu", "--device 'tpu' is not a choice"),
+    ],
+)
+def test_a_bad_choice_fails_alike_from_a_flag_a_file_and_python_before_data_loads(
+    tmp_path, capsys, setting, value, words
+):
+    # "data" names a folder that does not exist: reaching the data would give another error
+    missing = str(tmp_path / "no-such-folder")
+    with pytest.raises(ConfigError, match=words):
+        resolve_config(overrides={setting: value, "data": missing})
+    (tmp_path / "run.toml").write_text(f'{setting} = "{value}"\ndata = "{missing}"\n')
+    flag = "--" + setting.replace("_", "-")
+    for argv in (["--config", str(tmp_path / "run.toml")], [flag, value, "--data", missing]):
+        assert main(["train", *argv, "--out", str(tmp_path / "run")]) == 2
+        assert words in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_settings_that_do_not_go_together_are_refused_before_anything_loads():
+    with pytest.raises(ConfigError, match="--ema is not supported with --fsdp"):
+        resolve_config(overrides={"ema": 0.999, "fsdp": True})
+    with pytest.raises(ConfigError, match="--evaluators fewshot is not supported with --fsdp"):
+        resolve_config(overrides={"evaluators": ["heldout", "fewshot:5"], "fsdp": True})
+
+
+def test_presets_are_the_files_that_ship():
+    assert "demo" in PRESETS and "mae-paper" in PRESETS
+    for name in PRESETS:
+        assert resolve_config(preset=name).preset == name
 
 
 def test_a_config_file_with_wrong_types_or_bad_yaml_gets_one_line(tmp_path, capsys):

@@ -123,8 +123,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, command: str) -> None:
         if optional:
             kind = next(t for t in typing.get_args(kind) if t is not type(None))
         options: dict[str, Any] = {"help": spec.metadata["help"], "default": argparse.SUPPRESS, "dest": spec.name}
-        if "choices" in spec.metadata:
-            options["choices"] = spec.metadata["choices"]
+        if "choices" in spec.metadata:  # checked by TrainConfig, so a flag and a file fail alike
+            options["metavar"] = "{" + ",".join(spec.metadata.get("flag_choices", spec.metadata["choices"])) + "}"
         if kind is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is dict:
@@ -194,7 +194,7 @@ def _pretrain(args: argparse.Namespace) -> None:
         # --objective alone starts from its demo preset; a preset in the file or flags still wins
         default = f"{overrides['objective']}-demo" if "objective" in overrides else None
         config = resolve_config(preset=default, file=args.config, overrides=overrides)
-        if config.objective == "classify":
+        if config.supervised:
             raise ValueError("say what to pre-train with: --objective mpp or --objective mae (or an mpp-/mae- preset)")
         summary = train(config, progress=not args.quiet, force=args.force)
     _print_summary(summary)

@@ -17,8 +17,12 @@ import yaml
 from ..data.datasets import BUILTIN
 from ..models import ATTENTION_KERNELS, get_config
 from ..models.config import type_errors
+from . import presets
 
-PRESETS = ("demo", "paper-pretrain", "paper-finetune", "deit", "mpp-demo", "mpp-paper", "mae-demo", "mae-paper")
+#: the recipes shipped as presets/<name>.toml
+PRESETS = tuple(
+    sorted(Path(item.name).stem for item in resources.files(presets).iterdir() if item.name.endswith(".toml"))
+)
 OBJECTIVES = ("classify", "mpp", "mae")
 
 
@@ -116,7 +120,8 @@ class TrainConfig:
     objective: str = _opt(
         "classify",
         "mpp (masked patch prediction) or mae (masked autoencoder); classify = supervised (vitkit train)",
-        choices=OBJECTIVES[1:],  # the flag exists for vitkit pretrain only
+        choices=OBJECTIVES,
+        flag_choices=OBJECTIVES[1:],  # classification is vitkit train, not a pretrain objective
         only="pretrain",
     )
     mask_ratio: float | None = _opt(
@@ -182,6 +187,7 @@ class TrainConfig:
         wrong = type_errors(self)
         if wrong:
             raise ConfigError(f"setting {wrong[0]}")
+        self._check_choices()
         self._check_finite()
         self._check_ranges()
         self._check_model_args()
@@ -190,6 +196,23 @@ class TrainConfig:
                 evaluator_spec(spec)
             except ValueError as error:
                 raise ConfigError(f"--evaluators: {error}") from error
+        self._check_combinations()
+
+    def _check_choices(self) -> None:
+        for spec in dataclasses.fields(self):
+            choices = spec.metadata.get("choices")
+            value = getattr(self, spec.name)
+            if choices and value not in choices:
+                close = difflib.get_close_matches(str(value), choices, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                flag = "--" + spec.name.replace("_", "-")
+                raise ConfigError(f"{flag} {value!r} is not a choice; {hint}choose one of {', '.join(choices)}")
+
+    def _check_combinations(self) -> None:
+        if self.fsdp and self.ema:
+            raise ConfigError("--ema is not supported with --fsdp yet; drop one of them")
+        if self.fsdp and any(evaluator_spec(spec)[0] == "fewshot" for spec in self.evaluators):
+            raise ConfigError("--evaluators fewshot is not supported with --fsdp yet; use DDP (no --fsdp)")
 
     def _check_finite(self) -> None:
         # float("nan") and float("inf") parse from a flag, YAML (.nan) and Python alike; NaN passes no
@@ -273,6 +296,15 @@ class TrainConfig:
             base.replace(img_size=size, **self.model_args)
         except (TypeError, ValueError) as error:
             raise ConfigError(f"--model-args: {error}") from error
+
+    @property
+    def supervised(self) -> bool:
+        """Classification (vitkit train), as opposed to self-supervised pre-training."""
+        return self.objective == "classify"
+
+    def sharded(self, distributed: bool) -> bool:
+        """Whether weights are sharded over the processes: --fsdp, under torchrun."""
+        return self.fsdp and distributed
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

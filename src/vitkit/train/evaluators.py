@@ -106,8 +106,6 @@ def build_evaluators(
             continue
         if isinstance(data.train, ShardStream):
             raise ConfigError(f"--evaluators {spec}: few-shot evaluation needs an image folder, CSV or built-in data")
-        if config.fsdp and processes.distributed:
-            raise ConfigError(f"--evaluators {spec} is not supported with --fsdp yet; use DDP (no --fsdp)")
         try:
             check_enough_shots(dataset_labels(data.train), max(shots), data.class_names)
         except ValueError as error:

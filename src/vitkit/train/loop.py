@@ -154,7 +154,7 @@ def _banner(run: Run) -> str:
     config, model = run.config, run.model
     params = sum(p.numel() for p in model.parameters())
     doing = ("resuming " if run.resumed else "") + (
-        "training" if run.supervised else f"pre-training ({config.objective})"
+        "training" if run.config.supervised else f"pre-training ({config.objective})"
     )
     return (
         f"{doing} {model_name(config, model)}: {model.config.describe()}, {params:,} parameters; "
@@ -290,7 +290,7 @@ def _finish(run: Run, result: Evaluation, wall_seconds: float) -> RunSummary:
     kept = _kept_module(run)
     if run.main:
         vit = run.objective.vit(kept.cpu() if run.device.type != "cpu" else kept)
-        class_names = run.data.class_names if run.supervised else []
+        class_names = run.data.class_names if run.config.supervised else []
         save_model(
             run.run_dir,
             vit,

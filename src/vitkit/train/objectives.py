@@ -176,7 +176,7 @@ def build_objective(
 ) -> Classification | Pretraining:
     """The objective ``config.objective`` names, around ``model`` (already sized for the data);
     ``multi_label`` for data with several labels per image."""
-    if config.objective == "classify":
+    if config.supervised:
         return Classification(
             model, num_classes, config.label_smoothing, config.mixup, config.cutmix, device, precision, multi_label
         )

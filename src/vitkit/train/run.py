@@ -129,11 +129,7 @@ class Run:
 
     @property
     def sharded(self) -> bool:
-        return self.config.fsdp and self.processes.distributed
-
-    @property
-    def supervised(self) -> bool:
-        return self.config.objective == "classify"
+        return self.config.sharded(self.processes.distributed)
 
     @property
     def num_epochs(self) -> int:
@@ -179,14 +175,13 @@ def set_up_run(config: TrainConfig, *, resume: bool, processes: Processes, force
     if not resume:  # before the data is read and the model built
         check_out_folder(Path(config.out), own=TRAIN_CONFIG_NAME, force=force)
     data = _training_data(config)
-    supervised = config.objective == "classify"
-    if supervised and data.multi_label and processes.distributed:
+    if config.supervised and data.multi_label and processes.distributed:
         raise ConfigError(
             "multi-label runs train in one process for now (mAP needs every held-out score in one place); "
             "start vitkit train without torchrun"
         )
     num_classes = len(data.class_names)
-    model = build_model(config, num_classes=num_classes if supervised else 0, in_chans=data.in_chans)
+    model = build_model(config, num_classes=num_classes if config.supervised else 0, in_chans=data.in_chans)
     model.set_grad_checkpointing(config.grad_checkpointing)
     img_size = inputs.image_size(config, data, model.config.stride)
     check_activations_fit(
@@ -210,9 +205,7 @@ def set_up_run(config: TrainConfig, *, resume: bool, processes: Processes, force
         precision=precision,
         multi_label=data.multi_label,
     )
-    sharded = config.fsdp and processes.distributed
-    if sharded and config.ema:
-        raise ConfigError("--ema is not supported with --fsdp yet; drop one of them")
+    sharded = config.sharded(processes.distributed)
     wrapped = distributed.wrap(objective.module, processes, device, fsdp=sharded)
     if processes.rank:  # different dropout and masks in every process
         torch.manual_seed(config.seed + 1_000_003 * processes.rank)
@@ -313,14 +306,13 @@ def _shared_run_dir(config: TrainConfig, processes: Processes) -> Path:
 
 def _training_data(config: TrainConfig) -> DataSplits:
     """The run's data; labels are read for a classifier and for few-shot evaluation."""
-    supervised = config.objective == "classify"
     fewshot = any(evaluator_spec(spec)[0] == "fewshot" for spec in config.evaluators)
     data = load_data(
         config.data,
         in_chans=config.in_chans,
         val_fraction=config.val_fraction,
         seed=config.seed,
-        labels=supervised or fewshot,
+        labels=config.supervised or fewshot,
         multi_label=config.multi_label,
     )
     if config.multi_label and not data.multi_label:
@@ -330,7 +322,7 @@ def _training_data(config: TrainConfig) -> DataSplits:
         raise ConfigError(
             f"{flag} draws images class by class, which needs one class per image; {config.data} is multi-label"
         )
-    if supervised and len(data.class_names) < 2:
+    if config.supervised and len(data.class_names) < 2:
         raise ConfigError(
             f"{config.data} has one class ({data.class_names[0]!r}): a classifier needs two or more "
             "(for pre-training on unlabeled images, use vitkit pretrain)"
