@@ -2,7 +2,10 @@
 
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +17,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 import vitkit
 from vitkit.interop.keys import upgrade_vitkit_keys
 from vitkit.machine import cpu_has_native_bf16
+from vitkit.seeds import SEEDING, seed_for
 from vitkit.train import TrainConfig, resume_run, train
 from vitkit.train.checkpoint import load_checkpoint, save_checkpoint
+from vitkit.train.inputs import epoch_order
+from vitkit.train.progress import Progress
 
 
 def _training_parts(seed):
@@ -109,3 +115,23 @@ def test_optimiser_state_is_kept_by_parameter_name(tmp_path):
     save_checkpoint(path, model=parts[0], optimizer=parts[1], scheduler=parts[2], ema=None, progress={})
     names = {key.split(".", 1)[1].rsplit(".", 1)[0] for key in load_file(str(path)) if key.startswith("optimizer.")}
     assert names == {name for name, _ in parts[0].named_parameters()}
+
+
+def test_seeds_come_from_one_derivation_that_every_process_shares():
+    seeds = {seed_for(0, epoch, index) for epoch in range(3) for index in range(100)}
+    assert len(seeds) == 300 and min(seeds) >= 0 and seed_for(0, 1, 2) == seed_for(0, 1, 2)
+    # string hashing is randomised per process; tuples of integers are not, so every process agrees
+    script = "from vitkit.seeds import seed_for; print(seed_for(7, 3, -1))"
+    for hash_seed in ("1", "2"):
+        found = subprocess.run(
+            [sys.executable, "-c", script], env={**os.environ, "PYTHONHASHSEED": hash_seed}, capture_output=True
+        )
+        assert int(found.stdout) == seed_for(7, 3, -1)
+
+
+def test_a_run_begun_before_seed_for_resumes_with_its_own_data_order():
+    old = Progress.from_dict({"epoch": 1, "step": 3}, global_batch=8)
+    assert old.seeding == 1 and Progress(global_batch=8).seeding == SEEDING
+    legacy = torch.randperm(50, generator=torch.Generator().manual_seed(4 * 100_003 + 2)).tolist()
+    assert epoch_order(50, 4, 2, seeding=old.seeding) == legacy
+    assert epoch_order(50, 4, 2) != legacy

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..seeds import seed_for
 from .transforms import MEAN, STD
 
 #: the colour operations :class:`BatchAugment` picks from (RandAugment's set, minus geometry, which
@@ -215,7 +216,7 @@ class AugmentedBatches:
         return len(self.labels)
 
     def set_epoch(self, epoch: int) -> None:
-        generator = torch.Generator().manual_seed(hash((self.seed, epoch, 1)) & 0x7FFF_FFFF_FFFF_FFFF)
+        generator = torch.Generator().manual_seed(seed_for(self.seed, epoch, 1))
         self.params = self.augment.sample(len(self), generator)
 
     def batches(
@@ -245,6 +246,6 @@ def augment_stream(
         if images is None:
             yield images, labels, broken
             continue
-        generator = torch.Generator().manual_seed(hash((*key, number)) & 0x7FFF_FFFF_FFFF_FFFF)
+        generator = torch.Generator().manual_seed(seed_for(*key, number))
         images = augment(images.to(device, non_blocking=True), generator)
         yield images, labels.to(device, non_blocking=True), broken

@@ -27,6 +27,7 @@ from PIL import Image
 from torch.utils.data import Dataset, default_collate
 from torchvision import tv_tensors
 
+from ..seeds import seed_for
 from .images import IMAGE_EXTENSIONS, is_image_file, load_image
 
 BUILTIN = ("digits", "mnist")
@@ -120,7 +121,7 @@ class TransformedDataset(Dataset):
             # Seed the global generator for this sample only (transforms v2 draw from it), then
             # put the caller's state back so training randomness is untouched.
             outer = torch.get_rng_state()
-            torch.default_generator.manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF)
+            torch.default_generator.manual_seed(seed_for(self.seed, self.epoch, index))
             try:
                 return self._apply(index)
             finally:

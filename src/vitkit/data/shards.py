@@ -27,6 +27,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..fileio import atomic_write, check_out_folder
+from ..seeds import SEEDING, seed_for
 from .augment import BatchAugment
 from .datasets import ArrayImageDataset, DataError, DataSplits, FileImageDataset
 from .images import load_image
@@ -154,6 +155,8 @@ class ShardStream(IterableDataset):
         self.shards = self.manifest["splits"][split]
         self.split, self.transform, self.in_chans = split, transform, in_chans
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
+        #: the run's seeding (see vitkit.seeds): a run begun before it resumes with its own order
+        self.seeding = SEEDING
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
@@ -199,7 +202,8 @@ class ShardStream(IterableDataset):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
         worker = get_worker_info()
-        rng = random.Random(hash((self.seed, self.epoch, self.rank, worker.id if worker else -1)))
+        keys = (self.seed, self.epoch, self.rank, worker.id if worker else -1)
+        rng = random.Random(seed_for(*keys) if self.seeding == SEEDING else hash(keys))
         urls = [str(self.folder / shard["file"]) for shard in self._my_shards()]
         if self.shuffle_buffer:
             rng.shuffle(urls)

@@ -29,6 +29,7 @@ from ..data.datasets import (
 from ..data.decoded import decoded
 from ..data.shards import ShardStream
 from ..data.transforms import decode_transform, eval_transform, train_transform
+from ..seeds import SEEDING, seed_for
 from . import distributed
 from .config import ConfigError, TrainConfig
 from .distributed import Processes
@@ -217,9 +218,10 @@ def make_loader(
     )
 
 
-def epoch_order(size: int, seed: int, epoch: int) -> list[int]:
-    """The sample order of epoch ``epoch``: a permutation drawn from (seed, epoch) alone."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+def epoch_order(size: int, seed: int, epoch: int, seeding: int = SEEDING) -> list[int]:
+    """The sample order of epoch ``epoch``: a permutation drawn from (seed, epoch) alone
+    (``seeding`` 1: as runs begun before :func:`vitkit.seeds.seed_for` drew it)."""
+    generator = torch.Generator().manual_seed(seed_for(seed, epoch) if seeding == SEEDING else seed * 100_003 + epoch)
     return torch.randperm(size, generator=generator).tolist()
 
 
@@ -229,6 +231,7 @@ def epoch_batches(
     *,
     epoch: int,
     images_done: int,
+    seeding: int,
     steps: int,
     processes: Processes,
     device: torch.device,
@@ -239,6 +242,7 @@ def epoch_batches(
     if isinstance(train_set, (TransformedDataset, ShardStream, AugmentedBatches)):
         train_set.set_epoch(epoch)
     if isinstance(train_set, ShardStream):  # each process reads its own shards
+        train_set.seeding = seeding
         done = images_done // (config.batch_size * processes.world_size)
         stream = make_loader(
             train_set, batch_size=config.batch_size, indices=None, workers=config.workers, device=device
@@ -248,7 +252,7 @@ def epoch_batches(
             return batches
         key = (config.seed, epoch, processes.rank)
         return augment_stream(batches, train_set.batch_augment, key=key, device=device, first=done)
-    order = epoch_order(len(train_set), config.seed, epoch)
+    order = epoch_order(len(train_set), config.seed, epoch, seeding)
     usable = steps * config.global_batch(processes.world_size)
     mine = distributed.rank_batches(order[images_done:usable], config.batch_size, processes)
     if isinstance(train_set, AugmentedBatches):

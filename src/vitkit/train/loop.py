@@ -179,6 +179,7 @@ def _train_epoch(run: Run, epoch: int, log: report.RunLog, stop: _StopSignals) -
             run.train_set,
             epoch=epoch,
             images_done=progress.images_in_epoch,
+            seeding=progress.seeding,
             steps=run.steps_per_epoch,
             processes=run.processes,
             device=run.device,

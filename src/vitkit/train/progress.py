@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..seeds import SEEDING
+
 
 @dataclass
 class Progress:
@@ -30,6 +32,8 @@ class Progress:
     data_wait_seconds: float = 0.0
     #: unreadable files met so far
     skipped: list[str] = field(default_factory=list)
+    #: how the run derives its seeds (vitkit.seeds); kept so a run resumes with the streams it began with
+    seeding: int = SEEDING
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -43,6 +47,7 @@ class Progress:
             values.setdefault("best_score", values.pop("best_top1"))
         values.setdefault("global_batch", global_batch)
         values.setdefault("images_in_epoch", values.get("step_in_epoch", 0) * values["global_batch"])
+        values.setdefault("seeding", 1)  # written before seeds came from vitkit.seeds.seed_for
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

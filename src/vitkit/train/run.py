@@ -33,6 +33,7 @@ from ..interop.adapt import load_state_into
 from ..interop.folder import WEIGHTS_NAME
 from ..interop.sources import open_weights
 from ..models import ARCHITECTURE_FIELDS, VisionTransformer, get_config
+from ..seeds import SEEDING, seed_for
 from . import distributed, inputs, report
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, evaluator_spec
@@ -208,7 +209,7 @@ def set_up_run(config: TrainConfig, *, resume: bool, processes: Processes, force
     sharded = config.sharded(processes.distributed)
     wrapped = distributed.wrap(objective.module, processes, device, fsdp=sharded)
     if processes.rank:  # different dropout and masks in every process
-        torch.manual_seed(config.seed + 1_000_003 * processes.rank)
+        torch.manual_seed(seed_for(config.seed, processes.rank))
 
     train_set, val_set = inputs.run_datasets(config, data, img_size, processes)
     if sharded and isinstance(train_set, ShardStream):  # sharded forwards are collective
@@ -381,7 +382,10 @@ def _restore(run: Run) -> None:
             stacklevel=4,
         )
     if run.processes.rank:  # the checkpoint holds rank 0's random state
-        torch.manual_seed(run.config.seed + 1_000_003 * run.processes.rank + run.progress.step)
+        seed, rank, step = run.config.seed, run.processes.rank, run.progress.step
+        torch.manual_seed(
+            seed_for(seed, rank, step) if run.progress.seeding == SEEDING else seed + 1_000_003 * rank + step
+        )
     if run.main:
         report.keep_metrics_until(run.run_dir, run.progress.epoch)
     run.resumed = True
