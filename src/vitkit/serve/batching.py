@@ -54,7 +54,8 @@ class DynamicBatcher:
     """Class probabilities for images, computed in shared batches on one worker thread.
 
     ``preprocess`` turns each input (e.g. a PIL image) into a tensor ``(C, H, W)`` on the worker;
-    None means inputs arrive preprocessed. ``precision`` is ``"bf16"`` (autocast) or ``"fp32"``;
+    None means inputs arrive preprocessed. ``precision="bf16"`` autocasts; any other precision
+    (``"fp32"``, or ``"int8"``, which ``vitkit serve --int8`` passes) runs the model as it is;
     ``max_batch=1`` turns batching off; ``multi_label``: a sigmoid per class instead of the softmax."""
 
     def __init__(
