@@ -4,6 +4,10 @@ answer. It holds no model logic: preprocessing, batching and explanations come f
 Bad input never takes the server down: every error is a 4xx JSON ``{"error": ...}``; uploads over
 the limit are refused from their ``Content-Length`` (or as soon as the stream passes the limit)
 without being read into memory; slow uploads time out.
+
+The routes come in three routers: the page, the server's status (health, readiness, the model's
+description) and predictions. Their handlers share one ``app.state.serving``: the model, the
+settings and the batcher that answers once it has warmed up.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import functools
 import io
 import ipaddress
 import json
@@ -25,12 +30,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 import torch
 import uvicorn
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -260,226 +265,316 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
     starts one with its own worker thread; ``vitkit serve`` passes one whose :meth:`work` runs in
     the main thread (see :mod:`vitkit.serve.batching` for why)."""
     loaded.require_classifier("serve")
-    model, preprocess, class_names = loaded
-    # the explain= values that answer; an int8 model has no attention to explain
-    explanations = ("none",) if isinstance(model, Int8Model) else EXPLANATIONS
-    state: dict[str, Any] = {"batcher": None}
-    # one decode per core at a time: more would not decode faster, only hold more images, so the
-    # memory decoding takes stays below cores × ~5 bytes × max_pixels however many uploads arrive
-    decoders = anyio.CapacityLimiter(os.cpu_count() or 1)
-    page = resources.files(__package__).joinpath("page.html").read_text()
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        own = batcher or batcher_for(loaded, settings)
-        await own.probabilities(Image.new("RGB", (64, 64)))  # warm up before /ready says yes
-        state["batcher"] = own
-        yield
-        state["batcher"] = None
-        if batcher is None:
-            await run_in_threadpool(own.close)
-
     app = FastAPI(
         title="vitkit",
         version=API_VERSION,
         summary=f"A Vision Transformer ({settings.model_name}) behind a JSON API",
-        lifespan=lifespan,
+        lifespan=_lifespan,
     )
+    app.state.serving = _Serving(loaded, settings, given=batcher)
     app.add_middleware(UploadLimits, max_bytes=int(settings.max_upload_mb * 1e6), timeout_s=settings.upload_timeout_s)
     if settings.api_key is None:  # with a key, a rebinding page has no key to send
         app.add_middleware(HostCheck, names=settings.allowed_hosts)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _failed)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    for router in (_page, _status, _predictions):
+        app.include_router(router)
+    return app
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": error.detail}, status_code=error.status_code, headers=error.headers)
 
-    @app.exception_handler(Exception)
-    async def failed(request: Request, error: Exception) -> JSONResponse:
-        # a bug, not the client's fault: JSON all the same; Starlette still logs the traceback
-        return JSONResponse({"error": f"the server failed on this request: {error!r}"}, status_code=500)
+@dataclass
+class _Serving:
+    """What one app serves and how, and the batcher that answers: ``app.state.serving``."""
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        return JSONResponse({"error": problems}, status_code=422)
+    loaded: LoadedModel
+    settings: ServeSettings
+    #: a batcher whose work() runs elsewhere (``vitkit serve``'s main thread); None: the app starts its own
+    given: DynamicBatcher | None = None
+    #: the batcher that answers: None until it has warmed up, and again once the app shuts down
+    batcher: DynamicBatcher | None = None
+    #: one decode per core at a time: more would not decode faster, only hold more images, so the
+    #: memory decoding takes stays below cores × ~5 bytes × max_pixels however many uploads arrive
+    decoders: anyio.CapacityLimiter = dataclasses.field(
+        default_factory=lambda: anyio.CapacityLimiter(os.cpu_count() or 1)
+    )
 
-    def authorised(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        # headers arrive as bytes, which Starlette decodes as Latin-1: encode back to compare bytes
-        sent = given.encode("latin-1")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(sent, settings.api_key.encode()):
-            raise HTTPException(
-                401, "this server needs an API key: Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"}
-            )
+    @property
+    def explanations(self) -> tuple[str, ...]:
+        """The explain= values that answer; an int8 model has no attention to explain."""
+        return ("none",) if isinstance(self.loaded.model, Int8Model) else EXPLANATIONS
 
-    def running() -> DynamicBatcher:
-        if state["batcher"] is None:
+    def running(self) -> DynamicBatcher:
+        """The batcher that answers, or 503 while the model is loading."""
+        if self.batcher is None:
             raise HTTPException(503, "the model is still loading")
-        return state["batcher"]
+        return self.batcher
 
-    def decode(data: bytes) -> Image.Image:
-        if not data:
-            raise HTTPException(400, "the request holds no image")
-        try:
-            # PIL only: torch work stays on the batcher's thread; a large JPEG is decoded at a smaller scale
-            return load_image(data, model.config.in_chans, max_pixels=settings.max_pixels, min_side=preprocess.min_side)
-        except ImageTooLarge as error:
-            raise HTTPException(413, str(error)) from error
-        except ImageTooElongated as error:
-            raise HTTPException(422, str(error)) from error
-        except UnreadableImage as error:
-            raise HTTPException(415, f"{error}; send a PNG, JPEG, WebP, GIF, BMP or TIFF image") from error
 
-    def explained_class(value: str | None) -> int | None:
-        try:
-            return None if value is None else loaded.class_index(value)
-        except ValueError as error:
-            raise HTTPException(400, str(error)) from error
+def _serving(request: Request) -> _Serving:
+    return request.app.state.serving
 
-    async def answer(data: bytes, top_k: int, explain: str, explain_class: str | None) -> dict[str, Any]:
-        if explain not in explanations:
-            raise HTTPException(
-                400,
-                "this server runs the int8 model (--int8), which has no attention to explain; ask with "
-                "explain=none, or start a server without --int8 for explanations",
-            )
-        target = explained_class(explain_class)
-        start = time.perf_counter()
-        batcher = running()
-        with batcher.expecting():  # a batch being gathered waits for this one
-            picture = await anyio.to_thread.run_sync(decode, data, limiter=decoders)
-        if explain == "none":
-            probabilities, explanation = await batcher.probabilities(picture), None
-        else:  # one call, queued behind every plain predict: many explanations cannot starve them
-            probabilities, explanation = await batcher.run(_classify_and_explain, batcher, picture, explain, target)
-        if not torch.isfinite(probabilities).all():
-            raise HTTPException(
-                500,
-                "the model's output for this image is not a number (NaN or infinite): its weights, or its "
-                "activations on this input, overflow; no prediction can be made from it",
-            )
-        if loaded.multi_label:  # the set of labels above the model's threshold; top_k does not apply
-            chosen = labels_above(probabilities, loaded.threshold)
-        else:
-            values, indices = probabilities.topk(min(top_k, len(class_names)))
-            chosen = list(zip(indices.tolist(), values.tolist(), strict=True))
-        result: dict[str, Any] = {
-            "predictions": [{"label": class_names[i], "index": i, "probability": p} for i, p in chosen],
-            "model": settings.model_name,
-        }
-        if explanation is not None:
-            result["explanation"] = explanation
-        result["latency_ms"] = round(1000 * (time.perf_counter() - start), 2)
-        return result
 
-    def _classify_and_explain(
-        batcher: DynamicBatcher, picture: Image.Image, method: str, target: int | None
-    ) -> tuple[torch.Tensor, dict[str, Any] | None]:
-        image = preprocess(picture)
-        probabilities = batcher.forward(image[None])[0]
-        if not torch.isfinite(probabilities).all():
-            return probabilities, None  # answered as an error: nothing to explain
-        target = int(probabilities.argmax()) if target is None else target
-        seen = input_picture(image, preprocess)  # what the model saw, after resize and crop
-        heat = heatmap(explanation_maps(model, image[None], method, target)[0], (seen.height, seen.width))
-        return probabilities, {
-            "method": method,
-            # rollout explains no class in particular
-            "class": None if method == "rollout" else {"label": class_names[target], "index": target},
-            "input_png": _png(seen),
-            "heatmap_png": _png(heat),
-            "overlay_png": _png(overlay(seen, heat)),
-        }
+#: a handler's parameter: its app's :class:`_Serving`
+_ServingDep = Annotated[_Serving, Depends(_serving)]
 
-    async def uploads(request: Request, field: str) -> list[bytes]:
-        kind = request.headers.get("content-type", "")
-        if kind.startswith("multipart/form-data"):
-            form = await request.form(max_files=settings.max_images_per_batch)
-            files = form.getlist(field)
-            if not files:
-                raise HTTPException(400, f"the form has no file field {field!r}")
-            # a text value where a file belongs reads as no image: its own error, in its place
-            return [await item.read() if isinstance(item, UploadFile) else b"" for item in files]
-        if kind.startswith(("image/", "application/octet-stream")):
-            return [await request.body()]
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    serving: _Serving = app.state.serving
+    batcher = serving.given or batcher_for(serving.loaded, serving.settings)
+    await batcher.probabilities(Image.new("RGB", (64, 64)))  # warm up before /ready says yes
+    serving.batcher = batcher
+    yield
+    serving.batcher = None
+    if serving.given is None:
+        await run_in_threadpool(batcher.close)
+
+
+async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
+    return JSONResponse({"error": error.detail}, status_code=error.status_code, headers=error.headers)
+
+
+async def _failed(request: Request, error: Exception) -> JSONResponse:
+    # a bug, not the client's fault: JSON all the same; Starlette still logs the traceback
+    return JSONResponse({"error": f"the server failed on this request: {error!r}"}, status_code=500)
+
+
+async def _invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+    problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+    return JSONResponse({"error": problems}, status_code=422)
+
+
+def _authorised(request: Request, serving: _ServingDep) -> None:
+    key = serving.settings.api_key
+    if key is None:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    # headers arrive as bytes, which Starlette decodes as Latin-1: encode back to compare bytes
+    sent = given.encode("latin-1")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(sent, key.encode()):
         raise HTTPException(
-            415, f"send the image as multipart/form-data field {field!r} or as a raw image/* body, not {kind!r}"
+            401, "this server needs an API key: Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"}
         )
 
-    TopK = Query(
-        5,
-        ge=1,
-        le=1000,
-        description="how many classes to return, most likely first (a multi-label model returns every label "
-        "above its threshold instead)",
+
+def _decode(serving: _Serving, data: bytes) -> Image.Image:
+    if not data:
+        raise HTTPException(400, "the request holds no image")
+    model, preprocess = serving.loaded.model, serving.loaded.preprocess
+    try:
+        # PIL only: torch work stays on the batcher's thread; a large JPEG is decoded at a smaller scale
+        return load_image(
+            data, model.config.in_chans, max_pixels=serving.settings.max_pixels, min_side=preprocess.min_side
+        )
+    except ImageTooLarge as error:
+        raise HTTPException(413, str(error)) from error
+    except ImageTooElongated as error:
+        raise HTTPException(422, str(error)) from error
+    except UnreadableImage as error:
+        raise HTTPException(415, f"{error}; send a PNG, JPEG, WebP, GIF, BMP or TIFF image") from error
+
+
+def _explained_class(loaded: LoadedModel, value: str | None) -> int | None:
+    try:
+        return None if value is None else loaded.class_index(value)
+    except ValueError as error:
+        raise HTTPException(400, str(error)) from error
+
+
+async def _answer(serving: _Serving, data: bytes, question: _Question) -> dict[str, Any]:
+    """One image's answer (predictions, and its explanation if asked), or an HTTPException."""
+    explain = question.explain
+    if explain not in serving.explanations:
+        raise HTTPException(
+            400,
+            "this server runs the int8 model (--int8), which has no attention to explain; ask with "
+            "explain=none, or start a server without --int8 for explanations",
+        )
+    loaded = serving.loaded
+    target = _explained_class(loaded, question.explain_class)
+    start = time.perf_counter()
+    batcher = serving.running()
+    with batcher.expecting():  # a batch being gathered waits for this one
+        picture = await anyio.to_thread.run_sync(_decode, serving, data, limiter=serving.decoders)
+    if explain == "none":
+        probabilities, explanation = await batcher.probabilities(picture), None
+    else:  # one call, queued behind every plain predict: many explanations cannot starve them
+        probabilities, explanation = await batcher.run(_classify_and_explain, loaded, batcher, picture, explain, target)
+    if not torch.isfinite(probabilities).all():
+        raise HTTPException(
+            500,
+            "the model's output for this image is not a number (NaN or infinite): its weights, or its "
+            "activations on this input, overflow; no prediction can be made from it",
+        )
+    class_names = loaded.class_names
+    if loaded.multi_label:  # the set of labels above the model's threshold; top_k does not apply
+        chosen = labels_above(probabilities, loaded.threshold)
+    else:
+        values, indices = probabilities.topk(min(question.top_k, len(class_names)))
+        chosen = list(zip(indices.tolist(), values.tolist(), strict=True))
+    result: dict[str, Any] = {
+        "predictions": [{"label": class_names[i], "index": i, "probability": p} for i, p in chosen],
+        "model": serving.settings.model_name,
+    }
+    if explanation is not None:
+        result["explanation"] = explanation
+    result["latency_ms"] = round(1000 * (time.perf_counter() - start), 2)
+    return result
+
+
+def _classify_and_explain(
+    loaded: LoadedModel, batcher: DynamicBatcher, picture: Image.Image, method: str, target: int | None
+) -> tuple[torch.Tensor, dict[str, Any] | None]:
+    """Probabilities and an explanation for one image, on the batcher's worker thread."""
+    model, preprocess, class_names = loaded
+    image = preprocess(picture)
+    probabilities = batcher.forward(image[None])[0]
+    if not torch.isfinite(probabilities).all():
+        return probabilities, None  # answered as an error: nothing to explain
+    target = int(probabilities.argmax()) if target is None else target
+    seen = input_picture(image, preprocess)  # what the model saw, after resize and crop
+    heat = heatmap(explanation_maps(model, image[None], method, target)[0], (seen.height, seen.width))
+    return probabilities, {
+        "method": method,
+        # rollout explains no class in particular
+        "class": None if method == "rollout" else {"label": class_names[target], "index": target},
+        "input_png": _png(seen),
+        "heatmap_png": _png(heat),
+        "overlay_png": _png(overlay(seen, heat)),
+    }
+
+
+async def _answer_or_error(serving: _Serving, data: bytes, question: _Question) -> dict[str, Any]:
+    """One image of a batch: its answer, or its own error in its place."""
+    try:
+        return await _answer(serving, data, question)
+    except HTTPException as error:
+        return {"error": error.detail, "status": error.status_code}
+    except Exception as error:  # a bug or an exhausted machine: this image's error, and the log's
+        logger.exception("predict/batch failed on one image")
+        return {"error": f"the server failed on this image: {error!r}", "status": 500}
+
+
+async def _uploads(request: Request, field: str, max_files: int) -> list[bytes]:
+    """The images a request sends: multipart fields ``field`` (at most ``max_files``), or its raw body."""
+    kind = request.headers.get("content-type", "")
+    if kind.startswith("multipart/form-data"):
+        form = await request.form(max_files=max_files)
+        files = form.getlist(field)
+        if not files:
+            raise HTTPException(400, f"the form has no file field {field!r}")
+        # a text value where a file belongs reads as no image: its own error, in its place
+        return [await item.read() if isinstance(item, UploadFile) else b"" for item in files]
+    if kind.startswith(("image/", "application/octet-stream")):
+        return [await request.body()]
+    raise HTTPException(
+        415, f"send the image as multipart/form-data field {field!r} or as a raw image/* body, not {kind!r}"
     )
-    Explain = Query(
-        "none",
-        description="none; rollout (attention rollout, class-agnostic); relevance (gradient-weighted attention "
-        "relevance, Chefer et al.) or gradcam (Grad-CAM): why the model gave a class; drawn over its input",
-    )
-    ExplainClass = Query(
-        None, description="the class relevance and gradcam explain, by label or index (default: the top prediction)"
-    )
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def home() -> str:
-        return page
 
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
+@functools.cache
+def _page_html() -> str:
+    return resources.files(__package__).joinpath("page.html").read_text()
 
-    @app.get("/ready")
-    async def ready() -> JSONResponse:
-        """Readiness: the model is loaded and has run once."""
-        is_ready = state["batcher"] is not None
-        return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
-    @app.get(f"/{API_VERSION}/model", dependencies=[Depends(authorised)])
-    async def describe() -> dict[str, Any]:
-        """What is served: name, classes, input size, preprocessing, parameters, batching."""
-        return {
-            "name": settings.model_name,
-            "classes": class_names,
-            "num_classes": len(class_names),
-            "image_size": list(model.config.img_size),
-            "in_chans": model.config.in_chans,
-            "preprocessing": preprocess.to_dict(),
-            "parameters": parameter_count(model.config),
-            "precision": settings.precision,
-            "max_batch": settings.max_batch,
-            "max_wait_ms": settings.max_wait_ms,
-            "explanations": list(explanations),
-            "multi_label": loaded.multi_label,
-            "threshold": loaded.threshold,
-        }
+#: the page that asks for and explains predictions, at /
+_page = APIRouter()
 
-    @app.post(f"/{API_VERSION}/predict", dependencies=[Depends(authorised)])
-    async def predict(
-        request: Request, top_k: int = TopK, explain: Explanation = Explain, explain_class: str | None = ExplainClass
-    ) -> dict[str, Any]:
-        """Classify one image: multipart field ``image``, or the raw image as the body."""
-        return await answer((await uploads(request, "image"))[0], top_k, explain, explain_class)
 
-    @app.post(f"/{API_VERSION}/predict/batch", dependencies=[Depends(authorised)])
-    async def predict_batch(
-        request: Request, top_k: int = TopK, explain: Explanation = Explain, explain_class: str | None = ExplainClass
-    ) -> dict[str, Any]:
-        """Classify several images (multipart fields ``images``); a bad one gets its own error."""
+@_page.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def home() -> str:
+    return _page_html()
 
-        async def one(data: bytes) -> dict[str, Any]:
-            try:
-                return await answer(data, top_k, explain, explain_class)
-            except HTTPException as error:
-                return {"error": error.detail, "status": error.status_code}
-            except Exception as error:  # a bug or an exhausted machine: this image's error, and the log's
-                logger.exception("predict/batch failed on one image")
-                return {"error": f"the server failed on this image: {error!r}", "status": 500}
 
-        return {"results": await asyncio.gather(*(one(data) for data in await uploads(request, "images")))}
+#: whether the server is up and the model ready, and what it serves
+_status = APIRouter()
 
-    return app
+
+@_status.get("/health")
+async def health() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@_status.get("/ready")
+async def ready(serving: _ServingDep) -> JSONResponse:
+    """Readiness: the model is loaded and has run once."""
+    is_ready = serving.batcher is not None
+    return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+
+@_status.get(f"/{API_VERSION}/model", dependencies=[Depends(_authorised)])
+async def describe(serving: _ServingDep) -> dict[str, Any]:
+    """What is served: name, classes, input size, preprocessing, parameters, batching."""
+    loaded, settings = serving.loaded, serving.settings
+    model = loaded.model
+    return {
+        "name": settings.model_name,
+        "classes": loaded.class_names,
+        "num_classes": len(loaded.class_names),
+        "image_size": list(model.config.img_size),
+        "in_chans": model.config.in_chans,
+        "preprocessing": loaded.preprocess.to_dict(),
+        "parameters": parameter_count(model.config),
+        "precision": settings.precision,
+        "max_batch": settings.max_batch,
+        "max_wait_ms": settings.max_wait_ms,
+        "explanations": list(serving.explanations),
+        "multi_label": loaded.multi_label,
+        "threshold": loaded.threshold,
+    }
+
+
+_TOP_K = Query(
+    5,
+    ge=1,
+    le=1000,
+    description="how many classes to return, most likely first (a multi-label model returns every label "
+    "above its threshold instead)",
+)
+_EXPLAIN = Query(
+    "none",
+    description="none; rollout (attention rollout, class-agnostic); relevance (gradient-weighted attention "
+    "relevance, Chefer et al.) or gradcam (Grad-CAM): why the model gave a class; drawn over its input",
+)
+_EXPLAIN_CLASS = Query(
+    None, description="the class relevance and gradcam explain, by label or index (default: the top prediction)"
+)
+
+
+@dataclass(frozen=True)
+class _Question:
+    """What a prediction request asks for besides its images: its query parameters."""
+
+    top_k: int
+    explain: str
+    explain_class: str | None
+
+
+def _question(
+    top_k: int = _TOP_K, explain: Explanation = _EXPLAIN, explain_class: str | None = _EXPLAIN_CLASS
+) -> _Question:
+    return _Question(top_k, explain, explain_class)
+
+
+#: a prediction handler's parameter: what its request asks for
+_QuestionDep = Annotated[_Question, Depends(_question)]
+
+
+#: classifying images, one or several to a request
+_predictions = APIRouter(prefix=f"/{API_VERSION}", dependencies=[Depends(_authorised)])
+
+
+@_predictions.post("/predict")
+async def predict(request: Request, serving: _ServingDep, question: _QuestionDep) -> dict[str, Any]:
+    """Classify one image: multipart field ``image``, or the raw image as the body."""
+    data = (await _uploads(request, "image", serving.settings.max_images_per_batch))[0]
+    return await _answer(serving, data, question)
+
+
+@_predictions.post("/predict/batch")
+async def predict_batch(request: Request, serving: _ServingDep, question: _QuestionDep) -> dict[str, Any]:
+    """Classify several images (multipart fields ``images``); a bad one gets its own error."""
+    uploads = await _uploads(request, "images", serving.settings.max_images_per_batch)
+    return {"results": await asyncio.gather(*(_answer_or_error(serving, data, question) for data in uploads))}

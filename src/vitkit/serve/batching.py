@@ -54,7 +54,8 @@ class DynamicBatcher:
     """Class probabilities for images, computed in shared batches on one worker thread.
 
     ``preprocess`` turns each input (e.g. a PIL image) into a tensor ``(C, H, W)`` on the worker;
-    None means inputs arrive preprocessed. ``precision`` is ``"bf16"`` (autocast) or ``"fp32"``;
+    None means inputs arrive preprocessed. ``precision="bf16"`` autocasts; any other precision
+    (``"fp32"``, or ``"int8"``, which ``vitkit serve --int8`` passes) runs the model as it is;
     ``max_batch=1`` turns batching off; ``multi_label``: a sigmoid per class instead of the softmax."""
 
     def __init__(
@@ -79,11 +80,11 @@ class DynamicBatcher:
         self.precision = precision
         self.multi_label = multi_label
         self.device = device_of(model)
-        self.batches = 0  # forward passes run so far (for tests and /v1/model)
+        self.batches = 0  # forward() calls so far: one per batch and one per explained image (tests read it)
         self._expected = 0  # requests announced but not yet queued
         self._expected_lock = threading.Lock()
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
-        self._closing = False  # close() was called: finish what is queued, then stop
+        self._closing = False  # the worker took close()'s None: it finishes the jobs it holds, then stops
         self._thread = threading.Thread(target=self.work, name="vitkit-batcher", daemon=True) if thread else None
         if self._thread is not None:
             self._thread.start()
