@@ -40,7 +40,7 @@ from .decisions import (
 from .fileio import atomic_write
 from .interop.hf import hf_config_document
 from .interop.int8 import quantize
-from .models import VisionTransformer, create_model, get_config
+from .models import VisionTransformer, get_config
 from .models.registry import resolve_name
 
 LIBRARIES = ("vitkit", "timm", "transformers")
@@ -74,7 +74,7 @@ class Result:
 def build_peer(library: str, name: str, *, img_size: int, num_classes: int = 1000) -> nn.Module:
     """The same architecture from ``library`` with random weights, as a module ``images → logits``."""
     if library == "vitkit":
-        return create_model(name, img_size=img_size, num_classes=num_classes)
+        return VisionTransformer(get_config(name, img_size=img_size, num_classes=num_classes))
     if library == "timm":
         import timm
 

@@ -10,8 +10,6 @@ from typing import Any
 from safetensors.torch import save_file
 
 from ..fileio import atomic_write
-from ..models import VisionTransformer
-from .adapt import load_state_into
 from .folder import save_model
 from .hf import save_hf
 from .npz import save_npz
@@ -51,8 +49,7 @@ def convert(
     if not overwrite and (target.is_file() or (target.is_dir() and any(target.iterdir()))):
         raise ValueError(f"{dst} already exists and holds files; choose another destination or pass --force")
     weights = open_weights(src, architecture=model_name)
-    model = VisionTransformer(weights.config)
-    load_state_into(model, weights.state)
+    model = weights.build_model()
     dst = Path(dst)
     if to == "vitkit":
         return save_model(

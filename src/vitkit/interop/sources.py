@@ -36,7 +36,6 @@ from torch import Tensor
 
 from ..data.transforms import Preprocessing, eval_transform
 from ..models import FeatureMaps, VisionTransformer, ViTConfig, get_config
-from ..models import create_model as create_architecture
 from .adapt import LoadReport, load_state_into
 from .download import fetch_google_file
 from .files import read_weight_file
@@ -80,6 +79,16 @@ class Weights:
     #: a multi-label classifier's decision threshold on its sigmoid probabilities; None: one
     #: class per image (softmax)
     threshold: float | None = None
+
+    def build_model(self, **changes: Any) -> VisionTransformer:
+        """The model these weights are for, holding them (in training mode, on the CPU). ``changes``
+        are :class:`ViTConfig` fields to change first (``num_classes``, ``img_size``, ``dropout``,
+        ...); position embeddings and the head adapt as :func:`~vitkit.interop.adapt.load_state_into`
+        says. ``pretrained_cfg`` tells timm's data helpers the weights' preprocessing."""
+        model = VisionTransformer(self.config.replace(**changes))
+        load_state_into(model, self.state, source=self.source)
+        model.pretrained_cfg = timm_data_config(self.preprocessing)
+        return model
 
 
 def open_weights(
@@ -402,9 +411,7 @@ def load_model(
         weights.class_names = read_class_names(class_names, weights.config.num_classes)
     elif weights.note:
         warnings.warn(weights.note, stacklevel=2)
-    model = VisionTransformer(weights.config)
-    load_state_into(model, weights.state, source=weights.source)
-    model.pretrained_cfg = timm_data_config(weights.preprocessing)
+    model = weights.build_model()
     return LoadedModel(model.to(device).eval(), weights.preprocessing, weights.class_names, weights.threshold)
 
 
@@ -466,28 +473,21 @@ def _create_model(
     sizes = {k: v for k, v in (("img_size", img_size), ("in_chans", in_chans)) if v is not None}
     if not pretrained and "." in name and weights is None:  # timm's arch.tag: the tag's head and inputs
         row = find_pretrained(name)
-        model = create_architecture(
-            row.architecture or name,
-            num_classes=row.num_classes if num_classes is None else num_classes,
-            **{"img_size": row.img_size, **sizes},
-            **overrides,
-        )
+        classes = row.num_classes if num_classes is None else num_classes
+        sizes = {"img_size": row.img_size, **sizes}
+        model = VisionTransformer(get_config(row.architecture or name, num_classes=classes, **sizes, **overrides))
         model.pretrained_cfg = {f: getattr(row, f) for f in ("mean", "std", "interpolation", "crop_pct", "crop_mode")}
         return model
     if not pretrained:
-        model = create_architecture(
-            name, num_classes=1000 if num_classes is None else num_classes, **sizes, **overrides
-        )
+        classes = 1000 if num_classes is None else num_classes
+        model = VisionTransformer(get_config(name, num_classes=classes, **sizes, **overrides))
         if weights is not None:
             load_weights(model, weights)
         return model
     row = find_pretrained(name, None if pretrained is True else pretrained)
     source = open_weights(row.source)
     classes = source.config.num_classes if num_classes is None else num_classes
-    model = VisionTransformer(source.config.replace(num_classes=classes, **sizes, **overrides))
-    load_state_into(model, source.state, source=row.name)
-    model.pretrained_cfg = timm_data_config(source.preprocessing)
-    return model
+    return source.build_model(num_classes=classes, **sizes, **overrides)
 
 
 #: timm's keyword arguments for what vitkit's ViTConfig names otherwise

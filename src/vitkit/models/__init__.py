@@ -2,7 +2,7 @@
 
 from .config import ARCHITECTURE_FIELDS, ViTConfig
 from .embed import resample_pos_embed
-from .registry import create_model, get_config, list_models
+from .registry import get_config, list_models
 from .vit import ATTENTION_KERNELS, MAX_PARAMS, FeatureMaps, VisionTransformer, check_model_size, parameter_count
 
 __all__ = [
@@ -13,7 +13,6 @@ __all__ = [
     "ViTConfig",
     "VisionTransformer",
     "check_model_size",
-    "create_model",
     "get_config",
     "list_models",
     "parameter_count",

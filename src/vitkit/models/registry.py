@@ -11,7 +11,6 @@ import fnmatch
 from typing import Any
 
 from .config import ViTConfig
-from .vit import VisionTransformer
 
 # size: (embed_dim D, depth L, mlp_dim M, num_heads)
 _SIZES: dict[str, tuple[int, int, int, int]] = {
@@ -98,31 +97,3 @@ def resolve_name(name: str) -> str:
 def get_config(name: str, **overrides: Any) -> ViTConfig:
     """The config registered as ``name`` (or alias), with ``overrides`` applied."""
     return _CONFIGS[resolve_name(name)].replace(**overrides)
-
-
-def create_model(
-    name: str,
-    *,
-    num_classes: int = 1000,
-    img_size: int | tuple[int, int] | None = None,
-    in_chans: int = 3,
-    **overrides: Any,
-) -> VisionTransformer:
-    """Build a registered ViT, initialised as the JAX reference does (the architecture only:
-    :func:`vitkit.create_model` adds pretrained weights).
-
-    Args:
-        name: a registered name (``"vit_base_patch16_224"``) or alias (``"B/16"``).
-        num_classes: classifier outputs; 0 for a model that returns pooled features.
-        img_size: training resolution (int or (height, width)); defaults to the name's.
-        in_chans: image channels (1 for grayscale).
-        **overrides: any other :class:`ViTConfig` field, e.g. ``pool="avg"``,
-            ``pos_embed="learn2d"``, ``drop_path=0.1``, ``representation_size=768``.
-
-    Example:
-        >>> model = create_model("S/16", num_classes=10, img_size=32, patch_size=4)
-    """
-    if img_size is not None:
-        overrides["img_size"] = img_size
-    config = get_config(name, num_classes=num_classes, in_chans=in_chans, **overrides)
-    return VisionTransformer(config)

@@ -29,7 +29,6 @@ from ..decisions import (
     tokens_of,
 )
 from ..fileio import atomic_write, check_out_folder, lock_folder
-from ..interop.adapt import load_state_into
 from ..interop.folder import WEIGHTS_NAME
 from ..interop.sources import open_weights
 from ..models import ARCHITECTURE_FIELDS, VisionTransformer, get_config
@@ -74,19 +73,17 @@ def build_model(config: TrainConfig, *, num_classes: int, in_chans: int) -> Visi
     clashing = {k: v for k, v in ignored.items() if getattr(weights.config, k) != v}
     if clashing:
         warnings.warn(f"--init {config.init} fixes the architecture; ignoring model_args {clashing}", stacklevel=2)
-    vit_config = weights.config.replace(
+    if weights.config.in_chans != in_chans:
+        raise ConfigError(
+            f"--init {config.init} takes {weights.config.in_chans}-channel images but the data has {in_chans}"
+        )
+    model = weights.build_model(
         num_classes=num_classes,
         representation_size=None,
         dropout=config.dropout,
         drop_path=config.drop_path,
         **{k: v for k, v in config.model_args.items() if k not in ARCHITECTURE_FIELDS},
     )
-    if vit_config.in_chans != in_chans:
-        raise ConfigError(
-            f"--init {config.init} takes {vit_config.in_chans}-channel images but the data has {in_chans}"
-        )
-    model = VisionTransformer(vit_config)
-    load_state_into(model, weights.state, source=str(config.init))
     model.reset_classifier(num_classes)  # the paper's fine-tuning head: new and zero
     return model
 
