@@ -8,14 +8,9 @@ import numpy as np
 import torch
 
 from .image_datasets import ArrayImageDataset, DataSplits
+from .splits import held_out_count
 
 BUILTIN = ("digits", "mnist")
-
-
-def _seeded_split(count: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
-    cut = count - max(1, round(count * val_fraction))
-    return order[:cut], order[cut:]
 
 
 def load_digits(val_fraction: float = 0.2, seed: int = 0) -> DataSplits:
@@ -26,7 +21,11 @@ def load_digits(val_fraction: float = 0.2, seed: int = 0) -> DataSplits:
     bunch = sklearn_digits()
     images = torch.from_numpy(np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
     labels = torch.from_numpy(bunch.target)
-    train_idx, val_idx = _seeded_split(len(labels), val_fraction, seed)
+    # The one rule for how many are held out, over the order this set has always drawn (torch's
+    # generator, the held-out part at its end): seeded runs and checkpoints depend on this split.
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    cut = len(labels) - held_out_count(len(labels), val_fraction)
+    train_idx, val_idx = order[:cut], order[cut:]
     return DataSplits(
         train=ArrayImageDataset(images[train_idx], labels[train_idx]),
         val=ArrayImageDataset(images[val_idx], labels[val_idx]),

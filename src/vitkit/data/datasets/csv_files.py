@@ -12,7 +12,7 @@ import torch
 
 from .image_datasets import DataError, DataSplits, FileImageDataset, Label
 from .image_files import file_splits, readable
-from .splits import hold_out
+from .splits import hold_out, hold_out_per_class
 
 #: separates the labels of one image in a CSV's label column: ``path,"cat;dog"``
 LABEL_SEPARATOR = ";"
@@ -54,7 +54,7 @@ def load_csv(path: Path, *, in_chans: int, val_fraction: float, seed: int, multi
             found.setdefault(label, []).append(image_path)
     if not found:
         raise DataError(f"no readable image listed in {path}")
-    train, val = hold_out(found, val_fraction, seed)
+    train, val = hold_out_per_class(found, val_fraction, seed)
     return file_splits(train, val, in_chans, skipped)
 
 
@@ -193,12 +193,9 @@ def _multi_label_splits(
         raise DataError(
             f"{path} lists {len(samples)} readable image(s); a training and a held-out set need two or more"
         )
-    if not 0.0 < val_fraction < 1.0:
-        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    order = list(range(len(samples)))
-    random.Random(seed).shuffle(order)
-    cut = min(len(samples) - 1, max(1, round(len(samples) * val_fraction)))
-    train, val = [samples[i] for i in sorted(order[cut:])], [samples[i] for i in sorted(order[:cut])]
+    # one split of all images: a per-class split is not defined when an image has several classes
+    train_idx, val_idx = hold_out(len(samples), val_fraction, random.Random(seed))
+    train, val = [samples[i] for i in sorted(train_idx)], [samples[i] for i in sorted(val_idx)]
     # Checked now, not when the first epoch's held-out score turns out undefined.
     for part, name in ((train, "training"), (val, "held-out")):
         if not any(bool(target.any()) for _, target in part):

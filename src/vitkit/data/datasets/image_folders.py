@@ -8,7 +8,7 @@ from pathlib import Path
 from ..images import IMAGE_EXTENSIONS, is_image_file
 from .image_datasets import DataError, DataSplits
 from .image_files import file_splits, readable
-from .splits import hold_out
+from .splits import hold_out_per_class
 
 #: the one "class" of a folder of images without labels (self-supervised pre-training)
 UNLABELED = "unlabeled"
@@ -56,5 +56,5 @@ def load_image_folder(root: Path, *, in_chans: int, val_fraction: float, seed: i
                 f"only in {val_dir.name} {only_val}; give both folders the same class sub-folders"
             )
     else:
-        train, val = hold_out(_scan_class_folders(root, skipped, labels), val_fraction, seed)
+        train, val = hold_out_per_class(_scan_class_folders(root, skipped, labels), val_fraction, seed)
     return file_splits(train, val, in_chans, skipped)
