@@ -18,7 +18,7 @@ import torch
 from torchvision.transforms import v2
 
 from vitkit.data.augment import BatchAugment
-from vitkit.data.datasets import load_mnist
+from vitkit.data.datasets.builtin import load_mnist
 
 BATCH = 128
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from vitkit.data.datasets import load_mnist
+from vitkit.data.datasets.builtin import load_mnist
 from vitkit.train import resolve_config, train
 
 

@@ -11,7 +11,7 @@ from vitkit.data.augment import (
     augment_stream,
     resize_uint8,
 )
-from vitkit.data.datasets import load_digits
+from vitkit.data.datasets.builtin import load_digits
 from vitkit.data.transforms import batch_mixing
 
 EVERYTHING = BatchAugment(

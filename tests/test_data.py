@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from vitkit.data.datasets import (
+from vitkit.data.datasets.image_datasets import (
     DataError,
     TransformedDataset,
     collate_skipping_broken,
@@ -88,7 +88,7 @@ def test_unreadable_files_are_skipped_with_a_warning_naming_them(image_folder):
 
 
 def _all_files(data):
-    from vitkit.data.datasets import FileImageDataset
+    from vitkit.data.datasets.image_datasets import FileImageDataset
 
     return FileImageDataset(data.train.samples + data.val.samples, 3)
 

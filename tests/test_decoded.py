@@ -9,7 +9,8 @@ from conftest import digits_config
 from PIL import Image
 
 from vitkit.data.augment import AugmentedBatches
-from vitkit.data.datasets import ArrayImageDataset, load_digits
+from vitkit.data.datasets.builtin import load_digits
+from vitkit.data.datasets.image_datasets import ArrayImageDataset
 from vitkit.data.decoded import decoded
 from vitkit.data.load import load_data
 from vitkit.data.shards import write_shards

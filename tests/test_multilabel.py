@@ -19,7 +19,7 @@ from sklearn.metrics import average_precision_score, f1_score
 import vitkit
 from vitkit.analysis import explanation_maps, perturbation_curves
 from vitkit.cli.main import main
-from vitkit.data.datasets import DataError
+from vitkit.data.datasets.image_datasets import DataError
 from vitkit.data.decoded import decoded
 from vitkit.data.images import load_image
 from vitkit.data.load import load_data

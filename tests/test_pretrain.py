@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from vitkit import create_model
 from vitkit.cli.main import main
-from vitkit.data.datasets import collate_skipping_broken, load_digits, preprocess_in_memory
+from vitkit.data.datasets.builtin import load_digits
+from vitkit.data.datasets.image_datasets import collate_skipping_broken, preprocess_in_memory
 from vitkit.data.transforms import eval_transform
 from vitkit.pretrain import MaskedAutoencoder, MaskedPatchPrediction, mpp_corruption, patch_color_classes, patchify
 from vitkit.pretrain.mae import unpatchify

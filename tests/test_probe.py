@@ -7,7 +7,8 @@ import torch
 from conftest import digits_config
 
 from vitkit.cli.main import main
-from vitkit.data.datasets import balanced_subset, dataset_labels, load_digits, per_class_indices
+from vitkit.data.datasets.builtin import load_digits
+from vitkit.data.datasets.subsets import balanced_subset, dataset_labels, per_class_indices
 from vitkit.interop import load_model
 from vitkit.probe import RidgeSolver, extract_features, fewshot_accuracies, fewshot_evaluate, linear_probe
 from vitkit.probe.fewshot import BIAS_FEATURE, L2_GRID

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 import vitkit
 from vitkit.analysis import inspection_images
 from vitkit.cli.main import main
-from vitkit.data.datasets import load_digits
+from vitkit.data.datasets.builtin import load_digits
 from vitkit.data.images import load_image
 from vitkit.data.shards import load_shards, write_shards
 from vitkit.fileio import lock_folder

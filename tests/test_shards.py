@@ -11,7 +11,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from vitkit.cli.main import main
-from vitkit.data.datasets import DataError, load_digits
+from vitkit.data.datasets.builtin import load_digits
+from vitkit.data.datasets.image_datasets import DataError
 from vitkit.data.load import load_data
 from vitkit.data.shards import ShardStream, write_shards
 from vitkit.train import resolve_config, train

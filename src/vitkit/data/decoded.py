@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..fileio import atomic_write, cache_dir
-from .datasets import ArrayImageDataset, FileImageDataset, stack_labels
+from .datasets.image_datasets import ArrayImageDataset, FileImageDataset, stack_labels
 from .transforms import decode_transform
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .datasets import BUILTIN, DataError, DataSplits, load_csv, load_digits, load_image_folder, load_mnist
+from .datasets.builtin import BUILTIN, load_digits, load_mnist
+from .datasets.csv_files import load_csv
+from .datasets.image_datasets import DataError, DataSplits
+from .datasets.image_folders import load_image_folder
 from .shards import load_shards
 
 

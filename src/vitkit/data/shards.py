@@ -29,7 +29,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..fileio import atomic_write, check_out_folder
 from ..seeds import SEEDING, seed_for
 from .augment import BatchAugment
-from .datasets import ArrayImageDataset, DataError, DataSplits, FileImageDataset
+from .datasets.image_datasets import ArrayImageDataset, DataError, DataSplits, FileImageDataset
 from .images import load_image
 
 MANIFEST = "shards.json"

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from ..data.datasets import TransformedDataset, collate_skipping_broken, preprocess_in_memory
+from ..data.datasets.image_datasets import TransformedDataset, collate_skipping_broken, preprocess_in_memory
 from ..models import VisionTransformer
 
 #: "head": what the classifier would see (the model's own pooling and pre-logits);

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..data.datasets import dataset_labels, per_class_indices, select
+from ..data.datasets.subsets import dataset_labels, per_class_indices, select
 from ..data.load import load_data
 from ..interop.sources import LoadedModel
 from ..models import VisionTransformer

@@ -9,7 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..data.datasets import balanced_subset
+from ..data.datasets.subsets import balanced_subset
 from ..data.load import load_data
 from ..interop.sources import LoadedModel
 from .features import extract_features

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data.datasets import TransformedDataset, collate_skipping_broken, preprocess_in_memory
+from ..data.datasets.image_datasets import TransformedDataset, collate_skipping_broken, preprocess_in_memory
 from ..data.load import load_data
 from ..data.shards import ShardStream
 from ..interop.pretrained import imagenet1k_class_names, imagenet1k_synsets

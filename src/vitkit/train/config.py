@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ..data.datasets import BUILTIN
+from ..data.datasets.builtin import BUILTIN
 from ..models import ATTENTION_KERNELS, get_config
 from ..models.config import type_errors
 from . import presets

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..data.datasets import DataSplits, dataset_labels
+from ..data.datasets.image_datasets import DataSplits
+from ..data.datasets.subsets import dataset_labels
 from ..data.shards import ShardStream
 from ..data.transforms import eval_transform
 from ..probe.fewshot import check_enough_shots, fewshot_of_splits

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.augment import AugmentedBatches, BatchAugment, augment_stream, resize_uint8
-from ..data.datasets import (
+from ..data.datasets.image_datasets import (
     ArrayImageDataset,
     DataSplits,
     FileImageDataset,

@@ -17,7 +17,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import Dataset
 
-from ..data.datasets import DataSplits, balanced_subset
+from ..data.datasets.image_datasets import DataSplits
+from ..data.datasets.subsets import balanced_subset
 from ..data.load import load_data
 from ..data.shards import ShardStream
 from ..decisions import (
