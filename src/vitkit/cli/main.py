@@ -33,7 +33,7 @@ from vitkit.interop.export import EXPORT_FORMATS, check_export_path
 from vitkit.interop.sources import ALLOW_NONFINITE_ENV
 from vitkit.models import parameter_count
 from vitkit.predict import expand_image_paths, predict_files
-from vitkit.probe import POOLS, fewshot_evaluate, linear_probe
+from vitkit.probe import FEATURE_POOLS, fewshot_evaluate, linear_probe
 from vitkit.serve import ServeSettings, serve, served_name
 from vitkit.train import (
     EvalResult,
@@ -620,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=["auto"],
         help="auto (chosen per solve by leave-one-out on the shots) or L2 strengths, comma-separated",
     )
-    fewshot_cmd.add_argument("--pool", default="head", choices=POOLS, help="which features (see vitkit.probe)")
+    fewshot_cmd.add_argument("--pool", default="head", choices=FEATURE_POOLS, help="which features (see vitkit.probe)")
     fewshot_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
     fewshot_cmd.set_defaults(func=_fewshot)
 
@@ -631,7 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--train-images", type=positive_int, help="fit on this many training images (equal per class)"
     )
     probe_cmd.add_argument("--c", type=positive_float, default=1.0, help="inverse L2 strength (scikit-learn's C)")
-    probe_cmd.add_argument("--pool", default="head", choices=POOLS, help="which features (see vitkit.probe)")
+    probe_cmd.add_argument("--pool", default="head", choices=FEATURE_POOLS, help="which features (see vitkit.probe)")
     probe_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
     probe_cmd.set_defaults(func=_linear_probe)
 

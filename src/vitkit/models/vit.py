@@ -530,9 +530,10 @@ class VisionTransformer(nn.Module):
         """Images ``(B, C, H, W)`` → normalised tokens ``(B, prefix + N, D)``."""
         return self.encode(self._embed(x))
 
-    def pool(self, tokens: Tensor) -> Tensor:
-        """Tokens ``(B, T, D)`` → one vector per image: the class token or the patch mean."""
-        if self.config.pool == "avg":
+    def pool(self, tokens: Tensor, how: str | None = None) -> Tensor:
+        """Tokens ``(B, T, D)`` → one vector per image: the class token (``how="token"``) or the
+        patch tokens' mean (``"avg"``); by default the way the model's head pools (``config.pool``)."""
+        if (how or self.config.pool) == "avg":
             return tokens[:, self.config.num_prefix_tokens :].mean(dim=1)
         return tokens[:, 0]
 

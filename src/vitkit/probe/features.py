@@ -10,10 +10,12 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ..data.datasets.image_datasets import TransformedDataset, collate_skipping_broken, preprocess_in_memory
 from ..models import VisionTransformer
+from ..models.config import POOLS
 
-#: "head": what the classifier would see (the model's own pooling and pre-logits);
-#: "token": the class token's output; "avg": the mean of the patch tokens' outputs.
-POOLS = ("head", "token", "avg")
+#: "head": what the classifier would see (the model's own pooling and pre-logits); or a pooling
+#: of the tokens (:attr:`VisionTransformer.pool`): "token", the class token's output, or "avg",
+#: the mean of the patch tokens' outputs
+FEATURE_POOLS = ("head", *POOLS)
 
 
 @torch.inference_mode()
@@ -27,8 +29,8 @@ def extract_features(
 ) -> tuple[Tensor, Tensor]:
     """Features ``(N, D)`` (float32, CPU) and labels ``(N,)`` of every readable image of
     ``dataset`` (samples ``(image, label)``), preprocessed as the model expects."""
-    if pool not in POOLS:
-        raise ValueError(f"unknown feature pooling {pool!r}; choose one of {', '.join(POOLS)}")
+    if pool not in FEATURE_POOLS:
+        raise ValueError(f"unknown feature pooling {pool!r}; choose one of {', '.join(FEATURE_POOLS)}")
     if isinstance(dataset, IterableDataset):
         raise ValueError("frozen features are computed from an image folder, a CSV or a built-in dataset, not shards")
     if pool == "token" and not model.config.class_token:
@@ -43,12 +45,7 @@ def extract_features(
         if images is None:
             continue
         tokens = model.forward_features(images.to(device))
-        if pool == "head":
-            vectors = model.forward_head(tokens, pre_logits=True)
-        elif pool == "token":
-            vectors = tokens[:, 0]
-        else:
-            vectors = tokens[:, model.config.num_prefix_tokens :].mean(dim=1)
+        vectors = model.forward_head(tokens, pre_logits=True) if pool == "head" else model.pool(tokens, pool)
         features.append(vectors.float().cpu())
         labels.append(batch_labels)
     model.train(was_training)
