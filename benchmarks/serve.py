@@ -47,8 +47,8 @@ import torch
 from PIL import Image
 
 import vitkit
+from vitkit.device import resolve_precision
 from vitkit.machine import cpu_has_int8_dot_product, cpu_has_native_bf16
-from vitkit.train.device import resolve_precision
 
 
 def _free_port() -> int:

@@ -11,6 +11,7 @@ timm and transformers are needed only for their rows (``pip install timm transfo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -37,6 +38,7 @@ from .decisions import (
     dtype_of,
     parse_attention_choice,
 )
+from .device import autocast
 from .fileio import atomic_write
 from .interop.hf import hf_config_document
 from .interop.int8 import quantize
@@ -158,8 +160,9 @@ def _step(
     return inference_step(model, images, precision)
 
 
-def _autocast(precision: str, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-autocast")
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The benchmark's precisions in vitkit's terms: only bf16-autocast autocasts."""
+    return autocast(device, "bf16" if precision == "bf16-autocast" else "fp32")
 
 
 def inference_step(model: nn.Module, images: torch.Tensor, precision: str) -> Callable[[], None]:

@@ -13,8 +13,8 @@ import torch
 
 from . import cores
 from .data.images import DEFAULT_MAX_PIXELS, is_image_file, load_image
+from .device import autocast, device_of
 from .interop.sources import LoadedModel
-from .train.device import autocast, device_of
 
 
 @dataclass

@@ -27,6 +27,7 @@ from vitkit.data.load import load_data
 from vitkit.data.shards import write_shards
 from vitkit.decisions import ENVIRONMENT, machine_fingerprint, set_up_inference
 from vitkit.decisions import cache_path as decisions_cache_path
+from vitkit.device import device_of, resolve_device, resolve_precision
 from vitkit.interop import convert, export_model, load_model, quantize
 from vitkit.interop.convert import TARGETS
 from vitkit.interop.export import EXPORT_FORMATS, check_export_path
@@ -47,7 +48,6 @@ from vitkit.train import (
     train,
 )
 from vitkit.train.accuracy import evaluate_model_on
-from vitkit.train.device import device_of, resolve_device, resolve_precision
 from vitkit.train.distributed import DistributedFailure, from_environment
 from vitkit.train.report import describe
 from vitkit.train.run_folder import run_data, run_metrics, run_split

@@ -31,9 +31,9 @@ import torch
 from torch import Tensor
 
 from .. import cores
+from ..device import autocast, device_of
 from ..models import VisionTransformer
 from ..predict import class_probabilities
-from ..train.device import device_of
 
 
 @dataclass
@@ -204,8 +204,7 @@ class DynamicBatcher:
     def forward(self, images: Tensor) -> Tensor:
         """Class probabilities ``(B, num_classes)`` for preprocessed images, in the calling thread:
         for a call that :meth:`run` runs on the worker (the batches use it too)."""
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
-        with autocast:
+        with autocast(self.device, self.precision):
             logits = self.model(images.to(self.device))
         self.batches += 1
         return class_probabilities(logits, multi_label=self.multi_label).cpu()

@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader
 from ..data.datasets.image_datasets import TransformedDataset, collate_skipping_broken, preprocess_in_memory
 from ..data.load import load_data
 from ..data.shards import ShardStream
+from ..device import autocast, device_of
 from ..interop.pretrained import imagenet1k_class_names, imagenet1k_synsets
 from ..interop.sources import LoadedModel
-from .device import autocast, device_of
 from .multilabel import MultiLabelResult, multilabel_logits, score_multilabel
 
 

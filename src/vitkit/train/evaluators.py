@@ -23,9 +23,9 @@ from ..data.datasets.image_datasets import DataSplits
 from ..data.datasets.subsets import dataset_labels
 from ..data.shards import ShardStream
 from ..data.transforms import eval_transform
+from ..device import autocast
 from ..probe.fewshot import check_enough_shots, fewshot_of_splits
 from .config import ConfigError, TrainConfig, evaluator_spec
-from .device import autocast
 from .distributed import Processes
 from .inputs import held_out_batches
 from .objectives import Evaluation, Objective, combine

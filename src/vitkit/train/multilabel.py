@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .device import autocast
+from ..device import autocast
 
 
 def average_precision(scores: Tensor, targets: Tensor) -> Tensor:

@@ -13,11 +13,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..data.transforms import batch_mixing
+from ..device import autocast
 from ..models import VisionTransformer
 from ..pretrain import MaskedAutoencoder, MaskedPatchPrediction
 from .accuracy import evaluate
 from .config import ConfigError, TrainConfig
-from .device import autocast
 from .distributed import Processes, all_reduce_sum
 from .multilabel import multilabel_logits, score_multilabel
 

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from ..decisions import OPTIMIZER_KERNELS, decide_optimizer
+from ..device import device_of
 from .config import ConfigError, TrainConfig
-from .device import device_of
 
 
 def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:

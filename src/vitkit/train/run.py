@@ -29,6 +29,7 @@ from ..decisions import (
     parse_attention_choice,
     tokens_of,
 )
+from ..device import resolve_device, resolve_precision
 from ..fileio import atomic_write, check_out_folder, lock_folder
 from ..interop.folder import WEIGHTS_NAME
 from ..interop.sources import open_weights
@@ -37,7 +38,6 @@ from ..seeds import SEEDING, seed_for
 from . import distributed, inputs, report
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, evaluator_spec
-from .device import resolve_device, resolve_precision
 from .distributed import Processes
 from .evaluators import Evaluator, build_evaluators, run_evaluators
 from .memory import check_activations_fit

@@ -1,4 +1,4 @@
-"""Where and in which number format a run computes."""
+"""Where and in which number format vitkit computes: training, evaluation, prediction and serving."""
 
 from __future__ import annotations
 
@@ -7,17 +7,16 @@ import contextlib
 import torch
 from torch import nn
 
-from ..machine import cpu_has_native_bf16
-from .config import ConfigError
+from .machine import cpu_has_native_bf16
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' asked for but no CUDA GPU is visible; use --device cpu")
+        raise ValueError("device 'cuda' asked for but no CUDA GPU is visible; use --device cpu")
     if name not in ("cpu", "cuda"):
-        raise ConfigError(f"unknown device {name!r}; choose cpu, cuda or auto")
+        raise ValueError(f"unknown device {name!r}; choose cpu, cuda or auto")
     return torch.device(name)
 
 
@@ -27,7 +26,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         return "bf16" if cpu_has_native_bf16() else "fp32"
     if name not in ("bf16", "fp32"):
-        raise ConfigError(f"unknown precision {name!r}; choose bf16, fp32 or auto")
+        raise ValueError(f"unknown precision {name!r}; choose bf16, fp32 or auto")
     return name
 
 
