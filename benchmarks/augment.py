@@ -35,7 +35,7 @@ def milliseconds(run: Callable[[], object]) -> float:
 
 def main() -> None:
     images = load_mnist().train.images[:BATCH]
-    ours = BatchAugment(28, crop_scale=(0.5, 1.0), rotate=15, translate=0.1, shear=10, scale=(0.9, 1.1), erase=0.25)
+    ours = BatchAugment(28, crop_scale=(0.5, 1.0), rotate=15, translate=0.1, shear=10, zoom=(0.9, 1.1), erase=0.25)
     generator = torch.Generator().manual_seed(0)
     per_image = v2.Compose(
         [

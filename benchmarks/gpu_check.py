@@ -55,7 +55,7 @@ def run(name: str, command: list[str], timeout: float, env: dict[str, str]) -> d
 def augmentation(device: torch.device, batch: int, side: int) -> dict:
     """ms per batch of vitkit's batched augmentation on ``device`` and on the CPU."""
     images = torch.randint(0, 256, (batch, 1, side, side), dtype=torch.uint8)
-    augment = BatchAugment(side, crop_scale=(0.5, 1.0), rotate=15, translate=0.1, shear=10, scale=(0.9, 1.1))
+    augment = BatchAugment(side, crop_scale=(0.5, 1.0), rotate=15, translate=0.1, shear=10, zoom=(0.9, 1.1))
     timings = {}
     for where in {torch.device("cpu"), device}:
         on = images.to(where)

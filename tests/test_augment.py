@@ -15,7 +15,7 @@ from vitkit.data.datasets.builtin import load_digits
 from vitkit.data.transforms import batch_mixing
 
 EVERYTHING = BatchAugment(
-    8, crop_scale=(0.5, 1.0), rotate=20, translate=0.1, shear=10, scale=(0.8, 1.2), flip=True, colour_ops=2, erase=0.5
+    8, crop_scale=(0.5, 1.0), rotate=20, translate=0.1, shear=10, zoom=(0.8, 1.2), flip=True, colour_ops=2, erase=0.5
 )
 
 

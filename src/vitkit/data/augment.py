@@ -63,7 +63,7 @@ class BatchAugment:
     - ``crop_scale``: random-resized crop, area fraction range (None: the whole image);
       ``crop_ratio`` its aspect-ratio range (log-uniform).
     - ``rotate`` (± degrees), ``translate`` (± fraction of the size), ``shear`` (± degrees),
-      ``scale`` (content size factor range: below 1 shrinks the image inside the frame).
+      ``zoom`` (content size factor range: below 1 shrinks the image inside the frame).
     - ``flip``: horizontal flip with probability 1/2.
     - ``colour_ops`` operations per image from :data:`COLOUR_OPS` at ``magnitude`` (0–30,
       RandAugment's scale); 0 ops = none. Saturation acts on RGB only.
@@ -78,7 +78,7 @@ class BatchAugment:
     rotate: float = 0.0
     translate: float = 0.0
     shear: float = 0.0
-    scale: tuple[float, float] = (1.0, 1.0)
+    zoom: tuple[float, float] = (1.0, 1.0)
     flip: bool = False
     colour_ops: int = 0
     magnitude: float = 9.0
@@ -90,14 +90,14 @@ class BatchAugment:
         def uniform(low: float, high: float, shape: tuple[int, ...] = (batch,)) -> Tensor:
             return low + (high - low) * torch.rand(shape, generator=generator, dtype=torch.float64)
 
-        # Output → crop coordinates: the flip, then the inverse of rotation, shear and scale.
+        # Output → crop coordinates: the flip, then the inverse of rotation, shear and zoom.
         flip = torch.ones(batch, dtype=torch.float64)
         if self.flip:
             flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
         angle = torch.deg2rad(uniform(-self.rotate, self.rotate))
         tan = torch.deg2rad(uniform(-self.shear, self.shear)).tan()
         cos, sin = angle.cos(), angle.sin()
-        zoom = 1.0 / uniform(*self.scale)
+        zoom = 1.0 / uniform(*self.zoom)
         # Rotation after an x-shear, over the content scale: [[cos, cos·tan − sin], [sin, sin·tan + cos]] / s.
         linear = torch.stack([torch.stack([cos, cos * tan - sin], -1), torch.stack([sin, sin * tan + cos], -1)], -2)
         linear = linear * (zoom[:, None, None] * torch.stack([flip, torch.ones_like(flip)], -1)[:, None, :])

@@ -129,7 +129,7 @@ def load_shards(folder: Path, *, in_chans: int | None = None) -> DataSplits:
 class ShardStream(IterableDataset):
     """One split of a shard folder as ``(image, label)`` samples, for this process's share.
 
-    ``transform`` maps a PIL image to the model input, or, with ``batch_augment``, to a uint8
+    ``transform`` maps a PIL image to the model input, or, with ``augment``, to a uint8
     image at the training size that the training loop then augments batch by batch on its device
     (:func:`vitkit.data.augment.augment_stream`). ``shuffle_buffer`` > 0 shuffles within a
     buffer of that many samples (and the shard order) with a seed from (seed, epoch, rank, worker).
@@ -147,10 +147,10 @@ class ShardStream(IterableDataset):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
-        batch_augment: BatchAugment | None = None,
+        augment: BatchAugment | None = None,
     ) -> None:
         self.folder = Path(folder)
-        self.batch_augment = batch_augment
+        self.augment = augment
         self.manifest = read_manifest(self.folder)
         self.shards = self.manifest["splits"][split]
         self.split, self.transform, self.in_chans = split, transform, in_chans
@@ -162,7 +162,7 @@ class ShardStream(IterableDataset):
 
     def configured(self, **changes) -> ShardStream:
         """A copy (at the same epoch) with other settings: transform, shuffle_buffer, seed, rank,
-        world_size, batch_augment."""
+        world_size, augment."""
         settings = {
             "transform": self.transform,
             "in_chans": self.in_chans,
@@ -170,7 +170,7 @@ class ShardStream(IterableDataset):
             "seed": self.seed,
             "rank": self.rank,
             "world_size": self.world_size,
-            "batch_augment": self.batch_augment,
+            "augment": self.augment,
         }
         copy = ShardStream(self.folder, self.split, **{**settings, **changes})
         copy.epoch = self.epoch

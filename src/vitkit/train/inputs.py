@@ -89,12 +89,12 @@ def run_datasets(
     if isinstance(data.train, ShardStream):
         share = {"rank": processes.rank, "world_size": processes.world_size}
         if batched:  # the workers decode at the training size; whole batches are augmented on the device
-            per_image, augment = decode_transform(img_size, data.in_chans), batch_augment(config, data, img_size)
+            per_image, augment = decode_transform(img_size, data.in_chans), build_batch_augment(config, data, img_size)
         else:
             per_image, augment = _per_image_augment(config, data, img_size) or evaluation, None
         train_stream = data.train.configured(
             transform=per_image,
-            batch_augment=augment,
+            augment=augment,
             shuffle_buffer=config.shuffle_buffer,
             seed=config.seed,
             **share,
@@ -103,7 +103,9 @@ def run_datasets(
     val_set = preprocess_in_memory(data.val, evaluation) or TransformedDataset(data.val, evaluation)
     if batched:
         images = resize_uint8(data.train.images, img_size)
-        return AugmentedBatches(images, data.train.labels, batch_augment(config, data, img_size), config.seed), val_set
+        return AugmentedBatches(
+            images, data.train.labels, build_batch_augment(config, data, img_size), config.seed
+        ), val_set
     augment = _per_image_augment(config, data, img_size)
     if augment is not None:
         return TransformedDataset(data.train, augment, seed=config.seed), val_set
@@ -114,7 +116,7 @@ def _flip(config: TrainConfig, data: DataSplits) -> bool:
     return data.flip_ok if config.flip is None else config.flip
 
 
-def batch_augment(config: TrainConfig, data: DataSplits, img_size: int) -> BatchAugment:
+def build_batch_augment(config: TrainConfig, data: DataSplits, img_size: int) -> BatchAugment:
     """The config's augmentation, for whole batches."""
     return BatchAugment(
         img_size,
@@ -122,7 +124,7 @@ def batch_augment(config: TrainConfig, data: DataSplits, img_size: int) -> Batch
         rotate=config.rotate,
         translate=config.translate,
         shear=config.shear,
-        scale=tuple(config.zoom) if config.zoom else (1.0, 1.0),
+        zoom=tuple(config.zoom) if config.zoom else (1.0, 1.0),
         flip=_flip(config, data),
         colour_ops=2 if config.randaugment is not None else 0,
         magnitude=config.randaugment or 0,
@@ -248,10 +250,10 @@ def epoch_batches(
             train_set, batch_size=config.batch_size, indices=None, workers=config.workers, device=device
         )
         batches = itertools.islice(stream, done, steps * config.accum_steps)
-        if train_set.batch_augment is None:
+        if train_set.augment is None:
             return batches
         key = (config.seed, epoch, processes.rank)
-        return augment_stream(batches, train_set.batch_augment, key=key, device=device, first=done)
+        return augment_stream(batches, train_set.augment, key=key, device=device, first=done)
     order = epoch_order(len(train_set), config.seed, epoch, seeding)
     usable = steps * config.global_batch(processes.world_size)
     mine = distributed.rank_batches(order[images_done:usable], config.batch_size, processes)
