@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 from conftest import tiny_vit
 
@@ -71,3 +72,19 @@ def test_gradients_are_clipped_to_the_global_norm():
     train_step(objective, model, optimizer, scheduler, None, batch, grad_clip=1e-3, processes=Processes())
     moved = torch.cat([(v - start[k]).flatten() for k, v in model.state_dict().items()])
     assert moved.norm() <= 0.1 * 1e-3 * 1.0001  # lr × clipped norm
+
+
+def test_the_step_reports_the_gradient_norm_before_clipping_and_clips_nothing_at_zero():
+    model = _randomised_model()
+    start = copy.deepcopy(model.state_dict())
+    objective, optimizer, scheduler = _parts(model)
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    objective.loss(model, images, labels).backward()
+    expected = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).norm()
+    model.zero_grad(set_to_none=True)
+    result = train_step(
+        objective, model, optimizer, scheduler, None, [(images, labels)], grad_clip=0.0, processes=Processes()
+    )
+    assert result.grad_norm == pytest.approx(float(expected), rel=1e-5)
+    moved = torch.cat([(v - start[k]).flatten() for k, v in model.state_dict().items()])
+    assert moved.norm() == pytest.approx(0.1 * float(expected), rel=1e-4)  # plain SGD: lr × the whole gradient

@@ -1,6 +1,8 @@
 """End-to-end training on the real digits dataset: train → eval → predict, resume, NaN, errors."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ import torch
 from conftest import TINY, digits_config, run_until_checkpoint
 from PIL import Image
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from vitkit.cli.main import main
 from vitkit.train import TrainingDiverged, resolve_config, resume_run, train
@@ -36,7 +39,8 @@ def test_training_on_digits_learns_and_leaves_a_complete_run_folder(trained_run)
         "confusion.png",
     ):
         assert (run_dir / name).is_file(), name
-    assert list((run_dir / "tensorboard").iterdir())
+    scalars = EventAccumulator(str(run_dir / "tensorboard")).Reload().Tags()["scalars"]
+    assert {"train/loss", "train/grad_norm", "train/lr", "epoch/train_loss"} <= set(scalars)
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == list(range(1, 7))
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
@@ -263,3 +267,9 @@ def test_init_from_a_run_folder_keeps_its_architecture(trained_run, tmp_path):
         model = build_model(config, num_classes=10, in_chans=1)
     assert model.config.embed_dim == TINY["embed_dim"] and model.config.patch_size == TINY["patch_size"]
     assert torch.count_nonzero(model.head.weight) == 0
+
+
+def test_importing_the_training_library_leaves_matplotlib_alone():
+    script = "import sys, vitkit.train; print('matplotlib.pyplot' in sys.modules)"
+    found = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "False"

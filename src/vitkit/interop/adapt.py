@@ -58,7 +58,7 @@ def load_state_into(
                     value, model.config.grid, num_prefix_tokens=prefix, mode=model.config.pos_embed_interp
                 )
                 report.adapted[key] = f"resampled {tuple(state[key].shape)} → {tuple(value.shape)}"
-            elif key.startswith(("head.", "pre_logits.")):
+            elif key.startswith(_REPLACEABLE):
                 report.adapted[key] = f"dropped {tuple(value.shape)}: new zero-initialised head {tuple(target.shape)}"
                 continue
             else:

@@ -23,11 +23,6 @@ _EARLIER_VITKIT = [
 ]
 
 
-def upgrade_vitkit_key(key: str) -> str:
-    """A parameter name written by an earlier vitkit, as vitkit names it now."""
-    return rename_key(key, _EARLIER_VITKIT)
-
-
 def upgrade_vitkit_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """A state dict written by an earlier vitkit, with today's names (others pass unchanged)."""
     return rename_keys(state, _EARLIER_VITKIT)

@@ -93,11 +93,6 @@ def wrap(module: nn.Module, processes: Processes, device: torch.device, *, fsdp:
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def unwrap(module: nn.Module) -> nn.Module:
-    """The module inside a DDP wrapper."""
-    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
-
-
 def no_gradient_sync(module: nn.Module, skip: bool) -> contextlib.AbstractContextManager:
     """While accumulating micro-batches, DDP need not all-reduce gradients until the last one."""
     if skip and isinstance(module, nn.parallel.DistributedDataParallel):

@@ -211,7 +211,14 @@ def _train_epoch(run: Run, epoch: int, log: report.RunLog, stop: _StopSignals) -
         progress.train_seconds += now - tick
         tick = now
         lr = run.scheduler.get_last_lr()[0]
-        log.step(progress.step, epoch=epoch, loss=result.loss, lr=lr, images_per_second=progress.images_per_second)
+        log.step(
+            progress.step,
+            epoch=epoch,
+            loss=result.loss,
+            grad_norm=result.grad_norm,
+            lr=lr,
+            images_per_second=progress.images_per_second,
+        )
         if progress.step == run.total_steps:
             return
         if config.checkpoint_every and progress.step % config.checkpoint_every == 0:

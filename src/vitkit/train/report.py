@@ -7,11 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt
 import torch
+from matplotlib.figure import Figure  # not pyplot: no backend to choose, nothing global to close
 from matplotlib.ticker import MaxNLocator
 from tqdm import tqdm
 
@@ -69,7 +66,8 @@ def plot_curves(metrics: list[dict[str, Any]], path: Path) -> None:
     """Training and held-out loss per epoch, and the held-out accuracies the run has."""
     epochs = [m["epoch"] for m in metrics]
     shown = percent_metrics(metrics[0]) if metrics else {}
-    fig, axes = plt.subplots(1, 2 if shown else 1, figsize=(10 if shown else 5.5, 4), squeeze=False)
+    fig = Figure(figsize=(10 if shown else 5.5, 4))
+    axes = fig.subplots(1, 2 if shown else 1, squeeze=False)
     loss_ax = axes[0, 0]
     loss_ax.plot(epochs, [m["train_loss"] for m in metrics], "o-", label="train (as optimised)")
     if metrics and "val_loss" in metrics[0]:
@@ -87,7 +85,6 @@ def plot_curves(metrics: list[dict[str, Any]], path: Path) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 class RunLog:
@@ -110,13 +107,21 @@ class RunLog:
         if self.writer is not None:
             self.writer.close()
 
-    def step(self, step: int, *, epoch: int, loss: float, lr: float, images_per_second: float) -> None:
+    def step(
+        self, step: int, *, epoch: int, loss: float, grad_norm: float, lr: float, images_per_second: float
+    ) -> None:
         self.bar.update(1)
         self.bar.set_postfix(
-            epoch=epoch + 1, loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{images_per_second:.0f}", refresh=False
+            epoch=epoch + 1,
+            loss=f"{loss:.3f}",
+            grad_norm=f"{grad_norm:.2f}",
+            lr=f"{lr:.2e}",
+            img_s=f"{images_per_second:.0f}",
+            refresh=False,
         )
         if self.writer is not None:
             self.writer.add_scalar("train/loss", loss, step)
+            self.writer.add_scalar("train/grad_norm", grad_norm, step)
             self.writer.add_scalar("train/lr", lr, step)
 
     def epoch(self, record: dict[str, Any], metrics: dict[str, float], num_epochs: int) -> None:
@@ -143,7 +148,8 @@ def plot_reconstructions(autoencoder: Any, dataset: Any, path: Path, count: int 
         masked, pasted = autoencoder.eval().reconstruct(images.to(next(autoencoder.parameters()).device))
         autoencoder.train(was_training)
     rows = [("encoder input", masked.cpu()), ("reconstruction", pasted.cpu()), ("original", images)]
-    fig, axes = plt.subplots(3, len(images), figsize=(1.3 * len(images), 4.2), squeeze=False)
+    fig = Figure(figsize=(1.3 * len(images), 4.2))
+    axes = fig.subplots(3, len(images), squeeze=False)
     for row, (title, batch) in enumerate(rows):
         for col, image in enumerate(batch):
             pixels = (image.float() * STD + MEAN).clamp(0, 1).permute(1, 2, 0).numpy()
@@ -154,7 +160,6 @@ def plot_reconstructions(autoencoder: Any, dataset: Any, path: Path, count: int 
     fig.suptitle("Masked autoencoder on held-out images")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path) -> None:
@@ -162,7 +167,8 @@ def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path) 
     n = len(class_names)
     rates = confusion.float() / confusion.sum(dim=1, keepdim=True).clamp(min=1)
     size = min(2 + 0.45 * n, 20)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    fig = Figure(figsize=(size + 1.5, size))
+    ax = fig.subplots()
     image = ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, label="fraction of the true class")
     labels = class_names if n <= 40 else []
@@ -178,4 +184,3 @@ def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path) 
     ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (held-out)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ class StepResult:
     #: its sum and the number of micro-batches it is the mean of
     loss_sum: float
     count: int
+    #: the global gradient norm before clipping (NaN when the step was skipped)
+    grad_norm: float = math.nan
 
     @property
     def finite(self) -> bool:
@@ -41,7 +44,8 @@ def train_step(
 ) -> StepResult:
     """Accumulate the gradients of ``micro_batches`` (images and labels on the device) through
     ``wrapped`` (the objective's module, or its DDP/FSDP wrapper), then, only if the mean loss
-    over every process is finite, clip, step the optimiser and the schedule and update the EMA.
+    over every process is finite, measure and clip the gradient norm, step the optimiser and the
+    schedule and update the EMA.
     A non-finite loss leaves the weights as they were (the caller stops the run)."""
     losses = torch.zeros(2, dtype=torch.float64)  # this process's loss sum and micro-batch count
     for index, (images, labels) in enumerate(micro_batches):
@@ -55,8 +59,10 @@ def train_step(
     if not result.finite:  # the same verdict in every process, so none is left waiting
         optimizer.zero_grad(set_to_none=True)
         return result
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(objective.module.parameters(), grad_clip)
+    # The norm is measured even without clipping (an infinite limit scales by exactly 1): it is
+    # logged with the loss, the first sign of a run about to diverge.
+    norm = torch.nn.utils.clip_grad_norm_(objective.module.parameters(), grad_clip if grad_clip > 0 else math.inf)
+    result = dataclasses.replace(result, grad_norm=float(norm))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     scheduler.step()
