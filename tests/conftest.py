@@ -20,7 +20,10 @@ os.environ["VITKIT_HOME"] = tempfile.mkdtemp(prefix="vitkit-tests-home-")
 atexit.register(shutil.rmtree, os.environ["VITKIT_HOME"], ignore_errors=True)
 os.environ.update(VITKIT_ATTENTION="sdpa", VITKIT_OPTIMIZER="foreach", VITKIT_PRECISION="fp32")
 
+import contextlib
 import json
+import logging
+import re
 import signal
 import subprocess
 import sys
@@ -136,3 +139,13 @@ def write_config(config, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(config.to_json())
     return str(path)
+
+
+@contextlib.contextmanager
+def logged(caplog, pattern):
+    """Expect vitkit to log a warning matching ``pattern`` inside the block."""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vitkit"):
+        yield
+    messages = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert any(re.search(pattern, message) for message in messages), messages

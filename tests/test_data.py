@@ -2,11 +2,11 @@
 
 import io
 import os
-import warnings
 
 import numpy as np
 import pytest
 import torch
+from conftest import logged
 from PIL import Image
 from torchvision import tv_tensors
 
@@ -72,8 +72,8 @@ def test_transparent_pixels_become_black():
     assert np.asarray(convert_image(Image.fromarray(rgba), 3)).max() == 0
 
 
-def test_unreadable_files_are_skipped_with_a_warning_naming_them(image_folder):
-    with pytest.warns(UserWarning, match="garbage.png"):
+def test_unreadable_files_are_skipped_with_a_warning_naming_them(image_folder, caplog):
+    with logged(caplog, "garbage.png"):
         data = load_data(str(image_folder), in_chans=3, val_fraction=0.3, seed=0)
     assert data.class_names == ["dark", "light"]
     assert [p.endswith("garbage.png") for p in data.skipped] == [True]
@@ -81,7 +81,7 @@ def test_unreadable_files_are_skipped_with_a_warning_naming_them(image_folder):
     assert all(len({label for _, label in part.samples}) == 2 for part in (data.train, data.val))
 
     everything = TransformedDataset(_all_files(data), eval_transform(16, 3))
-    with pytest.warns(UserWarning, match="truncated.png"):
+    with logged(caplog, "truncated.png"):
         images, labels, broken = collate_skipping_broken([everything[i] for i in range(len(everything))])
     assert images.shape == (12, 3, 16, 16) and len(labels) == 12
     assert len(broken) == 1 and "truncated.png" in broken[0]
@@ -113,9 +113,7 @@ def test_training_on_a_folder_counts_skipped_files(settings, image_folder, tmp_p
             **settings,
         }
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        summary = train(config, progress=False)
+    summary = train(config, progress=False)
     assert summary.skipped_files == 2  # garbage.png at scan time, truncated.png when decoded
 
 
@@ -128,22 +126,22 @@ def test_train_and_val_folders_must_have_the_same_classes(tmp_path):
         load_data(str(tmp_path))
 
 
-def test_a_folder_without_readable_images_is_an_error(tmp_path):
+def test_a_folder_without_readable_images_is_an_error(tmp_path, caplog):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "x.png").write_bytes(b"garbage")
-    with pytest.warns(UserWarning), pytest.raises(DataError, match="no readable image in"):
+    with logged(caplog, ""), pytest.raises(DataError, match="no readable image in"):
         load_data(str(tmp_path))
     with pytest.raises(DataError, match="has no class sub-folders"):
         load_data(str(tmp_path / "a"))
 
 
-def test_csv_of_paths_and_labels(tmp_path):
+def test_csv_of_paths_and_labels(tmp_path, caplog):
     save_all_modes(tmp_path / "imgs", 90)
     rows = ["path,label"] + [
         f"imgs/{p.name},{'odd' if i % 2 else 'even'}" for i, p in enumerate(sorted((tmp_path / "imgs").iterdir()))
     ]
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\nimgs/missing.png,odd\n")
-    with pytest.warns(UserWarning, match="missing.png"):
+    with logged(caplog, "missing.png"):
         data = load_data(str(tmp_path / "labels.csv"), in_chans=1, val_fraction=0.34)
     assert data.class_names == ["even", "odd"] and len(data.train) + len(data.val) == 6
     assert data.train[0][0].mode == "L"
@@ -203,7 +201,7 @@ def _all_paths(data):
 
 
 @pytest.mark.parametrize("form", ["single", "sets", "multi-hot"])
-def test_a_csv_image_listed_twice_is_used_once(tmp_path, form):
+def test_a_csv_image_listed_twice_is_used_once(tmp_path, form, caplog):
     _twelve_images(tmp_path / "imgs")
     label = {"single": lambda i: "cat" if i % 2 else "dog", "sets": lambda i: "cat;dog" if i % 2 else "dog"}
     if form == "multi-hot":
@@ -214,7 +212,7 @@ def test_a_csv_image_listed_twice_is_used_once(tmp_path, form):
         rows += [f"./imgs/{i}.png,{label[form](i)}" for i in range(6)]
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     for seed in range(4):
-        with pytest.warns(UserWarning, match="6 duplicate row"):
+        with logged(caplog, "6 duplicate row"):
             data = load_data(str(tmp_path / "labels.csv"), in_chans=3, val_fraction=0.5, seed=seed)
         paths = _all_paths(data)
         assert len(paths) == len(set(paths)) == 12  # no image both trained on and held out

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import digits_config, tiny_vit
+from conftest import digits_config, logged, tiny_vit
 
 from vitkit import decisions
 from vitkit.cli.main import main
@@ -60,7 +60,7 @@ def test_an_environment_variable_forces_a_choice_and_a_wrong_one_says_what_to_us
         decide("optimizer", "x", ["foreach", "fused"], lambda: 1 / 0, CPU)
 
 
-def test_a_cache_with_an_unknown_choice_or_unreadable_is_measured_over():
+def test_a_cache_with_an_unknown_choice_or_unreadable_is_measured_over(caplog):
     decide("optimizer", "x", CHOICES, lambda: _sleeps(0.0, 0.01), CPU)
     path = decisions.cache_path()
     cache = json.loads(path.read_text())
@@ -68,7 +68,7 @@ def test_a_cache_with_an_unknown_choice_or_unreadable_is_measured_over():
     path.write_text(json.dumps(cache))
     assert decide("optimizer", "x", CHOICES, lambda: _sleeps(0.0, 0.01), CPU).how == "measured"
     path.write_text("{not json")
-    with pytest.warns(UserWarning, match=rf"ignoring {path}: .*measuring again"):
+    with logged(caplog, rf"ignoring {path}: .*measuring again"):
         remeasured = decide("optimizer", "x", CHOICES, lambda: _sleeps(0.0, 0.01), CPU)
     assert remeasured.how == "measured"
     assert json.loads(path.read_text())[decisions.machine_fingerprint(CPU)]["optimizer: x"]["choice"] == "fast"

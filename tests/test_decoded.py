@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import digits_config
+from conftest import digits_config, logged
 from PIL import Image
 
 from vitkit.data.augment import AugmentedBatches
@@ -38,12 +38,12 @@ def _digit_folder(root: Path, per_class: int = 12) -> Path:
     return root
 
 
-def test_a_folder_is_decoded_once_at_the_training_size(tmp_path, cache):
+def test_a_folder_is_decoded_once_at_the_training_size(tmp_path, cache, caplog):
     folder = _digit_folder(tmp_path / "digits")
     whole = (folder / "1" / "0.png").read_bytes()
     (folder / "1" / "broken.png").write_bytes(whole[: len(whole) // 2])  # a readable header, then nothing
     data = load_data(str(folder), in_chans=3, val_fraction=0.25, seed=0)
-    with pytest.warns(UserWarning, match="broken.png"):
+    with logged(caplog, "broken.png"):
         train_set = decoded(data.train, 8, progress=False)
     assert isinstance(train_set, ArrayImageDataset)
     assert train_set.images.dtype == torch.uint8 and train_set.images.shape[1:] == (3, 8, 8)

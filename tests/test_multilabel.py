@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import digits_config, randomize_head, tiny_vit
+from conftest import digits_config, logged, randomize_head, tiny_vit
 from fastapi.testclient import TestClient
 from PIL import Image
 from sklearn.datasets import load_digits
@@ -106,11 +106,11 @@ def write_images(folder, count):
         Image.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(folder / f"{i}.png")
 
 
-def test_csv_with_label_sets_is_multi_label(tmp_path):
+def test_csv_with_label_sets_is_multi_label(tmp_path, caplog):
     write_images(tmp_path / "imgs", 6)
     rows = ["imgs/0.png,cat;dog", "imgs/1.png,dog", "imgs/2.png, bird ; cat", "imgs/3.png,", "imgs/4.png,cat"]
     (tmp_path / "sets.csv").write_text("path,label\n" + "\n".join(rows) + "\nimgs/missing.png,cat\n")
-    with pytest.warns(UserWarning, match="missing.png"):
+    with logged(caplog, "missing.png"):
         data = load_data(str(tmp_path / "sets.csv"), in_chans=1, val_fraction=0.2)
     assert data.multi_label and data.class_names == ["bird", "cat", "dog"]
     assert (len(data.train), len(data.val)) == (4, 1)

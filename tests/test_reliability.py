@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import digits_config, tiny_vit
+from conftest import digits_config, logged, tiny_vit
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -64,7 +64,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes_to_the_same_weights(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_stopped_before_its_first_checkpoint_can_restart(tmp_path):
+def test_a_run_stopped_before_its_first_checkpoint_can_restart(tmp_path, caplog):
     config = digits_config(tmp_path, epochs=1)
     Path(config.out).mkdir(parents=True)
     (Path(config.out) / "train_config.json").write_text(config.to_json())  # what such a stop leaves
@@ -76,7 +76,7 @@ def test_a_run_stopped_before_its_first_checkpoint_can_restart(tmp_path):
     fresh = digits_config(tmp_path, epochs=1, out=str(tmp_path / "again"))
     Path(fresh.out).mkdir()
     (Path(fresh.out) / "train_config.json").write_text(fresh.to_json())
-    with pytest.warns(UserWarning, match="starts from the beginning"):
+    with logged(caplog, "starts from the beginning"):
         assert resume_run(fresh.out, progress=False).steps > 0
 
 
@@ -138,7 +138,7 @@ def _bomb(path):
     return path
 
 
-def test_a_decompression_bomb_is_skipped_like_any_unreadable_image(tmp_path, capsys):
+def test_a_decompression_bomb_is_skipped_like_any_unreadable_image(tmp_path, capsys, caplog):
     for name in ("a", "b"):
         (tmp_path / "data" / name).mkdir(parents=True)
         for i in range(10):
@@ -149,12 +149,12 @@ def test_a_decompression_bomb_is_skipped_like_any_unreadable_image(tmp_path, cap
     assert main(["predict", str(tmp_path / "model"), str(good), str(tmp_path / "data" / "a" / "bomb.png")]) == 0
     out = capsys.readouterr().out
     assert "bomb.png: cannot read image" in out and "0.png:" in out
-    with pytest.warns(UserWarning, match="bomb.png"):
+    with logged(caplog, "bomb.png"):
         summary = train(
             digits_config(tmp_path, data=str(tmp_path / "data"), img_size=8, epochs=1, batch_size=8), progress=False
         )
     assert summary.skipped_files == 1
-    with pytest.warns(UserWarning, match="bomb.png"):
+    with logged(caplog, "bomb.png"):
         images = inspection_images(vitkit.load_model(tmp_path / "model"), paths=[tmp_path / "data" / "a"], count=20)
     assert len(images) == 10
 
@@ -188,7 +188,7 @@ def test_broken_files_give_one_line_errors(tmp_path):
             vitkit.load_model(tmp_path / "model")
 
 
-def test_shard_samples_without_a_usable_label_are_skipped(tmp_path):
+def test_shard_samples_without_a_usable_label_are_skipped(tmp_path, caplog):
     write_shards(load_digits(), tmp_path / "shards", source="digits", shard_size=2000)
     shard = next((tmp_path / "shards").glob("val-*.tar"))
     with tarfile.open(shard) as archive:
@@ -201,6 +201,6 @@ def test_shard_samples_without_a_usable_label_are_skipped(tmp_path):
             member.size = len(content)
             archive.addfile(member, io.BytesIO(content))
     stream = load_shards(tmp_path / "shards").val
-    with pytest.warns(UserWarning, match="skipping unusable sample"):
+    with logged(caplog, "skipping unusable sample"):
         problems = [where for image, where in stream if image is None]
     assert len(problems) == 2 and any("label 99 is not one of the 10 classes" in p for p in problems)

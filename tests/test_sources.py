@@ -10,7 +10,7 @@ import pytest
 import safetensors.torch
 import timm
 import torch
-from conftest import tiny_vit
+from conftest import logged, tiny_vit
 from PIL import Image
 from timm.models import save_for_hf
 from transformers import pipeline
@@ -75,9 +75,9 @@ def test_transformers_pipeline_on_a_converted_folder_gives_vitkits_probabilities
     assert "pipeline_tag: image-classification" in card and "90.00 %" in card
 
 
-def test_a_gray_model_converts_with_a_warning_that_the_pipeline_cannot_run_it(tmp_path):
+def test_a_gray_model_converts_with_a_warning_that_the_pipeline_cannot_run_it(tmp_path, caplog):
     model = tiny_vit(in_chans=1)
-    with pytest.warns(UserWarning, match="pipeline"):
+    with logged(caplog, "pipeline"):
         save_hf(tmp_path / "hf", model)
     assert not (tmp_path / "hf" / "preprocessor_config.json").exists()
     assert vitkit.load_model(tmp_path / "hf").model.config.in_chans == 1
@@ -263,7 +263,7 @@ def _hf_folder(folder, **changes):
     return folder
 
 
-def test_weights_holding_nan_or_inf_are_refused_naming_the_tensor_unless_allowed(tmp_path, capsys, monkeypatch):
+def test_weights_holding_nan_or_inf_are_refused_naming_the_tensor_unless_allowed(tmp_path, capsys, monkeypatch, caplog):
     monkeypatch.setenv("VITKIT_ALLOW_NONFINITE", "0")  # restored after the test: the CLI flag sets it
     model = tiny_vit()
     with torch.no_grad():
@@ -275,14 +275,14 @@ def test_weights_holding_nan_or_inf_are_refused_naming_the_tensor_unless_allowed
         vitkit.load_model(tmp_path / "vitkit")
     with pytest.raises(ValueError, match=r"blocks\.0\.attn\.qkv\.weight \(2 of 3,072 values\)"):
         open_weights(tmp_path / "hf")
-    with pytest.warns(UserWarning, match=r"NON-FINITE.*blocks\.1\.mlp\.fc2\.bias"):
+    with logged(caplog, r"NON-FINITE.*blocks\.1\.mlp\.fc2\.bias"):
         loaded = vitkit.load_model(tmp_path / "vitkit", allow_nonfinite=True)
     assert loaded.model.blocks[1].mlp.fc2.bias.isinf().sum() == 1
     out = str(tmp_path / "out")
     assert vitkit.cli.main.main(["convert", str(tmp_path / "hf"), out, "--to", "vitkit"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("vitkit: error:") and "qkv.weight" in error and error.count("\n") == 1
-    with pytest.warns(UserWarning, match="LOADING NON-FINITE WEIGHTS"):  # the CLI prints it as "vitkit: warning:"
+    with logged(caplog, "LOADING NON-FINITE WEIGHTS"):  # the CLI prints it as "vitkit: warning:"
         assert vitkit.cli.main.main(["convert", str(tmp_path / "hf"), out, "--to", "vitkit", "--allow-nonfinite"]) == 0
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, digits_config, run_until_checkpoint
+from conftest import TINY, digits_config, logged, run_until_checkpoint
 from PIL import Image
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -256,14 +256,14 @@ def test_fine_tune_from_timm_weights_at_a_higher_resolution(tmp_path):
     assert model.config.img_size == (16, 16) and model.pos_embed.shape == (1, 1 + 64, 32)
 
 
-def test_init_from_a_run_folder_keeps_its_architecture(trained_run, tmp_path):
+def test_init_from_a_run_folder_keeps_its_architecture(trained_run, tmp_path, caplog):
     from vitkit.train.run import build_model
 
     run_dir, _ = trained_run
     config = resolve_config(
         preset="demo", overrides={"init": str(run_dir), "data": "digits", "out": str(tmp_path / "ft")}
     )  # the demo preset's model_args describe another architecture
-    with pytest.warns(UserWarning, match="fixes the architecture; ignoring model_args"):
+    with logged(caplog, "fixes the architecture; ignoring model_args"):
         model = build_model(config, num_classes=10, in_chans=1)
     assert model.config.embed_dim == TINY["embed_dim"] and model.config.patch_size == TINY["patch_size"]
     assert torch.count_nonzero(model.head.weight) == 0

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import platform
 import statistics
 import time
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +39,8 @@ from .fileio import atomic_write, cache_dir
 from .machine import cpu_flags, cpu_model
 from .models import ViTConfig
 from .models.vit import ATTENTION_KERNELS, attention
+
+logger = logging.getLogger(__name__)
 
 OPTIMIZER_KERNELS = ("foreach", "fused")
 INFERENCE_PRECISIONS = ("fp32", "bf16")
@@ -96,10 +98,10 @@ def _read_cache(path: Path) -> dict:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as error:
-        warnings.warn(f"ignoring {path}: {error}; measuring again (delete the file to stop this warning)", stacklevel=3)
+        logger.warning(f"ignoring {path}: {error}; measuring again (delete the file to stop this warning)")
         return {}
     if not isinstance(cache, dict) or not all(isinstance(v, dict) for v in cache.values()):
-        warnings.warn(f"ignoring {path}: not vitkit's decision cache; measuring again", stacklevel=3)
+        logger.warning(f"ignoring {path}: not vitkit's decision cache; measuring again")
         return {}
     return cache
 
@@ -111,7 +113,7 @@ def _remember(device: torch.device, key: str, decision: Decision) -> None:
     try:
         atomic_write(path, lambda tmp: tmp.write_text(json.dumps(cache, indent=1, sort_keys=True)))
     except OSError as error:  # a read-only home still runs, measuring each time
-        warnings.warn(f"could not cache a measured choice in {path}: {error}", stacklevel=3)
+        logger.warning(f"could not cache a measured choice in {path}: {error}")
 
 
 def forced_choice(what: str, choices: Iterable[str]) -> str | None:

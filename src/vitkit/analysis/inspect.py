@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import json
-import warnings
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +24,8 @@ from ..predict import expand_image_paths
 from . import compute, plots
 from .explain import METHODS, explanation_maps, predicted_classes
 from .faithfulness import Faithfulness, faithfulness, random_maps
+
+logger = logging.getLogger(__name__)
 
 PAGE_NAME = "index.html"
 FAITHFULNESS_NAME = "faithfulness.json"
@@ -69,7 +71,7 @@ def inspection_images(
             try:
                 images.append(preprocess(load_image(path, model.config.in_chans, min_side=preprocess.min_side)))
             except OSError as error:
-                warnings.warn(f"skipping {error}", stacklevel=2)
+                logger.warning(f"skipping {error}")
             if len(images) == count:
                 break
         if not images:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import sys
@@ -12,6 +14,7 @@ import time
 import types
 import typing
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -810,6 +813,32 @@ def _format_warning(message: Warning | str, *args: Any, **kwargs: Any) -> str:
     return f"vitkit: warning: {message}\n"
 
 
+class _LogLine(logging.Formatter):
+    """``vitkit: warning: message``, as the CLI's other lines read."""
+
+    def __init__(self) -> None:
+        super().__init__("vitkit: %(level)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.level = record.levelname.lower()
+        return super().format(record)
+
+
+@contextlib.contextmanager
+def _log_lines() -> Iterator[None]:
+    """While a command runs, vitkit's log notes go to stderr as one line each, ``vitkit: warning:
+    ...``; the library itself only logs (to ``logging.getLogger("vitkit")``), leaving the format to
+    whoever runs it."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogLine())
+    log = logging.getLogger("vitkit")
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+
+
 def _raised_by_vitkit(error: BaseException) -> bool:
     """Whether vitkit's own code raised ``error`` (its messages say what was wrong and what to
     do), rather than a library it calls."""
@@ -825,7 +854,12 @@ SHARES_CORES = frozenset({"train", "pretrain", "eval", "fewshot", "probe", "pred
 
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _format_warning  # a user-facing line, not the code location
-    args = build_parser().parse_args(argv)
+    with _log_lines():
+        return _run(build_parser().parse_args(argv))
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command; errors written for people become one line and an exit status."""
     if getattr(args, "allow_nonfinite", False):  # read by open_weights wherever the command loads weights
         os.environ[ALLOW_NONFINITE_ENV] = "1"
     try:

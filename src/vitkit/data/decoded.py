@@ -14,8 +14,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,8 @@ from tqdm import tqdm
 from ..fileio import atomic_write, cache_dir
 from .datasets.image_datasets import ArrayImageDataset, FileImageDataset, stack_labels
 from .transforms import decode_transform
+
+logger = logging.getLogger(__name__)
 
 
 class _DecodeAtSize(Dataset):
@@ -77,7 +79,7 @@ def decoded(
     index = json.loads(index_path.read_text())
     kept = index["kept"]
     for message in index["broken"]:
-        warnings.warn(f"skipping unreadable image: {message}", stacklevel=2)
+        logger.warning(f"skipping unreadable image: {message}")
     if skipped is not None:
         skipped += index["broken"]
     # Copy-on-write mapping: pages are read from the file as batches need them, and nothing a

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import random
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,6 +31,8 @@ from ..seeds import SEEDING, seed_for
 from .augment import BatchAugment
 from .datasets.image_datasets import ArrayImageDataset, DataError, DataSplits, FileImageDataset
 from .images import load_image
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "shards.json"
 FORMAT = "vitkit-shards/1"
@@ -78,7 +80,7 @@ def write_shards(
                 try:
                     image, extension, label = _encoded(dataset, index)
                 except OSError as error:
-                    warnings.warn(f"skipping unreadable image: {error}", stacklevel=2)
+                    logger.warning(f"skipping unreadable image: {error}")
                     continue
                 if not counts or counts[-1] == shard_size:
                     counts.append(0)
@@ -224,7 +226,7 @@ class ShardStream(IterableDataset):
                 image = load_image(sample[image_key], self.in_chans)
             except (OSError, ValueError, KeyError, StopIteration) as error:  # counted and skipped, as files
                 problem = f"no {error}" if isinstance(error, KeyError) else str(error) or "no image"
-                warnings.warn(f"skipping unusable sample {where}: {problem}", stacklevel=1)
+                logger.warning(f"skipping unusable sample {where}: {problem}")
                 yield None, f"{where}: {problem}"
                 continue
             yield (self.transform(image) if self.transform else image), label

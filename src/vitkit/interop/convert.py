@@ -3,7 +3,7 @@ folder or a Google ``.npz``."""
 
 from __future__ import annotations
 
-import warnings
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,8 @@ from .hf import save_hf
 from .npz import save_npz
 from .sources import open_weights
 from .timm import vitkit_to_timm
+
+logger = logging.getLogger(__name__)
 
 TARGETS = ("vitkit", "timm", "hf", "npz")
 
@@ -70,10 +72,9 @@ def convert(
             threshold=weights.threshold,
         )
     if weights.threshold is not None and to in ("npz", "timm"):
-        warnings.warn(
+        logger.warning(
             f"{src} is a multi-label model (a sigmoid per class, threshold {weights.threshold:g}); a {to} file "
-            "cannot record that: whoever loads it must apply the sigmoid and threshold themselves",
-            stacklevel=2,
+            "cannot record that: whoever loads it must apply the sigmoid and threshold themselves"
         )
     if to == "npz":
         if dst.suffix != ".npz":

@@ -9,7 +9,7 @@ antialiased resampling as ``set_image_size``; in ONNX a ``Resize`` with ``antial
 
 from __future__ import annotations
 
-import warnings
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +18,8 @@ from typing import Any
 import torch
 
 from ..models import VisionTransformer
+
+logger = logging.getLogger(__name__)
 
 # The largest grid side a dynamic export accepts (e.g. 128 × 16 = 2048 px for /16 models).
 MAX_GRID_SIDE = 128
@@ -71,10 +73,9 @@ def export_onnx(model: VisionTransformer, path: str | Path, *, dynamic: bool = F
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     one_file = weight_bytes < ONNX_ONE_FILE_LIMIT
     if not one_file:
-        warnings.warn(
+        logger.warning(
             f"the weights ({weight_bytes / 2**30:.1f} GiB) exceed protobuf's 2 GiB limit: they go to "
-            f"{path.name}.data beside {path.name}; keep the two files together",
-            stacklevel=2,
+            f"{path.name}.data beside {path.name}; keep the two files together"
         )
     with _traceable(model, dynamic) as (args, dynamic_shapes):
         torch.onnx.export(

@@ -12,8 +12,8 @@ binary cross-entropy, and its pipeline applies a sigmoid) and vitkit's decision 
 from __future__ import annotations
 
 import json
+import logging
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ from ..fileio import atomic_write
 from ..models import VisionTransformer, ViTConfig
 from .folder import MULTI_LABEL
 from .keys import rename_key
+
+logger = logging.getLogger(__name__)
 
 _LAYER = r"^vit\.encoder\.layer\.(\d+)\."
 _RENAMES = [
@@ -320,11 +322,10 @@ def save_hf(
         processor = json.dumps(hf_preprocessor_document(preprocessing), indent=2)
         atomic_write(folder / "preprocessor_config.json", lambda tmp: tmp.write_text(processor))
     else:
-        warnings.warn(
+        logger.warning(
             f"{folder}: a {config.in_chans}-channel model has no preprocessor_config.json: transformers' image "
             "processors turn every image into RGB, so pipeline() cannot run it; ViTForImageClassification loads "
-            "it and takes (B, 1, H, W) tensors scaled as vitkit's preprocessing does",
-            stacklevel=2,
+            "it and takes (B, 1, H, W) tensors scaled as vitkit's preprocessing does"
         )
     card = model_card(config, names, metrics, sum(p.numel() for p in model.parameters()))
     atomic_write(folder / "README.md", lambda tmp: tmp.write_text(card))

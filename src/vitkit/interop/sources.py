@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import math
 import os
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +54,8 @@ from .timm import (
     timm_data_config,
     timm_to_vitkit,
 )
+
+logger = logging.getLogger(__name__)
 
 GOOGLE_PREFIX = "google:"
 #: set to 1 to load weights holding NaN or Inf with a warning instead of an error (``--allow-nonfinite``)
@@ -139,7 +141,7 @@ def _check_values(weights: Weights, allow_nonfinite: bool) -> None:
             f"{where}. Weights like these come from a diverged run or a damaged file and give NaN outputs; "
             f"load them anyway with --allow-nonfinite ({ALLOW_NONFINITE_ENV}=1, or allow_nonfinite=True)"
         )
-    warnings.warn(f"LOADING NON-FINITE WEIGHTS (--allow-nonfinite): {where}", stacklevel=3)
+    logger.warning(f"LOADING NON-FINITE WEIGHTS (--allow-nonfinite): {where}")
 
 
 def _open(source: str | Path, architecture: str | ViTConfig | None, keep_pre_logits: bool) -> Weights:
@@ -410,7 +412,7 @@ def load_model(
     if class_names is not None:
         weights.class_names = read_class_names(class_names, weights.config.num_classes)
     elif weights.note:
-        warnings.warn(weights.note, stacklevel=2)
+        logger.warning(weights.note)
     model = weights.build_model()
     return LoadedModel(model.to(device).eval(), weights.preprocessing, weights.class_names, weights.threshold)
 

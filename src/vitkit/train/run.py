@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import shutil
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,8 @@ from .optim import build_optimizer, build_scheduler
 from .progress import Progress
 from .run_folder import TRAIN_CONFIG_NAME, default_run_dir
 
+logger = logging.getLogger(__name__)
+
 
 # ------------------------------------------------------------------ the model
 def model_name(config: TrainConfig, model: VisionTransformer) -> str:
@@ -73,7 +75,7 @@ def build_model(config: TrainConfig, *, num_classes: int, in_chans: int) -> Visi
     ignored = {k: v for k, v in config.model_args.items() if k in ARCHITECTURE_FIELDS}
     clashing = {k: v for k, v in ignored.items() if getattr(weights.config, k) != v}
     if clashing:
-        warnings.warn(f"--init {config.init} fixes the architecture; ignoring model_args {clashing}", stacklevel=2)
+        logger.warning(f"--init {config.init} fixes the architecture; ignoring model_args {clashing}")
     if weights.config.in_chans != in_chans:
         raise ConfigError(
             f"--init {config.init} takes {weights.config.in_chans}-channel images but the data has {in_chans}"
@@ -339,9 +341,7 @@ def _start_or_restore(run: Run, resume: bool) -> None:
     folder and write the run's settings into it."""
     if resume and not run.checkpoint_path.is_file():  # stopped before its first checkpoint: nothing to keep
         if run.main:
-            warnings.warn(
-                f"{run.run_dir} has no {CHECKPOINT_NAME} yet: the run starts from the beginning", stacklevel=3
-            )
+            logger.warning(f"{run.run_dir} has no {CHECKPOINT_NAME} yet: the run starts from the beginning")
         shutil.rmtree(run.run_dir / "tensorboard", ignore_errors=True)
     elif resume:
         _restore(run)
@@ -372,12 +372,11 @@ def _restore(run: Run) -> None:
     run.progress = Progress.from_dict(saved, global_batch=global_batch)
     before = run.progress.global_batch
     if run.progress.rebatch(global_batch) and run.main:
-        warnings.warn(
+        logger.warning(
             f"resuming with a global batch of {global_batch} images ({run.processes.world_size} process(es)) "
             f"instead of {before}: the epoch continues at image {run.progress.images_in_epoch}, but steps "
             "and the learning-rate schedule now count the new batch; keep batch × processes × "
-            "accumulation steps equal to resume the same run",
-            stacklevel=4,
+            "accumulation steps equal to resume the same run"
         )
     if run.processes.rank:  # the checkpoint holds rank 0's random state
         seed, rank, step = run.config.seed, run.processes.rank, run.progress.step

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import csv
+import logging
 import random
-import warnings
 from pathlib import Path
 
 import torch
@@ -13,6 +13,8 @@ import torch
 from .image_datasets import DataError, DataSplits, FileImageDataset, Label
 from .image_files import file_splits, readable
 from .splits import hold_out, hold_out_per_class
+
+logger = logging.getLogger(__name__)
 
 #: separates the labels of one image in a CSV's label column: ``path,"cat;dog"``
 LABEL_SEPARATOR = ";"
@@ -100,10 +102,9 @@ def _merge_duplicates(csv_path: Path, entries: list[tuple[int, str, str]]) -> li
             )
         merged += 1
     if merged:
-        warnings.warn(
+        logger.warning(
             f"{csv_path}: {merged} duplicate row(s) merged (an image listed more than once is used once, so it is "
-            "never both trained on and held out)",
-            stacklevel=3,
+            "never both trained on and held out)"
         )
     return list(first.values())
 
@@ -112,7 +113,7 @@ def _listed_image(csv_path: Path, line_no: int, cell: str, skipped: list[str]) -
     """The image a CSV row names, or None (with a warning) when it is missing or unreadable."""
     image_path = _image_path(csv_path, cell)
     if not image_path.is_file():
-        warnings.warn(f"skipping missing image {image_path} ({csv_path}, line {line_no})", stacklevel=3)
+        logger.warning(f"skipping missing image {image_path} ({csv_path}, line {line_no})")
         skipped.append(str(image_path))
         return None
     return image_path if readable(image_path, skipped) else None

@@ -4,7 +4,7 @@ skips broken files."""
 
 from __future__ import annotations
 
-import warnings
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +16,8 @@ from torchvision import tv_tensors
 
 from ...seeds import seed_for
 from ..images import load_image
+
+logger = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -112,7 +114,7 @@ class TransformedDataset(Dataset):
             finally:
                 torch.set_rng_state(outer)
         except OSError as error:
-            warnings.warn(f"skipping unreadable image: {error}", stacklevel=1)
+            logger.warning(f"skipping unreadable image: {error}")
             return None, str(error)
 
 

@@ -3,12 +3,14 @@ check and the splits of files grouped by class."""
 
 from __future__ import annotations
 
-import warnings
+import logging
 from pathlib import Path
 
 from PIL import Image
 
 from .image_datasets import DataSplits, FileImageDataset
+
+logger = logging.getLogger(__name__)
 
 
 def readable(path: Path, skipped: list[str]) -> bool:
@@ -17,7 +19,7 @@ def readable(path: Path, skipped: list[str]) -> bool:
         with Image.open(path):
             return True
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        warnings.warn(f"skipping unreadable image {path}: {error}", stacklevel=2)
+        logger.warning(f"skipping unreadable image {path}: {error}")
         skipped.append(str(path))
         return False
 
