@@ -54,6 +54,9 @@ from vitkit.train.run_folder import run_data, run_metrics, run_split
 
 VITKIT_PACKAGE = Path(vitkit.__file__).resolve().parent
 
+#: what ``add_subparsers`` returns: each command's parser is added to it
+Commands = argparse._SubParsersAction
+
 MODEL_HELP = (
     "a run or model folder (vitkit, transformers, timm), a Google .npz, a pretrained name "
     "(vit_base_patch16_224[.TAG]), hf-hub:ORG/REPO[@REV] or google:DIR/FILE"
@@ -575,7 +578,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vitkit {vitkit.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # in the order `vitkit --help` lists them
+    _add_training_commands(commands)
+    _add_eval_command(commands)
+    _add_probe_commands(commands)
+    _add_predict_command(commands)
+    _add_inspect_command(commands)
+    _add_shards_command(commands)
+    _add_convert_commands(commands)
+    _add_serve_command(commands)
+    _add_benchmark_command(commands)
+    _add_models_command(commands)
+    _add_allow_nonfinite(commands)
+    return parser
 
+
+def _add_training_commands(commands: Commands) -> None:
     train_cmd = commands.add_parser(
         "train",
         help="train or fine-tune a ViT (no arguments: the demo preset on MNIST)",
@@ -594,6 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(pretrain_cmd, "pretrain")
     pretrain_cmd.set_defaults(func=_pretrain)
 
+
+def _add_eval_command(commands: Commands) -> None:
     eval_cmd = commands.add_parser(
         "eval", help="accuracy of a trained model: top-1, top-5, per class (multi-label: mAP, per-class AP, F1)"
     )
@@ -605,6 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_flags(eval_cmd, precision="fp32", int8_help="also score the int8 model, next to the float one")
     eval_cmd.set_defaults(func=_eval)
 
+
+def _add_probe_commands(commands: Commands) -> None:
+    """The frozen-feature evaluations: fewshot and linear-probe."""
     fewshot_cmd = commands.add_parser(
         "fewshot", help="few-shot linear evaluation of frozen features (paper §4.1): closed-form least squares"
     )
@@ -635,6 +658,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
     probe_cmd.set_defaults(func=_linear_probe)
 
+
+def _add_predict_command(commands: Commands) -> None:
     predict_cmd = commands.add_parser(
         "predict", help="top-k classes of image files (multi-label: the labels above the model's threshold)"
     )
@@ -649,6 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_max_pixels(predict_cmd)
     predict_cmd.set_defaults(func=_predict)
 
+
+def _add_inspect_command(commands: Commands) -> None:
     inspect_cmd = commands.add_parser(
         "inspect",
         help="the paper's analysis figures (attention, distances, position embeddings, filters) and explanations "
@@ -681,6 +708,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect_cmd.set_defaults(func=_inspect)
 
+
+def _add_shards_command(commands: Commands) -> None:
     shards_cmd = commands.add_parser(
         "shards", help="write a dataset as tar shards (WebDataset layout) to stream data larger than memory"
     )
@@ -694,6 +723,9 @@ def build_parser() -> argparse.ArgumentParser:
     shards_cmd.add_argument("--force", action="store_true", help="write into an OUT folder that holds other files")
     shards_cmd.set_defaults(func=_shards)
 
+
+def _add_convert_commands(commands: Commands) -> None:
+    """The commands that write a model in another format: convert and export."""
     convert_cmd = commands.add_parser("convert", help="write a model in another library's format")
     convert_cmd.add_argument("src", help=MODEL_HELP + ", or a bare weight file with --model")
     convert_cmd.add_argument("dst", help="output folder (vitkit, hf) or .safetensors file (timm)")
@@ -716,6 +748,8 @@ def build_parser() -> argparse.ArgumentParser:
     export_cmd.add_argument("--force", action="store_true", help="replace an existing file")
     export_cmd.set_defaults(func=_export)
 
+
+def _add_serve_command(commands: Commands) -> None:
     serve_cmd = commands.add_parser(
         "serve", help="serve a model: a JSON API with dynamic batching, and a web page that explains each answer"
     )
@@ -762,6 +796,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--log-level", default="info", choices=("warning", "info", "debug"), help="uvicorn's log")
     serve_cmd.set_defaults(func=_serve)
 
+
+def _add_benchmark_command(commands: Commands) -> None:
     bench = commands.add_parser("benchmark", help="img/s, FLOP rate and memory next to timm and transformers")
     bench.add_argument("--model", default="S/16", help="model name or alias")
     bench.add_argument("--batch", type=positive_int, default=32, help="images per step")
@@ -786,6 +822,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.set_defaults(func=_benchmark)
 
+
+def _add_models_command(commands: Commands) -> None:
     models = commands.add_parser(
         "models", help="list the model names and sizes, or (--pretrained) the pretrained weights"
     )
@@ -795,6 +833,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--pretrained", action="store_true", help="list the pretrained weights vitkit knows by name, with their facts"
     )
     models.set_defaults(func=_models)
+
+
+def _add_allow_nonfinite(commands: Commands) -> None:
+    """--allow-nonfinite, last on every command that reads weights."""
     for name, command in commands.choices.items():
         if name in ("shards", "benchmark", "models"):  # the commands that read no weights
             continue
@@ -803,7 +845,6 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help=f"load weights that hold NaN or Inf, with a warning (else an error; or set {ALLOW_NONFINITE_ENV}=1)",
         )
-    return parser
 
 
 def _format_warning(message: Warning | str, *args: Any, **kwargs: Any) -> str:
