@@ -27,7 +27,7 @@ from vitkit.interop.convert import convert
 from vitkit.predict import predict_files
 from vitkit.serve.app import ServeSettings, create_app
 from vitkit.train import ConfigError, train
-from vitkit.train.accuracy import evaluate_model_on
+from vitkit.train.accuracy import score_model
 from vitkit.train.multilabel import average_precision, best_threshold, mean_average_precision, micro_f1
 from vitkit.train.objectives import Classification
 
@@ -302,7 +302,7 @@ def test_multi_label_settings_that_cannot_work_are_refused(collage_run, tmp_path
         tmp_path / "one-class", vitkit.create_model("Ti/16", num_classes=10, img_size=16, patch_size=4, in_chans=1)
     )
     with pytest.raises(ValueError, match="holds several labels per image, but the model predicts one class"):
-        evaluate_model_on(vitkit.load_model(one_class), str(csv_path))
+        score_model(vitkit.load_model(one_class), str(csv_path))
 
 
 def test_a_chosen_label_is_explained_and_its_faithfulness_follows_the_sigmoid(collage_run, capsys):

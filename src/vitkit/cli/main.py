@@ -36,17 +36,17 @@ from vitkit.predict import expand_image_paths, predict_files
 from vitkit.probe import POOLS, fewshot_evaluate, linear_probe
 from vitkit.serve import ServeSettings, serve, served_name
 from vitkit.train import (
-    EvalResult,
-    MultiLabelResult,
+    MultiLabelScores,
     RunSummary,
+    SingleLabelScores,
     TrainConfig,
     TrainingDiverged,
     TrainingInterrupted,
     resolve_config,
     resume_run,
+    score_model,
     train,
 )
-from vitkit.train.accuracy import evaluate_model_on
 from vitkit.train.device import device_of, resolve_device, resolve_precision
 from vitkit.train.distributed import DistributedFailure, from_environment
 from vitkit.train.report import describe
@@ -230,11 +230,11 @@ def _eval(args: argparse.Namespace) -> None:
     holdout = {} if args.data else run_split(args.model)
     precision = resolve_precision(args.precision, torch.device("cpu"))
     settings = {"split": args.split, "batch_size": args.batch_size, "precision": precision, **holdout}
-    result = evaluate_model_on(loaded, data, **settings)
+    result = score_model(loaded, data, **settings)
     int8 = None
     if args.int8:
-        int8 = evaluate_model_on(_for_inference(loaded, True), data, **{**settings, "precision": "fp32"})
-    if isinstance(result, MultiLabelResult):
+        int8 = score_model(_for_inference(loaded, True), data, **{**settings, "precision": "fp32"})
+    if isinstance(result, MultiLabelScores):
         _print_multilabel(args, precision, loaded.class_names, data, result, int8)
         return
     if args.json:
@@ -263,7 +263,7 @@ def _eval(args: argparse.Namespace) -> None:
         print(f"{len(result.skipped)} unreadable file(s) skipped")
 
 
-def _accuracy_document(result: EvalResult, loaded: vitkit.LoadedModel) -> dict[str, Any]:
+def _accuracy_document(result: SingleLabelScores, loaded: vitkit.LoadedModel) -> dict[str, Any]:
     return {
         "images": result.count,
         "top1": result.top1,
@@ -279,8 +279,8 @@ def _print_multilabel(
     precision: str,
     class_names: list[str],
     data: str,
-    result: MultiLabelResult,
-    int8: MultiLabelResult | None,
+    result: MultiLabelScores,
+    int8: MultiLabelScores | None,
 ) -> None:
     if args.json:
         document = {"data": data, "split": args.split, **_multilabel_document(result, class_names)}
@@ -300,7 +300,7 @@ def _print_multilabel(
         print(f"{len(result.skipped)} unreadable file(s) skipped")
 
 
-def _multilabel_document(result: MultiLabelResult, class_names: list[str]) -> dict[str, Any]:
+def _multilabel_document(result: MultiLabelScores, class_names: list[str]) -> dict[str, Any]:
     return {
         "images": result.count,
         "mAP": result.mean_ap,

@@ -1,5 +1,6 @@
-"""Accuracy of a classifier on a data loader: top-1, top-5, per class, confusion matrix; for a
-multi-label classifier mAP, per-class AP and F1 (see :mod:`vitkit.train.multilabel`)."""
+"""Scoring a classifier on a dataset: top-1, top-5, per class, confusion matrix; for a multi-label
+classifier mAP, per-class AP and F1 (see :mod:`vitkit.train.multilabel`). A run's per-epoch
+record is another thing, :class:`vitkit.train.objectives.EpochMetrics`."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ from ..data.shards import ShardStream
 from ..interop.pretrained import imagenet1k_class_names, imagenet1k_synsets
 from ..interop.sources import LoadedModel
 from .device import autocast, device_of
-from .multilabel import MultiLabelResult, multilabel_logits, score_multilabel
+from .multilabel import MultiLabelScores, multilabel_logits, score_multilabel
 
 
 @dataclass
-class EvalResult:
+class SingleLabelScores:
+    """The scores of a single-label classifier (one class per image) on a dataset: fractions of
+    the ``count`` images, and the mean cross-entropy ``loss``."""
+
     top1: float
     top5: float
     loss: float
@@ -34,7 +38,7 @@ class EvalResult:
         totals = self.confusion.sum(dim=1).clamp(min=1)
         return (self.confusion.diagonal() / totals).tolist()
 
-    def agreement(self, other: EvalResult) -> float:
+    def agreement(self, other: SingleLabelScores) -> float:
         """The fraction of images given the same top-1 class here as in ``other`` (another model
         scored on the same images, e.g. the int8 one against the float one)."""
         if len(self.predicted) != len(other.predicted):
@@ -43,7 +47,7 @@ class EvalResult:
 
 
 @torch.inference_mode()
-def evaluate(
+def score_single_label(
     model: nn.Module,
     loader: DataLoader,
     *,
@@ -51,8 +55,8 @@ def evaluate(
     device: torch.device,
     precision: str = "fp32",
     label_map: torch.Tensor | None = None,
-) -> EvalResult:
-    """Run ``model`` over ``loader`` (batches of ``(images, labels, broken)``, see
+) -> SingleLabelScores:
+    """Score the single-label classifier ``model`` over ``loader`` (batches of ``(images, labels, broken)``, see
     :func:`vitkit.data.datasets.collate_skipping_broken`) and count every sample exactly once.
     ``label_map[data_label]`` is the model's index of each data class, when they differ."""
     was_training = model.training
@@ -81,7 +85,7 @@ def evaluate(
     model.train(was_training)
     if count == 0:
         raise ValueError("no readable image to evaluate on")
-    return EvalResult(
+    return SingleLabelScores(
         top1=confusion.diagonal().sum().item() / count,
         top5=top5_hits / count,
         loss=loss_sum / count,
@@ -113,7 +117,7 @@ def _label_map(data_classes: list[str], model_classes: list[str], data_spec: str
     return torch.tensor([index[name] for name in data_classes])
 
 
-def evaluate_model_on(
+def score_model(
     loaded: LoadedModel,
     data_spec: str,
     *,
@@ -123,8 +127,8 @@ def evaluate_model_on(
     val_fraction: float = 0.1,
     seed: int = 0,
     precision: str = "fp32",
-) -> EvalResult | MultiLabelResult:
-    """Evaluate a loaded model on a data spec's ``split`` ("val" or "train"), with the model's own
+) -> SingleLabelScores | MultiLabelScores:
+    """Score a loaded model on a data spec's ``split`` ("val" or "train"), with the model's own
     preprocessing. Each class of the data must be one of the model's, by name (any order, a subset
     is fine) or, for an ImageNet-1k model, by WordNet id (``n01440764/``, ImageNet's own layout).
     ``val_fraction`` and ``seed`` hold images out of data without a split of its own, as
@@ -132,9 +136,9 @@ def evaluate_model_on(
     ``precision`` is ``"fp32"`` or ``"bf16"`` (autocast).
 
     A multi-label model (``loaded.multi_label``) reads the data's labels as label sets and gives a
-    :class:`MultiLabelResult`: mAP and per-class AP (in the model's class order; NaN for a class
+    :class:`MultiLabelScores`: mAP and per-class AP (in the model's class order; NaN for a class
     without a positive in the data), and micro-F1 at the model's own threshold (chosen on
-    held-out data when it was trained). Other models give an :class:`EvalResult` (top-1, top-5)."""
+    held-out data when it was trained). Other models give :class:`SingleLabelScores` (top-1, top-5)."""
     loaded.require_classifier("evaluate")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -144,7 +148,7 @@ def evaluate_model_on(
     )
     device = device_of(model)
     if not multi_label:
-        result = evaluate(
+        result = score_single_label(
             model, loader, num_classes=len(loaded.class_names), device=device, precision=precision, label_map=label_map
         )
         result.skipped = sorted(set(skipped) | set(result.skipped))

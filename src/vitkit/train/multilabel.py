@@ -75,7 +75,7 @@ def best_threshold(probabilities: Tensor, targets: Tensor) -> tuple[float, float
 
 
 @dataclass
-class MultiLabelResult:
+class MultiLabelScores:
     """Held-out scores of a multi-label classifier. ``f1`` is micro-F1 at ``threshold``."""
 
     mean_ap: float
@@ -112,7 +112,7 @@ def multilabel_logits(
 
 def score_multilabel(
     logits: Tensor, targets: Tensor, *, threshold: float | None = None, skipped: list[str] | None = None
-) -> MultiLabelResult:
+) -> MultiLabelScores:
     """mAP, per-class AP, loss (binary cross-entropy), and micro-F1 of the sigmoid probabilities
     at ``threshold`` — or, without one, at the threshold that maximises micro-F1 on these very
     images (what a held-out set is for)."""
@@ -123,7 +123,7 @@ def score_multilabel(
     else:
         f1 = micro_f1(probabilities, targets, threshold)
     loss = nn.functional.binary_cross_entropy_with_logits(logits, targets).item()
-    return MultiLabelResult(
+    return MultiLabelScores(
         mean_ap=mean_average_precision(per_class),
         per_class_ap=per_class.tolist(),
         f1=f1,
