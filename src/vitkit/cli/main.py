@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -230,89 +229,72 @@ def _eval(args: argparse.Namespace) -> None:
     holdout = {} if args.data else run_split(args.model)
     precision = resolve_precision(args.precision, torch.device("cpu"))
     settings = {"split": args.split, "batch_size": args.batch_size, "precision": precision, **holdout}
-    result = score_model(loaded, data, **settings)
+    scores = score_model(loaded, data, **settings)
     int8 = None
     if args.int8:
         int8 = score_model(_for_inference(loaded, True), data, **{**settings, "precision": "fp32"})
-    if isinstance(result, MultiLabelScores):
-        _print_multilabel(args, precision, loaded.class_names, data, result, int8)
-        return
+    if isinstance(scores, MultiLabelScores):
+        _print_multilabel(args, data, precision, loaded.class_names, scores, int8)
+    else:
+        _print_single_label(args, data, precision, loaded.class_names, scores, int8)
+
+
+def _print_single_label(
+    args: argparse.Namespace,
+    data: str,
+    precision: str,
+    class_names: list[str],
+    scores: SingleLabelScores,
+    int8: SingleLabelScores | None,
+) -> None:
     if args.json:
-        document = {"data": data, "split": args.split, "precision": precision, **_accuracy_document(result, loaded)}
+        document = {"data": data, "split": args.split, "precision": precision, **scores.to_dict(class_names)}
         if int8 is not None:
-            document["int8"] = _accuracy_document(int8, loaded)
-            document["int8"]["top1_agreement"] = int8.agreement(result)
+            document["int8"] = int8.to_dict(class_names, baseline=scores)
         print(json.dumps(document, indent=2))
         return
-    for name, scored in [(precision, result), ("int8", int8)]:
-        if scored is not None:
-            print(
-                f"{data} ({args.split}, {scored.count} images, {name}): top-1 {100 * scored.top1:.2f}%  "
-                f"top-5 {100 * scored.top5:.2f}%  loss {scored.loss:.4f}"
-            )
+    _print_summaries(args, data, precision, scores, int8)
     if int8 is not None:
-        print(
-            f"  int8 vs {precision}: the same top-1 class for {100 * int8.agreement(result):.2f}% of the images, "
-            f"top-1 {100 * (int8.top1 - result.top1):+.2f} points"
-        )
+        print(f"  int8 vs {precision}: {int8.compared_with(scores)}")
     print("per class" + (f" ({precision} | int8)" if int8 else ""))
-    per_class = zip(loaded.class_names, result.per_class_accuracy(), (int8 or result).per_class_accuracy(), strict=True)
-    for name, accuracy, int8_accuracy in per_class:
-        print(f"  {name:>20s}  {100 * accuracy:6.2f}%" + (f" | {100 * int8_accuracy:6.2f}%" if int8 else ""))
-    if result.skipped:
-        print(f"{len(result.skipped)} unreadable file(s) skipped")
-
-
-def _accuracy_document(result: SingleLabelScores, loaded: vitkit.LoadedModel) -> dict[str, Any]:
-    return {
-        "images": result.count,
-        "top1": result.top1,
-        "top5": result.top5,
-        "loss": result.loss,
-        "per_class": dict(zip(loaded.class_names, result.per_class_accuracy(), strict=True)),
-        "skipped": result.skipped,
-    }
+    print(scores.per_class_table(class_names, beside=int8))
+    _print_skipped(scores.skipped)
 
 
 def _print_multilabel(
     args: argparse.Namespace,
+    data: str,
     precision: str,
     class_names: list[str],
-    data: str,
-    result: MultiLabelScores,
+    scores: MultiLabelScores,
     int8: MultiLabelScores | None,
 ) -> None:
     if args.json:
-        document = {"data": data, "split": args.split, **_multilabel_document(result, class_names)}
+        document = {"data": data, "split": args.split, **scores.to_dict(class_names)}
         if int8 is not None:
-            document["int8"] = _multilabel_document(int8, class_names)
+            document["int8"] = int8.to_dict(class_names)
         print(json.dumps(document, indent=2))
         return
-    for name, scored in [(precision, result), ("int8", int8)]:
+    _print_summaries(args, data, precision, scores, int8)
+    print(scores.per_class_table(class_names))
+    _print_skipped(scores.skipped)
+
+
+def _print_summaries(
+    args: argparse.Namespace,
+    data: str,
+    precision: str,
+    scores: SingleLabelScores | MultiLabelScores,
+    int8: SingleLabelScores | MultiLabelScores | None,
+) -> None:
+    for label, scored in [(precision, scores), ("int8", int8)]:
         if scored is not None:
-            print(
-                f"{data} ({args.split}, {scored.count} images, {name}): mAP {100 * scored.mean_ap:.2f}%  micro-F1 "
-                f"{100 * scored.f1:.2f}% at threshold {scored.threshold:.3f}  loss {scored.loss:.4f}"
-            )
-    for name, ap in _multilabel_document(result, class_names)["per_class_ap"].items():
-        print(f"  {name:>20s}  AP " + ("no positive image" if ap is None else f"{100 * ap:6.2f}%"))
-    if result.skipped:
-        print(f"{len(result.skipped)} unreadable file(s) skipped")
+            print(f"{data} ({args.split}, {scored.count} images, {label}): {scored.summary()}")
 
 
-def _multilabel_document(result: MultiLabelScores, class_names: list[str]) -> dict[str, Any]:
-    return {
-        "images": result.count,
-        "mAP": result.mean_ap,
-        "f1": result.f1,
-        "threshold": result.threshold,
-        "loss": result.loss,
-        # JSON has no NaN: a class without a positive image has no AP (null)
-        "per_class_ap": {
-            name: None if math.isnan(ap) else ap for name, ap in zip(class_names, result.per_class_ap, strict=True)
-        },
-        "skipped": result.skipped,
-    }
+def _print_skipped(skipped: list[str]) -> None:
+    if skipped:
+        print(f"{len(skipped)} unreadable file(s) skipped")
 
 
 def _data_of(args: argparse.Namespace) -> str:

@@ -4,7 +4,9 @@ record is another thing, :class:`vitkit.train.objectives.EpochMetrics`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,6 +39,43 @@ class SingleLabelScores:
     def per_class_accuracy(self) -> list[float]:
         totals = self.confusion.sum(dim=1).clamp(min=1)
         return (self.confusion.diagonal() / totals).tolist()
+
+    def to_dict(self, class_names: Sequence[str], *, baseline: SingleLabelScores | None = None) -> dict[str, Any]:
+        """JSON-ready: the image count, top-1, top-5, loss, each class's accuracy by name and the
+        files skipped; with ``baseline`` (another model on the same images) also the
+        ``top1_agreement`` with it."""
+        document = {
+            "images": self.count,
+            "top1": self.top1,
+            "top5": self.top5,
+            "loss": self.loss,
+            "per_class": dict(zip(class_names, self.per_class_accuracy(), strict=True)),
+            "skipped": self.skipped,
+        }
+        if baseline is not None:
+            document["top1_agreement"] = self.agreement(baseline)
+        return document
+
+    def summary(self) -> str:
+        """One line: top-1, top-5 and loss."""
+        return f"top-1 {100 * self.top1:.2f}%  top-5 {100 * self.top5:.2f}%  loss {self.loss:.4f}"
+
+    def compared_with(self, baseline: SingleLabelScores) -> str:
+        """One line: how often these top-1 classes are ``baseline``'s (another model on the same
+        images), and the difference in top-1."""
+        return (
+            f"the same top-1 class for {100 * self.agreement(baseline):.2f}% of the images, "
+            f"top-1 {100 * (self.top1 - baseline.top1):+.2f} points"
+        )
+
+    def per_class_table(self, class_names: Sequence[str], *, beside: SingleLabelScores | None = None) -> str:
+        """One line per class: its accuracy, and after a ``|`` that of ``beside`` (another model on
+        the same images) when given."""
+        columns = [self.per_class_accuracy()] + ([beside.per_class_accuracy()] if beside is not None else [])
+        return "\n".join(
+            f"  {name:>20s}  " + " | ".join(f"{100 * accuracy:6.2f}%" for accuracy in accuracies)
+            for name, *accuracies in zip(class_names, *columns, strict=True)
+        )
 
     def agreement(self, other: SingleLabelScores) -> float:
         """The fraction of images given the same top-1 class here as in ``other`` (another model
