@@ -476,14 +476,19 @@ def _shards(args: argparse.Namespace) -> None:
 
 def _convert(args: argparse.Namespace) -> None:
     written = convert(
-        args.src, args.dst, to=args.to, model_name=args.model, metrics=run_metrics(args.src), overwrite=args.force
+        args.src,
+        args.dst,
+        to=args.to,
+        architecture=args.architecture,
+        metrics=run_metrics(args.src),
+        overwrite=args.force,
     )
     print(f"wrote {written} ({args.to})")
 
 
 def _serve(args: argparse.Namespace) -> None:
     device = resolve_device("cpu" if args.int8 else args.device)
-    loaded = load_model(args.model, device=str(device), architecture=args.arch, class_names=args.class_names)
+    loaded = load_model(args.model, device=str(device), architecture=args.architecture, class_names=args.class_names)
     loaded = _for_inference(loaded, args.int8)
     settings = ServeSettings(
         model_name=served_name(args.model),
@@ -709,10 +714,10 @@ def _add_shards_command(commands: Commands) -> None:
 def _add_convert_commands(commands: Commands) -> None:
     """The commands that write a model in another format: convert and export."""
     convert_cmd = commands.add_parser("convert", help="write a model in another library's format")
-    convert_cmd.add_argument("src", help=MODEL_HELP + ", or a bare weight file with --model")
+    convert_cmd.add_argument("src", help=MODEL_HELP + ", or a bare weight file with --architecture")
     convert_cmd.add_argument("dst", help="output folder (vitkit, hf) or .safetensors file (timm)")
     convert_cmd.add_argument("--to", required=True, choices=TARGETS, help="target format")
-    convert_cmd.add_argument("--model", help="architecture of a bare weight file, e.g. S/16")
+    convert_cmd.add_argument("--architecture", metavar="NAME", help="architecture of a bare weight file, e.g. S/16")
     convert_cmd.add_argument("--force", action="store_true", help="replace what DST already holds")
     convert_cmd.set_defaults(func=_convert)
 
@@ -735,8 +740,8 @@ def _add_serve_command(commands: Commands) -> None:
     serve_cmd = commands.add_parser(
         "serve", help="serve a model: a JSON API with dynamic batching, and a web page that explains each answer"
     )
-    serve_cmd.add_argument("model", help=MODEL_HELP + ", or a bare weight file with --model")
-    serve_cmd.add_argument("--model", dest="arch", help="architecture of a bare weight file, e.g. S/16")
+    serve_cmd.add_argument("model", help=MODEL_HELP + ", or a bare weight file with --architecture")
+    serve_cmd.add_argument("--architecture", metavar="NAME", help="architecture of a bare weight file, e.g. S/16")
     serve_cmd.add_argument("--class-names", help="a text file with one class name per line (e.g. for 21k models)")
     serve_cmd.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every one; warns)")
     serve_cmd.add_argument("--port", type=port, default=8000, help="TCP port")
