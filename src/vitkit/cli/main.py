@@ -848,7 +848,7 @@ def _raised_by_vitkit(error: BaseException) -> bool:
 
 
 #: the commands that share the cores with other vitkit processes (vitkit.cores); benchmark times alone
-SHARES_CORES = frozenset({"train", "pretrain", "eval", "fewshot", "probe", "predict", "inspect", "serve"})
+SHARES_CORES = frozenset({"train", "pretrain", "eval", "fewshot", "linear-probe", "predict", "inspect", "serve"})
 
 
 def main(argv: list[str] | None = None) -> int:
