@@ -95,8 +95,8 @@ def score_single_label(
     precision: str = "fp32",
     label_map: torch.Tensor | None = None,
 ) -> SingleLabelScores:
-    """Score the single-label classifier ``model`` over ``loader`` (batches of ``(images, labels, broken)``, see
-    :func:`vitkit.data.datasets.collate_skipping_broken`) and count every sample exactly once.
+    """Score the single-label classifier ``model`` over ``loader`` (batches of ``(images, labels,
+    broken)``, see :func:`vitkit.data.datasets.collate_skipping_broken`), every sample counted once.
     ``label_map[data_label]`` is the model's index of each data class, when they differ."""
     was_training = model.training
     model.eval()
