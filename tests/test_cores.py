@@ -65,3 +65,11 @@ def test_a_thread_count_the_user_chose_is_kept(monkeypatch, threads):
     monkeypatch.delenv("VITKIT_THREADS")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as torchrun and make test set it
     assert cores.share_cores() is None
+
+
+def test_the_commands_that_share_cores_are_commands():
+    from vitkit.cli.main import SHARES_CORES, build_parser
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    unknown = SHARES_CORES - set(commands)
+    assert not unknown, unknown

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from vitkit.interop import load_model
 from vitkit.train import resume_run, train
-from vitkit.train.accuracy import evaluate_model_on
+from vitkit.train.accuracy import score_model
 from vitkit.train.distributed import Processes, rank_batches
 
 # torchrun's processes would fight another pytest worker's for the 2 cores: one worker runs them all
@@ -52,9 +52,9 @@ def test_two_processes_train_like_one_with_twice_the_batch(tmp_path, fsdp):
     a = load_file(str(Path(one.run_dir) / "model.safetensors"))
     b = load_file(str(Path(two.out) / "model.safetensors"))
     assert max((_without_key_bias(k, a[k]) - _without_key_bias(k, b[k])).abs().max().item() for k in a) < 1e-5
-    # Evaluation: 359 held-out digits (odd) over 2 processes, each counted once, same accuracy.
+    # Held-out metrics: 359 held-out digits (odd) over 2 processes, each counted once, same accuracy.
     record = json.loads((Path(two.out) / "metrics.jsonl").read_text().splitlines()[-1])
-    alone = evaluate_model_on(load_model(two.out), "digits")
+    alone = score_model(load_model(two.out), "digits")
     assert record["val_images"] == alone.count == 359
     assert abs(record["val_top1"] - alone.top1) < 1e-9
 

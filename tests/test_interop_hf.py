@@ -118,13 +118,9 @@ def test_convert_timm_file_to_vitkit_to_transformers_keeps_the_logits(tmp_path):
     peer = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3).eval()
     with torch.no_grad():
         peer.head.weight.normal_(std=0.02)
-    save_file(peer.state_dict(), str(tmp_path / "timm.safetensors"))
-    assert (
-        main(
-            ["convert", str(tmp_path / "timm.safetensors"), str(tmp_path / "vk"), "--to", "vitkit", "--model", "Ti/16"]
-        )
-        == 0
-    )
+    weights = str(tmp_path / "timm.safetensors")
+    save_file(peer.state_dict(), weights)
+    assert main(["convert", weights, str(tmp_path / "vk"), "--to", "vitkit", "--architecture", "Ti/16"]) == 0
     assert main(["convert", str(tmp_path / "vk"), str(tmp_path / "hf"), "--to", "hf"]) == 0
     assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "back.safetensors"), "--to", "timm"]) == 0
     hf = ViTForImageClassification.from_pretrained(tmp_path / "hf").eval()
@@ -145,4 +141,4 @@ def test_convert_needs_an_architecture_for_a_bare_file(tmp_path, capsys):
 
     save_file(vitkit.create_model("Ti/16").state_dict(), str(tmp_path / "w.safetensors"))
     assert main(["convert", str(tmp_path / "w.safetensors"), str(tmp_path / "out"), "--to", "hf"]) == 2
-    assert "name one with --model" in capsys.readouterr().err
+    assert "name one with --architecture" in capsys.readouterr().err

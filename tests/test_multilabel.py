@@ -27,8 +27,14 @@ from vitkit.interop.convert import convert
 from vitkit.predict import predict_files
 from vitkit.serve.app import ServeSettings, create_app
 from vitkit.train import ConfigError, train
-from vitkit.train.accuracy import evaluate_model_on
-from vitkit.train.multilabel import average_precision, best_threshold, mean_average_precision, micro_f1
+from vitkit.train.accuracy import score_model
+from vitkit.train.multilabel import (
+    MultiLabelScores,
+    average_precision,
+    best_threshold,
+    mean_average_precision,
+    micro_f1,
+)
 from vitkit.train.objectives import Classification
 
 
@@ -74,6 +80,18 @@ def test_threshold_maximises_micro_f1_as_scikit_learn_counts_it(seed):
     tried = np.concatenate([[values[0] - 0.01], (values[1:] + values[:-1]) / 2, [values[-1] + 0.01]])
     best_any = max(f1_score(flat_targets, (probabilities.flatten().numpy() > t).astype(float)) for t in tried)
     assert f1 == pytest.approx(best_any, rel=1e-12)
+
+
+def test_scores_as_json_and_as_a_table_name_a_class_without_positives():
+    scores = MultiLabelScores(0.8, [0.9, float("nan")], 0.5, 0.25, 0.125, 10)
+    document = scores.to_dict(["cat", "dog"])
+    assert document["per_class_ap"] == {"cat": 0.9, "dog": None}  # JSON has no NaN
+    assert json.loads(json.dumps(document, allow_nan=False)) == document
+    assert scores.summary() == "mAP 80.00%  micro-F1 50.00% at threshold 0.250  loss 0.1250"
+    assert scores.per_class_table(["cat", "dog"]).splitlines() == [
+        f"  {'cat':>20s}  AP  90.00%",
+        f"  {'dog':>20s}  AP no positive image",
+    ]
 
 
 # ------------------------------------------------------------------ the objective
@@ -302,7 +320,7 @@ def test_multi_label_settings_that_cannot_work_are_refused(collage_run, tmp_path
         tmp_path / "one-class", vitkit.create_model("Ti/16", num_classes=10, img_size=16, patch_size=4, in_chans=1)
     )
     with pytest.raises(ValueError, match="holds several labels per image, but the model predicts one class"):
-        evaluate_model_on(vitkit.load_model(one_class), str(csv_path))
+        score_model(vitkit.load_model(one_class), str(csv_path))
 
 
 def test_a_chosen_label_is_explained_and_its_faithfulness_follows_the_sigmoid(collage_run, capsys):

@@ -143,7 +143,7 @@ def _initial_held_out_loss(config):
     objective = build_objective(config, model, num_classes=10, device=torch.device("cpu"), precision="fp32")
     held_out = preprocess_in_memory(load_digits().val, eval_transform(8, 1))
     loader = torch.utils.data.DataLoader(held_out, batch_size=256, collate_fn=collate_skipping_broken)
-    return objective.evaluate(objective.module, loader).metrics["val_loss"]
+    return objective.held_out_metrics(objective.module, loader).metrics["val_loss"]
 
 
 @pytest.fixture(scope="module", params=["mpp", "mae"])

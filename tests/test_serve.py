@@ -24,6 +24,7 @@ from loopback import free_port
 from PIL import Image
 
 import vitkit
+import vitkit.cli.main as cli
 from vitkit.predict import predict_files
 from vitkit.serve import DynamicBatcher, ServeSettings, create_app
 
@@ -335,6 +336,19 @@ def test_serving_on_every_interface_warns(trained_digits):
     process.terminate()
     process.wait(timeout=30)
     assert "warning: serving on 0.0.0.0" in output and "no --api-key" in output
+
+
+def test_serve_reads_a_bare_weight_file_as_the_architecture_named(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "weights.safetensors"
+    save_file(vitkit.create_model("Ti/16", num_classes=3).state_dict(), str(weights))
+    served = {}
+    monkeypatch.setattr(cli, "serve", lambda loaded, settings, **_: served.update(loaded=loaded, settings=settings))
+    assert cli.main(["serve", str(weights), "--architecture", "Ti/16"]) == 0
+    config = served["loaded"].model.config
+    assert (config.embed_dim, config.num_classes) == (192, 3)
+    assert served["settings"].model_name == "weights.safetensors"  # the display name: the file's
 
 
 def _headless_chromium(tmp_path):

@@ -115,14 +115,14 @@ def test_weights_that_do_not_fit_never_load_silently(tmp_path, capsys):
     with pytest.raises(ValueError, match="cannot load"):
         vitkit.create_model("Ti/16", weights=tmp_path / "other.pth")
     code = vitkit.cli.main.main(
-        ["convert", str(tmp_path / "other.pth"), str(tmp_path / "out"), "--to", "vitkit", "--model", "Ti/16"]
+        ["convert", str(tmp_path / "other.pth"), str(tmp_path / "out"), "--to", "vitkit", "--architecture", "Ti/16"]
     )
     assert code == 2 and "cannot load" in capsys.readouterr().err and not (tmp_path / "out").exists()
     save_model(tmp_path / "model", tiny_vit())
     code = vitkit.cli.main.main(
-        ["convert", str(tmp_path / "model"), str(tmp_path / "b16"), "--to", "vitkit", "--model", "B/16"]
+        ["convert", str(tmp_path / "model"), str(tmp_path / "b16"), "--to", "vitkit", "--architecture", "B/16"]
     )
-    assert code == 2 and "drop --model" in capsys.readouterr().err
+    assert code == 2 and "drop --architecture" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["Ti/16", "R26+S/32"])

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from vitkit.cli.main import main
-from vitkit.train import TrainingDiverged, resolve_config, resume_run, train
+from vitkit.train import SingleLabelScores, TrainingDiverged, resolve_config, resume_run, train
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,22 @@ def test_eval_and_predict_from_the_cli(trained_run, tmp_path, capsys):
     assert broken["error"] and not broken["top"]
     good = [p for p in predictions if not p["error"]]
     assert all(len(p["top"]) == 3 and abs(sum(q for _, q in p["top"])) <= 1.0001 for p in good)
+
+
+def test_single_label_scores_as_json_and_as_a_table():
+    confusion = torch.tensor([[3, 1], [0, 4]])
+    float_scores = SingleLabelScores(7 / 8, 1.0, 0.25, 8, confusion, predicted=torch.tensor([0, 0, 0, 1, 1, 1, 1, 1]))
+    int8 = SingleLabelScores(6 / 8, 1.0, 0.5, 8, confusion, predicted=torch.tensor([0, 0, 1, 1, 1, 1, 1, 1]))
+    document = int8.to_dict(["cat", "dog"], baseline=float_scores)
+    assert document["per_class"] == {"cat": 0.75, "dog": 1.0} and document["top1_agreement"] == 7 / 8
+    assert json.loads(json.dumps(document)) == document
+    assert "top1_agreement" not in float_scores.to_dict(["cat", "dog"])
+    assert float_scores.summary() == "top-1 87.50%  top-5 100.00%  loss 0.2500"
+    assert int8.compared_with(float_scores) == "the same top-1 class for 87.50% of the images, top-1 -12.50 points"
+    assert float_scores.per_class_table(["cat", "dog"], beside=int8).splitlines() == [
+        f"  {'cat':>20s}   75.00% |  75.00%",
+        f"  {'dog':>20s}  100.00% | 100.00%",
+    ]
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -40,22 +39,25 @@ from vitkit.predict import expand_image_paths, predict_files
 from vitkit.probe import FEATURE_POOLS, fewshot_evaluate, linear_probe
 from vitkit.serve import ServeSettings, serve, served_name
 from vitkit.train import (
-    EvalResult,
-    MultiLabelResult,
+    MultiLabelScores,
     RunSummary,
+    SingleLabelScores,
     TrainConfig,
     TrainingDiverged,
     TrainingInterrupted,
     resolve_config,
     resume_run,
+    score_model,
     train,
 )
-from vitkit.train.accuracy import evaluate_model_on
 from vitkit.train.distributed import DistributedFailure, from_environment
 from vitkit.train.report import describe
 from vitkit.train.run_folder import run_data, run_metrics, run_split
 
 VITKIT_PACKAGE = Path(vitkit.__file__).resolve().parent
+
+#: what ``add_subparsers`` returns: each command's parser is added to it
+Commands = argparse._SubParsersAction
 
 MODEL_HELP = (
     "a run or model folder (vitkit, transformers, timm), a Google .npz, a pretrained name "
@@ -230,89 +232,72 @@ def _eval(args: argparse.Namespace) -> None:
     holdout = {} if args.data else run_split(args.model)
     precision = resolve_precision(args.precision, torch.device("cpu"))
     settings = {"split": args.split, "batch_size": args.batch_size, "precision": precision, **holdout}
-    result = evaluate_model_on(loaded, data, **settings)
+    scores = score_model(loaded, data, **settings)
     int8 = None
     if args.int8:
-        int8 = evaluate_model_on(_for_inference(loaded, True), data, **{**settings, "precision": "fp32"})
-    if isinstance(result, MultiLabelResult):
-        _print_multilabel(args, precision, loaded.class_names, data, result, int8)
-        return
+        int8 = score_model(_for_inference(loaded, True), data, **{**settings, "precision": "fp32"})
+    if isinstance(scores, MultiLabelScores):
+        _print_multilabel(args, data, precision, loaded.class_names, scores, int8)
+    else:
+        _print_single_label(args, data, precision, loaded.class_names, scores, int8)
+
+
+def _print_single_label(
+    args: argparse.Namespace,
+    data: str,
+    precision: str,
+    class_names: list[str],
+    scores: SingleLabelScores,
+    int8: SingleLabelScores | None,
+) -> None:
     if args.json:
-        document = {"data": data, "split": args.split, "precision": precision, **_accuracy_document(result, loaded)}
+        document = {"data": data, "split": args.split, "precision": precision, **scores.to_dict(class_names)}
         if int8 is not None:
-            document["int8"] = _accuracy_document(int8, loaded)
-            document["int8"]["top1_agreement"] = int8.agreement(result)
+            document["int8"] = int8.to_dict(class_names, baseline=scores)
         print(json.dumps(document, indent=2))
         return
-    for name, scored in [(precision, result), ("int8", int8)]:
-        if scored is not None:
-            print(
-                f"{data} ({args.split}, {scored.count} images, {name}): top-1 {100 * scored.top1:.2f}%  "
-                f"top-5 {100 * scored.top5:.2f}%  loss {scored.loss:.4f}"
-            )
+    _print_summaries(args, data, precision, scores, int8)
     if int8 is not None:
-        print(
-            f"  int8 vs {precision}: the same top-1 class for {100 * int8.agreement(result):.2f}% of the images, "
-            f"top-1 {100 * (int8.top1 - result.top1):+.2f} points"
-        )
+        print(f"  int8 vs {precision}: {int8.compared_with(scores)}")
     print("per class" + (f" ({precision} | int8)" if int8 else ""))
-    per_class = zip(loaded.class_names, result.per_class_accuracy(), (int8 or result).per_class_accuracy(), strict=True)
-    for name, accuracy, int8_accuracy in per_class:
-        print(f"  {name:>20s}  {100 * accuracy:6.2f}%" + (f" | {100 * int8_accuracy:6.2f}%" if int8 else ""))
-    if result.skipped:
-        print(f"{len(result.skipped)} unreadable file(s) skipped")
-
-
-def _accuracy_document(result: EvalResult, loaded: vitkit.LoadedModel) -> dict[str, Any]:
-    return {
-        "images": result.count,
-        "top1": result.top1,
-        "top5": result.top5,
-        "loss": result.loss,
-        "per_class": dict(zip(loaded.class_names, result.per_class_accuracy(), strict=True)),
-        "skipped": result.skipped,
-    }
+    print(scores.per_class_table(class_names, beside=int8))
+    _print_skipped(scores.skipped)
 
 
 def _print_multilabel(
     args: argparse.Namespace,
+    data: str,
     precision: str,
     class_names: list[str],
-    data: str,
-    result: MultiLabelResult,
-    int8: MultiLabelResult | None,
+    scores: MultiLabelScores,
+    int8: MultiLabelScores | None,
 ) -> None:
     if args.json:
-        document = {"data": data, "split": args.split, **_multilabel_document(result, class_names)}
+        document = {"data": data, "split": args.split, **scores.to_dict(class_names)}
         if int8 is not None:
-            document["int8"] = _multilabel_document(int8, class_names)
+            document["int8"] = int8.to_dict(class_names)
         print(json.dumps(document, indent=2))
         return
-    for name, scored in [(precision, result), ("int8", int8)]:
+    _print_summaries(args, data, precision, scores, int8)
+    print(scores.per_class_table(class_names))
+    _print_skipped(scores.skipped)
+
+
+def _print_summaries(
+    args: argparse.Namespace,
+    data: str,
+    precision: str,
+    scores: SingleLabelScores | MultiLabelScores,
+    int8: SingleLabelScores | MultiLabelScores | None,
+) -> None:
+    for label, scored in [(precision, scores), ("int8", int8)]:
         if scored is not None:
-            print(
-                f"{data} ({args.split}, {scored.count} images, {name}): mAP {100 * scored.mean_ap:.2f}%  micro-F1 "
-                f"{100 * scored.f1:.2f}% at threshold {scored.threshold:.3f}  loss {scored.loss:.4f}"
-            )
-    for name, ap in _multilabel_document(result, class_names)["per_class_ap"].items():
-        print(f"  {name:>20s}  AP " + ("no positive image" if ap is None else f"{100 * ap:6.2f}%"))
-    if result.skipped:
-        print(f"{len(result.skipped)} unreadable file(s) skipped")
+            print(f"{data} ({args.split}, {scored.count} images, {label}): {scored.summary()}")
 
 
-def _multilabel_document(result: MultiLabelResult, class_names: list[str]) -> dict[str, Any]:
-    return {
-        "images": result.count,
-        "mAP": result.mean_ap,
-        "f1": result.f1,
-        "threshold": result.threshold,
-        "loss": result.loss,
-        # JSON has no NaN: a class without a positive image has no AP (null)
-        "per_class_ap": {
-            name: None if math.isnan(ap) else ap for name, ap in zip(class_names, result.per_class_ap, strict=True)
-        },
-        "skipped": result.skipped,
-    }
+def _print_skipped(skipped: list[str]) -> None:
+    if skipped:
+        print(f"{len(skipped)} unreadable file(s) skipped")
 
 
 def _data_of(args: argparse.Namespace) -> str:
@@ -494,14 +479,19 @@ def _shards(args: argparse.Namespace) -> None:
 
 def _convert(args: argparse.Namespace) -> None:
     written = convert(
-        args.src, args.dst, to=args.to, model_name=args.model, metrics=run_metrics(args.src), overwrite=args.force
+        args.src,
+        args.dst,
+        to=args.to,
+        architecture=args.architecture,
+        metrics=run_metrics(args.src),
+        overwrite=args.force,
     )
     print(f"wrote {written} ({args.to})")
 
 
 def _serve(args: argparse.Namespace) -> None:
     device = resolve_device("cpu" if args.int8 else args.device)
-    loaded = load_model(args.model, device=str(device), architecture=args.arch, class_names=args.class_names)
+    loaded = load_model(args.model, device=str(device), architecture=args.architecture, class_names=args.class_names)
     loaded = _for_inference(loaded, args.int8)
     settings = ServeSettings(
         model_name=served_name(args.model),
@@ -578,7 +568,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vitkit {vitkit.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # in the order `vitkit --help` lists them
+    _add_training_commands(commands)
+    _add_eval_command(commands)
+    _add_probe_commands(commands)
+    _add_predict_command(commands)
+    _add_inspect_command(commands)
+    _add_shards_command(commands)
+    _add_convert_commands(commands)
+    _add_serve_command(commands)
+    _add_benchmark_command(commands)
+    _add_models_command(commands)
+    _add_allow_nonfinite(commands)
+    return parser
 
+
+def _add_training_commands(commands: Commands) -> None:
     train_cmd = commands.add_parser(
         "train",
         help="train or fine-tune a ViT (no arguments: the demo preset on MNIST)",
@@ -597,6 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(pretrain_cmd, "pretrain")
     pretrain_cmd.set_defaults(func=_pretrain)
 
+
+def _add_eval_command(commands: Commands) -> None:
     eval_cmd = commands.add_parser(
         "eval", help="accuracy of a trained model: top-1, top-5, per class (multi-label: mAP, per-class AP, F1)"
     )
@@ -608,6 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_flags(eval_cmd, precision="fp32", int8_help="also score the int8 model, next to the float one")
     eval_cmd.set_defaults(func=_eval)
 
+
+def _add_probe_commands(commands: Commands) -> None:
+    """The frozen-feature evaluations: fewshot and linear-probe."""
     fewshot_cmd = commands.add_parser(
         "fewshot", help="few-shot linear evaluation of frozen features (paper §4.1): closed-form least squares"
     )
@@ -638,6 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
     probe_cmd.set_defaults(func=_linear_probe)
 
+
+def _add_predict_command(commands: Commands) -> None:
     predict_cmd = commands.add_parser(
         "predict", help="top-k classes of image files (multi-label: the labels above the model's threshold)"
     )
@@ -652,6 +664,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_max_pixels(predict_cmd)
     predict_cmd.set_defaults(func=_predict)
 
+
+def _add_inspect_command(commands: Commands) -> None:
     inspect_cmd = commands.add_parser(
         "inspect",
         help="the paper's analysis figures (attention, distances, position embeddings, filters) and explanations "
@@ -684,6 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect_cmd.set_defaults(func=_inspect)
 
+
+def _add_shards_command(commands: Commands) -> None:
     shards_cmd = commands.add_parser(
         "shards", help="write a dataset as tar shards (WebDataset layout) to stream data larger than memory"
     )
@@ -697,11 +713,14 @@ def build_parser() -> argparse.ArgumentParser:
     shards_cmd.add_argument("--force", action="store_true", help="write into an OUT folder that holds other files")
     shards_cmd.set_defaults(func=_shards)
 
+
+def _add_convert_commands(commands: Commands) -> None:
+    """The commands that write a model in another format: convert and export."""
     convert_cmd = commands.add_parser("convert", help="write a model in another library's format")
-    convert_cmd.add_argument("src", help=MODEL_HELP + ", or a bare weight file with --model")
+    convert_cmd.add_argument("src", help=MODEL_HELP + ", or a bare weight file with --architecture")
     convert_cmd.add_argument("dst", help="output folder (vitkit, hf) or .safetensors file (timm)")
     convert_cmd.add_argument("--to", required=True, choices=TARGETS, help="target format")
-    convert_cmd.add_argument("--model", help="architecture of a bare weight file, e.g. S/16")
+    convert_cmd.add_argument("--architecture", metavar="NAME", help="architecture of a bare weight file, e.g. S/16")
     convert_cmd.add_argument("--force", action="store_true", help="replace what DST already holds")
     convert_cmd.set_defaults(func=_convert)
 
@@ -719,11 +738,13 @@ def build_parser() -> argparse.ArgumentParser:
     export_cmd.add_argument("--force", action="store_true", help="replace an existing file")
     export_cmd.set_defaults(func=_export)
 
+
+def _add_serve_command(commands: Commands) -> None:
     serve_cmd = commands.add_parser(
         "serve", help="serve a model: a JSON API with dynamic batching, and a web page that explains each answer"
     )
-    serve_cmd.add_argument("model", help=MODEL_HELP + ", or a bare weight file with --model")
-    serve_cmd.add_argument("--model", dest="arch", help="architecture of a bare weight file, e.g. S/16")
+    serve_cmd.add_argument("model", help=MODEL_HELP + ", or a bare weight file with --architecture")
+    serve_cmd.add_argument("--architecture", metavar="NAME", help="architecture of a bare weight file, e.g. S/16")
     serve_cmd.add_argument("--class-names", help="a text file with one class name per line (e.g. for 21k models)")
     serve_cmd.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every one; warns)")
     serve_cmd.add_argument("--port", type=port, default=8000, help="TCP port")
@@ -765,6 +786,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--log-level", default="info", choices=("warning", "info", "debug"), help="uvicorn's log")
     serve_cmd.set_defaults(func=_serve)
 
+
+def _add_benchmark_command(commands: Commands) -> None:
     bench = commands.add_parser("benchmark", help="img/s, FLOP rate and memory next to timm and transformers")
     bench.add_argument("--model", default="S/16", help="model name or alias")
     bench.add_argument("--batch", type=positive_int, default=32, help="images per step")
@@ -789,6 +812,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.set_defaults(func=_benchmark)
 
+
+def _add_models_command(commands: Commands) -> None:
     models = commands.add_parser(
         "models", help="list the model names and sizes, or (--pretrained) the pretrained weights"
     )
@@ -798,6 +823,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--pretrained", action="store_true", help="list the pretrained weights vitkit knows by name, with their facts"
     )
     models.set_defaults(func=_models)
+
+
+def _add_allow_nonfinite(commands: Commands) -> None:
+    """--allow-nonfinite, last on every command that reads weights."""
     for name, command in commands.choices.items():
         if name in ("shards", "benchmark", "models"):  # the commands that read no weights
             continue
@@ -806,7 +835,6 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help=f"load weights that hold NaN or Inf, with a warning (else an error; or set {ALLOW_NONFINITE_ENV}=1)",
         )
-    return parser
 
 
 def _format_warning(message: Warning | str, *args: Any, **kwargs: Any) -> str:
@@ -849,7 +877,7 @@ def _raised_by_vitkit(error: BaseException) -> bool:
 
 
 #: the commands that share the cores with other vitkit processes (vitkit.cores); benchmark times alone
-SHARES_CORES = frozenset({"train", "pretrain", "eval", "fewshot", "probe", "predict", "inspect", "serve"})
+SHARES_CORES = frozenset({"train", "pretrain", "eval", "fewshot", "linear-probe", "predict", "inspect", "serve"})
 
 
 def main(argv: list[str] | None = None) -> int:

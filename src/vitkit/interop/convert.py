@@ -31,26 +31,26 @@ def convert(
     dst: str | Path,
     *,
     to: str,
-    model_name: str | None = None,
+    architecture: str | None = None,
     metrics: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write the model in ``src`` (anything :func:`vitkit.open_weights` reads; a bare weight file
-    needs ``model_name``, e.g. ``"S/16"``) to ``dst`` in the ``to`` format: ``vitkit`` (folder),
+    needs its ``architecture``, a model name such as ``"S/16"``) to ``dst`` in the ``to`` format: ``vitkit`` (folder),
     ``timm`` (a ``.safetensors`` state dict with timm's names), ``hf`` (a folder for transformers'
     ``from_pretrained`` and ``pipeline``, with a model card listing ``metrics``) or ``npz``
     (vit_jax layout). An existing ``dst`` (a file, or a folder that is not empty: a run's model,
     say) is left alone unless ``overwrite``."""
     if to not in TARGETS:
         raise ValueError(f"unknown target format {to!r}; choose one of {', '.join(TARGETS)}")
-    if model_name and not _is_bare_weight_file(src):
+    if architecture and not _is_bare_weight_file(src):
         raise ValueError(
-            f"--model names the architecture of a bare weight file; {src} carries its own architecture: drop --model"
+            f"--architecture names the architecture of a bare weight file; {src} carries its own: drop --architecture"
         )
     target = Path(dst)
     if not overwrite and (target.is_file() or (target.is_dir() and any(target.iterdir()))):
         raise ValueError(f"{dst} already exists and holds files; choose another destination or pass --force")
-    weights = open_weights(src, architecture=model_name)
+    weights = open_weights(src, architecture=architecture)
     model = weights.build_model()
     dst = Path(dst)
     if to == "vitkit":

@@ -281,7 +281,9 @@ def _open_file(path: Path, architecture: str | ViTConfig | None, keep_pre_logits
     else:
         state = upgrade_vitkit_keys(state)
     if architecture is None:
-        raise ValueError(f"{path} is a bare weight file with no architecture in it; name one with --model (e.g. S/16)")
+        raise ValueError(
+            f"{path} is a bare weight file with no architecture in it; name one with --architecture (e.g. S/16)"
+        )
     config = architecture if isinstance(architecture, ViTConfig) else _config_of_state(state, architecture)
     names, note = _class_names(config.num_classes)
     name = architecture if isinstance(architecture, str) else None

@@ -1,21 +1,23 @@
-"""Training: config and presets, optimiser and schedule, the loop, checkpoints, evaluation."""
+"""Training: config and presets, optimiser and schedule, the loop, checkpoints, and scoring a
+model on a dataset."""
 
-from .accuracy import EvalResult, evaluate
+from .accuracy import SingleLabelScores, score_model, score_single_label
 from .config import PRESETS, ConfigError, TrainConfig, resolve_config
 from .loop import RunSummary, TrainingDiverged, TrainingInterrupted, resume_run, train
-from .multilabel import MultiLabelResult
+from .multilabel import MultiLabelScores
 
 __all__ = [
     "PRESETS",
     "ConfigError",
-    "EvalResult",
-    "MultiLabelResult",
+    "MultiLabelScores",
     "RunSummary",
+    "SingleLabelScores",
     "TrainConfig",
     "TrainingDiverged",
     "TrainingInterrupted",
-    "evaluate",
     "resolve_config",
     "resume_run",
+    "score_model",
+    "score_single_label",
     "train",
 ]

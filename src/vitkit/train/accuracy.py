@@ -1,9 +1,12 @@
-"""Accuracy of a classifier on a data loader: top-1, top-5, per class, confusion matrix; for a
-multi-label classifier mAP, per-class AP and F1 (see :mod:`vitkit.train.multilabel`)."""
+"""Scoring a classifier on a dataset: top-1, top-5, per class, confusion matrix; for a multi-label
+classifier mAP, per-class AP and F1 (see :mod:`vitkit.train.multilabel`). A run's per-epoch
+record is another thing, :class:`vitkit.train.objectives.EpochMetrics`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,11 +18,14 @@ from ..data.shards import ShardStream
 from ..device import autocast, device_of
 from ..interop.pretrained import imagenet1k_class_names, imagenet1k_synsets
 from ..interop.sources import LoadedModel
-from .multilabel import MultiLabelResult, multilabel_logits, score_multilabel
+from .multilabel import MultiLabelScores, multilabel_logits, score_multilabel
 
 
 @dataclass
-class EvalResult:
+class SingleLabelScores:
+    """The scores of a single-label classifier (one class per image) on a dataset: fractions of
+    the ``count`` images, and the mean cross-entropy ``loss``."""
+
     top1: float
     top5: float
     loss: float
@@ -34,7 +40,44 @@ class EvalResult:
         totals = self.confusion.sum(dim=1).clamp(min=1)
         return (self.confusion.diagonal() / totals).tolist()
 
-    def agreement(self, other: EvalResult) -> float:
+    def to_dict(self, class_names: Sequence[str], *, baseline: SingleLabelScores | None = None) -> dict[str, Any]:
+        """JSON-ready: the image count, top-1, top-5, loss, each class's accuracy by name and the
+        files skipped; with ``baseline`` (another model on the same images) also the
+        ``top1_agreement`` with it."""
+        document = {
+            "images": self.count,
+            "top1": self.top1,
+            "top5": self.top5,
+            "loss": self.loss,
+            "per_class": dict(zip(class_names, self.per_class_accuracy(), strict=True)),
+            "skipped": self.skipped,
+        }
+        if baseline is not None:
+            document["top1_agreement"] = self.agreement(baseline)
+        return document
+
+    def summary(self) -> str:
+        """One line: top-1, top-5 and loss."""
+        return f"top-1 {100 * self.top1:.2f}%  top-5 {100 * self.top5:.2f}%  loss {self.loss:.4f}"
+
+    def compared_with(self, baseline: SingleLabelScores) -> str:
+        """One line: how often these top-1 classes are ``baseline``'s (another model on the same
+        images), and the difference in top-1."""
+        return (
+            f"the same top-1 class for {100 * self.agreement(baseline):.2f}% of the images, "
+            f"top-1 {100 * (self.top1 - baseline.top1):+.2f} points"
+        )
+
+    def per_class_table(self, class_names: Sequence[str], *, beside: SingleLabelScores | None = None) -> str:
+        """One line per class: its accuracy, and after a ``|`` that of ``beside`` (another model on
+        the same images) when given."""
+        columns = [self.per_class_accuracy()] + ([beside.per_class_accuracy()] if beside is not None else [])
+        return "\n".join(
+            f"  {name:>20s}  " + " | ".join(f"{100 * accuracy:6.2f}%" for accuracy in accuracies)
+            for name, *accuracies in zip(class_names, *columns, strict=True)
+        )
+
+    def agreement(self, other: SingleLabelScores) -> float:
         """The fraction of images given the same top-1 class here as in ``other`` (another model
         scored on the same images, e.g. the int8 one against the float one)."""
         if len(self.predicted) != len(other.predicted):
@@ -43,7 +86,7 @@ class EvalResult:
 
 
 @torch.inference_mode()
-def evaluate(
+def score_single_label(
     model: nn.Module,
     loader: DataLoader,
     *,
@@ -51,9 +94,9 @@ def evaluate(
     device: torch.device,
     precision: str = "fp32",
     label_map: torch.Tensor | None = None,
-) -> EvalResult:
-    """Run ``model`` over ``loader`` (batches of ``(images, labels, broken)``, see
-    :func:`vitkit.data.datasets.collate_skipping_broken`) and count every sample exactly once.
+) -> SingleLabelScores:
+    """Score the single-label classifier ``model`` over ``loader`` (batches of ``(images, labels,
+    broken)``, see :func:`vitkit.data.datasets.collate_skipping_broken`), every sample counted once.
     ``label_map[data_label]`` is the model's index of each data class, when they differ."""
     was_training = model.training
     model.eval()
@@ -81,7 +124,7 @@ def evaluate(
     model.train(was_training)
     if count == 0:
         raise ValueError("no readable image to evaluate on")
-    return EvalResult(
+    return SingleLabelScores(
         top1=confusion.diagonal().sum().item() / count,
         top5=top5_hits / count,
         loss=loss_sum / count,
@@ -113,7 +156,7 @@ def _label_map(data_classes: list[str], model_classes: list[str], data_spec: str
     return torch.tensor([index[name] for name in data_classes])
 
 
-def evaluate_model_on(
+def score_model(
     loaded: LoadedModel,
     data_spec: str,
     *,
@@ -123,8 +166,8 @@ def evaluate_model_on(
     val_fraction: float = 0.1,
     seed: int = 0,
     precision: str = "fp32",
-) -> EvalResult | MultiLabelResult:
-    """Evaluate a loaded model on a data spec's ``split`` ("val" or "train"), with the model's own
+) -> SingleLabelScores | MultiLabelScores:
+    """Score a loaded model on a data spec's ``split`` ("val" or "train"), with the model's own
     preprocessing. Each class of the data must be one of the model's, by name (any order, a subset
     is fine) or, for an ImageNet-1k model, by WordNet id (``n01440764/``, ImageNet's own layout).
     ``val_fraction`` and ``seed`` hold images out of data without a split of its own, as
@@ -132,9 +175,9 @@ def evaluate_model_on(
     ``precision`` is ``"fp32"`` or ``"bf16"`` (autocast).
 
     A multi-label model (``loaded.multi_label``) reads the data's labels as label sets and gives a
-    :class:`MultiLabelResult`: mAP and per-class AP (in the model's class order; NaN for a class
+    :class:`MultiLabelScores`: mAP and per-class AP (in the model's class order; NaN for a class
     without a positive in the data), and micro-F1 at the model's own threshold (chosen on
-    held-out data when it was trained). Other models give an :class:`EvalResult` (top-1, top-5)."""
+    held-out data when it was trained). Other models give :class:`SingleLabelScores` (top-1, top-5)."""
     loaded.require_classifier("evaluate")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -144,7 +187,7 @@ def evaluate_model_on(
     )
     device = device_of(model)
     if not multi_label:
-        result = evaluate(
+        result = score_single_label(
             model, loader, num_classes=len(loaded.class_names), device=device, precision=precision, label_map=label_map
         )
         result.skipped = sorted(set(skipped) | set(result.skipped))

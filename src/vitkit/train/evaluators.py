@@ -1,5 +1,5 @@
 """What a run measures at each epoch end, chosen by ``config.evaluators`` as big_vision chooses its
-evaluators: each has a ``name`` and ``run(module) -> Evaluation``. The first one's score ranks
+evaluators: each has a ``name`` and ``run(module) -> EpochMetrics``. The first one's score ranks
 epochs; their metrics are merged into one record.
 
 - ``heldout``: the objective's own metrics on the held-out split (a classifier's top-1, top-5,
@@ -28,13 +28,13 @@ from ..probe.fewshot import check_enough_shots, fewshot_of_splits
 from .config import ConfigError, TrainConfig, evaluator_spec
 from .distributed import Processes
 from .inputs import held_out_batches
-from .objectives import Evaluation, Objective, combine
+from .objectives import EpochMetrics, Objective, combine
 
 
 class Evaluator(Protocol):
     name: str
 
-    def run(self, module: nn.Module) -> Evaluation:
+    def run(self, module: nn.Module) -> EpochMetrics:
         """Measure ``module`` (the objective's module, or its EMA copy)."""
         ...
 
@@ -50,9 +50,9 @@ class HeldOut:
     device: torch.device
     workers: int
 
-    def run(self, module: nn.Module) -> Evaluation:
+    def run(self, module: nn.Module) -> EpochMetrics:
         loader = held_out_batches(self.dataset, self.processes, workers=self.workers, device=self.device)
-        return combine(self.objective.evaluate(module, loader), self.processes)
+        return combine(self.objective.held_out_metrics(module, loader), self.processes)
 
 
 @dataclass
@@ -72,7 +72,7 @@ class FewShot:
     device: torch.device
     precision: str
 
-    def run(self, module: nn.Module) -> Evaluation:
+    def run(self, module: nn.Module) -> EpochMetrics:
         with autocast(self.device, self.precision):
             results = fewshot_of_splits(
                 self.objective.vit(module),
@@ -84,7 +84,7 @@ class FewShot:
                 seeds=(self.seed,),
             )
         metrics = {f"fewshot_{result.shots}shot": result.mean for result in results}
-        return Evaluation(metrics, len(self.val), score_key=f"fewshot_{max(self.shots)}shot", higher_is_better=True)
+        return EpochMetrics(metrics, len(self.val), score_key=f"fewshot_{max(self.shots)}shot", higher_is_better=True)
 
 
 def build_evaluators(
@@ -119,8 +119,8 @@ def build_evaluators(
     return evaluators
 
 
-def run_evaluators(evaluators: Sequence[Evaluator], module: nn.Module) -> Evaluation:
-    """Every evaluator's metrics in one evaluation, ranked by the first one's score."""
+def run_evaluators(evaluators: Sequence[Evaluator], module: nn.Module) -> EpochMetrics:
+    """Every evaluator's metrics in one record, ranked by the first one's score."""
     results = [evaluator.run(module) for evaluator in evaluators]
     first = results[0]
     metrics = {name: value for result in results for name, value in result.metrics.items()}

@@ -29,7 +29,7 @@ from ..models import VisionTransformer
 from . import distributed, inputs, report
 from .config import ConfigError, TrainConfig
 from .distributed import DistributedFailure, Processes
-from .objectives import THRESHOLD, Evaluation, build_objective
+from .objectives import THRESHOLD, EpochMetrics, build_objective
 from .run import Run, model_name, set_up_run
 from .run_folder import SUMMARY_NAME, TRAIN_CONFIG_NAME
 from .step import train_step
@@ -138,7 +138,7 @@ def _train(
     show = progress and run.main
     if show:
         print(_banner(run), flush=True)
-    result: Evaluation | None = None
+    result: EpochMetrics | None = None
     log = report.RunLog(run.run_dir, main=run.main, bar=show, total_steps=run.total_steps, step=run.progress.step)
     with log:
         run.objective.module.train()
@@ -250,7 +250,7 @@ def _next_micro_batches(run: Run, batches: Iterator) -> list[tuple[Tensor, Tenso
     return micro_batches
 
 
-def _end_epoch(run: Run, log: report.RunLog) -> Evaluation:
+def _end_epoch(run: Run, log: report.RunLog) -> EpochMetrics:
     """Evaluate, record the epoch, and checkpoint it."""
     progress = run.progress
     result = run.evaluate()
@@ -272,7 +272,7 @@ def _end_epoch(run: Run, log: report.RunLog) -> Evaluation:
     return result
 
 
-def _finish(run: Run, result: Evaluation, wall_seconds: float) -> RunSummary:
+def _finish(run: Run, result: EpochMetrics, wall_seconds: float) -> RunSummary:
     """The summary; rank 0 writes the model folder, the figures and ``summary.json``."""
     progress = run.progress
     summary = RunSummary(

@@ -9,7 +9,9 @@ highest first (tied scores form one step). A class without a positive image has 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -75,7 +77,7 @@ def best_threshold(probabilities: Tensor, targets: Tensor) -> tuple[float, float
 
 
 @dataclass
-class MultiLabelResult:
+class MultiLabelScores:
     """Held-out scores of a multi-label classifier. ``f1`` is micro-F1 at ``threshold``."""
 
     mean_ap: float
@@ -86,6 +88,35 @@ class MultiLabelResult:
     loss: float
     count: int
     skipped: list[str] = field(default_factory=list)
+
+    def to_dict(self, class_names: Sequence[str]) -> dict[str, Any]:
+        """JSON-ready: the image count, mAP, F1 and its threshold, loss, each class's AP by name
+        (null for a class without a positive image: JSON has no NaN) and the files skipped."""
+        return {
+            "images": self.count,
+            "mAP": self.mean_ap,
+            "f1": self.f1,
+            "threshold": self.threshold,
+            "loss": self.loss,
+            "per_class_ap": {
+                name: None if math.isnan(ap) else ap for name, ap in zip(class_names, self.per_class_ap, strict=True)
+            },
+            "skipped": self.skipped,
+        }
+
+    def summary(self) -> str:
+        """One line: mAP, micro-F1 at the threshold, and loss."""
+        return (
+            f"mAP {100 * self.mean_ap:.2f}%  micro-F1 {100 * self.f1:.2f}% at threshold {self.threshold:.3f}  "
+            f"loss {self.loss:.4f}"
+        )
+
+    def per_class_table(self, class_names: Sequence[str]) -> str:
+        """One line per class: its AP."""
+        return "\n".join(
+            f"  {name:>20s}  AP " + ("no positive image" if math.isnan(ap) else f"{100 * ap:6.2f}%")
+            for name, ap in zip(class_names, self.per_class_ap, strict=True)
+        )
 
 
 @torch.inference_mode()
@@ -112,7 +143,7 @@ def multilabel_logits(
 
 def score_multilabel(
     logits: Tensor, targets: Tensor, *, threshold: float | None = None, skipped: list[str] | None = None
-) -> MultiLabelResult:
+) -> MultiLabelScores:
     """mAP, per-class AP, loss (binary cross-entropy), and micro-F1 of the sigmoid probabilities
     at ``threshold`` — or, without one, at the threshold that maximises micro-F1 on these very
     images (what a held-out set is for)."""
@@ -123,7 +154,7 @@ def score_multilabel(
     else:
         f1 = micro_f1(probabilities, targets, threshold)
     loss = nn.functional.binary_cross_entropy_with_logits(logits, targets).item()
-    return MultiLabelResult(
+    return MultiLabelScores(
         mean_ap=mean_average_precision(per_class),
         per_class_ap=per_class.tolist(),
         f1=f1,

@@ -16,7 +16,7 @@ from ..data.transforms import batch_mixing
 from ..device import autocast
 from ..models import VisionTransformer
 from ..pretrain import MaskedAutoencoder, MaskedPatchPrediction
-from .accuracy import evaluate
+from .accuracy import score_single_label
 from .config import ConfigError, TrainConfig
 from .distributed import Processes, all_reduce_sum
 from .multilabel import multilabel_logits, score_multilabel
@@ -29,8 +29,9 @@ DEFAULT_MASK_RATIO = {"mpp": 0.5, "mae": 0.75}
 
 
 @dataclass
-class Evaluation:
-    """Held-out metrics of one epoch (means over ``count`` images); ``score`` ranks epochs."""
+class EpochMetrics:
+    """A run's held-out metrics at one epoch end (means over ``count`` images; the ``val_*`` and
+    ``fewshot_*`` entries of a ``metrics.jsonl`` line); ``score`` ranks epochs."""
 
     metrics: dict[str, float]
     count: int
@@ -46,19 +47,17 @@ class Evaluation:
         return value if self.higher_is_better else -value
 
 
-def combine(evaluation: Evaluation, processes: Processes) -> Evaluation:
-    """Merge the evaluations of all processes, each on its own share of the held-out images:
+def combine(local: EpochMetrics, processes: Processes) -> EpochMetrics:
+    """Merge the epoch metrics of all processes, each on its own share of the held-out images:
     counts and confusion matrices add up, means are weighted by counts."""
     if not processes.distributed:
-        return evaluation
-    names = sorted(evaluation.metrics)
-    sums = torch.tensor(
-        [evaluation.metrics[n] * evaluation.count for n in names] + [evaluation.count], dtype=torch.float64
-    )
+        return local
+    names = sorted(local.metrics)
+    sums = torch.tensor([local.metrics[n] * local.count for n in names] + [local.count], dtype=torch.float64)
     *totals, count = all_reduce_sum(sums, processes).tolist()
-    confusion = None if evaluation.confusion is None else all_reduce_sum(evaluation.confusion, processes)
+    confusion = None if local.confusion is None else all_reduce_sum(local.confusion, processes)
     return dataclasses.replace(
-        evaluation,
+        local,
         metrics={n: t / count for n, t in zip(names, totals, strict=True)},
         count=int(count),
         confusion=confusion,
@@ -71,7 +70,9 @@ class Objective(Protocol):
 
     def loss(self, module: nn.Module, images: Tensor, labels: Tensor) -> Tensor: ...
 
-    def evaluate(self, module: nn.Module, loader: DataLoader) -> Evaluation: ...
+    def held_out_metrics(self, module: nn.Module, loader: DataLoader) -> EpochMetrics:
+        """The objective's own metrics of ``module`` on the held-out images of ``loader``."""
+        ...
 
     def vit(self, module: nn.Module) -> VisionTransformer:
         """The ViT inside ``module`` (the module or its EMA copy) that the run folder keeps."""
@@ -108,20 +109,22 @@ class Classification:
             return F.binary_cross_entropy_with_logits(logits.float(), targets)
         return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
 
-    def evaluate(self, module: nn.Module, loader: DataLoader) -> Evaluation:
+    def held_out_metrics(self, module: nn.Module, loader: DataLoader) -> EpochMetrics:
         if self.multi_label:
-            return self._evaluate_multilabel(module, loader)
-        result = evaluate(module, loader, num_classes=self.num_classes, device=self.device, precision=self.precision)
+            return self._multilabel_metrics(module, loader)
+        result = score_single_label(
+            module, loader, num_classes=self.num_classes, device=self.device, precision=self.precision
+        )
         metrics = {"val_loss": result.loss, "val_top1": result.top1, "val_top5": result.top5}
-        return Evaluation(metrics, result.count, "val_top1", True, result.confusion, result.skipped)
+        return EpochMetrics(metrics, result.count, "val_top1", True, result.confusion, result.skipped)
 
-    def _evaluate_multilabel(self, module: nn.Module, loader: DataLoader) -> Evaluation:
+    def _multilabel_metrics(self, module: nn.Module, loader: DataLoader) -> EpochMetrics:
         """mAP, and micro-F1 at the threshold that maximises it on these held-out images (the
         threshold the run folder keeps for predictions)."""
         logits, targets, skipped = multilabel_logits(module, loader, device=self.device, precision=self.precision)
         result = score_multilabel(logits, targets, skipped=skipped)
         metrics = {"val_loss": result.loss, "val_mAP": result.mean_ap, "val_f1": result.f1, THRESHOLD: result.threshold}
-        return Evaluation(metrics, result.count, "val_mAP", True, skipped=skipped)
+        return EpochMetrics(metrics, result.count, "val_mAP", True, skipped=skipped)
 
     def vit(self, module: nn.Module) -> VisionTransformer:
         return module  # type: ignore[return-value]
@@ -138,7 +141,7 @@ class Pretraining:
             return module(images).loss
 
     @torch.inference_mode()
-    def evaluate(self, module: nn.Module, loader: DataLoader) -> Evaluation:
+    def held_out_metrics(self, module: nn.Module, loader: DataLoader) -> EpochMetrics:
         """Mean held-out loss and metrics; the same masks every epoch (a fixed seed, the
         training random state untouched) so epochs compare fairly."""
         was_training = module.training
@@ -159,7 +162,7 @@ class Pretraining:
         module.train(was_training)
         if count == 0:
             raise ValueError("no readable image to evaluate on")
-        return Evaluation({name: total / count for name, total in sums.items()}, count, skipped=skipped)
+        return EpochMetrics({name: total / count for name, total in sums.items()}, count, skipped=skipped)
 
     def vit(self, module: nn.Module) -> VisionTransformer:
         return module.encoder  # type: ignore[return-value]

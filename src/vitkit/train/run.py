@@ -41,7 +41,7 @@ from .config import ConfigError, TrainConfig, evaluator_spec
 from .distributed import Processes
 from .evaluators import Evaluator, build_evaluators, run_evaluators
 from .memory import check_activations_fit
-from .objectives import DEFAULT_MASK_RATIO, Evaluation, Objective, build_objective
+from .objectives import DEFAULT_MASK_RATIO, EpochMetrics, Objective, build_objective
 from .optim import build_optimizer, build_scheduler
 from .progress import Progress
 from .run_folder import TRAIN_CONFIG_NAME, default_run_dir
@@ -145,7 +145,8 @@ class Run:
         """What evaluators measure and the run folder keeps: the EMA weights if kept, else the module."""
         return self.ema.module if self.ema is not None else self.objective.module
 
-    def evaluate(self) -> Evaluation:
+    def evaluate(self) -> EpochMetrics:
+        """This epoch's metrics: every evaluator's, of the scored module."""
         return run_evaluators(self.evaluators, self.scored_module)
 
     def checkpoint(self) -> None:
