@@ -123,49 +123,63 @@ def inspect_model(
     check_out_folder(out_dir, own=PAGE_NAME, force=force)  # a folder of earlier figures is rewritten
     out_dir.mkdir(parents=True, exist_ok=True)
     report = InspectReport(out_dir)
-    config = model.config
-    prefix = config.num_prefix_tokens
-    grid = (images.shape[-2] // config.stride, images.shape[-1] // config.stride)
     was_training = model.training
     model.eval()
     try:
-        attentions = compute.attention_maps(model, images)
-        for index in range(min(max_head_figures, images.shape[0])):
-            figure = plots.attention_heads_figure(
-                images[index],
-                [weights[index] for weights in attentions],
-                num_prefix_tokens=prefix,
-                grid=grid,
-                pool=config.pool,
-            )
-            report.figures.append(
-                (
-                    f"Attention maps, image {index + 1}",
-                    _save(figure, out_dir / f"attention_heads_{index + 1}.png"),
-                    "Each layer (row) and head (column): the attention weights of the output token over "
-                    "the patches (each panel scaled to its own maximum), computed on the explicit attention path "
-                    "for this call only.",
-                )
-            )
-        del attentions
-        if methods and config.num_classes:
+        _attention_figures(model, images, report, max_head_figures)
+        if methods and model.config.num_classes:
             _explain(model, images, report, class_names, target, methods, measure_faithfulness, multi_label)
-        averaged = images if distance_images is None else distance_images
-        distances = _mean_attention_distance(model, averaged)
-        report.attention_distance = distances
-        report.figures.append(
-            (
-                "Mean attention distance (Fig. 7 right, Fig. 11)",
-                _save(
-                    plots.attention_distance_figure(distances, grid=grid, patch_pixels=config.stride),
-                    out_dir / "attention_distance.png",
-                ),
-                "Per head, the attention-weighted distance between query and key patches, averaged over "
-                f"{averaged.shape[0]} images. Heads near the line attend globally; low dots are local heads.",
-            )
-        )
+        _distance_figure(model, images if distance_images is None else distance_images, report)
     finally:
         model.train(was_training)
+    _weight_figures(model, report)
+    _write_page(report, model)
+    return report
+
+
+def _grid(model: VisionTransformer, images: Tensor) -> tuple[int, int]:
+    return images.shape[-2] // model.config.stride, images.shape[-1] // model.config.stride
+
+
+def _attention_figures(model: VisionTransformer, images: Tensor, report: InspectReport, count: int) -> None:
+    """Every layer's and head's attention map for the first ``count`` images."""
+    attentions = compute.attention_maps(model, images)
+    for index in range(min(count, images.shape[0])):
+        figure = plots.attention_heads_figure(
+            images[index],
+            [weights[index] for weights in attentions],
+            num_prefix_tokens=model.config.num_prefix_tokens,
+            grid=_grid(model, images),
+            pool=model.config.pool,
+        )
+        report.figures.append(
+            (
+                f"Attention maps, image {index + 1}",
+                _save(figure, report.out_dir / f"attention_heads_{index + 1}.png"),
+                "Each layer (row) and head (column): the attention weights of the output token over "
+                "the patches (each panel scaled to its own maximum), computed on the explicit attention path "
+                "for this call only.",
+            )
+        )
+
+
+def _distance_figure(model: VisionTransformer, images: Tensor, report: InspectReport) -> None:
+    """The mean attention distance per head, averaged over ``images``."""
+    distances = _mean_attention_distance(model, images)
+    report.attention_distance = distances
+    figure = plots.attention_distance_figure(distances, grid=_grid(model, images), patch_pixels=model.config.stride)
+    report.figures.append(
+        (
+            "Mean attention distance (Fig. 7 right, Fig. 11)",
+            _save(figure, report.out_dir / "attention_distance.png"),
+            "Per head, the attention-weighted distance between query and key patches, averaged over "
+            f"{images.shape[0]} images. Heads near the line attend globally; low dots are local heads.",
+        )
+    )
+
+
+def _weight_figures(model: VisionTransformer, report: InspectReport) -> None:
+    """The figures read off the weights alone, where the model has what they show."""
     for title, name, make, caption in (
         (
             "Position-embedding similarity (Fig. 7 centre, Fig. 10)",
@@ -183,11 +197,9 @@ def inspect_model(
         ),
     ):
         try:
-            report.figures.append((title, _save(make(), out_dir / name), caption))
+            report.figures.append((title, _save(make(), report.out_dir / name), caption))
         except compute.NotApplicable as reason:
             report.skipped.append((title, str(reason)))
-    _write_page(report, model)
-    return report
 
 
 def _explain(

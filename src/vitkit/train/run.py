@@ -166,6 +166,30 @@ class Run:
             )
 
 
+def _model_at_training_size(
+    config: TrainConfig, data: DataSplits, device: torch.device, precision: str
+) -> tuple[VisionTransformer, int]:
+    """The run's model at its training resolution (and that resolution), once its activations are
+    known to fit the device's memory."""
+    num_classes = len(data.class_names) if config.supervised else 0
+    model = build_model(config, num_classes=num_classes, in_chans=data.in_chans)
+    model.set_grad_checkpointing(config.grad_checkpointing)
+    img_size = inputs.image_size(config, data, model.config.stride)
+    check_activations_fit(
+        model.config,
+        img_size=img_size,
+        batch=config.batch_size,
+        device=device,
+        precision=precision,
+        grad_checkpointing=config.grad_checkpointing,
+        attention=config.attention,
+        visible_fraction=_visible_fraction(config),
+    )
+    if model.config.img_size != (img_size, img_size):
+        model.set_image_size(img_size)
+    return model, img_size
+
+
 def set_up_run(config: TrainConfig, *, resume: bool, processes: Processes, force: bool = False) -> Run:
     """Every part of the run, ready for its first (or next) step. With ``resume`` the
     checkpoint in ``config.out`` is restored; the run folder is created and locked (a folder
@@ -182,27 +206,12 @@ def set_up_run(config: TrainConfig, *, resume: bool, processes: Processes, force
             "multi-label runs train in one process for now (mAP needs every held-out score in one place); "
             "start vitkit train without torchrun"
         )
-    num_classes = len(data.class_names)
-    model = build_model(config, num_classes=num_classes if config.supervised else 0, in_chans=data.in_chans)
-    model.set_grad_checkpointing(config.grad_checkpointing)
-    img_size = inputs.image_size(config, data, model.config.stride)
-    check_activations_fit(
-        model.config,
-        img_size=img_size,
-        batch=config.batch_size,
-        device=device,
-        precision=precision,
-        grad_checkpointing=config.grad_checkpointing,
-        attention=config.attention,
-        visible_fraction=_visible_fraction(config),
-    )
-    if model.config.img_size != (img_size, img_size):
-        model.set_image_size(img_size)
+    model, img_size = _model_at_training_size(config, data, device, precision)
     data = inputs.decode_once(config, data, img_size, processes)
     objective = build_objective(
         config,
         model.to(device),
-        num_classes=num_classes,
+        num_classes=len(data.class_names),
         device=device,
         precision=precision,
         multi_label=data.multi_label,
