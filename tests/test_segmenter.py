@@ -1,0 +1,73 @@
+"""The segmenter: a ViT backbone with Segmenter's linear or mask-transformer decoder."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_vit
+
+from vitkit.models.segmenter import DECODERS, Segmenter
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("size", [(32, 32), (45, 70), (20, 28)])
+def test_logits_come_out_at_the_input_size_whatever_it_is(decoder, size):
+    model = Segmenter(tiny_vit(), num_classes=5, decoder=decoder).eval()
+    logits = model(torch.randn(2, 3, *size))
+    assert logits.shape == (2, 5, *size) and torch.isfinite(logits).all()
+
+
+def test_the_linear_decoder_classifies_each_patch_token_and_upsamples_bilinearly():
+    model = Segmenter(tiny_vit(), num_classes=3).eval()
+    images = torch.randn(2, 3, 32, 32)
+    tokens = model.backbone.forward_features(images)[:, model.backbone.config.num_prefix_tokens :]
+    by_hand = (tokens @ model.decoder.head.weight.T + model.decoder.head.bias).transpose(1, 2).reshape(2, 3, 8, 8)
+    torch.testing.assert_close(model.patch_logits(images), by_hand)
+    upsampled = F.interpolate(by_hand, size=(32, 32), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(model(images), upsampled)
+
+
+def test_the_mask_transformer_compares_normalised_patch_and_class_embeddings():
+    model = Segmenter(tiny_vit(), num_classes=4, decoder="mask", decoder_depth=1).eval()
+    decoder = model.decoder
+    captured = {}
+    decoder.mask_norm.register_forward_hook(lambda module, inputs, output: captured.setdefault("masks", inputs[0]))
+    model(torch.randn(2, 3, 32, 32))
+    masks = captured["masks"]
+    assert masks.shape == (2, 64, 4)
+    assert masks.abs().max() <= 1 + 1e-5  # cosine similarities
+    assert len(decoder.blocks) == 1 and decoder.class_embed.shape == (1, 4, 32)
+
+
+def test_a_segmenter_learns_where_the_squares_are():
+    torch.manual_seed(0)
+    images, masks = torch.zeros(8, 3, 32, 32), torch.zeros(8, 32, 32, dtype=torch.long)
+    # a bright square (class 1) somewhere, a dim one (class 2) elsewhere; predicting background
+    # everywhere scores 0.69
+    for index in range(8):
+        top, left = torch.randint(0, 16, (2,)).tolist()
+        images[index, :, top : top + 16, left : left + 16] = 1.0
+        masks[index, top : top + 16, left : left + 16] = 1
+        bottom_row = 0 if top >= 8 else 24
+        images[index, :, bottom_row : bottom_row + 8, 0:8] = 0.5
+        masks[index, bottom_row : bottom_row + 8, 0:8] = 2
+    for decoder in DECODERS:
+        model = Segmenter(tiny_vit(), num_classes=3, decoder=decoder)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        losses = []
+        for _ in range(80):
+            loss = F.cross_entropy(model(images), masks)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        accuracy = (model.eval()(images).argmax(1) == masks).float().mean()
+        assert losses[-1] < 0.5 * losses[0] and accuracy > 0.85, (decoder, losses[0], losses[-1], accuracy)
+
+
+def test_what_cannot_be_a_segmenter_is_refused():
+    with pytest.raises(ValueError, match="unknown decoder 'setr'; choose one of linear, mask"):
+        Segmenter(tiny_vit(), num_classes=3, decoder="setr")
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        Segmenter(tiny_vit(), num_classes=1)
+    with pytest.raises(ValueError, match="no gradient for 2 classes; use decoder='linear'"):
+        Segmenter(tiny_vit(), num_classes=2, decoder="mask")
