@@ -140,6 +140,17 @@ class BatchAugment:
             x = _erase(x, params.erase.to(x.device))
         return (x - MEAN) / STD
 
+    def apply_to_masks(self, masks: Tensor, params: AugmentParams, ignore_index: int = 255) -> Tensor:
+        """The geometry of ``params`` applied to segmentation masks ``(B, H, W)`` of class indices,
+        as :meth:`apply` applies it to their images: the same sampling grid, read by nearest
+        neighbour (a class is never blended), and ``ignore_index`` where the grid leaves the mask.
+        Colour changes and erasing leave masks alone. Returns int64 ``(B, size, size)``."""
+        matrix = params.matrix.to(masks.device)
+        grid = F.affine_grid(matrix, [len(masks), 1, self.size, self.size], align_corners=False)
+        classes = F.grid_sample(masks[:, None].float(), grid, mode="nearest", align_corners=False)[:, 0].long()
+        outside = (grid.abs() > 1).any(dim=-1)  # where grid_sample's zero padding would answer
+        return classes.masked_fill(outside, ignore_index)
+
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
         return self.apply(images, self.sample(len(images), generator))
 
