@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_vit
 
-from vitkit.models.segmenter import DECODERS, Segmenter
+from vitkit.models.segmenter import DECODERS, Segmenter, sliding_window_logits
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
@@ -71,3 +71,24 @@ def test_what_cannot_be_a_segmenter_is_refused():
         Segmenter(tiny_vit(), num_classes=1)
     with pytest.raises(ValueError, match="no gradient for 2 classes; use decoder='linear'"):
         Segmenter(tiny_vit(), num_classes=2, decoder="mask")
+
+
+def test_sliding_windows_average_to_the_whole_image_answer_of_a_local_model():
+    local = torch.nn.Conv2d(3, 4, kernel_size=1)  # each pixel's logits depend on that pixel alone
+    images = torch.randn(2, 3, 50, 37)
+    with torch.no_grad():
+        for crop, stride in ((16, 8), (16, 16), (20, 7), (64, 32)):
+            torch.testing.assert_close(sliding_window_logits(local, images, crop=crop, stride=stride), local(images))
+
+
+def test_sliding_windows_cover_an_image_larger_than_the_crop_with_crop_sized_inputs():
+    seen = []
+
+    def model(window):
+        seen.append(tuple(window.shape[-2:]))
+        return window[:, :1]
+
+    sliding_window_logits(model, torch.randn(1, 3, 40, 70), crop=32, stride=16)
+    assert set(seen) == {(32, 32)} and len(seen) == 2 * 4  # rows at 0, 8; columns at 0, 16, 32, 38
+    with pytest.raises(ValueError, match=r"stride must be in 1\.\.crop"):
+        sliding_window_logits(model, torch.randn(1, 3, 8, 8), crop=4, stride=5)

@@ -135,3 +135,28 @@ class Segmenter(nn.Module):
         stride = self.backbone.config.stride
         padded = (logits.shape[-2] * stride, logits.shape[-1] * stride)
         return F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)[..., :height, :width]
+
+
+def sliding_window_logits(model: nn.Module, images: Tensor, *, crop: int, stride: int) -> Tensor:
+    """Logits ``(B, K, H, W)`` of images larger than the training crop, as mmsegmentation's "slide"
+    mode computes them: ``model`` runs on ``crop``² windows every ``stride`` pixels (the last
+    window of a row or column moved back to end at the edge), and overlapping logits are averaged.
+    An image no larger than ``crop`` is one window."""
+    if not 0 < stride <= crop:
+        raise ValueError(f"the window stride must be in 1..crop ({crop}), got {stride}")
+    height, width = images.shape[-2:]
+    rows = max(math.ceil((height - crop) / stride), 0) + 1
+    cols = max(math.ceil((width - crop) / stride), 0) + 1
+    summed: Tensor | None = None
+    counts = images.new_zeros(1, 1, height, width)
+    for row in range(rows):
+        for col in range(cols):
+            bottom, right = min(row * stride + crop, height), min(col * stride + crop, width)
+            top, left = max(bottom - crop, 0), max(right - crop, 0)
+            logits = model(images[..., top:bottom, left:right])
+            if summed is None:
+                summed = images.new_zeros(images.shape[0], logits.shape[1], height, width)
+            summed[..., top:bottom, left:right] += logits
+            counts[..., top:bottom, left:right] += 1
+    assert summed is not None  # at least one window
+    return summed / counts
