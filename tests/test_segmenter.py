@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_vit
 
-from vitkit.models.segmenter import DECODERS, Segmenter, sliding_window_logits
+import vitkit
+from vitkit.models.segmenter import DECODERS, LinearDecoder, Segmenter, sliding_window_logits
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
@@ -92,3 +93,19 @@ def test_sliding_windows_cover_an_image_larger_than_the_crop_with_crop_sized_inp
     assert set(seen) == {(32, 32)} and len(seen) == 2 * 4  # rows at 0, 8; columns at 0, 16, 32, 38
     with pytest.raises(ValueError, match=r"stride must be in 1\.\.crop"):
         sliding_window_logits(model, torch.randn(1, 3, 8, 8), crop=4, stride=5)
+
+
+def test_create_segmenter_builds_on_any_weight_source_with_a_new_decoder(tmp_path):
+    backbone = tiny_vit()
+    vitkit.save_model(tmp_path / "encoder", backbone)
+    architecture = dict(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=4, mlp_dim=64)  # tiny_vit's
+    segmenter = vitkit.create_segmenter(
+        "Ti/16", num_classes=4, weights=tmp_path / "encoder", decoder="mask", **architecture
+    )
+    assert segmenter.backbone.config.num_classes == 0
+    for key, value in backbone.state_dict().items():
+        if not key.startswith("head."):
+            assert torch.equal(segmenter.backbone.state_dict()[key], value), key
+    assert segmenter.eval()(torch.randn(1, 3, 40, 24)).shape == (1, 4, 40, 24)
+    scratch = vitkit.create_segmenter("Ti/16", num_classes=3, img_size=32, patch_size=8, depth=1)
+    assert isinstance(scratch.decoder, LinearDecoder) and scratch(torch.randn(1, 3, 32, 32)).shape == (1, 3, 32, 32)

@@ -8,7 +8,16 @@ from .folder import save_model
 from .hf import save_hf
 from .int8 import Int8Model, quantize
 from .pretrained import PretrainedWeights, list_pretrained
-from .sources import LoadedModel, Weights, create_model, load_model, load_weights, open_weights, read_state_dict
+from .sources import (
+    LoadedModel,
+    Weights,
+    create_model,
+    create_segmenter,
+    load_model,
+    load_weights,
+    open_weights,
+    read_state_dict,
+)
 from .timm import timm_to_vitkit, vitkit_to_timm
 
 __all__ = [
@@ -19,6 +28,7 @@ __all__ = [
     "Weights",
     "convert",
     "create_model",
+    "create_segmenter",
     "export_model",
     "export_onnx",
     "export_program",

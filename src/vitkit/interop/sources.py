@@ -36,6 +36,7 @@ from torch import Tensor
 
 from ..data.transforms import Preprocessing, eval_transform
 from ..models import FeatureMaps, VisionTransformer, ViTConfig, get_config
+from ..models.segmenter import Segmenter
 from .adapt import LoadReport, load_state_into
 from .download import fetch_google_file
 from .files import read_weight_file
@@ -463,6 +464,29 @@ def create_model(
     model = _create_model(name, pretrained, weights, num_classes, img_size, in_chans, _vitkit_spellings(overrides))
     model.to(device=device, dtype=dtype)
     return FeatureMaps(model, out_indices) if features_only else model
+
+
+def create_segmenter(
+    name: str,
+    num_classes: int,
+    *,
+    decoder: str = "linear",
+    decoder_depth: int = 2,
+    pretrained: bool | str = False,
+    weights: str | Path | None = None,
+    **backbone: Any,
+) -> Segmenter:
+    """A :class:`~vitkit.models.segmenter.Segmenter` for ``num_classes`` classes (the background
+    among them) on the backbone :func:`create_model` builds from ``name``, ``pretrained``,
+    ``weights`` and ``backbone`` (``img_size``, ``in_chans``, ``drop_path``, ...), its classifier
+    dropped. ``decoder`` is ``"linear"`` or ``"mask"`` (Segmenter's mask transformer, with
+    ``decoder_depth`` blocks).
+
+    Example:
+        >>> segmenter = create_segmenter("S/16", num_classes=21, decoder="mask", img_size=64)
+    """
+    encoder = create_model(name, pretrained=pretrained, weights=weights, num_classes=0, **backbone)
+    return Segmenter(encoder, num_classes, decoder=decoder, decoder_depth=decoder_depth)
 
 
 def _create_model(
