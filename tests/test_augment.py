@@ -6,6 +6,7 @@ import torch
 from vitkit.data.augment import (
     COLOUR_OPS,
     AugmentedBatches,
+    AugmentedMaskBatches,
     AugmentParams,
     BatchAugment,
     augment_stream,
@@ -167,3 +168,20 @@ def test_random_augmentation_moves_masks_with_their_images():
     # where the mask does (a misaligned mask, from other parameters, agrees on ~73 % of the pixels)
     square, inside = images[:, 0] > _scaled(torch.tensor(30)), warped != 255
     assert (square == (warped == 3))[inside].float().mean() > 0.995
+
+
+def test_segmentation_batches_keep_every_mask_on_its_image_in_any_batch_size():
+    masks = torch.zeros(12, 32, 32, dtype=torch.uint8)
+    for index in range(12):
+        masks[index, 4 + index : 20 + index, 6:22] = 1 + index % 3
+    augment = BatchAugment(32, crop_scale=(0.6, 1.0), rotate=20, zoom=(0.9, 1.1), flip=True)
+    served = AugmentedMaskBatches(_coded(masks.long()), masks, augment, seed=0)
+    served.set_epoch(2)
+    whole = list(served.batches(range(12), 12, torch.device("cpu")))
+    pieces = list(served.batches(range(12), 5, torch.device("cpu")))
+    images, warped, _ = whole[0]
+    assert torch.equal(torch.cat([p[1] for p in pieces]), warped)  # a sample's draw is its own
+    inside = warped != 255
+    expected = _scaled(_coded(warped.clamp(max=3)))[:, 0]
+    near = (images[:, 0] - expected).abs() < 0.2  # bilinear edges aside, the image says the mask's class
+    assert near[inside].float().mean() > 0.97

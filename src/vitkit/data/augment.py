@@ -237,9 +237,31 @@ class AugmentedBatches:
         one may be smaller), on ``device``, as model inputs."""
         order = torch.as_tensor(indices, dtype=torch.long)
         for chunk in order.split(batch_size):
+            params = self.params.select(chunk)
             images = self.images[chunk].to(device, non_blocking=True)
             labels = self.labels[chunk].to(device, non_blocking=True)
-            yield self.augment.apply(images, self.params.select(chunk)), labels, []
+            yield self.augment.apply(images, params), self.targets(labels, params), []
+
+    def targets(self, labels: Tensor, params: AugmentParams) -> Tensor:
+        """What a batch's labels become under its augmentation: class labels stay as they are."""
+        return labels
+
+
+class AugmentedMaskBatches(AugmentedBatches):
+    """:class:`AugmentedBatches` of a segmentation set: the labels are masks ``(N, size, size)`` of
+    class indices, moved with their images (:meth:`BatchAugment.apply_to_masks`), and
+    ``ignore_index`` where the augmentation leaves the image."""
+
+    def __init__(
+        self, images: Tensor, masks: Tensor, augment: BatchAugment, seed: int, ignore_index: int = 255
+    ) -> None:
+        if masks.shape[-2:] != images.shape[-2:]:
+            raise ValueError(f"masks of {tuple(masks.shape[-2:])} for images of {tuple(images.shape[-2:])}")
+        super().__init__(images, masks, augment, seed)
+        self.ignore_index = ignore_index
+
+    def targets(self, labels: Tensor, params: AugmentParams) -> Tensor:
+        return self.augment.apply_to_masks(labels, params, self.ignore_index)
 
 
 def augment_stream(
