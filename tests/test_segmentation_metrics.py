@@ -6,8 +6,9 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from vitkit.train.segmentation import SegmentationScores
+from vitkit.train.segmentation import SegmentationScores, segmentation_loss
 
 
 def _by_hand(predicted, truth, num_classes, ignore=255):
@@ -51,3 +52,17 @@ def test_a_perfect_prediction_scores_one_and_ignored_pixels_count_nowhere():
     scores = SegmentationScores(num_classes=2)
     scores.add(torch.tensor([[[0, 1, 0], [1, 1, 0]]]), truth)  # wrong only where ignored
     assert scores.mean_iou == 1.0 and scores.pixel_accuracy == 1.0 and int(scores.confusion.sum()) == 4
+
+
+def test_the_loss_ignores_ignored_pixels_and_dice_rewards_overlap():
+    torch.manual_seed(0)
+    masks = torch.randint(0, 3, (2, 8, 8))
+    logits = torch.randn(2, 3, 8, 8)
+    ignored = masks.clone()
+    ignored[:, :4] = 255
+    expected = F.cross_entropy(logits[:, :, 4:], masks[:, 4:])
+    torch.testing.assert_close(segmentation_loss(logits, ignored), expected)
+    perfect = F.one_hot(masks, 3).permute(0, 3, 1, 2).float() * 50
+    assert segmentation_loss(perfect, masks, dice=1.0) < 1e-3  # Dice and cross-entropy both near 0
+    wrong = perfect.roll(1, dims=1)
+    assert segmentation_loss(wrong, masks, dice=1.0) > segmentation_loss(wrong, masks) + 0.9  # Dice near 1

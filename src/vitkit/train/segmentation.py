@@ -1,4 +1,5 @@
-"""Segmentation scores as mmsegmentation defines them: per-class intersections and unions summed
+"""Training and scoring a segmenter: the loss (cross-entropy with ignored pixels, optionally plus
+Dice), and the scores as mmsegmentation defines them: per-class intersections and unions summed
 over the whole set (not averaged per image), ignored pixels counted nowhere, and a class that is
 neither predicted nor present anywhere left out of the means."""
 
@@ -9,9 +10,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.masks import IGNORE_INDEX
+
+
+def segmentation_loss(logits: Tensor, masks: Tensor, *, ignore_index: int = IGNORE_INDEX, dice: float = 0.0) -> Tensor:
+    """Cross-entropy of logits ``(B, K, H, W)`` against masks ``(B, H, W)`` over the pixels not
+    ignored, plus ``dice`` × the soft Dice loss (1 − the mean over classes of 2|P∩Y| / (|P| + |Y|),
+    from the softmax, summed over the batch), which weighs small classes as much as large ones."""
+    loss = F.cross_entropy(logits.float(), masks.long(), ignore_index=ignore_index)
+    if dice:
+        kept = (masks != ignore_index).unsqueeze(1)
+        probabilities = logits.float().softmax(dim=1) * kept
+        truth = F.one_hot(masks.long().masked_fill(~kept[:, 0], 0), logits.shape[1]).permute(0, 3, 1, 2) * kept
+        overlap = (probabilities * truth).sum(dim=(0, 2, 3))
+        sizes = probabilities.sum(dim=(0, 2, 3)) + truth.sum(dim=(0, 2, 3))
+        loss = loss + dice * (1 - (2 * overlap / sizes.clamp(min=1e-6)).mean())
+    return loss
 
 
 @dataclass
