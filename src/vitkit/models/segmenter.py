@@ -92,7 +92,8 @@ class MaskTransformer(nn.Module):
 class Segmenter(nn.Module):
     """A ViT backbone and a decoder: images ``(B, C, H, W)`` → logits ``(B, K, H, W)`` for any
     ``H, W``. ``decoder`` is ``"linear"`` or ``"mask"`` (see the module docstring); the mask
-    transformer has ``decoder_depth`` blocks of width ``decoder_dim`` (default: the backbone's)."""
+    transformer has ``decoder_depth`` blocks of width ``decoder_dim`` (default: the backbone's).
+    The backbone is changed in place: its classifier goes, and it accepts any input size."""
 
     def __init__(
         self,

@@ -48,24 +48,20 @@ def _pairs(images_dir: Path, masks_dir: Path) -> list[Pair]:
     return pairs
 
 
-def _classes(root: Path, pairs: list[Pair]) -> SegmentationClasses:
+def _checked_classes(root: Path, pairs: list[Pair]) -> SegmentationClasses:
     """The classes ``root`` names, or, when it names none, one per index the masks use (0 to the
-    largest, 255 excepted), named by their index."""
+    largest, 255 excepted, named by their index); every pair is checked on the way, each mask
+    decoded once."""
     named = read_classes(root)
-    if named is not None:
-        return named
     largest = 0
-    for _, mask_path in pairs:
-        mask = read_mask(mask_path)
-        largest = max(largest, int(mask[mask != IGNORE_INDEX].max(initial=0)))
-    return SegmentationClasses([str(index) for index in range(largest + 1)])
-
-
-def _check(pairs: list[Pair], classes: SegmentationClasses) -> None:
     for image_path, mask_path in pairs:
+        mask = read_mask(mask_path, named)
         with Image.open(image_path) as image:  # the header alone
             size = image.size
-        check_mask(read_mask(mask_path, classes), mask_path, len(classes.names), size)
+        # without named classes every index below 255 is one; their count is known after the pass
+        check_mask(mask, mask_path, len(named.names) if named else IGNORE_INDEX, size)
+        largest = max(largest, int(mask[mask != IGNORE_INDEX].max(initial=0)))
+    return named or SegmentationClasses([str(index) for index in range(largest + 1)])
 
 
 def load_segmentation_folder(root: Path, *, val_fraction: float, seed: int) -> SegmentationFiles:
@@ -82,8 +78,7 @@ def load_segmentation_folder(root: Path, *, val_fraction: float, seed: int) -> S
             f"{root} is not a segmentation set: expected {root}/images and {root}/masks (or train/ and val/ "
             "folders each holding images/ and masks/)"
         )
-    classes = _classes(root, train + val)
+    classes = _checked_classes(root, train + val)
     if len(classes.names) < 2:
         raise MaskError(f"{root}: the masks hold one class; segmentation needs a background and at least one more")
-    _check(train + val, classes)
     return SegmentationFiles(train, val, classes)
