@@ -211,7 +211,7 @@ class TrainConfig:
     def _check_combinations(self) -> None:
         if self.fsdp and self.ema:
             raise ConfigError("--ema is not supported with --fsdp yet; drop one of them")
-        if self.fsdp and any(evaluator_spec(spec)[0] == "fewshot" for spec in self.evaluators):
+        if self.fsdp and self.fewshot:
             raise ConfigError("--evaluators fewshot is not supported with --fsdp yet; use DDP (no --fsdp)")
 
     def _check_finite(self) -> None:
@@ -301,6 +301,11 @@ class TrainConfig:
     def supervised(self) -> bool:
         """Classification (vitkit train), as opposed to self-supervised pre-training."""
         return self.objective == "classify"
+
+    @property
+    def fewshot(self) -> bool:
+        """Whether an evaluator measures few-shot accuracy (it needs labelled training images)."""
+        return any(evaluator_spec(spec)[0] == "fewshot" for spec in self.evaluators)
 
     def sharded(self, distributed: bool) -> bool:
         """Whether weights are sharded over the processes: --fsdp, under torchrun."""

@@ -37,7 +37,7 @@ from ..models import ARCHITECTURE_FIELDS, VisionTransformer, get_config
 from ..seeds import SEEDING, seed_for
 from . import distributed, inputs, report
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from .config import ConfigError, TrainConfig, evaluator_spec
+from .config import ConfigError, TrainConfig
 from .distributed import Processes
 from .evaluators import Evaluator, build_evaluators, run_evaluators
 from .memory import check_activations_fit
@@ -317,7 +317,7 @@ def _shared_run_dir(config: TrainConfig, processes: Processes) -> Path:
 
 def _training_data(config: TrainConfig) -> DataSplits:
     """The run's data; labels are read for a classifier and for few-shot evaluation."""
-    fewshot = any(evaluator_spec(spec)[0] == "fewshot" for spec in config.evaluators)
+    fewshot = config.fewshot
     data = load_data(
         config.data,
         in_chans=config.in_chans,
