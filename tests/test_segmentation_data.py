@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitkit.data.datasets.segmentation_folders import load_segmentation_folder
+from vitkit.data.datasets.segmentation_files import load_segmentation_folder
 from vitkit.data.masks import MaskError, read_mask
 
 PALETTE = [0, 0, 0, 200, 30, 30, 30, 200, 30]  # background, cat, dog

@@ -37,6 +37,7 @@ from vitkit.interop.sources import ALLOW_NONFINITE_ENV
 from vitkit.models import parameter_count
 from vitkit.predict import expand_image_paths, predict_files
 from vitkit.probe import FEATURE_POOLS, fewshot_evaluate, linear_probe
+from vitkit.segment import segment_files
 from vitkit.serve import ServeSettings, serve, served_name
 from vitkit.train import (
     MultiLabelScores,
@@ -211,6 +212,8 @@ def _print_summary(summary: RunSummary) -> None:
     if summary.final_top1 is not None:
         best = f" (best {100 * summary.best_top1:.2f}% at epoch {summary.best_epoch})" if summary.best_top1 else ""
         result = f"held-out top-1 {100 * summary.final_top1:.2f}%{best}, top-5 {100 * summary.final_top5:.2f}%"
+    elif summary.ranked_by == "val_mIoU":  # segmentation
+        result = describe(summary.final_metrics)
     elif summary.objective == "classify":  # multi-label
         result = f"{describe(summary.final_metrics)}, threshold {summary.final_metrics['val_threshold']:.3f}"
     else:
@@ -389,6 +392,9 @@ def _predict(args: argparse.Namespace) -> None:
     if not files:
         raise ValueError(f"no image files in {', '.join(args.images)}")
     loaded = _for_inference(load_model(args.model, class_names=args.class_names), args.int8)
+    if loaded.segmenter:
+        _segment(args, loaded, files)
+        return
     precision = "fp32" if args.int8 else _set_up_inference(loaded, args.precision, batch=min(len(files), 64))
     predictions = predict_files(loaded, files, top_k=args.top_k, precision=precision, max_pixels=args.max_pixels)
     if args.json:
@@ -405,6 +411,22 @@ def _predict(args: argparse.Namespace) -> None:
                 print(f"{prediction.path}: {ranked}")
     if predictions and all(p.error for p in predictions):
         raise ValueError(f"none of the {len(predictions)} image(s) could be read")
+
+
+def _segment(args: argparse.Namespace, loaded: vitkit.LoadedModel, files: list[Path]) -> None:
+    """``vitkit predict`` with a segmenter: a mask and an overlay PNG per image, and the areas."""
+    precision = resolve_precision(args.precision, device_of(loaded.model))
+    results = segment_files(loaded, files, Path(args.out), precision=precision, max_pixels=args.max_pixels)
+    if args.json:
+        print(json.dumps([result.to_dict() for result in results], indent=2))
+    for result in results if not args.json else []:
+        if result.error:
+            print(f"{result.path}: {result.error}")
+            continue
+        areas = "  ".join(f"{name} {100 * share:.1f}%" for name, share in result.areas.items())
+        print(f"{result.path}: {areas}\n  → {result.mask}, {result.overlay}")
+    if results and all(result.error for result in results):
+        raise ValueError(f"none of the {len(results)} image(s) could be read")
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -660,6 +682,11 @@ def _add_predict_command(commands: Commands) -> None:
     )
     predict_cmd.add_argument("--class-names", help="a text file with one class name per line (e.g. for 21k models)")
     predict_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict_cmd.add_argument(
+        "--out",
+        default="segmentations",
+        help="a segmenter's folder for each image's <name>.mask.png (class indices, palette) and <name>.overlay.png",
+    )
     _add_inference_flags(predict_cmd, precision="auto")
     _add_max_pixels(predict_cmd)
     predict_cmd.set_defaults(func=_predict)

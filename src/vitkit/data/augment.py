@@ -207,6 +207,14 @@ def resize_uint8(images: Tensor, size: int, chunk: int = 4096) -> Tensor:
     return torch.cat(parts).round().clamp(0, 255).to(torch.uint8)
 
 
+def resize_masks(masks: Tensor, size: int) -> Tensor:
+    """Masks ``(N, H, W)`` of class indices → ``(N, size, size)``, nearest neighbour (every pixel
+    keeps a class), as :func:`resize_uint8` resizes their images."""
+    if masks.shape[-2:] == (size, size):
+        return masks
+    return F.interpolate(masks[:, None].float(), size=(size, size), mode="nearest-exact")[:, 0].to(masks.dtype)
+
+
 class AugmentedBatches:
     """An in-memory training set served as whole batches, augmented where they will be used.
 

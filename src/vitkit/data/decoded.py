@@ -3,7 +3,9 @@ the training size, so that training reads it as in-memory data (batched, augment
 instead of decoding every file in every epoch.
 
 Each image's short side is resized to the size (antialiased) and the centre square is kept — the
-evaluation geometry — so random crops are then taken from that square. The cache lives in
+evaluation geometry — so random crops are then taken from that square. A segmentation set's masks
+take the same geometry (nearest neighbour, so every pixel keeps a class index), cached as one more
+channel beside their image's. The cache lives in
 ``$VITKIT_HOME/decoded/`` under a key made of the size, the channel count and every file's path,
 size and modification time: a changed, added or removed file gives another key, so a stale cache is
 never read. Writes are atomic (a killed decode leaves no half-written cache).
@@ -21,54 +23,74 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
 from tqdm import tqdm
 
 from ..fileio import atomic_write, cache_dir
+from ..models.config import to_pair
 from .datasets.image_datasets import ArrayImageDataset, FileImageDataset, stack_labels
-from .transforms import decode_transform
+from .datasets.segmentation_files import MaskFileDataset
+from .transforms import ResizeCrop, decode_transform
+
+#: files to decode: images with labels, or images with masks
+Files = FileImageDataset | MaskFileDataset
 
 logger = logging.getLogger(__name__)
 
 
 class _DecodeAtSize(Dataset):
-    """Each file as uint8 ``(C, size, size)``, or ``(None, error)`` if it cannot be read."""
+    """Each file as uint8 ``(C, size, size)`` (a mask as a last channel more), or ``(None, error)``
+    if it cannot be read."""
 
-    def __init__(self, files: FileImageDataset, size: int) -> None:
+    def __init__(self, files: Files, size: int) -> None:
         self.files = files
         self.transform = decode_transform(size, files.in_chans)
+        self.mask_transform = ResizeCrop(to_pair(size))
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor | None, str]:
         try:
-            image, _ = self.files[index]
+            image, label = self.files[index]
         except OSError as error:
             return None, str(error)
-        return self.transform(image).as_subclass(torch.Tensor), ""
+        decoded = self.transform(image).as_subclass(torch.Tensor)
+        if isinstance(self.files, MaskFileDataset):
+            mask = self.mask_transform(tv_tensors.Mask(label[None]))
+            decoded = torch.cat([decoded, mask.as_subclass(torch.Tensor)])
+        return decoded, ""
 
 
-def _key(files: FileImageDataset, size: int) -> str:
+def _stat(path: Path) -> list:
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def _key(files: Files, size: int) -> str:
     entries = []
     for path, label in files.samples:
-        stat = Path(path).stat()
-        label_value = label if isinstance(label, int) else label.tolist()  # multi-hot: a list in JSON
-        entries.append([str(Path(path).resolve()), label_value, stat.st_size, stat.st_mtime_ns])
+        if isinstance(label, Path):  # a mask file
+            entries.append(_stat(Path(path)) + _stat(label))
+        else:
+            label_value = label if isinstance(label, int) else label.tolist()  # multi-hot: a list in JSON
+            entries.append([*_stat(Path(path)), label_value])
     text = json.dumps({"format": 1, "size": size, "in_chans": files.in_chans, "files": entries})
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def decoded(
-    files: FileImageDataset,
+    files: Files,
     size: int,
     *,
     workers: int = 0,
     progress: bool = True,
     skipped: list[str] | None = None,
 ) -> ArrayImageDataset:
-    """``files`` as an in-memory dataset of uint8 images ``(N, C, size, size)`` backed by a
-    memory-mapped cache file (decoded now, with ``workers`` loader processes, or read from an
-    earlier run). Unreadable files are left out with a warning naming each, and their messages
+    """``files`` as an in-memory dataset of uint8 images ``(N, C, size, size)`` (with masks
+    ``(N, size, size)`` as labels for a segmentation set) backed by a memory-mapped cache file
+    (decoded now, with ``workers`` loader processes, or read from an earlier run). Unreadable
+    files are left out with a warning naming each, and their messages
     are appended to ``skipped``. A disk too full for the cache is an ``OSError`` saying so,
     raised before any image is decoded."""
     folder = cache_dir() / "decoded"
@@ -85,18 +107,18 @@ def decoded(
     # Copy-on-write mapping: pages are read from the file as batches need them, and nothing a
     # caller might do to the tensor can change the cache.
     images = torch.from_numpy(np.load(images_path, mmap_mode="c"))
+    if isinstance(files, MaskFileDataset):
+        return ArrayImageDataset(images[:, : files.in_chans], images[:, files.in_chans])
     return ArrayImageDataset(images, stack_labels([files.samples[i][1] for i in kept]))
 
 
-def _decode(
-    files: FileImageDataset, size: int, images_path: Path, index_path: Path, *, workers: int, progress: bool
-) -> None:
+def _decode(files: Files, size: int, images_path: Path, index_path: Path, *, workers: int, progress: bool) -> None:
     loader = DataLoader(_DecodeAtSize(files, size), batch_size=None, num_workers=workers)
     kept, broken = [], []
     full = images_path.with_suffix(".all.npy")
 
     def write_images(tmp: Path) -> None:
-        shape = (len(files), files.in_chans, size, size)
+        shape = (len(files), files.in_chans + isinstance(files, MaskFileDataset), size, size)
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         _reserve(tmp)
         bar = tqdm(loader, total=len(files), disable=not progress, unit="img", desc=f"decoding once at {size} px")

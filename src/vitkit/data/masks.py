@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .images import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, UnreadableImage, check_size
+
 #: the index of pixels that count for nothing (borders, unlabelled): mmsegmentation's and VOC's
 IGNORE_INDEX = 255
 
@@ -28,6 +30,25 @@ class SegmentationClasses:
 
     names: list[str]
     colours: list[tuple[int, int, int]] | None = None
+
+    def palette(self) -> list[tuple[int, int, int]]:
+        """A colour per class for masks and overlays: the set's own, else :func:`default_colours`."""
+        return self.colours or default_colours(len(self.names))
+
+
+def default_colours(count: int) -> list[tuple[int, int, int]]:
+    """``count`` distinct colours, the first black (the background): the bits of each class index
+    spread over the high bits of R, G and B in turn, as PASCAL VOC draws its masks, so a mask
+    drawn with them looks like the masks users know."""
+    colours = []
+    for index in range(count):
+        red = green = blue = 0
+        for bit in range(8):
+            red |= ((index >> (3 * bit)) & 1) << (7 - bit)
+            green |= ((index >> (3 * bit + 1)) & 1) << (7 - bit)
+            blue |= ((index >> (3 * bit + 2)) & 1) << (7 - bit)
+        colours.append((red, green, blue))
+    return colours
 
 
 def read_classes(folder: Path) -> SegmentationClasses | None:
@@ -69,6 +90,10 @@ def read_mask(path: Path, classes: SegmentationClasses | None = None) -> np.ndar
     """The class index of every pixel of the mask file ``path`` ``(H, W)`` uint8: gray values and
     palette indices as they are, RGB colours through ``classes``' colour map."""
     with Image.open(path) as image:
+        try:  # from the header, before anything is decoded
+            check_size(image.size, str(path), DEFAULT_MAX_PIXELS, DEFAULT_MAX_ASPECT)
+        except UnreadableImage as error:
+            raise MaskError(str(error).replace("image", "mask", 1)) from error
         if image.mode in ("L", "P"):
             return np.asarray(image, dtype=np.uint8).copy()
         if image.mode not in ("RGB", "RGBA"):
@@ -106,3 +131,30 @@ def check_mask(mask: np.ndarray, path: Path, num_classes: int, image_size: tuple
             f"mask {path} holds class {int(wrong[0])} but the set has {num_classes} classes (0-{num_classes - 1}, "
             f"and {IGNORE_INDEX} to ignore); fix the mask or list every class in classes.txt"
         )
+
+
+def colour_mask(mask: np.ndarray, colours: list[tuple[int, int, int]]) -> np.ndarray:
+    """A mask ``(H, W)`` of class indices drawn in the classes' colours ``(H, W, 3)`` uint8
+    (ignored pixels, and any index without a colour, white)."""
+    table = np.full((256, 3), 255, dtype=np.uint8)
+    table[: len(colours)] = np.asarray(colours, dtype=np.uint8).reshape(-1, 3)
+    return table[mask]
+
+
+def overlay(
+    image: np.ndarray, mask: np.ndarray, colours: list[tuple[int, int, int]], opacity: float = 0.5
+) -> np.ndarray:
+    """The image ``(H, W, 3)`` uint8 with its mask drawn over it at ``opacity``; the background
+    (class 0) is left clear."""
+    coloured = colour_mask(mask, colours).astype(np.float32)
+    alpha = np.where(mask[..., None] == 0, 0.0, opacity)
+    return np.round(image.astype(np.float32) * (1 - alpha) + coloured * alpha).astype(np.uint8)
+
+
+def palette_png(mask: np.ndarray, colours: list[tuple[int, int, int]]) -> Image.Image:
+    """A mask as a palette PNG image: each pixel's value is its class index (what
+    :func:`read_mask` reads back) and the palette shows the classes' colours."""
+    image = Image.fromarray(mask.astype(np.uint8), mode="P")
+    palette = [channel for colour in colours for channel in colour]
+    image.putpalette(palette + [255] * (768 - len(palette)))  # all 256 entries: index 255 stays 255
+    return image

@@ -4,7 +4,9 @@
 class names and the preprocessing, so a folder is all that is needed to use the model
 (:func:`vitkit.load_model` reads it). A multi-label classifier's folder also holds
 ``"problem_type": "multi_label_classification"`` (transformers' name) and its decision
-``"threshold"`` on the sigmoid probabilities.
+``"threshold"`` on the sigmoid probabilities. A segmenter's folder holds its backbone's config as
+``"vit"``, its decoder's as ``"segmenter"`` (see :attr:`Segmenter.decoder_config`) and a colour per
+class (``"colours"``); its weights keep the segmenter's keys (``backbone.*``, ``decoder.*``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from safetensors.torch import save_file
 from ..data.transforms import Preprocessing, eval_transform
 from ..fileio import atomic_write
 from ..models import VisionTransformer
+from ..models.segmenter import Segmenter
 
 FORMAT = "vitkit-model/1"
 CONFIG_NAME = "config.json"
@@ -32,22 +35,25 @@ DEFAULT_THRESHOLD = 0.5
 
 def save_model(
     folder: str | Path,
-    model: VisionTransformer,
+    model: VisionTransformer | Segmenter,
     *,
     class_names: list[str] | None = None,
     model_name: str | None = None,
     preprocessing: Preprocessing | None = None,
     threshold: float | None = None,
+    colours: list[tuple[int, int, int]] | None = None,
 ) -> Path:
-    """Write ``model`` as a vitkit model folder; each file is replaced atomically.
-    ``preprocessing`` defaults to vitkit's own (centre crop at the model's size, [-1, 1]).
-    ``threshold`` makes it a multi-label classifier: a label is predicted when its sigmoid
-    probability is above it."""
+    """Write ``model`` (a ViT, or a :class:`Segmenter` with a colour per class in ``colours``) as a
+    vitkit model folder; each file is replaced atomically. ``preprocessing`` defaults to vitkit's
+    own (centre crop at the model's size, [-1, 1]). ``threshold`` makes it a multi-label
+    classifier: a label is predicted when its sigmoid probability is above it."""
     folder = Path(folder)
-    config = model.config
-    names = class_names or [str(i) for i in range(config.num_classes)]
-    if config.num_classes and len(names) != config.num_classes:
-        raise ValueError(f"{len(names)} class names given for a model with {config.num_classes} classes")
+    segmenter = model if isinstance(model, Segmenter) else None
+    config = segmenter.backbone.config if segmenter else model.config
+    outputs = segmenter.num_classes if segmenter else config.num_classes
+    names = class_names or [str(i) for i in range(outputs)]
+    if outputs and len(names) != outputs:
+        raise ValueError(f"{len(names)} class names given for a model with {outputs} classes")
     preprocessing = preprocessing or eval_transform(config.img_size, config.in_chans)
     document = {
         "format": FORMAT,
@@ -58,6 +64,10 @@ def save_model(
     }
     if threshold is not None:
         document.update(problem_type=MULTI_LABEL, threshold=threshold)
+    if segmenter:
+        if colours is None or len(colours) != outputs:
+            raise ValueError(f"a segmenter's folder needs a colour per class ({outputs}), got {colours!r}")
+        document.update(segmenter=segmenter.decoder_config, colours=[list(colour) for colour in colours])
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(weights, str(tmp), metadata={"format": FORMAT}))
     atomic_write(folder / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(document, indent=2)))

@@ -82,6 +82,11 @@ class Weights:
     #: a multi-label classifier's decision threshold on its sigmoid probabilities; None: one
     #: class per image (softmax)
     threshold: float | None = None
+    #: a segmenter's: its decoder (:attr:`Segmenter.decoder_config`), the decoder's tensors, and a
+    #: colour per class; ``config`` and ``state`` are then its backbone's
+    segmenter: dict[str, Any] | None = None
+    decoder_state: dict[str, Tensor] | None = None
+    colours: list[tuple[int, int, int]] | None = None
 
     def build_model(self, **changes: Any) -> VisionTransformer:
         """The model these weights are for, holding them (in training mode, on the CPU). ``changes``
@@ -92,6 +97,14 @@ class Weights:
         load_state_into(model, self.state, source=self.source)
         model.pretrained_cfg = timm_data_config(self.preprocessing)
         return model
+
+    def build_segmenter(self) -> Segmenter:
+        """The segmenter these weights are for, holding them (in training mode, on the CPU)."""
+        if self.segmenter is None or self.decoder_state is None:
+            raise ValueError(f"{self.source} holds a classifier or an encoder, not a segmenter")
+        segmenter = Segmenter(self.build_model(), **self.segmenter)
+        segmenter.decoder.load_state_dict(self.decoder_state)
+        return segmenter
 
 
 def open_weights(
@@ -193,7 +206,7 @@ def _open_folder(folder: Path, keep_pre_logits: bool) -> Weights:
             raise ValueError(
                 f"{folder / CONFIG_NAME} names {len(names)} classes for a model with {config.num_classes} outputs"
             )
-        return Weights(
+        weights = Weights(
             str(folder),
             config,
             upgrade_vitkit_keys(state),
@@ -202,6 +215,7 @@ def _open_folder(folder: Path, keep_pre_logits: bool) -> Weights:
             model_name=document.get("model_name"),
             threshold=_threshold(document, folder / CONFIG_NAME),
         )
+        return _segmenter_parts(weights, document, folder / CONFIG_NAME) if "segmenter" in document else weights
     if is_hf_config(document):
         state = hf_to_vitkit(state, keep_pooler=keep_pre_logits)
         config = config_from_hf(document, keep_pooler=keep_pre_logits, classifier="head.weight" in state)
@@ -216,6 +230,23 @@ def _open_folder(folder: Path, keep_pre_logits: bool) -> Weights:
     names, note = _class_names(config.num_classes, class_names_from_timm(document))
     state = timm_to_vitkit(state)
     return Weights(str(folder), config, state, names, preprocessing_from_timm(document, config), note=note)
+
+
+def _segmenter_parts(weights: Weights, document: dict[str, Any], path: Path) -> Weights:
+    """A segmenter folder's weights: the backbone's tensors as ``state``, the decoder's apart."""
+    decoder = document["segmenter"]
+    colours = document.get("colours")
+    if not isinstance(decoder, dict) or decoder.get("num_classes") != len(weights.class_names):
+        raise ValueError(f'{path}: "segmenter" must describe a decoder for its {len(weights.class_names)} classes')
+    if not isinstance(colours, list) or len(colours) != len(weights.class_names):
+        raise ValueError(f'{path}: "colours" must give an [r, g, b] colour per class')
+    weights.segmenter = decoder
+    weights.colours = [tuple(colour) for colour in colours]
+    weights.decoder_state = {
+        k.removeprefix("decoder."): v for k, v in weights.state.items() if k.startswith("decoder.")
+    }
+    weights.state = {k.removeprefix("backbone."): v for k, v in weights.state.items() if k.startswith("backbone.")}
+    return weights
 
 
 def _threshold(document: dict[str, Any], path: Path) -> float | None:
@@ -358,13 +389,20 @@ class LoadedModel:
     multi-label classifier the decision threshold on its sigmoid probabilities. It unpacks as
     ``model, preprocess, class_names = load_model(...)``."""
 
-    model: VisionTransformer
+    model: VisionTransformer | Segmenter
     preprocess: Preprocessing
     class_names: list[str]
     threshold: float | None = None
+    #: a segmenter's colour per class (None for a classifier or an encoder)
+    colours: list[tuple[int, int, int]] | None = None
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.model, self.preprocess, self.class_names))
+
+    @property
+    def segmenter(self) -> bool:
+        """Whether the model gives a class per pixel (a :class:`Segmenter`) rather than per image."""
+        return isinstance(self.model, Segmenter)
 
     @property
     def multi_label(self) -> bool:
@@ -416,8 +454,10 @@ def load_model(
         weights.class_names = read_class_names(class_names, weights.config.num_classes)
     elif weights.note:
         logger.warning(weights.note)
-    model = weights.build_model()
-    return LoadedModel(model.to(device).eval(), weights.preprocessing, weights.class_names, weights.threshold)
+    model = weights.build_segmenter() if weights.segmenter else weights.build_model()
+    return LoadedModel(
+        model.to(device).eval(), weights.preprocessing, weights.class_names, weights.threshold, weights.colours
+    )
 
 
 def create_model(

@@ -16,6 +16,7 @@ the input's grid, so any input size works.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +80,10 @@ class MaskTransformer(nn.Module):
         for layer in (self.patch_out, self.class_out):  # the paper's scaled random projections
             nn.init.normal_(layer.weight, std=layer.in_features**-0.5)
 
+    def no_weight_decay(self) -> set[str]:
+        """The class embeddings are tokens: no weight decay, as for the ViT's class token."""
+        return {"class_embed"}
+
     def forward(self, patches: Tensor) -> Tensor:
         x = torch.cat([self.project_patches(patches), self.class_embed.expand(patches.shape[0], -1, -1)], dim=1)
         for block in self.blocks:
@@ -117,10 +122,17 @@ class Segmenter(nn.Module):
         backbone.config = backbone.config.replace(dynamic_img_size=True, dynamic_img_pad=True)
         self.backbone = backbone
         self.num_classes = num_classes
+        self.settings = {"decoder": decoder, "decoder_depth": decoder_depth, "decoder_dim": decoder_dim}
         if decoder == "linear":
             self.decoder: nn.Module = LinearDecoder(backbone.config.embed_dim, num_classes)
         else:
             self.decoder = MaskTransformer(backbone, num_classes, depth=decoder_depth, dim=decoder_dim)
+
+    @property
+    def decoder_config(self) -> dict[str, Any]:
+        """What builds this segmenter's decoder again (a model folder records it):
+        ``Segmenter(backbone, **segmenter.decoder_config)``."""
+        return {"num_classes": self.num_classes, **self.settings}
 
     def patch_logits(self, images: Tensor) -> Tensor:
         """Class logits per patch ``(B, K, rows, cols)`` (the input padded to the stride)."""

@@ -15,8 +15,10 @@ from typing import Any
 import yaml
 
 from ..data.datasets.builtin import BUILTIN
+from ..data.load import TASKS, detect_task
 from ..models import ATTENTION_KERNELS, get_config
 from ..models.config import type_errors
+from ..models.segmenter import DECODERS
 from . import presets
 
 #: the recipes shipped as presets/<name>.toml
@@ -38,7 +40,17 @@ class TrainConfig:
     """Every setting of a training run. Field help texts are the CLI's help texts."""
 
     # data
-    data: str = _opt("mnist", "built-in dataset (digits, mnist), an ImageFolder folder, or a path,label CSV")
+    data: str = _opt(
+        "mnist",
+        "built-in dataset (digits, mnist, mnist-canvases), an ImageFolder folder, a path,label CSV, or a "
+        "segmentation set (images/ + masks/ folders, an image,mask CSV)",
+    )
+    task: str = _opt(
+        "auto",
+        "classification or segmentation; auto: segmentation when the data is laid out as a segmentation set",
+        choices=TASKS,
+        only="classify",
+    )
     val_fraction: float = _opt(0.1, "held-out fraction when the data has no val/ split (per class, seeded)")
     multi_label: bool = _opt(
         False,
@@ -132,11 +144,24 @@ class TrainConfig:
     color_bits: int = _opt(
         3, "mpp: bits per channel of the predicted mean colour (3: 512 RGB / 8 gray classes)", only="pretrain"
     )
-    decoder_dim: int = _opt(512, "mae: decoder width", only="pretrain")
-    decoder_depth: int = _opt(8, "mae: decoder blocks", only="pretrain")
+    decoder_dim: int | None = _opt(
+        None, "decoder width (mae: default 512; segmentation's mask transformer: default the backbone's)"
+    )
+    decoder_depth: int | None = _opt(None, "decoder blocks (mae: default 8; segmentation's mask transformer: 2)")
     decoder_heads: int = _opt(16, "mae: decoder attention heads", only="pretrain")
     norm_pix_loss: bool = _opt(
         True, "mae: reconstruct pixels normalised per patch (the MAE paper's best target)", only="pretrain"
+    )
+    # segmentation
+    decoder: str = _opt(
+        "linear",
+        "segmentation: Segmenter's linear decoder (patch tokens → class logits) or its mask transformer (mask)",
+        choices=DECODERS,
+        only="classify",
+    )
+    ignore_index: int = _opt(255, "segmentation: the mask value of pixels that count for nothing", only="classify")
+    dice: float = _opt(
+        0.0, "segmentation: weight of a soft Dice loss added to the cross-entropy (0 = off)", only="classify"
     )
     # evaluation at each epoch end
     evaluators: list[str] = _opt(
@@ -270,7 +295,9 @@ class TrainConfig:
         need(self.mask_ratio is None or 0 < self.mask_ratio < 1, "mask_ratio", "is a fraction in (0, 1)")
         need(1 <= self.color_bits <= 8, "color_bits", "is 1 to 8 bits per channel")
         for name in ("decoder_dim", "decoder_depth", "decoder_heads"):
-            need(getattr(self, name) >= 1, name, "must be at least 1")
+            need(getattr(self, name) is None or getattr(self, name) >= 1, name, "must be at least 1")
+        need(0 <= self.ignore_index <= 255, "ignore_index", "is a mask value from 0 to 255")
+        need(self.dice >= 0, "dice", "must be >= 0 (0 = off)")
         need(len(self.evaluators) >= 1, "evaluators", "names at least one evaluator (heldout, fewshot)")
 
     def _check_model_args(self) -> None:
@@ -400,16 +427,26 @@ def preset_values(name: str) -> dict[str, Any]:
     return tomllib.loads(text)
 
 
+def _default_preset(*layers: dict[str, Any]) -> str:
+    """``seg-demo`` where the data the settings name holds a class per pixel, else ``demo``."""
+    data = next((layer["data"] for layer in layers if layer.get("data")), None)
+    task = next((layer["task"] for layer in layers if layer.get("task")), "auto")
+    if task == "auto" and data is not None:
+        task = detect_task(str(data))
+    return "seg-demo" if task == "segmentation" else "demo"
+
+
 def resolve_config(
     preset: str | None = None, file: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
     """Build the run's config: defaults ← preset ← file ← overrides (flags). ``model_args``
     tables are merged key by key rather than replaced; an override of None switches a preset's
-    setting off (e.g. ``crop_scale``)."""
+    setting off (e.g. ``crop_scale``). Without a preset named anywhere, the recipe is ``demo``,
+    or ``seg-demo`` for a segmentation set."""
     file_values = read_config_file(file) if file else {}
     overrides = dict(overrides or {})
     _check_keys(overrides, "flags")
-    preset = overrides.get("preset") or file_values.get("preset") or preset or "demo"
+    preset = overrides.get("preset") or file_values.get("preset") or preset or _default_preset(overrides, file_values)
     values: dict[str, Any] = {}
     for layer in (preset_values(preset), file_values, overrides):
         model_args = {**values.get("model_args", {}), **layer.get("model_args", {})}

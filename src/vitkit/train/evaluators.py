@@ -75,7 +75,7 @@ class FewShot:
     def run(self, module: nn.Module) -> EpochMetrics:
         with autocast(self.device, self.precision):
             results = fewshot_of_splits(
-                self.objective.vit(module),
+                self.objective.saved_model(module),
                 self.preprocess,
                 self.train,
                 self.val,

@@ -17,18 +17,27 @@ from collections.abc import Callable, Iterable
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.augment import AugmentedBatches, BatchAugment, augment_stream, resize_uint8
+from ..data.augment import (
+    AugmentedBatches,
+    AugmentedMaskBatches,
+    BatchAugment,
+    augment_stream,
+    resize_masks,
+    resize_uint8,
+)
 from ..data.datasets.image_datasets import (
     ArrayImageDataset,
     DataSplits,
     FileImageDataset,
+    PreprocessedDataset,
     TransformedDataset,
     collate_skipping_broken,
     preprocess_in_memory,
 )
+from ..data.datasets.segmentation_files import MaskFileDataset
 from ..data.decoded import decoded
 from ..data.shards import ShardStream
-from ..data.transforms import decode_transform, eval_transform, train_transform
+from ..data.transforms import MEAN, STD, decode_transform, eval_transform, train_transform
 from ..seeds import SEEDING, seed_for
 from . import distributed
 from .config import ConfigError, TrainConfig
@@ -48,14 +57,15 @@ def image_size(config: TrainConfig, data: DataSplits, stride: int) -> int:
 
 
 def decode_once(config: TrainConfig, data: DataSplits, img_size: int, processes: Processes) -> DataSplits:
-    """With ``cache_decoded``, the data's image files as memory-mapped uint8 arrays at
+    """With ``cache_decoded``, and always for a segmentation set (whose images and masks are
+    augmented together, as whole batches), the data's image files as memory-mapped uint8 arrays at
     ``img_size`` (see :mod:`vitkit.data.decoded`); rank 0 decodes, the other processes then read
-    its cache. Without it, the data as it is."""
-    if not config.cache_decoded:
+    its cache. Otherwise the data as it is."""
+    if not (config.cache_decoded or data.segmentation):
         return data
     if isinstance(data.train, ShardStream):
         raise ConfigError("--cache-decoded is for image folders and CSVs; shards are streamed, not cached")
-    if not isinstance(data.train, FileImageDataset):
+    if not isinstance(data.train, FileImageDataset | MaskFileDataset):
         return data  # already in memory
     if processes.distributed and not processes.is_main:
         torch.distributed.barrier()  # until rank 0 has written the cache
@@ -78,6 +88,8 @@ def run_datasets(
     for image files, each image is augmented in the loader. Shards are split between the
     processes. The held-out set is preprocessed once when it is in memory."""
     evaluation = eval_transform(img_size, data.in_chans)
+    if data.segmentation:
+        return _segmentation_datasets(config, data, img_size)
     batched = config.batch_augment
     if batched is None:
         batched = isinstance(data.train, ArrayImageDataset | ShardStream)
@@ -110,6 +122,27 @@ def run_datasets(
     if augment is not None:
         return TransformedDataset(data.train, augment, seed=config.seed), val_set
     return preprocess_in_memory(data.train, evaluation) or TransformedDataset(data.train, evaluation), val_set
+
+
+def _segmentation_datasets(
+    config: TrainConfig, data: DataSplits, img_size: int
+) -> tuple[AugmentedMaskBatches, Dataset]:
+    """A segmentation set in memory (built-in, or decoded once) at the training size, masks resized
+    with their images (nearest neighbour): the training set augmented as whole batches, each mask
+    moved with its image, and the held-out set preprocessed once."""
+    train, val = data.train, data.val
+    assert isinstance(train, ArrayImageDataset) and isinstance(val, ArrayImageDataset)  # see decode_once
+    augment = build_batch_augment(config, data, img_size)
+    train_set = AugmentedMaskBatches(
+        resize_uint8(train.images, img_size),
+        resize_masks(train.labels, img_size),
+        augment,
+        config.seed,
+        config.ignore_index,
+    )
+    images = resize_uint8(val.images, img_size).float() / 255
+    val_set = PreprocessedDataset((images - MEAN) / STD, resize_masks(val.labels, img_size))
+    return train_set, val_set
 
 
 def _flip(config: TrainConfig, data: DataSplits) -> bool:

@@ -32,6 +32,7 @@ from .distributed import DistributedFailure, Processes
 from .objectives import THRESHOLD, EpochMetrics, build_objective
 from .run import Run, model_name, set_up_run
 from .run_folder import SUMMARY_NAME, TRAIN_CONFIG_NAME
+from .segmentation import SegmentationScores
 from .step import train_step
 
 
@@ -108,7 +109,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, f
     ``checkpoint_every`` steps and at each epoch end), ``metrics.jsonl``, ``tensorboard/``,
     and at the end the model folder files (``config.json``, ``model.safetensors``: for
     pre-training the encoder without a classifier), ``summary.json``, ``curves.png``, and
-    ``confusion.png`` (classification) or ``reconstructions.png`` (MAE).
+    ``confusion.png`` (classification), ``class_iou.png`` and ``segmentations.png``
+    (segmentation) or ``reconstructions.png`` (MAE).
     """
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(config.deterministic or deterministic_before)
@@ -152,10 +154,12 @@ def _train(
 
 def _banner(run: Run) -> str:
     config, model = run.config, run.model
-    params = sum(p.numel() for p in model.parameters())
-    doing = ("resuming " if run.resumed else "") + (
-        "training" if run.config.supervised else f"pre-training ({config.objective})"
-    )
+    params = sum(p.numel() for p in run.objective.module.parameters())
+    if run.data.segmentation:
+        task = f"training a segmenter ({config.decoder} decoder) on"
+    else:
+        task = "training" if config.supervised else f"pre-training ({config.objective})"
+    doing = ("resuming " if run.resumed else "") + task
     return (
         f"{doing} {model_name(config, model)}: {model.config.describe()}, {params:,} parameters; "
         f"{config.data}: {len(run.train_set):,} training / {len(run.val_set):,} held-out images, "
@@ -297,17 +301,22 @@ def _finish(run: Run, result: EpochMetrics, wall_seconds: float) -> RunSummary:
     )
     kept = _kept_module(run)
     if run.main:
-        vit = run.objective.vit(kept.cpu() if run.device.type != "cpu" else kept)
+        saved = run.objective.saved_model(kept.cpu() if run.device.type != "cpu" else kept)
         class_names = run.data.class_names if run.config.supervised else []
         save_model(
             run.run_dir,
-            vit,
+            saved,
             class_names=class_names,
             model_name=model_name(run.config, run.model),
             threshold=result.metrics.get(THRESHOLD),
+            colours=run.data.colours,
         )
         report.plot_curves(report.read_metrics(run.run_dir), run.run_dir / "curves.png")
-        if result.confusion is not None:
+        if run.data.segmentation and result.confusion is not None:
+            scores = SegmentationScores.of_confusion(result.confusion)
+            report.plot_class_iou(scores, run.data.class_names, run.data.colours, run.run_dir / "class_iou.png")
+            report.plot_segmentations(saved, run.val_set, run.data.colours, run.run_dir / "segmentations.png")
+        elif result.confusion is not None:
             report.plot_confusion(result.confusion, run.data.class_names, run.run_dir / "confusion.png")
         if run.config.objective == "mae":
             report.plot_reconstructions(kept, run.val_set, run.run_dir / "reconstructions.png")
@@ -330,6 +339,7 @@ def _kept_module(run: Run) -> torch.nn.Module:
         device=run.device,
         precision=run.precision,
         multi_label=run.data.multi_label,
+        segmentation=run.data.segmentation,
     )
     plain.module.load_state_dict(full)
     return plain.module

@@ -15,11 +15,13 @@ from torch.utils.data import DataLoader
 from ..data.transforms import batch_mixing
 from ..device import autocast
 from ..models import VisionTransformer
+from ..models.segmenter import Segmenter
 from ..pretrain import MaskedAutoencoder, MaskedPatchPrediction
 from .accuracy import score_single_label
 from .config import ConfigError, TrainConfig
 from .distributed import Processes, all_reduce_sum
 from .multilabel import multilabel_logits, score_multilabel
+from .segmentation import score_segmentation, segmentation_loss
 
 #: the held-out metric of a multi-label run that holds its decision threshold
 THRESHOLD = "val_threshold"
@@ -74,8 +76,9 @@ class Objective(Protocol):
         """The objective's own metrics of ``module`` on the held-out images of ``loader``."""
         ...
 
-    def vit(self, module: nn.Module) -> VisionTransformer:
-        """The ViT inside ``module`` (the module or its EMA copy) that the run folder keeps."""
+    def saved_model(self, module: nn.Module) -> VisionTransformer | Segmenter:
+        """The model inside ``module`` (the module or its EMA copy) that the run folder keeps: the
+        classifier, the pre-trained encoder, or the segmenter."""
         ...
 
 
@@ -126,7 +129,44 @@ class Classification:
         metrics = {"val_loss": result.loss, "val_mAP": result.mean_ap, "val_f1": result.f1, THRESHOLD: result.threshold}
         return EpochMetrics(metrics, result.count, "val_mAP", True, skipped=skipped)
 
-    def vit(self, module: nn.Module) -> VisionTransformer:
+    def saved_model(self, module: nn.Module) -> VisionTransformer:
+        return module  # type: ignore[return-value]
+
+
+@dataclass
+class Segmentation:
+    """A class per pixel (Segmenter): cross-entropy over the pixels not ignored, plus ``dice`` ×
+    the soft Dice loss; ranked by held-out mIoU."""
+
+    module: Segmenter
+    ignore_index: int
+    dice: float
+    device: torch.device
+    precision: str
+
+    def loss(self, module: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
+        with autocast(self.device, self.precision):
+            logits = module(images)
+        return segmentation_loss(logits, labels, ignore_index=self.ignore_index, dice=self.dice)
+
+    def held_out_metrics(self, module: nn.Module, loader: DataLoader) -> EpochMetrics:
+        scores = score_segmentation(
+            module,
+            loader,
+            num_classes=self.module.num_classes,
+            device=self.device,
+            precision=self.precision,
+            ignore_index=self.ignore_index,
+        )
+        metrics = {
+            "val_loss": scores.loss,
+            "val_mIoU": scores.mean_iou,
+            "val_pixel_accuracy": scores.pixel_accuracy,
+            "val_mean_accuracy": scores.mean_accuracy,
+        }
+        return EpochMetrics(metrics, scores.images, "val_mIoU", True, scores.confusion, scores.skipped)
+
+    def saved_model(self, module: nn.Module) -> Segmenter:
         return module  # type: ignore[return-value]
 
 
@@ -164,7 +204,7 @@ class Pretraining:
             raise ValueError("no readable image to evaluate on")
         return EpochMetrics({name: total / count for name, total in sums.items()}, count, skipped=skipped)
 
-    def vit(self, module: nn.Module) -> VisionTransformer:
+    def saved_model(self, module: nn.Module) -> VisionTransformer:
         return module.encoder  # type: ignore[return-value]
 
 
@@ -176,9 +216,20 @@ def build_objective(
     device: torch.device,
     precision: str,
     multi_label: bool = False,
-) -> Classification | Pretraining:
+    segmentation: bool = False,
+) -> Classification | Segmentation | Pretraining:
     """The objective ``config.objective`` names, around ``model`` (already sized for the data);
-    ``multi_label`` for data with several labels per image."""
+    ``multi_label`` for data with several labels per image, ``segmentation`` for a class per
+    pixel (``model`` is then the backbone of a :class:`Segmenter` with ``config.decoder``)."""
+    if config.supervised and segmentation:
+        segmenter = Segmenter(
+            model,
+            num_classes,
+            decoder=config.decoder,
+            decoder_depth=config.decoder_depth or 2,  # Segmenter's mask transformer
+            decoder_dim=config.decoder_dim,
+        )
+        return Segmentation(segmenter.to(device), config.ignore_index, config.dice, device, precision)
     if config.supervised:
         return Classification(
             model, num_classes, config.label_smoothing, config.mixup, config.cutmix, device, precision, multi_label
@@ -192,8 +243,8 @@ def build_objective(
         module = MaskedAutoencoder(
             model,
             mask_ratio=ratio,
-            decoder_dim=config.decoder_dim,
-            decoder_depth=config.decoder_depth,
+            decoder_dim=config.decoder_dim or 512,  # the MAE paper's decoder
+            decoder_depth=config.decoder_depth or 8,
             decoder_heads=config.decoder_heads,
             norm_pix_loss=config.norm_pix_loss,
         )

@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure  # not pyplot: no backend to choose, nothing global to close
 from matplotlib.ticker import MaxNLocator
 from tqdm import tqdm
 
+from ..data.masks import overlay
 from ..data.transforms import MEAN, STD
 
 METRICS_NAME = "metrics.jsonl"
@@ -42,6 +44,9 @@ PERCENT_METRICS = {
     "val_color_accuracy": "colour accuracy",
     "val_mAP": "mAP",
     "val_f1": "micro-F1",
+    "val_mIoU": "mIoU",
+    "val_pixel_accuracy": "pixel accuracy",
+    "val_mean_accuracy": "mean class accuracy",
 }
 
 
@@ -78,7 +83,7 @@ def plot_curves(metrics: list[dict[str, Any]], path: Path) -> None:
         acc_ax = axes[0, 1]
         for key, label in shown.items():
             acc_ax.plot(epochs, [100 * m[key] for m in metrics], "o-", label=label)
-        acc_ax.set(xlabel="epoch", ylabel="held-out accuracy (%)", title="Accuracy")
+        acc_ax.set(xlabel="epoch", ylabel="held-out score (%)", title="Held-out scores")
         acc_ax.legend()
     for ax in axes.flat:
         ax.grid(alpha=0.3)
@@ -182,5 +187,63 @@ def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path) 
                     color = "white" if rates[i, j] > 0.5 else "black"
                     ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color=color)
     ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (held-out)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def plot_class_iou(scores: Any, class_names: list[str], colours: list[tuple[int, int, int]], path: Path) -> None:
+    """Held-out IoU per class, a bar in each class's colour (classes absent from both the truth
+    and the predictions are marked so, and left out of the mean)."""
+    ious = scores.per_class_iou
+    fig = Figure(figsize=(7, 1.2 + 0.3 * len(class_names)))
+    ax = fig.subplots()
+    rows = range(len(class_names))
+    values = [0.0 if np.isnan(iou) else 100 * iou for iou in ious]
+    ax.barh(rows, values, color=[np.asarray(c) / 255 for c in colours], edgecolor="black", linewidth=0.5)
+    for row, iou in zip(rows, ious, strict=True):
+        ax.text(
+            1 if np.isnan(iou) else 100 * iou + 1,
+            row,
+            "absent" if np.isnan(iou) else f"{100 * iou:.1f}",
+            va="center",
+            fontsize=8,
+        )
+    ax.set_yticks(list(rows), class_names)
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 105), xlabel="IoU (%)", title=f"Held-out IoU per class (mIoU {100 * scores.mean_iou:.1f} %)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+@torch.no_grad()
+def plot_segmentations(
+    segmenter: torch.nn.Module, dataset: Any, colours: list[tuple[int, int, int]], path: Path, count: int = 8
+) -> None:
+    """The segmenter on the first ``count`` held-out images: the image, the true mask over it,
+    and the predicted mask over it."""
+    images = torch.stack([dataset[index][0] for index in range(min(count, len(dataset)))])
+    truths = torch.stack([torch.as_tensor(dataset[index][1]) for index in range(len(images))])
+    was_training = segmenter.training
+    predicted = segmenter.eval()(images.to(next(segmenter.parameters()).device)).argmax(1).cpu()
+    segmenter.train(was_training)
+    fig = Figure(figsize=(1.4 * len(images), 4.4))
+    axes = fig.subplots(3, len(images), squeeze=False)
+    for col, image in enumerate(images):
+        pixels = ((image.float() * STD + MEAN).clamp(0, 1) * 255).round().to(torch.uint8)
+        rgb = pixels.expand(3, -1, -1) if len(pixels) == 1 else pixels
+        rgb = rgb.permute(1, 2, 0).numpy()
+        shown = [
+            rgb,
+            overlay(rgb, truths[col].numpy(), colours, 0.7),
+            overlay(rgb, predicted[col].numpy(), colours, 0.7),
+        ]
+        for row, picture in enumerate(shown):
+            axes[row, col].imshow(picture)
+            axes[row, col].set_xticks([])
+            axes[row, col].set_yticks([])
+    for row, title in enumerate(("image", "truth", "predicted")):
+        axes[row, 0].set_ylabel(title, fontsize=8)
+    fig.suptitle("Segmenter on held-out images")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

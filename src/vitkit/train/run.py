@@ -171,7 +171,8 @@ def _model_at_training_size(
 ) -> tuple[VisionTransformer, int]:
     """The run's model at its training resolution (and that resolution), once its activations are
     known to fit the device's memory."""
-    num_classes = len(data.class_names) if config.supervised else 0
+    # a segmenter's backbone has no classifier: its decoder classifies each patch
+    num_classes = len(data.class_names) if config.supervised and not data.segmentation else 0
     model = build_model(config, num_classes=num_classes, in_chans=data.in_chans)
     model.set_grad_checkpointing(config.grad_checkpointing)
     img_size = inputs.image_size(config, data, model.config.stride)
@@ -201,9 +202,10 @@ def set_up_run(config: TrainConfig, *, resume: bool, processes: Processes, force
     if not resume:  # before the data is read and the model built
         check_out_folder(Path(config.out), own=TRAIN_CONFIG_NAME, force=force)
     data = _training_data(config)
-    if config.supervised and data.multi_label and processes.distributed:
+    if config.supervised and (data.multi_label or data.segmentation) and processes.distributed:
+        kind, needs = ("multi-label", "mAP") if data.multi_label else ("segmentation", "mIoU")
         raise ConfigError(
-            "multi-label runs train in one process for now (mAP needs every held-out score in one place); "
+            f"{kind} runs train in one process for now ({needs} needs every held-out score in one place); "
             "start vitkit train without torchrun"
         )
     model, img_size = _model_at_training_size(config, data, device, precision)
@@ -215,6 +217,7 @@ def set_up_run(config: TrainConfig, *, resume: bool, processes: Processes, force
         device=device,
         precision=precision,
         multi_label=data.multi_label,
+        segmentation=data.segmentation,
     )
     sharded = config.sharded(processes.distributed)
     wrapped = distributed.wrap(objective.module, processes, device, fsdp=sharded)
@@ -325,7 +328,10 @@ def _training_data(config: TrainConfig) -> DataSplits:
         seed=config.seed,
         labels=config.supervised or fewshot,
         multi_label=config.multi_label,
+        task=config.task,
     )
+    if data.segmentation:
+        _check_segmentation_settings(config)
     if config.multi_label and not data.multi_label:
         raise ConfigError(f"--multi-label reads the labels of a CSV as label sets; {config.data} is not a CSV")
     if data.multi_label and (fewshot or config.train_images):
@@ -344,6 +350,25 @@ def _training_data(config: TrainConfig) -> DataSplits:
         classes = len(data.class_names)
         data.train = balanced_subset(data.train, config.train_images, num_classes=classes, seed=config.seed)
     return data
+
+
+def _check_segmentation_settings(config: TrainConfig) -> None:
+    """Refuse the settings that only have a meaning for a class per image."""
+    per_image = {
+        "mixup": "mixes whole images and their labels",
+        "cutmix": "pastes boxes and mixes labels by area",
+        "label_smoothing": "smooths one label per image",
+        "erase": "blacks out pixels whose class the mask still names",
+        "train_images": "draws images class by class",
+    }
+    for name, why in per_image.items():
+        if getattr(config, name):
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} {why}: it is for classification, not for {config.data} (a segmentation set)")
+    if config.fewshot:
+        raise ConfigError(f"--evaluators fewshot needs one class per image; {config.data} is a segmentation set")
+    if config.batch_augment is False:
+        raise ConfigError("segmentation augments whole batches (each image with its mask); drop --no-batch-augment")
 
 
 def _start_or_restore(run: Run, resume: bool) -> None:

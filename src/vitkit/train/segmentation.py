@@ -11,9 +11,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from ..data.masks import IGNORE_INDEX
+from ..device import autocast
 
 
 def segmentation_loss(logits: Tensor, masks: Tensor, *, ignore_index: int = IGNORE_INDEX, dice: float = 0.0) -> Tensor:
@@ -39,6 +41,10 @@ class SegmentationScores:
     num_classes: int
     ignore_index: int = IGNORE_INDEX
     confusion: Tensor = field(init=False)
+    #: images counted, the sum of their mean pixel losses, and the files that could not be read
+    images: int = 0
+    loss_sum: float = 0.0
+    skipped: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
@@ -49,6 +55,18 @@ class SegmentationScores:
         pairs = truth[kept].long() * self.num_classes + predicted[kept].long()
         counts = torch.bincount(pairs.cpu(), minlength=self.num_classes**2)
         self.confusion += counts.reshape(self.num_classes, self.num_classes)
+
+    @classmethod
+    def of_confusion(cls, confusion: Tensor) -> SegmentationScores:
+        """The scores a pixel confusion matrix ``(K, K)`` (true class down) holds."""
+        scores = cls(len(confusion))
+        scores.confusion = confusion.to(torch.int64).cpu()
+        return scores
+
+    @property
+    def loss(self) -> float:
+        """The mean over images of the per-pixel cross-entropy (NaN before any image)."""
+        return self.loss_sum / self.images if self.images else math.nan
 
     @property
     def intersection(self) -> Tensor:
@@ -89,12 +107,47 @@ class SegmentationScores:
             return {name: None if math.isnan(v) else v for name, v in zip(class_names, values, strict=True)}
 
         return {
+            "images": self.images,
             "mean_iou": self.mean_iou,
             "pixel_accuracy": self.pixel_accuracy,
             "mean_accuracy": self.mean_accuracy,
             "per_class_iou": finite(self.per_class_iou),
             "per_class_accuracy": finite(self.per_class_accuracy),
         }
+
+
+@torch.inference_mode()
+def score_segmentation(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    num_classes: int,
+    device: torch.device,
+    precision: str = "fp32",
+    ignore_index: int = IGNORE_INDEX,
+) -> SegmentationScores:
+    """Score the segmenter ``model`` over ``loader`` (batches of ``(images, masks, broken)``, masks
+    at the images' size), every pixel not ignored counted once."""
+    was_training = model.training
+    model.eval()
+    scores = SegmentationScores(num_classes, ignore_index)
+    for images, masks, broken in loader:
+        scores.skipped += broken
+        if images is None:
+            continue
+        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True).long()
+        with autocast(device, precision):
+            logits = model(images)
+        logits = logits.float()
+        per_image = F.cross_entropy(logits, masks, ignore_index=ignore_index, reduction="none").flatten(1)
+        kept = (masks != ignore_index).flatten(1).sum(1).clamp(min=1)
+        scores.loss_sum += float((per_image.sum(1) / kept).sum())
+        scores.add(logits.argmax(dim=1), masks)
+        scores.images += len(images)
+    model.train(was_training)
+    if scores.images == 0:
+        raise ValueError("no readable image to evaluate on")
+    return scores
 
 
 def _nanmean(values: list[float]) -> float:

@@ -1,4 +1,5 @@
-"""The built-in real datasets, read offline: scikit-learn's digits and the full MNIST."""
+"""The built-in real datasets, read offline: scikit-learn's digits, the full MNIST, and a
+segmentation set made of MNIST's digits on larger canvases."""
 
 from __future__ import annotations
 
@@ -7,10 +8,18 @@ import importlib.resources
 import numpy as np
 import torch
 
+from ..masks import default_colours
+from .canvases import CANVAS_CLASSES, digit_canvases
 from .image_datasets import ArrayImageDataset, DataSplits
 from .splits import held_out_count
 
-BUILTIN = ("digits", "mnist")
+BUILTIN = ("digits", "mnist", "mnist-canvases")
+#: the segmentation set ``mnist-canvases``: canvases per split, their size, digits per canvas and
+#: how far each digit's region reaches beyond its strokes (pixels)
+CANVAS_COUNTS = {"train": 30_000, "val": 2_000}
+CANVAS_SIZE = 32
+CANVAS_DIGITS = (1, 1)
+CANVAS_DILATION = 2
 
 
 def load_digits(val_fraction: float = 0.2, seed: int = 0) -> DataSplits:
@@ -55,4 +64,33 @@ def load_mnist() -> DataSplits:
         in_chans=1,
         image_size=(28, 28),
         flip_ok=False,
+    )
+
+
+def load_mnist_canvases() -> DataSplits:
+    """A segmentation set from MNIST: each canvas holds digits at random places, each pixel labelled
+    background (0) or the digit it belongs to (1–10 for 0–9); the training canvases use MNIST's
+    training digits, the held-out ones its test digits (see :func:`digit_canvases`)."""
+    mnist = load_mnist()
+
+    def split(name: str, digits: ArrayImageDataset, seed: int) -> ArrayImageDataset:
+        canvases = digit_canvases(
+            digits.images,
+            digits.labels,
+            CANVAS_COUNTS[name],
+            size=CANVAS_SIZE,
+            per_canvas=CANVAS_DIGITS,
+            dilation=CANVAS_DILATION,
+            seed=seed,
+        )
+        return ArrayImageDataset(canvases.images, canvases.masks)
+
+    return DataSplits(
+        train=split("train", mnist.train, 0),
+        val=split("val", mnist.val, 1),
+        class_names=list(CANVAS_CLASSES),
+        in_chans=1,
+        image_size=(CANVAS_SIZE, CANVAS_SIZE),
+        flip_ok=False,
+        colours=default_colours(len(CANVAS_CLASSES)),
     )

@@ -32,7 +32,7 @@ def load_csv(path: Path, *, in_chans: int, val_fraction: float, seed: int, multi
 
     Multi-label data is held out as a seeded random ``val_fraction`` of all images (a per-class
     split is not defined when an image has several classes)."""
-    rows = [(line_no, row) for line_no, row in enumerate(csv.reader(_csv_lines(path)), start=1) if row]
+    rows = [(line_no, row) for line_no, row in enumerate(csv.reader(csv_lines(path)), start=1) if row]
     if not rows:
         raise DataError(f"{path} lists no image; expected rows of path,label")
     header = [cell.strip() for cell in rows[0][1]]
@@ -60,7 +60,7 @@ def load_csv(path: Path, *, in_chans: int, val_fraction: float, seed: int, multi
     return file_splits(train, val, in_chans, skipped)
 
 
-def _csv_lines(path: Path) -> list[str]:
+def csv_lines(path: Path) -> list[str]:
     """The CSV's lines as text; a file that is binary or not UTF-8 is a :class:`DataError` naming
     the line (a spreadsheet's "CSV UTF-8" export reads; its byte-order mark is dropped)."""
     raw = path.read_bytes()

@@ -41,6 +41,13 @@ class DataSplits:
     skipped: list[str] = field(default_factory=list)
     #: several labels per image (multi-hot targets) instead of exactly one
     multi_label: bool = False
+    #: a segmentation set: a sample's label is its mask ``(H, W)`` of class indices, and
+    #: ``colours`` gives each class's colour (RGB) in masks and overlays
+    colours: list[tuple[int, int, int]] | None = None
+
+    @property
+    def segmentation(self) -> bool:
+        return self.colours is not None
 
 
 #: a sample's label: a class index, or a multi-hot float vector for multi-label data

@@ -1,0 +1,142 @@
+"""Segmentation through the commands a user runs: train on a folder of images and masks (or a
+CSV), load the run folder, predict masks and overlays, and the settings that do not apply."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vitkit
+from vitkit.cli.main import main
+from vitkit.data.datasets.image_datasets import DataError
+from vitkit.data.load import detect_task, load_data
+from vitkit.data.masks import read_classes, read_mask
+from vitkit.models.segmenter import Segmenter
+from vitkit.train import ConfigError, resolve_config, train
+
+COLOURS = {"background": [0, 0, 0], "red": [200, 30, 30], "blue": [30, 30, 200]}
+TINY = ["patch_size=4", "embed_dim=32", "depth=2", "num_heads=2", "mlp_dim=64"]
+
+
+def _scene(draw: np.random.Generator, size: tuple[int, int] = (24, 24)) -> tuple[np.ndarray, np.ndarray]:
+    """A gray image with a red and/or a blue rectangle, and its mask (0 gray, 1 red, 2 blue)."""
+    height, width = size
+    image = np.full((height, width, 3), 128, dtype=np.uint8)
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for index in draw.permutation([1, 2])[: draw.integers(1, 3)]:
+        top, left = draw.integers(0, height - 8), draw.integers(0, width - 8)
+        rows, cols = slice(top, top + draw.integers(6, 9)), slice(left, left + draw.integers(6, 9))
+        image[rows, cols] = list(COLOURS.values())[index]
+        mask[rows, cols] = index
+    return image, mask
+
+
+def write_set(root, count=48, size=(24, 24), seed=0):
+    """``root/images`` (PNG) and ``root/masks`` (palette PNGs of class indices), and classes.json."""
+    draw = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for index in range(count):
+        image, mask = _scene(draw, size)
+        Image.fromarray(image).save(root / "images" / f"scene{index}.png")
+        palette = Image.fromarray(mask, mode="P")
+        palette.putpalette([c for colour in COLOURS.values() for c in colour] + [255] * (768 - 9))
+        palette.save(root / "masks" / f"scene{index}.png")
+    entries = [{"name": name, "color": colour} for name, colour in COLOURS.items()]
+    (root / "classes.json").write_text(json.dumps(entries))
+    return root
+
+
+@pytest.fixture(scope="module")
+def segmentation_run(tmp_path_factory):
+    root = write_set(tmp_path_factory.mktemp("scenes") / "set")
+    run_dir = tmp_path_factory.mktemp("runs") / "run"
+    flags = ["--data", str(root), "--img-size", "24", "--epochs", "8", "--batch-size", "16", "--lr", "3e-3"]
+    flags += ["--out", str(run_dir), "--quiet", "--model-args", *TINY, "--rotate", "0", "--zoom", "none"]
+    main(["train", *flags])
+    return root, run_dir
+
+
+def test_a_folder_of_images_and_masks_trains_a_segmenter_far_above_chance(segmentation_run):
+    _, run_dir = segmentation_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["ranked_by"] == "val_mIoU"
+    # chance: everything background gives mIoU ≈ 0.25 (background IoU ≈ 0.75, the others 0)
+    assert summary["final_metrics"]["val_mIoU"] > 0.6, summary["final_metrics"]
+    config = json.loads((run_dir / "train_config.json").read_text())
+    assert config["preset"] == "seg-demo"  # chosen for a segmentation set
+    for figure in ("class_iou.png", "segmentations.png", "curves.png"):
+        assert Image.open(run_dir / figure).size[0] > 300
+
+
+def test_the_run_folder_loads_as_a_segmenter_with_its_classes_and_colours(segmentation_run):
+    _, run_dir = segmentation_run
+    loaded = vitkit.load_model(run_dir)
+    assert isinstance(loaded.model, Segmenter) and loaded.segmenter
+    assert loaded.class_names == list(COLOURS)
+    assert loaded.colours == [tuple(colour) for colour in COLOURS.values()]
+    logits = loaded.model(torch.randn(2, 3, 40, 56))
+    assert logits.shape == (2, 3, 40, 56)  # any input size
+
+
+def test_predict_writes_a_palette_mask_at_the_images_own_size_and_an_overlay(segmentation_run, tmp_path, capsys):
+    root, run_dir = segmentation_run
+    image, truth = _scene(np.random.default_rng(7), size=(36, 60))  # larger than the training size: windows
+    Image.fromarray(image).save(tmp_path / "wide.png")
+    out = tmp_path / "out"
+    main(["predict", str(run_dir), str(tmp_path / "wide.png"), "--out", str(out), "--json"])
+    [result] = json.loads(capsys.readouterr().out)
+    assert result["mask"] == str(out / "wide.mask.png") and result["overlay"] == str(out / "wide.overlay.png")
+    mask = read_mask(out / "wide.mask.png", read_classes(root))
+    assert mask.shape == (36, 60)
+    assert Image.open(out / "wide.mask.png").mode == "P"
+    assert Image.open(out / "wide.overlay.png").size == (60, 36)
+    assert sum(result["areas"].values()) == pytest.approx(1.0)
+    assert set(result["areas"]) <= set(COLOURS)
+    assert (mask == truth).mean() > 0.8
+
+
+def test_a_csv_of_image_mask_pairs_is_a_segmentation_set(tmp_path):
+    root = write_set(tmp_path / "set", count=6)
+    lines = ["image,mask"] + [f"images/scene{i}.png,masks/scene{i}.png" for i in range(6)]
+    (root / "pairs.csv").write_text("\n".join(lines) + "\n")
+    assert detect_task(str(root / "pairs.csv")) == detect_task(str(root)) == "segmentation"
+    data = load_data(str(root / "pairs.csv"), val_fraction=0.34, seed=0)
+    assert data.segmentation and data.class_names == list(COLOURS)
+    assert len(data.train) == 4 and len(data.val) == 2
+    _, mask = data.train[0]
+    assert mask.shape == (24, 24) and mask.dtype == torch.uint8
+
+
+def test_a_csv_row_naming_a_missing_mask_is_an_error_naming_the_line(tmp_path):
+    root = write_set(tmp_path / "set", count=3)
+    (root / "pairs.csv").write_text(
+        "image,mask\nimages/scene0.png,masks/scene0.png\nimages/scene1.png,masks/nope.png\n"
+    )
+    with pytest.raises(ValueError, match=r"pairs.csv, line 3: the mask .*nope.png does not exist"):
+        load_data(str(root / "pairs.csv"))
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("label_smoothing", 0.1), ("mixup", 0.8), ("erase", 0.25), ("train_images", 20)]
+)
+def test_settings_for_one_class_per_image_are_refused_for_a_segmentation_set(tmp_path, flag, value):
+    root = write_set(tmp_path / "set", count=8)
+    config = resolve_config(overrides={"data": str(root), "out": str(tmp_path / "run"), flag: value})
+    with pytest.raises(ConfigError, match=f"--{flag.replace('_', '-')} .*segmentation set"):
+        train(config, progress=False)
+
+
+def test_the_task_must_match_the_data(tmp_path):
+    with pytest.raises(DataError, match="mnist-canvases is a segmentation set"):
+        load_data("mnist-canvases", task="classification")
+    with pytest.raises(DataError, match="mnist is a classification set"):
+        load_data("mnist", task="segmentation")
+    classes = tmp_path / "folder"
+    for name in ("images", "masks"):  # a classification folder whose classes happen to be called so
+        (classes / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(classes / name / "a.png")
+        Image.new("RGB", (8, 8)).save(classes / name / "b.png")
+    assert load_data(str(classes), task="classification").class_names == ["images", "masks"]
