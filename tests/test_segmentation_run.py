@@ -1,12 +1,17 @@
 """Segmentation through the commands a user runs: train on a folder of images and masks (or a
 CSV), load the run folder, predict masks and overlays, and the settings that do not apply."""
 
+import base64
+import http.client
+import io
 import json
 
 import numpy as np
 import pytest
 import torch
+from loopback import free_port
 from PIL import Image
+from test_serve import _headless_chromium, _start_serving
 
 import vitkit
 from vitkit.cli.main import main
@@ -14,6 +19,7 @@ from vitkit.data.datasets.image_datasets import DataError
 from vitkit.data.load import detect_task, load_data
 from vitkit.data.masks import read_classes, read_mask
 from vitkit.models.segmenter import Segmenter
+from vitkit.segment import segment_image
 from vitkit.train import ConfigError, resolve_config, train
 
 COLOURS = {"background": [0, 0, 0], "red": [200, 30, 30], "blue": [30, 30, 200]}
@@ -140,3 +146,83 @@ def test_the_task_must_match_the_data(tmp_path):
         Image.new("RGB", (8, 8)).save(classes / name / "a.png")
         Image.new("RGB", (8, 8)).save(classes / name / "b.png")
     assert load_data(str(classes), task="classification").class_names == ["images", "masks"]
+
+
+# ------------------------------------------------------------------ serving
+def _png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _post(port: int, path: str, body: bytes, content_type: str = "image/png") -> tuple[int, dict]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("POST", path, body=body, headers={"Content-Type": content_type})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+@pytest.fixture()
+def served_segmenter(segmentation_run):
+    _, run_dir = segmentation_run
+    port = free_port()
+    process, output = _start_serving([str(run_dir), "--port", str(port)])
+    assert "Uvicorn running" in output, output
+    yield run_dir, port
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_a_served_segmenter_answers_post_segment_over_http(served_segmenter):
+    run_dir, port = served_segmenter
+    image, _ = _scene(np.random.default_rng(3), size=(30, 50))
+    status, answer = _post(port, "/v1/segment", _png_bytes(image))
+    assert status == 200, answer
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["mask_png"]))))
+    expected = segment_image(vitkit.load_model(run_dir), Image.fromarray(image))
+    assert np.array_equal(mask, expected.mask)  # what the library answers for the same image
+    assert (answer["width"], answer["height"]) == (50, 30)
+    assert Image.open(io.BytesIO(base64.b64decode(answer["overlay_png"]))).size == (50, 30)
+    assert sum(entry["area"] for entry in answer["classes"]) == pytest.approx(1.0)
+    assert {entry["label"] for entry in answer["classes"]} <= set(COLOURS)
+    # the questions a segmenter cannot answer, and bad images: 4xx, and the server stays up
+    status, answer = _post(port, "/v1/predict", _png_bytes(image))
+    assert status == 400 and "/v1/segment" in answer["error"]
+    assert _post(port, "/v1/segment", b"not an image")[0] == 415
+    assert _post(port, "/v1/segment?opacity=2", _png_bytes(image))[0] == 422
+    assert _post(port, "/v1/segment", _png_bytes(image))[0] == 200
+
+
+@pytest.mark.slow
+def test_the_page_shows_a_segmenters_classes_with_an_opacity_slider_and_a_legend(segmentation_run, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _, run_dir = segmentation_run
+    image, _ = _scene(np.random.default_rng(5), size=(48, 48))
+    Image.fromarray(image).save(tmp_path / "scene.png")
+    port = free_port()
+    driver = _headless_chromium(tmp_path)  # skips before the server starts where there is no chromium
+    process, output = _start_serving([str(run_dir), "--port", str(port)])
+    try:
+        assert "Uvicorn running" in output, output
+        driver.get(f"http://127.0.0.1:{port}/")
+        WebDriverWait(driver, 30).until(lambda d: "classes" in d.find_element(By.ID, "model").text)
+        driver.find_element(By.ID, "file").send_keys(str(tmp_path / "scene.png"))
+        rows = WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#legend .legend"))
+        assert {row.text.split("\n")[0] for row in rows} <= set(COLOURS)
+        assert not driver.find_element(By.ID, "bars").is_displayed()  # no top-k classes for a segmenter
+        mask = driver.find_element(By.ID, "mask")
+        assert driver.execute_script("return arguments[0].naturalWidth", mask) == 48
+        driver.execute_script(
+            "const s = document.getElementById('maskOpacity'); s.value = 30; s.dispatchEvent(new Event('input'))"
+        )
+        assert mask.value_of_css_property("opacity") == "0.3"
+        driver.save_screenshot(str(tmp_path / "page.png"))
+    finally:
+        driver.quit()
+        process.terminate()
+        process.wait(timeout=30)

@@ -1,5 +1,6 @@
 """A segmenter's answer for an image of any size: a class per pixel at the image's own size, the
-area of each class, and the mask as a palette PNG and as an overlay on the image.
+area of each class, and the mask as a palette PNG and as an overlay on the image; and its scores
+on a segmentation set, each image answered so.
 
 The image is resized so that its short side is the training size (its aspect kept), the model
 runs on it whole, or, when the long side is larger than that, on overlapping windows of the
@@ -20,14 +21,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision.transforms.v2.functional import to_pil_image
 
 from . import cores
 from .data.images import DEFAULT_MAX_PIXELS, load_image
-from .data.masks import overlay, palette_png
+from .data.load import load_data
+from .data.masks import IGNORE_INDEX, overlay, palette_png
 from .device import autocast, device_of
 from .fileio import atomic_write
 from .interop.sources import LoadedModel
 from .models.segmenter import sliding_window_logits
+from .train.segmentation import SegmentationScores
 
 #: windows overlap by a third of the training size (mmsegmentation's configs use 2/3 strides too)
 WINDOW_STRIDE = 2 / 3
@@ -150,3 +154,47 @@ def _unused_stem(stem: str, used: set[str]) -> str:
         name = f"{stem}-{number}"
     used.add(name)
     return name
+
+
+def score_segmenter(
+    loaded: LoadedModel,
+    data_spec: str,
+    *,
+    split: str = "val",
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    precision: str = "fp32",
+    ignore_index: int = IGNORE_INDEX,
+) -> SegmentationScores:
+    """mIoU, per-class IoU, pixel and mean class accuracy of the segmenter ``loaded`` on a
+    segmentation set's ``split`` ("val" or "train"; ``val_fraction`` and ``seed`` hold images out
+    as :func:`~vitkit.data.load.load_data` does), each image scored at its own size against its
+    own mask, run as :func:`segment_image` runs it (whole, or in sliding windows). Files that
+    cannot be read are counted in ``skipped``."""
+    if not loaded.segmenter:
+        raise ValueError("this model classifies whole images; score it with vitkit eval on a classification set")
+    if split not in ("val", "train"):
+        raise ValueError(f"split must be 'val' or 'train', got {split!r}")
+    in_chans = loaded.model.backbone.config.in_chans
+    data = load_data(data_spec, in_chans=in_chans, val_fraction=val_fraction, seed=seed, task="segmentation")
+    if data.class_names != loaded.class_names:
+        raise ValueError(
+            f"the classes of {data_spec} ({', '.join(data.class_names)}) are not the segmenter's "
+            f"({', '.join(loaded.class_names)}), in the same order; a mask's values are class indices"
+        )
+    dataset = data.val if split == "val" else data.train
+    scores = SegmentationScores(len(loaded.class_names), ignore_index)
+    for index in range(len(dataset)):
+        try:
+            image, mask = dataset[index]
+        except OSError as error:
+            scores.skipped.append(str(error))
+            continue
+        if isinstance(image, torch.Tensor):  # in-memory sets hold uint8 tensors
+            image = to_pil_image(image)
+        answer = segment_image(loaded, image, precision=precision)
+        scores.add(torch.from_numpy(answer.mask)[None], torch.as_tensor(mask)[None])
+        scores.images += 1
+    if scores.images == 0:
+        raise ValueError(f"no readable image to evaluate on in {data_spec}")
+    return scores

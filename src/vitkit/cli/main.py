@@ -26,6 +26,7 @@ from vitkit.cli.arguments import nonnegative_float, pixel_count, port, positive_
 from vitkit.cores import share_cores
 from vitkit.data.images import DEFAULT_MAX_PIXELS
 from vitkit.data.load import load_data
+from vitkit.data.masks import IGNORE_INDEX
 from vitkit.data.shards import write_shards
 from vitkit.decisions import ENVIRONMENT, machine_fingerprint, set_up_inference
 from vitkit.decisions import cache_path as decisions_cache_path
@@ -37,7 +38,7 @@ from vitkit.interop.sources import ALLOW_NONFINITE_ENV
 from vitkit.models import parameter_count
 from vitkit.predict import expand_image_paths, predict_files
 from vitkit.probe import FEATURE_POOLS, fewshot_evaluate, linear_probe
-from vitkit.segment import segment_files
+from vitkit.segment import score_segmenter, segment_files
 from vitkit.serve import ServeSettings, serve, served_name
 from vitkit.train import (
     MultiLabelScores,
@@ -53,7 +54,7 @@ from vitkit.train import (
 )
 from vitkit.train.distributed import DistributedFailure, from_environment
 from vitkit.train.report import describe
-from vitkit.train.run_folder import run_data, run_metrics, run_split
+from vitkit.train.run_folder import run_data, run_metrics, run_setting, run_split
 
 VITKIT_PACKAGE = Path(vitkit.__file__).resolve().parent
 
@@ -234,6 +235,9 @@ def _eval(args: argparse.Namespace) -> None:
     # the run's own data: its own held-out images
     holdout = {} if args.data else run_split(args.model)
     precision = resolve_precision(args.precision, torch.device("cpu"))
+    if loaded.segmenter:
+        _eval_segmenter(args, loaded, data, {"split": args.split, "precision": precision, **holdout})
+        return
     settings = {"split": args.split, "batch_size": args.batch_size, "precision": precision, **holdout}
     scores = score_model(loaded, data, **settings)
     int8 = None
@@ -243,6 +247,22 @@ def _eval(args: argparse.Namespace) -> None:
         _print_multilabel(args, data, precision, loaded.class_names, scores, int8)
     else:
         _print_single_label(args, data, precision, loaded.class_names, scores, int8)
+
+
+def _eval_segmenter(args: argparse.Namespace, loaded: vitkit.LoadedModel, data: str, settings: dict) -> None:
+    if args.int8:
+        raise ValueError("--int8 applies to classifiers; a segmenter is scored in float")
+    ignore_index = run_setting(args.model, "ignore_index", IGNORE_INDEX)
+    scores = score_segmenter(loaded, data, ignore_index=ignore_index, **settings)
+    if args.json:
+        document = {"data": data, "split": args.split, "precision": settings["precision"]}
+        print(json.dumps({**document, **scores.to_dict(loaded.class_names)}, indent=2))
+        return
+    print(
+        f"{data} ({args.split}, {scores.images} images at their own size, {settings['precision']}): {scores.summary()}"
+    )
+    print(scores.per_class_table(loaded.class_names))
+    _print_skipped(scores.skipped)
 
 
 def _print_single_label(
@@ -369,6 +389,8 @@ def _for_inference(loaded: vitkit.LoadedModel, int8: bool) -> vitkit.LoadedModel
     """``loaded``, with its model quantized to int8 when ``int8`` (saying how long that took)."""
     if not int8:
         return loaded
+    if loaded.segmenter:
+        raise ValueError("--int8 quantizes classifiers; run a segmenter in fp32 or bf16 (--precision)")
     start = time.perf_counter()
     quantized = dataclasses.replace(loaded, model=quantize(loaded.model))
     print(f"quantized to int8 in {time.perf_counter() - start:.1f} s", file=sys.stderr)
@@ -377,8 +399,8 @@ def _for_inference(loaded: vitkit.LoadedModel, int8: bool) -> vitkit.LoadedModel
 
 def _set_up_inference(loaded: vitkit.LoadedModel, precision: str, *, batch: int) -> str:
     """The precision and attention kernel this machine runs ``loaded`` fastest with (measured once,
-    then cached; see vitkit.decisions), each said on stderr."""
-    model = loaded.model
+    then cached; see vitkit.decisions), each said on stderr; a segmenter's backbone decides for it."""
+    model = loaded.model.backbone if loaded.segmenter else loaded.model
     precision, decisions = set_up_inference(
         model, precision=precision, batch=batch, img_size=model.config.img_size[0], device=device_of(model)
     )
@@ -415,7 +437,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _segment(args: argparse.Namespace, loaded: vitkit.LoadedModel, files: list[Path]) -> None:
     """``vitkit predict`` with a segmenter: a mask and an overlay PNG per image, and the areas."""
-    precision = resolve_precision(args.precision, device_of(loaded.model))
+    precision = _set_up_inference(loaded, args.precision, batch=1)
     results = segment_files(loaded, files, Path(args.out), precision=precision, max_pixels=args.max_pixels)
     if args.json:
         print(json.dumps([result.to_dict() for result in results], indent=2))

@@ -409,8 +409,19 @@ class LoadedModel:
         """Whether the model predicts a set of labels (a sigmoid per class) rather than one class."""
         return self.threshold is not None
 
+    @property
+    def config(self) -> ViTConfig:
+        """The ViT's configuration (a segmenter's: its backbone's)."""
+        return self.model.backbone.config if isinstance(self.model, Segmenter) else self.model.config
+
     def require_classifier(self, what: str) -> None:
-        """Refuse ``what`` (e.g. "evaluate") for an encoder without a classifier, saying what to do."""
+        """Refuse ``what`` (e.g. "evaluate") for an encoder without a classifier, or a segmenter,
+        saying what to do."""
+        if isinstance(self.model, Segmenter):
+            raise ValueError(
+                f"cannot {what} this way: the model is a segmenter (a class per pixel); use vitkit.segment "
+                "(segment_image, segment_files, score_segmenter), or vitkit predict / eval, which segment"
+            )
         if not self.model.config.num_classes:
             raise ValueError(
                 f"cannot {what}: this model has no classifier (a pre-trained encoder); fine-tune it with "

@@ -49,6 +49,7 @@ from ..data.images import DEFAULT_MAX_PIXELS, ImageTooElongated, ImageTooLarge, 
 from ..interop import Int8Model, LoadedModel
 from ..models import parameter_count
 from ..predict import labels_above
+from ..segment import OVERLAY_OPACITY, segment_image
 from .batching import DynamicBatcher
 from .connections import uvicorn_config
 
@@ -264,7 +265,8 @@ def create_app(loaded: LoadedModel, settings: ServeSettings, batcher: DynamicBat
     """The FastAPI app serving ``loaded`` (see :class:`ServeSettings`). Without ``batcher`` the app
     starts one with its own worker thread; ``vitkit serve`` passes one whose :meth:`work` runs in
     the main thread (see :mod:`vitkit.serve.batching` for why)."""
-    loaded.require_classifier("serve")
+    if not loaded.segmenter:
+        loaded.require_classifier("serve")
     app = FastAPI(
         title="vitkit",
         version=API_VERSION,
@@ -323,7 +325,11 @@ _ServingDep = Annotated[_Serving, Depends(_serving)]
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     serving: _Serving = app.state.serving
     batcher = serving.given or batcher_for(serving.loaded, serving.settings)
-    await batcher.probabilities(Image.new("RGB", (64, 64)))  # warm up before /ready says yes
+    blank = Image.new("RGB", (64, 64))
+    if serving.loaded.segmenter:  # warm up before /ready says yes
+        await batcher.run(segment_image, serving.loaded, blank.convert(_mode(serving.loaded)))
+    else:
+        await batcher.probabilities(blank)
     serving.batcher = batcher
     yield
     serving.batcher = None
@@ -358,15 +364,19 @@ def _authorised(request: Request, serving: _ServingDep) -> None:
         )
 
 
+def _mode(loaded: LoadedModel) -> str:
+    return "L" if loaded.config.in_chans == 1 else "RGB"
+
+
 def _decode(serving: _Serving, data: bytes) -> Image.Image:
     if not data:
         raise HTTPException(400, "the request holds no image")
-    model, preprocess = serving.loaded.model, serving.loaded.preprocess
+    loaded = serving.loaded
+    # a class per pixel answers at the image's own size: no reduced decode
+    min_side = None if loaded.segmenter else loaded.preprocess.min_side
     try:
         # PIL only: torch work stays on the batcher's thread; a large JPEG is decoded at a smaller scale
-        return load_image(
-            data, model.config.in_chans, max_pixels=serving.settings.max_pixels, min_side=preprocess.min_side
-        )
+        return load_image(data, loaded.config.in_chans, max_pixels=serving.settings.max_pixels, min_side=min_side)
     except ImageTooLarge as error:
         raise HTTPException(413, str(error)) from error
     except ImageTooElongated as error:
@@ -385,6 +395,8 @@ def _explained_class(loaded: LoadedModel, value: str | None) -> int | None:
 async def _answer(serving: _Serving, data: bytes, question: _Question) -> dict[str, Any]:
     """One image's answer (predictions, and its explanation if asked), or an HTTPException."""
     explain = question.explain
+    if serving.loaded.segmenter:
+        raise HTTPException(400, f"this server's model is a segmenter: POST the image to /{API_VERSION}/segment")
     if explain not in serving.explanations:
         raise HTTPException(
             400,
@@ -508,15 +520,16 @@ async def ready(serving: _ServingDep) -> JSONResponse:
 async def describe(serving: _ServingDep) -> dict[str, Any]:
     """What is served: name, classes, input size, preprocessing, parameters, batching."""
     loaded, settings = serving.loaded, serving.settings
-    model = loaded.model
     return {
         "name": settings.model_name,
+        "task": "segmentation" if loaded.segmenter else "classification",
         "classes": loaded.class_names,
         "num_classes": len(loaded.class_names),
-        "image_size": list(model.config.img_size),
-        "in_chans": model.config.in_chans,
+        "colours": [list(colour) for colour in loaded.colours] if loaded.colours else None,
+        "image_size": list(loaded.config.img_size),
+        "in_chans": loaded.config.in_chans,
         "preprocessing": loaded.preprocess.to_dict(),
-        "parameters": parameter_count(model.config),
+        "parameters": parameter_count(loaded.config) + _decoder_parameters(loaded),
         "precision": settings.precision,
         "max_batch": settings.max_batch,
         "max_wait_ms": settings.max_wait_ms,
@@ -524,6 +537,10 @@ async def describe(serving: _ServingDep) -> dict[str, Any]:
         "multi_label": loaded.multi_label,
         "threshold": loaded.threshold,
     }
+
+
+def _decoder_parameters(loaded: LoadedModel) -> int:
+    return sum(p.numel() for p in loaded.model.decoder.parameters()) if loaded.segmenter else 0
 
 
 _TOP_K = Query(
@@ -578,3 +595,44 @@ async def predict_batch(request: Request, serving: _ServingDep, question: _Quest
     """Classify several images (multipart fields ``images``); a bad one gets its own error."""
     uploads = await _uploads(request, "images", serving.settings.max_images_per_batch)
     return {"results": await asyncio.gather(*(_answer_or_error(serving, data, question) for data in uploads))}
+
+
+_OPACITY = Query(
+    OVERLAY_OPACITY, ge=0.0, le=1.0, description="how strongly overlay_png shows the classes over the image (0 to 1)"
+)
+
+
+@_predictions.post("/segment")
+async def segment(request: Request, serving: _ServingDep, opacity: float = _OPACITY) -> dict[str, Any]:
+    """Segment one image (multipart field ``image``, or the raw image as the body): the class of
+    every pixel as a palette PNG of class indices at the image's own size (``mask_png``), the image
+    with the classes drawn over it (``overlay_png``), and each class's share of the image."""
+    loaded = serving.loaded
+    if not loaded.segmenter:
+        raise HTTPException(
+            400, f"this server's model classifies whole images: POST the image to /{API_VERSION}/predict"
+        )
+    data = (await _uploads(request, "image", 1))[0]
+    start = time.perf_counter()
+    batcher = serving.running()
+    with batcher.expecting():
+        picture = await anyio.to_thread.run_sync(_decode, serving, data, limiter=serving.decoders)
+    precision = "bf16" if serving.settings.precision == "bf16" else "fp32"
+    answer = await batcher.run(functools.partial(segment_image, precision=precision), loaded, picture)
+    colours = loaded.colours or []
+    mask_png, overlay_png = await anyio.to_thread.run_sync(
+        lambda: (answer.mask_png(colours), answer.overlay_png(colours, opacity)), limiter=serving.decoders
+    )
+    index = {name: i for i, name in enumerate(loaded.class_names)}
+    return {
+        "model": serving.settings.model_name,
+        "width": picture.width,
+        "height": picture.height,
+        "classes": [
+            {"label": name, "index": index[name], "colour": list(colours[index[name]]), "area": area}
+            for name, area in answer.areas.items()
+        ],
+        "mask_png": base64.b64encode(mask_png).decode("ascii"),
+        "overlay_png": base64.b64encode(overlay_png).decode("ascii"),
+        "latency_ms": round(1000 * (time.perf_counter() - start), 2),
+    }

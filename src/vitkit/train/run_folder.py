@@ -34,6 +34,12 @@ def run_data(folder: str | Path) -> str | None:
     return json.loads(path.read_text())["data"] if path.is_file() else None
 
 
+def run_setting(folder: str | Path, name: str, default: Any) -> Any:
+    """A run folder's setting ``name`` (``default`` for anything that is not a run folder)."""
+    path = Path(folder) / TRAIN_CONFIG_NAME
+    return json.loads(path.read_text()).get(name, default) if path.is_file() else default
+
+
 def run_split(folder: str | Path) -> dict[str, Any]:
     """How a run folder held images out of its data (``val_fraction``, ``seed``), for evaluating
     it on the very images it was scored on; empty for anything that is not a run folder."""

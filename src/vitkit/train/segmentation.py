@@ -100,6 +100,22 @@ class SegmentationScores:
         total = int(self.confusion.sum())
         return int(self.intersection.sum()) / total if total else math.nan
 
+    def summary(self) -> str:
+        """One line: mIoU, pixel accuracy and mean class accuracy."""
+        return (
+            f"mIoU {100 * self.mean_iou:.2f}%  pixel accuracy {100 * self.pixel_accuracy:.2f}%  "
+            f"mean class accuracy {100 * self.mean_accuracy:.2f}%"
+        )
+
+    def per_class_table(self, class_names: list[str]) -> str:
+        """One line per class: its IoU and accuracy ("absent" where the set and the predictions
+        have none of it)."""
+        lines = [f"  {'class':>20s}  {'IoU':>7s}  {'accuracy':>8s}"]
+        for name, iou, accuracy in zip(class_names, self.per_class_iou, self.per_class_accuracy, strict=True):
+            iou_text, accuracy_text = ("absent" if math.isnan(v) else f"{100 * v:6.2f}%" for v in (iou, accuracy))
+            lines.append(f"  {name:>20s}  {iou_text:>7s}  {accuracy_text:>8s}")
+        return "\n".join(lines)
+
     def to_dict(self, class_names: list[str]) -> dict[str, Any]:
         """The metrics as JSON data, per class by name (absent classes as null)."""
 
