@@ -226,3 +226,19 @@ def test_the_page_shows_a_segmenters_classes_with_an_opacity_slider_and_a_legend
         driver.quit()
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_onnx_export_of_a_segmenter_takes_any_height_and_width(segmentation_run, tmp_path, capsys):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    _, run_dir = segmentation_run
+    main(["export", str(run_dir), str(tmp_path / "segmenter.onnx")])
+    assert "H×W multiples of 4" in capsys.readouterr().out
+    session = onnxruntime.InferenceSession(str(tmp_path / "segmenter.onnx"), providers=["CPUExecutionProvider"])
+    segmenter = vitkit.load_model(run_dir).model
+    for shape in ((1, 3, 24, 24), (2, 3, 40, 64)):
+        images = torch.randn(shape)
+        [logits] = session.run(None, {"images": images.numpy()})
+        with torch.no_grad():
+            expected = segmenter(images)
+        assert logits.shape == (shape[0], 3, *shape[2:])
+        np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4)

@@ -5,6 +5,8 @@ The batch is always free. By default the graph is traced at the model's image si
 position embeddings are baked in for that grid. ``dynamic=True`` leaves the image size free too:
 the graph then resamples the position embeddings for the grid of each input (the same bicubic,
 antialiased resampling as ``set_image_size``; in ONNX a ``Resize`` with ``antialias``, opset 18).
+A segmenter (:class:`~vitkit.models.segmenter.Segmenter`) is always exported so: its input and its
+logits ``(B, K, H, W)`` take any height and width that are multiples of the patch size.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 
 from ..models import VisionTransformer
+from ..models.segmenter import Segmenter
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +32,14 @@ ONNX_ONE_FILE_LIMIT = 2**31 - 2**24
 
 
 @contextmanager
-def _traceable(model: VisionTransformer, dynamic: bool) -> Iterator[tuple[tuple[torch.Tensor], dict[str, Any]]]:
-    """Put ``model`` in eval mode (and, if ``dynamic``, accepting any size) and yield the example
-    input and ``dynamic_shapes`` for ``torch.export``; restore the model afterwards."""
-    config = model.config
+def _traceable(
+    model: VisionTransformer | Segmenter, dynamic: bool
+) -> Iterator[tuple[tuple[torch.Tensor], tuple[dict[int, Any]]]]:
+    """Put ``model`` in eval mode (and, if ``dynamic`` or a segmenter, accepting any size) and yield
+    the example input and ``dynamic_shapes`` for ``torch.export``; restore the model afterwards."""
+    vit = model.backbone if isinstance(model, Segmenter) else model
+    dynamic = dynamic or isinstance(model, Segmenter)
+    config = vit.config
     if dynamic and config.pos_embed == "relative":
         raise ValueError(
             "this model's relative position embeddings are tied to its token count, so its image size cannot be "
@@ -40,25 +47,26 @@ def _traceable(model: VisionTransformer, dynamic: bool) -> Iterator[tuple[tuple[
         )
     # batch 2: torch.export would take a batch of 1 for a constant
     example = torch.zeros(2, config.in_chans, *config.img_size)
-    dynamic_shapes: dict[str, Any] = {"x": {0: torch.export.Dim("batch")}}
+    sizes: dict[int, Any] = {0: torch.export.Dim("batch")}
     if dynamic:
         # Sizes are multiples of the stride by construction, so no divisibility check is traced.
         rows = torch.export.Dim("rows", min=1, max=MAX_GRID_SIDE)
         cols = torch.export.Dim("cols", min=1, max=MAX_GRID_SIDE)
-        dynamic_shapes["x"].update({2: config.stride * rows, 3: config.stride * cols})
+        sizes.update({2: config.stride * rows, 3: config.stride * cols})
     was_training = model.training
     model.eval()
     # The exported graph must accept every size, whatever the model was created with.
-    model.config = config.replace(dynamic_img_size=True) if dynamic else config
+    vit.config = config.replace(dynamic_img_size=True) if dynamic else config
     try:
-        yield (example,), dynamic_shapes
+        yield (example,), (sizes,)  # by position: the models name their input differently
     finally:
-        model.config = config
+        vit.config = config
         model.train(was_training)
 
 
-def export_onnx(model: VisionTransformer, path: str | Path, *, dynamic: bool = False) -> Path:
-    """Write ``model`` as ONNX with input ``images`` (B, C, H, W) in [-1, 1] and output ``logits``.
+def export_onnx(model: VisionTransformer | Segmenter, path: str | Path, *, dynamic: bool = False) -> Path:
+    """Write ``model`` as ONNX with input ``images`` (B, C, H, W) in [-1, 1] and output ``logits``
+    (a segmenter's: (B, K, H, W)).
 
     Any batch, at the model's image size unless ``dynamic``, which frees the image size too (any
     multiple of the patch size; pad or resize other sizes first).
@@ -92,7 +100,7 @@ def export_onnx(model: VisionTransformer, path: str | Path, *, dynamic: bool = F
     return path
 
 
-def export_program(model: VisionTransformer, path: str | Path, *, dynamic: bool = False) -> Path:
+def export_program(model: VisionTransformer | Segmenter, path: str | Path, *, dynamic: bool = False) -> Path:
     """Write ``model`` as a ``torch.export`` program (``.pt2``): load it with
     ``torch.export.load(path).module()``, in Python without vitkit, or compile it ahead of time
     (AOTInductor). Input and sizes as in :func:`export_onnx`."""
@@ -120,7 +128,12 @@ def check_export_path(path: str | Path, format: str, *, overwrite: bool = False)
 
 
 def export_model(
-    model: VisionTransformer, path: str | Path, *, format: str = "onnx", dynamic: bool = False, overwrite: bool = False
+    model: VisionTransformer | Segmenter,
+    path: str | Path,
+    *,
+    format: str = "onnx",
+    dynamic: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Export ``model`` to ``path`` in ``format`` (``onnx`` or ``pt2``); an existing file is left
     alone unless ``overwrite``."""
