@@ -8,35 +8,22 @@ Prints a Markdown table and keeps one entry per host kind in results/mnist_demo.
 
 from __future__ import annotations
 
-import argparse
-import tempfile
-import time
-from pathlib import Path
+from preset_runs import preset_runs, save_runs, seeds_argument
 
-from vitkit.benchmark import save_for_host
 from vitkit.interop import load_model
-from vitkit.machine import host_record
-from vitkit.train import resolve_config, train
+from vitkit.machine import describe_host, host_record
 
 TARGET_TOP1 = 0.99
 TARGET_SECONDS = 300.0
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed")
-    args = parser.parse_args()
-
+    seeds = seeds_argument(__doc__.splitlines()[0])
     host = host_record()
-    machine = f"{host['cpu']} ({' '.join(host['cpu_flags'])}), {host['threads']} threads, torch {host['torch']}"
+    machine = describe_host(host)
     rows = []
-    for seed in args.seeds:
-        with tempfile.TemporaryDirectory() as out:
-            config = resolve_config(preset="demo", overrides={"seed": seed, "out": out})
-            start = time.perf_counter()
-            summary = train(config, progress=False)
-            wall = time.perf_counter() - start
-            architecture = load_model(out).model.config.describe()
+    for seed, summary, wall, out in preset_runs("demo", seeds):
+        architecture = load_model(out).model.config.describe()
         rows.append(
             {
                 "seed": seed,
@@ -61,9 +48,7 @@ def main() -> None:
             f"| {r['seed']} | {100 * r['top1']:.2f} % | {r['train_seconds']:.0f} s | {r['wall_seconds']:.0f} s | "
             f"{r['epochs']:.1f} | {r['img_per_s']:.0f} | {r['precision']} | {'yes' if r['met'] else 'no'} |"
         )
-    results = Path(__file__).parent / "results"
-    results.mkdir(exist_ok=True)
-    save_for_host(results / "mnist_demo.json", host, {"runs": rows})
+    save_runs("mnist_demo", host, rows)
 
 
 if __name__ == "__main__":

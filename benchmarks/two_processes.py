@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from vitkit.benchmark import save_for_host
-from vitkit.machine import host_record
+from vitkit.machine import describe_host, host_record
 
 
 def start(out: Path, steps: int, env: dict[str, str]) -> subprocess.Popen:
@@ -53,7 +53,7 @@ def main() -> None:
         ]:
             pair = [start(Path(folder) / str(next(runs)), args.steps, {**env, **extra}) for _ in range(2)]
             rows.append({"setting": setting, "img_per_s": [images_per_second(p) for p in pair]})
-    print(f"Machine: {host['cpu']} ({' '.join(host['cpu_flags'])}), {host['threads']} threads, torch {host['torch']}")
+    print(f"Machine: {describe_host(host)}")
     print(f"The main job's model, {args.steps} steps of 128 images per run\n")
     print("| setting | img/s per process | each × alone |")
     print("|---|---|---|")

@@ -4,9 +4,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from vitkit.data.datasets.segmentation_files import load_segmentation_folder
+from vitkit.data.datasets.segmentation_files import MaskFileDataset, load_segmentation_folder
+from vitkit.data.decoded import decoded
 from vitkit.data.masks import MaskError, read_mask
 
 PALETTE = [0, 0, 0, 200, 30, 30, 30, 200, 30]  # background, cat, dog
@@ -93,3 +95,57 @@ def test_bad_pairs_are_refused_naming_the_file(tmp_path):
         load_segmentation_folder(root, val_fraction=0.3, seed=0)
     with pytest.raises(MaskError, match=r"is not a segmentation set: expected .*/images and .*/masks"):
         load_segmentation_folder(tmp_path, val_fraction=0.3, seed=0)
+
+
+def test_more_bad_sets_are_refused_naming_the_file(tmp_path):
+    root = _write_set(tmp_path / "twice", count=3)
+    (root / "classes.txt").write_text("background\ncat\ncat\n")
+    with pytest.raises(MaskError, match=r"classes.txt names 'cat' more than once"):
+        load_segmentation_folder(root, val_fraction=0.3, seed=0)
+    (root / "classes.txt").write_text("\n".join(f"class{i}" for i in range(256)))
+    with pytest.raises(MaskError, match=r"lists 256 classes; a mask holds at most 255"):
+        load_segmentation_folder(root, val_fraction=0.3, seed=0)
+    root = _write_set(tmp_path / "stems", count=2)
+    Image.new("RGB", (10, 8)).save(root / "images" / "img0.png")  # img0.jpg and img0.png: one mask
+    with pytest.raises(MaskError, match=r"share the stem of one mask"):
+        load_segmentation_folder(root, val_fraction=0.5, seed=0)
+
+
+def test_another_ignore_index_is_honoured_and_255_is_then_a_class_the_set_lacks(tmp_path):
+    root = _write_set(tmp_path / "set", count=3)  # masks hold 0, 1, 2 and one 255
+    with pytest.raises(MaskError, match=r"holds class 255 .* set --ignore-index"):
+        load_segmentation_folder(root, val_fraction=0.3, seed=0, ignore_index=0)
+    assert load_segmentation_folder(root, val_fraction=0.3, seed=0, ignore_index=255).classes.names == ["0", "1", "2"]
+
+
+def test_a_mask_labels_the_image_as_its_exif_orientation_shows_it(tmp_path):
+    root = _write_set(tmp_path / "set", count=2)
+    photo = Image.new("RGB", (8, 10))  # stored 8×10, shown turned a quarter: 10×8, the masks' size
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo.save(root / "images" / "img0.jpg", exif=exif)
+    files = load_segmentation_folder(root, val_fraction=0.5, seed=0)
+    assert len(files.train + files.val) == 2
+    Image.new("RGB", (10, 8)).save(root / "images" / "img0.jpg", exif=exif)  # shown 8×10: not the mask's size
+    with pytest.raises(MaskError, match=r"img0.png is 10×8 but its image is 8×10"):
+        load_segmentation_folder(root, val_fraction=0.5, seed=0)
+
+
+def test_decoding_once_keeps_each_mask_on_its_image(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITKIT_HOME", str(tmp_path / "home"))
+    root = tmp_path / "set"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    draw = np.random.default_rng(0)
+    for index in range(4):  # wide images: resized and centre-cropped, the masks with them
+        mask = np.zeros((30, 52), dtype=np.uint8)
+        top, left = 2 * draw.integers(0, 9), 2 * draw.integers(3, 18)  # even: whole pixels at half the size
+        mask[top : top + 12, left : left + 12] = 1
+        image = np.stack([mask * 250] * 3, axis=-1).astype(np.uint8)
+        Image.fromarray(image).save(root / "images" / f"img{index}.png")
+        Image.fromarray(mask).save(root / "masks" / f"img{index}.png")
+    files = load_segmentation_folder(root, val_fraction=0.25, seed=0)
+    decoded_set = decoded(MaskFileDataset(files.train, 3, files.classes), 15, progress=False)
+    images, masks = decoded_set.images, decoded_set.labels
+    assert images.shape == (3, 3, 15, 15) and masks.shape == (3, 15, 15)
+    assert torch.equal(images[:, 0] > 125, masks == 1)  # every mask pixel on its image's pixel

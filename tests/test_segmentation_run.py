@@ -5,6 +5,7 @@ import base64
 import http.client
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -18,9 +19,11 @@ from vitkit.cli.main import main
 from vitkit.data.datasets.image_datasets import DataError
 from vitkit.data.load import detect_task, load_data
 from vitkit.data.masks import read_classes, read_mask
+from vitkit.interop.convert import convert
 from vitkit.models.segmenter import Segmenter
 from vitkit.segment import segment_image
 from vitkit.train import ConfigError, resolve_config, train
+from vitkit.train.segmentation import segmentation_loss
 
 COLOURS = {"background": [0, 0, 0], "red": [200, 30, 30], "blue": [30, 30, 200]}
 TINY = ["patch_size=4", "embed_dim=32", "depth=2", "num_heads=2", "mlp_dim=64"]
@@ -242,3 +245,53 @@ def test_onnx_export_of_a_segmenter_takes_any_height_and_width(segmentation_run,
             expected = segmenter(images)
         assert logits.shape == (shape[0], 3, *shape[2:])
         np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4)
+
+
+def test_the_segmenter_ade20k_preset_trains_a_mask_transformer_with_sgd_and_poly_decay(tmp_path):
+    root = write_set(tmp_path / "set", count=12)
+    small = {  # the recipe as it is, on a model and images small enough for a test
+        "data": str(root),
+        "init": None,
+        "model": "Ti/16",
+        "model_args": dict(item.split("=") for item in TINY),
+        "img_size": 24,
+        "steps": 3,
+        "batch_size": 4,
+        "out": str(tmp_path / "run"),
+    }
+    small["model_args"] = {key: int(value) for key, value in small["model_args"].items()}
+    config = resolve_config(preset="segmenter-ade20k", overrides=small)
+    assert (config.optimizer, config.schedule, config.decoder, config.weight_decay) == ("sgd", "poly", "mask", 0.0)
+    summary = train(config, progress=False)
+    assert summary.ranked_by == "val_mIoU" and summary.steps == 3
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["decoder"] == {"num_classes": 3, "decoder": "mask", "decoder_depth": 2, "decoder_dim": None}
+
+
+def test_a_batch_with_every_pixel_ignored_gives_a_zero_loss_not_nan():
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    loss = segmentation_loss(logits, torch.full((2, 4, 4), 255), dice=1.0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_commands_for_classifiers_refuse_a_segmenter_or_a_segmentation_set(segmentation_run, tmp_path, capsys):
+    root, run_dir = segmentation_run
+    with pytest.raises(ValueError, match="is a segmenter: vitkit convert writes classifiers"):
+        convert(run_dir, tmp_path / "hf", to="hf")
+    assert main(["shards", str(root), str(tmp_path / "shards")]) != 0
+    assert "is a segmentation set (a class per pixel); vitkit shards needs labels per image" in capsys.readouterr().err
+    features = vitkit.load_model(run_dir).encoder()  # a segmenter's backbone, for features
+    assert features.model.config.num_classes == 0 and not features.segmenter
+
+
+def test_a_hostile_decoder_config_is_refused_before_anything_is_built(segmentation_run, tmp_path):
+    _, run_dir = segmentation_run
+    folder = tmp_path / "model"
+    shutil.copytree(run_dir, folder, ignore=shutil.ignore_patterns("tensorboard", "checkpoint*"))
+    document = json.loads((folder / "config.json").read_text())
+    document["decoder"]["decoder_depth"] = 10**6
+    (folder / "config.json").write_text(json.dumps(document))
+    with pytest.raises(ValueError, match=r'config.json: "decoder" must be .*decoder_depth": 1-32'):
+        vitkit.load_model(folder)

@@ -9,6 +9,7 @@ import functools
 import os
 import platform
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -47,6 +48,11 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def describe_host(host: dict[str, Any]) -> str:
+    """A :func:`host_record` in one line: CPU model (flags), threads, torch version."""
+    return f"{host['cpu']} ({' '.join(host['cpu_flags'])}), {host['threads']} threads, torch {host['torch']}"
 
 
 def host_record() -> dict[str, object]:

@@ -39,7 +39,7 @@ from vitkit.models import parameter_count
 from vitkit.models.segmenter import Segmenter
 from vitkit.predict import expand_image_paths, predict_files
 from vitkit.probe import FEATURE_POOLS, fewshot_evaluate, linear_probe
-from vitkit.segment import score_segmenter, segment_files
+from vitkit.segment import segment_files
 from vitkit.serve import ServeSettings, serve, served_name
 from vitkit.train import (
     MultiLabelScores,
@@ -56,6 +56,7 @@ from vitkit.train import (
 from vitkit.train.distributed import DistributedFailure, from_environment
 from vitkit.train.report import describe
 from vitkit.train.run_folder import run_data, run_metrics, run_setting, run_split
+from vitkit.train.segmentation import score_segmenter
 
 VITKIT_PACKAGE = Path(vitkit.__file__).resolve().parent
 
@@ -439,7 +440,9 @@ def _predict(args: argparse.Namespace) -> None:
 def _segment(args: argparse.Namespace, loaded: vitkit.LoadedModel, files: list[Path]) -> None:
     """``vitkit predict`` with a segmenter: a mask and an overlay PNG per image, and the areas."""
     precision = _set_up_inference(loaded, args.precision, batch=1)
-    results = segment_files(loaded, files, Path(args.out), precision=precision, max_pixels=args.max_pixels)
+    results = segment_files(
+        loaded, files, Path(args.out), precision=precision, max_pixels=args.max_pixels, short_side=args.short_side
+    )
     if args.json:
         print(json.dumps([result.to_dict() for result in results], indent=2))
     for result in results if not args.json else []:
@@ -453,7 +456,7 @@ def _segment(args: argparse.Namespace, loaded: vitkit.LoadedModel, files: list[P
 
 
 def _inspect(args: argparse.Namespace) -> None:
-    loaded = load_model(args.model)
+    loaded = load_model(args.model).encoder()  # a segmenter's figures are its backbone's
     data = args.data or run_data(args.model)
     if args.images:  # the attention distance is then averaged over the files given
         shown, averaged = inspection_images(loaded, paths=args.images, count=args.count), None
@@ -516,6 +519,7 @@ def _benchmark(args: argparse.Namespace) -> None:
 
 def _shards(args: argparse.Namespace) -> None:
     data = load_data(args.data, in_chans=args.in_chans, val_fraction=args.val_fraction)
+    data.check_image_labels(args.data, "vitkit shards")
     manifest = write_shards(data, args.out, source=args.data, shard_size=args.shard_size, force=args.force)
     for split, shards in manifest["splits"].items():
         print(f"{split}: {sum(s['count'] for s in shards):,} images in {len(shards)} shard(s)")
@@ -712,6 +716,13 @@ def _add_predict_command(commands: Commands) -> None:
         "--out",
         default="segmentations",
         help="a segmenter's folder for each image's <name>.mask.png (class indices, palette) and <name>.overlay.png",
+    )
+    predict_cmd.add_argument(
+        "--short-side",
+        type=positive_int,
+        help="a segmenter resizes each image's short side to this many pixels first (default: its training size; "
+        "a larger image is run in windows of that size), e.g. the image's own size where objects are at the scale "
+        "the model was trained at",
     )
     _add_inference_flags(predict_cmd, precision="auto")
     _add_max_pixels(predict_cmd)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from torchvision import tv_tensors
 from tqdm import tqdm
 
 from ..fileio import atomic_write, cache_dir
@@ -57,9 +57,17 @@ class _DecodeAtSize(Dataset):
             return None, str(error)
         decoded = self.transform(image).as_subclass(torch.Tensor)
         if isinstance(self.files, MaskFileDataset):
-            mask = self.mask_transform(tv_tensors.Mask(label[None]))
-            decoded = torch.cat([decoded, mask.as_subclass(torch.Tensor)])
+            decoded = torch.cat([decoded, self._mask(label)[None]])
         return decoded, ""
+
+    def _mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """The mask with its image's geometry: resized by nearest neighbour at pixel centres (as
+        the antialiased image resize places them), then the same crop."""
+        crop = self.mask_transform
+        height, width = crop.resized_size(*mask.shape)
+        top, left = crop.crop_offsets(height, width)
+        resized = F.interpolate(mask[None, None].float(), size=(height, width), mode="nearest-exact")[0, 0]
+        return resized[top : top + crop.size[0], left : left + crop.size[1]].to(torch.uint8)
 
 
 def _stat(path: Path) -> list:
@@ -75,7 +83,10 @@ def _key(files: Files, size: int) -> str:
         else:
             label_value = label if isinstance(label, int) else label.tolist()  # multi-hot: a list in JSON
             entries.append([*_stat(Path(path)), label_value])
-    text = json.dumps({"format": 1, "size": size, "in_chans": files.in_chans, "files": entries})
+    document = {"format": 1, "size": size, "in_chans": files.in_chans, "files": entries}
+    if isinstance(files, MaskFileDataset):  # RGB masks become indices through the colour map
+        document["classes"] = [files.classes.names, files.classes.colours]
+    text = json.dumps(document)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

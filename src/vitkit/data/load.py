@@ -15,6 +15,7 @@ from .datasets.segmentation_files import (
     load_segmentation_folder,
     segmentation_splits,
 )
+from .masks import IGNORE_INDEX
 from .shards import load_shards
 
 #: what a data spec may hold: ``auto`` tells them apart by their layout
@@ -30,6 +31,7 @@ def load_data(
     labels: bool = True,
     multi_label: bool = False,
     task: str = "auto",
+    ignore_index: int = IGNORE_INDEX,
 ) -> DataSplits:
     """Resolve a data spec (``"digits"``, ``"mnist"``, a folder or a ``.csv``) into splits.
 
@@ -43,11 +45,11 @@ def load_data(
 
     ``task`` "auto" is :func:`detect_task`'s answer; "segmentation" insists on a segmentation set
     (masks as labels), and "classification" reads a folder's sub-folders as classes whatever their
-    names.
+    names; a segmentation set's mask values ``ignore_index`` count for nothing.
     """
     task = detect_task(spec) if task == "auto" else task
     if task == "segmentation":
-        return _load_segmentation(spec, in_chans or 3, val_fraction, seed)
+        return _load_segmentation(spec, in_chans or 3, val_fraction, seed, ignore_index)
     if spec == "digits":
         return load_digits()
     if spec == "mnist":
@@ -86,14 +88,15 @@ def _existing(spec: str) -> Path:
     return path
 
 
-def _load_segmentation(spec: str, in_chans: int, val_fraction: float, seed: int) -> DataSplits:
+def _load_segmentation(spec: str, in_chans: int, val_fraction: float, seed: int, ignore_index: int) -> DataSplits:
     if spec == "mnist-canvases":
         return load_mnist_canvases()
     if spec in BUILTIN:
         raise DataError(f"{spec} is a classification set; the built-in segmentation set is mnist-canvases")
     path = _existing(spec)
+    split = {"val_fraction": val_fraction, "seed": seed, "ignore_index": ignore_index}
     if path.is_dir():
-        return segmentation_splits(load_segmentation_folder(path, val_fraction=val_fraction, seed=seed), in_chans)
+        return segmentation_splits(load_segmentation_folder(path, **split), in_chans)
     if path.suffix.lower() == ".csv":
-        return segmentation_splits(load_segmentation_csv(path, val_fraction=val_fraction, seed=seed), in_chans)
+        return segmentation_splits(load_segmentation_csv(path, **split), in_chans)
     raise DataError(f"{path} is a file but not a .csv; a segmentation set is a folder (images/ + masks/) or a CSV")

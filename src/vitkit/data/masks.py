@@ -53,7 +53,20 @@ def default_colours(count: int) -> list[tuple[int, int, int]]:
 
 def read_classes(folder: Path) -> SegmentationClasses | None:
     """``folder/classes.json`` (a list of names, or of ``{"name": ..., "color": [r, g, b]}``) or
-    ``folder/classes.txt`` (one name per line); None when the folder has neither."""
+    ``folder/classes.txt`` (one name per line); None when the folder has neither. Names must be
+    distinct, and at most 255 (a mask holds indices 0-254; 255 is ignored)."""
+    classes = _read_classes(folder)
+    if classes is not None:
+        path = folder / ("classes.json" if (folder / "classes.json").is_file() else "classes.txt")
+        repeated = sorted({name for name in classes.names if classes.names.count(name) > 1})
+        if repeated:
+            raise MaskError(f"{path} names {repeated[0]!r} more than once; every class needs a name of its own")
+        if len(classes.names) > IGNORE_INDEX:
+            raise MaskError(f"{path} lists {len(classes.names)} classes; a mask holds at most {IGNORE_INDEX} (0-254)")
+    return classes
+
+
+def _read_classes(folder: Path) -> SegmentationClasses | None:
     json_path, text_path = folder / "classes.json", folder / "classes.txt"
     if json_path.is_file():
         try:
@@ -115,9 +128,11 @@ def read_mask(path: Path, classes: SegmentationClasses | None = None) -> np.ndar
     return indices
 
 
-def check_mask(mask: np.ndarray, path: Path, num_classes: int, image_size: tuple[int, int]) -> None:
+def check_mask(
+    mask: np.ndarray, path: Path, num_classes: int, image_size: tuple[int, int], ignore_index: int = IGNORE_INDEX
+) -> None:
     """Refuse a mask whose size is not its image's ``(width, height)`` or whose values name a class
-    the set does not have (255, ignored, excepted)."""
+    the set does not have (``ignore_index`` excepted)."""
     height, width = mask.shape
     if (width, height) != image_size:
         raise MaskError(
@@ -125,11 +140,11 @@ def check_mask(mask: np.ndarray, path: Path, num_classes: int, image_size: tuple
             "a mask must have its image's size"
         )
     values = np.unique(mask)
-    wrong = values[(values >= num_classes) & (values != IGNORE_INDEX)]
+    wrong = values[(values >= num_classes) & (values != ignore_index)]
     if wrong.size:
         raise MaskError(
             f"mask {path} holds class {int(wrong[0])} but the set has {num_classes} classes (0-{num_classes - 1}, "
-            f"and {IGNORE_INDEX} to ignore); fix the mask or list every class in classes.txt"
+            f"and {ignore_index} to ignore); fix the mask, list every class in classes.txt, or set --ignore-index"
         )
 
 
@@ -141,14 +156,14 @@ def colour_mask(mask: np.ndarray, colours: list[tuple[int, int, int]]) -> np.nda
     return table[mask]
 
 
-def overlay(
+def mask_overlay(
     image: np.ndarray, mask: np.ndarray, colours: list[tuple[int, int, int]], opacity: float = 0.5
 ) -> np.ndarray:
     """The image ``(H, W, 3)`` uint8 with its mask drawn over it at ``opacity``; the background
-    (class 0) is left clear."""
-    coloured = colour_mask(mask, colours).astype(np.float32)
-    alpha = np.where(mask[..., None] == 0, 0.0, opacity)
-    return np.round(image.astype(np.float32) * (1 - alpha) + coloured * alpha).astype(np.uint8)
+    (class 0) is left clear. Blended in float32, a few bytes a pixel (large photos come here)."""
+    alpha = np.where(mask[..., None] == 0, np.float32(0), np.float32(opacity))
+    blended = image * (1 - alpha) + colour_mask(mask, colours) * alpha
+    return np.round(blended, out=blended).astype(np.uint8)
 
 
 def palette_png(mask: np.ndarray, colours: list[tuple[int, int, int]]) -> Image.Image:

@@ -69,13 +69,16 @@ class ResizeCrop(v2.Transform):
             return by_height, max(crop_width, int(by_height * width / height))
         return max(crop_height, int(by_width * height / width)), by_width
 
+    def crop_offsets(self, resized_height: int, resized_width: int) -> tuple[int, int]:
+        """(top, left) of the crop in the resized image."""
+        return (resized_height - self.size[0]) // 2, (resized_width - self.size[1]) // 2
+
     def transform(self, inpt: Any, params: dict) -> Any:
         height, width = v2.functional.get_size(inpt)
         resized_height, resized_width = self.resized_size(height, width)
-        crop_height, crop_width = self.size
-        top, left = (resized_height - crop_height) // 2, (resized_width - crop_width) // 2
+        top, left = self.crop_offsets(resized_height, resized_width)
         resized = v2.functional.resize(inpt, [resized_height, resized_width], self.interpolation, antialias=True)
-        return v2.functional.crop(resized, top, left, crop_height, crop_width)
+        return v2.functional.crop(resized, top, left, *self.size)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,11 @@ def convert(
     if not overwrite and (target.is_file() or (target.is_dir() and any(target.iterdir()))):
         raise ValueError(f"{dst} already exists and holds files; choose another destination or pass --force")
     weights = open_weights(src, architecture=architecture)
+    if weights.decoder_config is not None:
+        raise ValueError(
+            f"{src} is a segmenter: vitkit convert writes classifiers and encoders; export it with vitkit export "
+            "(ONNX, torch.export), or use its folder as it is"
+        )
     model = weights.build_model()
     dst = Path(dst)
     if to == "vitkit":

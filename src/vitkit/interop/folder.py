@@ -5,7 +5,7 @@ class names and the preprocessing, so a folder is all that is needed to use the 
 (:func:`vitkit.load_model` reads it). A multi-label classifier's folder also holds
 ``"problem_type": "multi_label_classification"`` (transformers' name) and its decision
 ``"threshold"`` on the sigmoid probabilities. A segmenter's folder holds its backbone's config as
-``"vit"``, its decoder's as ``"segmenter"`` (see :attr:`Segmenter.decoder_config`) and a colour per
+``"vit"``, its decoder's as ``"decoder"`` (see :attr:`Segmenter.decoder_config`) and a colour per
 class (``"colours"``); its weights keep the segmenter's keys (``backbone.*``, ``decoder.*``).
 """
 
@@ -67,7 +67,7 @@ def save_model(
     if segmenter:
         if colours is None or len(colours) != outputs:
             raise ValueError(f"a segmenter's folder needs a colour per class ({outputs}), got {colours!r}")
-        document.update(segmenter=segmenter.decoder_config, colours=[list(colour) for colour in colours])
+        document.update(decoder=segmenter.decoder_config, colours=[list(colour) for colour in colours])
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(weights, str(tmp), metadata={"format": FORMAT}))
     atomic_write(folder / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(document, indent=2)))

@@ -21,6 +21,7 @@ Everything that loads weights goes through here: :func:`load_model`, :func:`load
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import logging
@@ -36,7 +37,7 @@ from torch import Tensor
 
 from ..data.transforms import Preprocessing, eval_transform
 from ..models import FeatureMaps, VisionTransformer, ViTConfig, get_config
-from ..models.segmenter import Segmenter
+from ..models.segmenter import DECODERS, Segmenter
 from .adapt import LoadReport, load_state_into
 from .download import fetch_google_file
 from .files import read_weight_file
@@ -59,6 +60,8 @@ from .timm import (
 logger = logging.getLogger(__name__)
 
 GOOGLE_PREFIX = "google:"
+#: the largest mask transformer a model folder may ask for (Segmenter's have 2 blocks, ViT-L's width)
+MAX_DECODER_DEPTH, MAX_DECODER_DIM = 32, 4096
 #: set to 1 to load weights holding NaN or Inf with a warning instead of an error (``--allow-nonfinite``)
 ALLOW_NONFINITE_ENV = "VITKIT_ALLOW_NONFINITE"
 _FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".npz", ".json")
@@ -84,7 +87,7 @@ class Weights:
     threshold: float | None = None
     #: a segmenter's: its decoder (:attr:`Segmenter.decoder_config`), the decoder's tensors, and a
     #: colour per class; ``config`` and ``state`` are then its backbone's
-    segmenter: dict[str, Any] | None = None
+    decoder_config: dict[str, Any] | None = None
     decoder_state: dict[str, Tensor] | None = None
     colours: list[tuple[int, int, int]] | None = None
 
@@ -100,10 +103,13 @@ class Weights:
 
     def build_segmenter(self) -> Segmenter:
         """The segmenter these weights are for, holding them (in training mode, on the CPU)."""
-        if self.segmenter is None or self.decoder_state is None:
+        if self.decoder_config is None or self.decoder_state is None:
             raise ValueError(f"{self.source} holds a classifier or an encoder, not a segmenter")
-        segmenter = Segmenter(self.build_model(), **self.segmenter)
-        segmenter.decoder.load_state_dict(self.decoder_state)
+        segmenter = Segmenter(self.build_model(), **self.decoder_config)
+        try:
+            segmenter.decoder.load_state_dict(self.decoder_state)
+        except RuntimeError as error:  # missing, unexpected or wrongly shaped tensors
+            raise ValueError(f"{self.source}: the decoder's weights do not fit its config: {error}") from None
         return segmenter
 
 
@@ -136,7 +142,8 @@ def _check_values(weights: Weights, allow_nonfinite: bool) -> None:
     """Refuse tensors that no trained ViT holds: integers or bools (every weight is a float), and
     NaN or Inf, which a diverged run or a damaged file leaves and every output would inherit."""
     nonfinite = []
-    for key, value in weights.state.items():
+    decoder = {f"decoder.{key}": value for key, value in (weights.decoder_state or {}).items()}
+    for key, value in {**weights.state, **decoder}.items():
         if not value.is_floating_point():
             raise ValueError(
                 f"{weights.source}: tensor {key} is {str(value.dtype).removeprefix('torch.')} where a ViT's "
@@ -215,7 +222,7 @@ def _open_folder(folder: Path, keep_pre_logits: bool) -> Weights:
             model_name=document.get("model_name"),
             threshold=_threshold(document, folder / CONFIG_NAME),
         )
-        return _segmenter_parts(weights, document, folder / CONFIG_NAME) if "segmenter" in document else weights
+        return _segmenter_parts(weights, document, folder / CONFIG_NAME) if "decoder" in document else weights
     if is_hf_config(document):
         state = hf_to_vitkit(state, keep_pooler=keep_pre_logits)
         config = config_from_hf(document, keep_pooler=keep_pre_logits, classifier="head.weight" in state)
@@ -233,19 +240,40 @@ def _open_folder(folder: Path, keep_pre_logits: bool) -> Weights:
 
 
 def _segmenter_parts(weights: Weights, document: dict[str, Any], path: Path) -> Weights:
-    """A segmenter folder's weights: the backbone's tensors as ``state``, the decoder's apart."""
-    decoder = document["segmenter"]
-    colours = document.get("colours")
-    if not isinstance(decoder, dict) or decoder.get("num_classes") != len(weights.class_names):
-        raise ValueError(f'{path}: "segmenter" must describe a decoder for its {len(weights.class_names)} classes')
-    if not isinstance(colours, list) or len(colours) != len(weights.class_names):
-        raise ValueError(f'{path}: "colours" must give an [r, g, b] colour per class')
-    weights.segmenter = decoder
-    weights.colours = [tuple(colour) for colour in colours]
-    weights.decoder_state = {
-        k.removeprefix("decoder."): v for k, v in weights.state.items() if k.startswith("decoder.")
-    }
-    weights.state = {k.removeprefix("backbone."): v for k, v in weights.state.items() if k.startswith("backbone.")}
+    """A segmenter folder's weights: the backbone's tensors as ``state``, the decoder's apart; its
+    decoder config and colours checked, so a damaged or hostile file is refused, not built."""
+    decoder, colours, classes = document["decoder"], document.get("colours"), len(weights.class_names)
+    if not (
+        isinstance(decoder, dict)
+        and decoder.keys() == {"num_classes", "decoder", "decoder_depth", "decoder_dim"}
+        and decoder["num_classes"] == classes
+        and decoder["decoder"] in DECODERS
+        and isinstance(decoder["decoder_depth"], int)
+        and 1 <= decoder["decoder_depth"] <= MAX_DECODER_DEPTH
+        and (decoder["decoder_dim"] is None or isinstance(decoder["decoder_dim"], int))
+        and 1 <= (decoder["decoder_dim"] or 1) <= MAX_DECODER_DIM
+    ):
+        raise ValueError(
+            f'{path}: "decoder" must be {{"num_classes": {classes}, "decoder": one of {", ".join(DECODERS)}, '
+            f'"decoder_depth": 1-{MAX_DECODER_DEPTH}, "decoder_dim": null or 1-{MAX_DECODER_DIM}}}, got {decoder!r}'
+        )
+    if not (
+        isinstance(colours, list)
+        and len(colours) == classes
+        and all(
+            isinstance(c, list) and len(c) == 3 and all(type(v) is int and 0 <= v <= 255 for v in c) for c in colours
+        )
+    ):
+        raise ValueError(f'{path}: "colours" must give an [r, g, b] colour (0-255) per class')
+    parts: dict[str, dict[str, Tensor]] = {"backbone.": {}, "decoder.": {}}
+    for key, value in weights.state.items():
+        prefix = next((p for p in parts if key.startswith(p)), None)
+        if prefix is None:
+            raise ValueError(f"{path.parent}: tensor {key} is neither the backbone's nor the decoder's")
+        parts[prefix][key.removeprefix(prefix)] = value
+    weights.state, weights.decoder_state = parts["backbone."], parts["decoder."]
+    weights.decoder_config = decoder
+    weights.colours = [(c[0], c[1], c[2]) for c in colours]
     return weights
 
 
@@ -409,6 +437,12 @@ class LoadedModel:
         """Whether the model predicts a set of labels (a sigmoid per class) rather than one class."""
         return self.threshold is not None
 
+    def encoder(self) -> LoadedModel:
+        """This model, or a segmenter's backbone as a model of its own (its features, its attention)."""
+        if not isinstance(self.model, Segmenter):
+            return self
+        return dataclasses.replace(self, model=self.model.backbone, class_names=[], colours=None)
+
     @property
     def config(self) -> ViTConfig:
         """The ViT's configuration (a segmenter's: its backbone's)."""
@@ -462,10 +496,11 @@ def load_model(
         source, architecture=architecture, keep_pre_logits=keep_pre_logits, allow_nonfinite=allow_nonfinite
     )
     if class_names is not None:
-        weights.class_names = read_class_names(class_names, weights.config.num_classes)
+        outputs = len(weights.class_names) if weights.decoder_config else weights.config.num_classes
+        weights.class_names = read_class_names(class_names, outputs)
     elif weights.note:
         logger.warning(weights.note)
-    model = weights.build_segmenter() if weights.segmenter else weights.build_model()
+    model = weights.build_segmenter() if weights.decoder_config else weights.build_model()
     return LoadedModel(
         model.to(device).eval(), weights.preprocessing, weights.class_names, weights.threshold, weights.colours
     )
@@ -523,6 +558,7 @@ def create_segmenter(
     *,
     decoder: str = "linear",
     decoder_depth: int = 2,
+    decoder_dim: int | None = None,
     pretrained: bool | str = False,
     weights: str | Path | None = None,
     **backbone: Any,
@@ -531,13 +567,13 @@ def create_segmenter(
     among them) on the backbone :func:`create_model` builds from ``name``, ``pretrained``,
     ``weights`` and ``backbone`` (``img_size``, ``in_chans``, ``drop_path``, ...), its classifier
     dropped. ``decoder`` is ``"linear"`` or ``"mask"`` (Segmenter's mask transformer, with
-    ``decoder_depth`` blocks).
+    ``decoder_depth`` blocks of width ``decoder_dim``, by default the backbone's).
 
     Example:
         >>> segmenter = create_segmenter("S/16", num_classes=21, decoder="mask", img_size=64)
     """
     encoder = create_model(name, pretrained=pretrained, weights=weights, num_classes=0, **backbone)
-    return Segmenter(encoder, num_classes, decoder=decoder, decoder_depth=decoder_depth)
+    return Segmenter(encoder, num_classes, decoder=decoder, decoder_depth=decoder_depth, decoder_dim=decoder_dim)
 
 
 def _create_model(

@@ -122,7 +122,7 @@ class Segmenter(nn.Module):
         backbone.config = backbone.config.replace(dynamic_img_size=True, dynamic_img_pad=True)
         self.backbone = backbone
         self.num_classes = num_classes
-        self.settings = {"decoder": decoder, "decoder_depth": decoder_depth, "decoder_dim": decoder_dim}
+        self._settings = {"decoder": decoder, "decoder_depth": decoder_depth, "decoder_dim": decoder_dim}
         if decoder == "linear":
             self.decoder: nn.Module = LinearDecoder(backbone.config.embed_dim, num_classes)
         else:
@@ -130,9 +130,9 @@ class Segmenter(nn.Module):
 
     @property
     def decoder_config(self) -> dict[str, Any]:
-        """What builds this segmenter's decoder again (a model folder records it):
+        """The arguments that build this segmenter's decoder again:
         ``Segmenter(backbone, **segmenter.decoder_config)``."""
-        return {"num_classes": self.num_classes, **self.settings}
+        return {"num_classes": self.num_classes, **self._settings}
 
     def patch_logits(self, images: Tensor) -> Tensor:
         """Class logits per patch ``(B, K, rows, cols)`` (the input padded to the stride)."""

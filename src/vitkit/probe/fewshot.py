@@ -151,8 +151,8 @@ def fewshot_evaluate(
     split, scored on its held-out split. Only the sampled training images are passed through
     the model."""
     check_request(shots, seeds, l2s)  # before the data is read
-    model, preprocess, _ = loaded
-    data = load_data(data_spec, in_chans=model.config.in_chans)
+    model, preprocess, _ = loaded.encoder()
+    data = load_data(data_spec, in_chans=model.config.in_chans).check_image_labels(data_spec, "few-shot evaluation")
     return fewshot_of_splits(
         model,
         preprocess,

@@ -42,8 +42,8 @@ def linear_probe(
         raise ValueError(f"train_images must be at least 1 (or None for all), got {train_images}")
     if not 0 < regularization < math.inf:
         raise ValueError(f"regularization (C, the inverse L2 strength) must be finite and > 0, got {regularization}")
-    model, preprocess, _ = loaded
-    data = load_data(data_spec, in_chans=model.config.in_chans)
+    model, preprocess, _ = loaded.encoder()
+    data = load_data(data_spec, in_chans=model.config.in_chans).check_image_labels(data_spec, "a linear probe")
     train = data.train
     if train_images is not None:
         train = balanced_subset(train, train_images, num_classes=len(data.class_names), seed=seed)

@@ -303,8 +303,9 @@ class _Serving:
 
     @property
     def explanations(self) -> tuple[str, ...]:
-        """The explain= values that answer; an int8 model has no attention to explain."""
-        return ("none",) if isinstance(self.loaded.model, Int8Model) else EXPLANATIONS
+        """The explain= values that answer; an int8 model has no attention to explain, and a
+        segmenter's answers are not explained yet."""
+        return ("none",) if isinstance(self.loaded.model, Int8Model) or self.loaded.segmenter else EXPLANATIONS
 
     def running(self) -> DynamicBatcher:
         """The batcher that answers, or 503 while the model is loading."""
@@ -615,14 +616,18 @@ async def segment(request: Request, serving: _ServingDep, opacity: float = _OPAC
     data = (await _uploads(request, "image", 1))[0]
     start = time.perf_counter()
     batcher = serving.running()
-    with batcher.expecting():
-        picture = await anyio.to_thread.run_sync(_decode, serving, data, limiter=serving.decoders)
     precision = "bf16" if serving.settings.precision == "bf16" else "fp32"
-    answer = await batcher.run(functools.partial(segment_image, precision=precision), loaded, picture)
-    colours = loaded.colours or []
-    mask_png, overlay_png = await anyio.to_thread.run_sync(
-        lambda: (answer.mask_png(colours), answer.overlay_png(colours, opacity)), limiter=serving.decoders
-    )
+    # A full-size image, its mask and overlay live through the whole request: one request per core
+    # at a time holds them (tens of bytes a pixel), however many arrive.
+    async with serving.decoders:
+        with batcher.expecting():
+            picture = await anyio.to_thread.run_sync(_decode, serving, data)
+        try:
+            answer = await batcher.run(functools.partial(segment_image, precision=precision), loaded, picture)
+        except ValueError as error:  # non-finite logits
+            raise HTTPException(500, str(error)) from error
+        mask_png, overlay_png = await anyio.to_thread.run_sync(lambda: (answer.mask_png(), answer.overlay_png(opacity)))
+    colours = answer.colours
     index = {name: i for i, name in enumerate(loaded.class_names)}
     return {
         "model": serving.settings.model_name,

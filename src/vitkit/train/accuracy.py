@@ -216,7 +216,7 @@ def _held_out_loader(
     model, preprocess, class_names = loaded.model, loaded.preprocess, loaded.class_names
     data = load_data(
         data_spec, in_chans=model.config.in_chans, val_fraction=val_fraction, seed=seed, multi_label=multi_label
-    )
+    ).check_image_labels(data_spec, "a classifier's scores")
     if data.multi_label != multi_label:
         raise ValueError(
             f"{data_spec} holds {'several labels' if data.multi_label else 'one label'} per image, but the model "

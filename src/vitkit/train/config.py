@@ -114,8 +114,8 @@ class TrainConfig:
     momentum: float = _opt(0.9, "SGD momentum")
     schedule: str = _opt(
         "cosine",
-        "learning-rate decay after warmup: cosine, linear or constant",
-        choices=("cosine", "linear", "constant"),
+        "learning-rate decay after warmup: cosine, linear, poly ((1 - progress)^0.9, segmentation's) or constant",
+        choices=("cosine", "linear", "poly", "constant"),
     )
     warmup_epochs: float = _opt(0.0, "linear warmup length in epochs (fractions allowed)")
     warmup_steps: int | None = _opt(None, "linear warmup length in optimiser steps (replaces warmup_epochs)")

@@ -29,7 +29,6 @@ from ..data.datasets.image_datasets import (
     ArrayImageDataset,
     DataSplits,
     FileImageDataset,
-    PreprocessedDataset,
     TransformedDataset,
     collate_skipping_broken,
     preprocess_in_memory,
@@ -37,7 +36,7 @@ from ..data.datasets.image_datasets import (
 from ..data.datasets.segmentation_files import MaskFileDataset
 from ..data.decoded import decoded
 from ..data.shards import ShardStream
-from ..data.transforms import MEAN, STD, decode_transform, eval_transform, train_transform
+from ..data.transforms import decode_transform, eval_transform, train_transform
 from ..seeds import SEEDING, seed_for
 from . import distributed
 from .config import ConfigError, TrainConfig
@@ -140,9 +139,9 @@ def _segmentation_datasets(
         config.seed,
         config.ignore_index,
     )
-    images = resize_uint8(val.images, img_size).float() / 255
-    val_set = PreprocessedDataset((images - MEAN) / STD, resize_masks(val.labels, img_size))
-    return train_set, val_set
+    val = ArrayImageDataset(resize_uint8(val.images, img_size), resize_masks(val.labels, img_size))
+    evaluation = eval_transform(img_size, data.in_chans)  # the images are at its size: it only scales them
+    return train_set, preprocess_in_memory(val, evaluation) or TransformedDataset(val, evaluation)
 
 
 def _flip(config: TrainConfig, data: DataSplits) -> bool:

@@ -92,7 +92,8 @@ def build_optimizer(model: nn.Module, config: TrainConfig, processes: int = 1) -
 
 def lr_multiplier(step: int, *, total_steps: int, warmup_steps: int, schedule: str) -> float:
     """Factor on the peak learning rate at optimiser ``step`` (0-based): linear warmup from
-    1/warmup to 1, then cosine or linear decay to 0 at ``total_steps``, or constant."""
+    1/warmup to 1, then cosine, linear or polynomial (power 0.9, as mmsegmentation's and
+    Segmenter's) decay to 0 at ``total_steps``, or constant."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
@@ -100,9 +101,11 @@ def lr_multiplier(step: int, *, total_steps: int, warmup_steps: int, schedule: s
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     if schedule == "linear":
         return 1.0 - progress
+    if schedule == "poly":
+        return (1.0 - progress) ** 0.9
     if schedule == "constant":
         return 1.0
-    raise ConfigError(f"unknown schedule {schedule!r}; choose cosine, linear or constant")
+    raise ConfigError(f"unknown schedule {schedule!r}; choose cosine, linear, poly or constant")
 
 
 def build_scheduler(

@@ -11,10 +11,12 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure  # not pyplot: no backend to choose, nothing global to close
 from matplotlib.ticker import MaxNLocator
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from ..data.masks import overlay
+from ..data.masks import mask_overlay
 from ..data.transforms import MEAN, STD
+from .segmentation import SegmentationScores
 
 METRICS_NAME = "metrics.jsonl"
 
@@ -191,7 +193,9 @@ def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: Path) 
     fig.savefig(path, dpi=120)
 
 
-def plot_class_iou(scores: Any, class_names: list[str], colours: list[tuple[int, int, int]], path: Path) -> None:
+def plot_class_iou(
+    scores: SegmentationScores, class_names: list[str], colours: list[tuple[int, int, int]], path: Path
+) -> None:
     """Held-out IoU per class, a bar in each class's colour (classes absent from both the truth
     and the predictions are marked so, and left out of the mean)."""
     ious = scores.per_class_iou
@@ -218,7 +222,7 @@ def plot_class_iou(scores: Any, class_names: list[str], colours: list[tuple[int,
 
 @torch.no_grad()
 def plot_segmentations(
-    segmenter: torch.nn.Module, dataset: Any, colours: list[tuple[int, int, int]], path: Path, count: int = 8
+    segmenter: torch.nn.Module, dataset: Dataset, colours: list[tuple[int, int, int]], path: Path, count: int = 8
 ) -> None:
     """The segmenter on the first ``count`` held-out images: the image, the true mask over it,
     and the predicted mask over it."""
@@ -235,8 +239,8 @@ def plot_segmentations(
         rgb = rgb.permute(1, 2, 0).numpy()
         shown = [
             rgb,
-            overlay(rgb, truths[col].numpy(), colours, 0.7),
-            overlay(rgb, predicted[col].numpy(), colours, 0.7),
+            mask_overlay(rgb, truths[col].numpy(), colours, 0.7),
+            mask_overlay(rgb, predicted[col].numpy(), colours, 0.7),
         ]
         for row, picture in enumerate(shown):
             axes[row, col].imshow(picture)

@@ -70,6 +70,8 @@ def build_model(config: TrainConfig, *, num_classes: int, in_chans: int) -> Visi
     if not config.init:
         return VisionTransformer(architecture)
     weights = open_weights(config.init, architecture=architecture)
+    if weights.decoder_config is not None:
+        logger.warning(f"--init {config.init} is a segmenter: this run starts from its backbone, not its decoder")
     # The weights fix the architecture: model_args may only change what the weights do not depend
     # on (regularisation, resampling, dynamic sizes).
     ignored = {k: v for k, v in config.model_args.items() if k in ARCHITECTURE_FIELDS}
@@ -329,6 +331,7 @@ def _training_data(config: TrainConfig) -> DataSplits:
         labels=config.supervised or fewshot,
         multi_label=config.multi_label,
         task=config.task,
+        ignore_index=config.ignore_index,
     )
     if data.segmentation:
         _check_segmentation_settings(config)

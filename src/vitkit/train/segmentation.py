@@ -1,5 +1,6 @@
 """Training and scoring a segmenter: the loss (cross-entropy with ignored pixels, optionally plus
-Dice), and the scores as mmsegmentation defines them: per-class intersections and unions summed
+Dice), and the scores (of a training run's module, or of a loaded segmenter on a set, each image
+answered at its own size) as mmsegmentation defines them: per-class intersections and unions summed
 over the whole set (not averaged per image), ignored pixels counted nowhere, and a class that is
 neither predicted nor present anywhere left out of the means."""
 
@@ -13,16 +14,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from torchvision.transforms.v2.functional import to_pil_image
 
+from ..data.load import load_data
 from ..data.masks import IGNORE_INDEX
 from ..device import autocast
+from ..interop.sources import LoadedModel
+from ..segment import segment_image
 
 
 def segmentation_loss(logits: Tensor, masks: Tensor, *, ignore_index: int = IGNORE_INDEX, dice: float = 0.0) -> Tensor:
     """Cross-entropy of logits ``(B, K, H, W)`` against masks ``(B, H, W)`` over the pixels not
     ignored, plus ``dice`` × the soft Dice loss (1 − the mean over classes of 2|P∩Y| / (|P| + |Y|),
     from the softmax, summed over the batch), which weighs small classes as much as large ones."""
-    loss = F.cross_entropy(logits.float(), masks.long(), ignore_index=ignore_index)
+    # summed, then divided by at least one pixel: a batch with every pixel ignored (a crop of an
+    # unlabelled border) gives 0, not the NaN of an empty mean, which would stop the run
+    summed = F.cross_entropy(logits.float(), masks.long(), ignore_index=ignore_index, reduction="sum")
+    loss = summed / (masks != ignore_index).sum().clamp(min=1)
     if dice:
         kept = (masks != ignore_index).unsqueeze(1)
         probabilities = logits.float().softmax(dim=1) * kept
@@ -169,3 +177,48 @@ def score_segmentation(
 def _nanmean(values: list[float]) -> float:
     kept = [v for v in values if not math.isnan(v)]
     return sum(kept) / len(kept) if kept else math.nan
+
+
+def score_segmenter(
+    loaded: LoadedModel,
+    data_spec: str,
+    *,
+    split: str = "val",
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    precision: str = "fp32",
+    ignore_index: int = IGNORE_INDEX,
+) -> SegmentationScores:
+    """mIoU, per-class IoU, pixel and mean class accuracy of the segmenter ``loaded`` on a
+    segmentation set's ``split`` ("val" or "train"; ``val_fraction`` and ``seed`` hold images out
+    as :func:`~vitkit.data.load.load_data` does), each image scored at its own size against its
+    own mask, run as :func:`segment_image` runs it (whole, or in sliding windows). Files that
+    cannot be read are counted in ``skipped``."""
+    if not loaded.segmenter:
+        raise ValueError("this model classifies whole images; score it with vitkit eval on a classification set")
+    if split not in ("val", "train"):
+        raise ValueError(f"split must be 'val' or 'train', got {split!r}")
+    in_chans = loaded.model.backbone.config.in_chans
+    split = {"val_fraction": val_fraction, "seed": seed, "ignore_index": ignore_index}
+    data = load_data(data_spec, in_chans=in_chans, task="segmentation", **split)
+    if data.class_names != loaded.class_names:
+        raise ValueError(
+            f"the classes of {data_spec} ({', '.join(data.class_names)}) are not the segmenter's "
+            f"({', '.join(loaded.class_names)}), in the same order; a mask's values are class indices"
+        )
+    dataset = data.val if split == "val" else data.train
+    scores = SegmentationScores(len(loaded.class_names), ignore_index)
+    for index in range(len(dataset)):
+        try:
+            image, mask = dataset[index]
+        except OSError as error:
+            scores.skipped.append(str(error))
+            continue
+        if isinstance(image, torch.Tensor):  # in-memory sets hold uint8 tensors
+            image = to_pil_image(image)
+        answer = segment_image(loaded, image, precision=precision)
+        scores.add(torch.from_numpy(answer.mask)[None], torch.as_tensor(mask)[None])
+        scores.images += 1
+    if scores.images == 0:
+        raise ValueError(f"no readable image to evaluate on in {data_spec}")
+    return scores

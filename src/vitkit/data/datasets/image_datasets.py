@@ -47,7 +47,14 @@ class DataSplits:
 
     @property
     def segmentation(self) -> bool:
+        """Whether a sample's label is a mask (a class per pixel) rather than the image's classes."""
         return self.colours is not None
+
+    def check_image_labels(self, spec: str, what: str) -> DataSplits:
+        """These splits, if their labels are per image; a segmentation set is refused, naming ``what``."""
+        if self.segmentation:
+            raise DataError(f"{spec} is a segmentation set (a class per pixel); {what} needs labels per image")
+        return self
 
 
 #: a sample's label: a class index, or a multi-hot float vector for multi-label data

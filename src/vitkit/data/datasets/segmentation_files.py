@@ -4,8 +4,9 @@ file stems, either under ``root`` (a seeded share held out) or under ``root/trai
 ``classes.txt`` or ``classes.json`` beside them names the classes (and colours).
 
 Every pair is checked when the set is read, so a bad file stops the run before training, naming
-it: an image without a mask, a mask of another size, a class index the set does not have, an RGB
-mask with no colour map.
+it: an image without a mask, two images for one mask, a mask of another size, a class index the set
+does not have, an RGB mask with no colour map. A mask labels the image as it is shown: upright, as
+its EXIF orientation (phone photos) says.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 from torch.utils.data import Dataset
 
 from ...seeds import seed_for
@@ -44,8 +45,11 @@ def _pairs(images_dir: Path, masks_dir: Path) -> list[Pair]:
     if not images:
         raise MaskError(f"{images_dir} holds no image")
     masks = {p.stem: p for p in masks_dir.iterdir() if p.is_file() and is_image_file(p)}
-    pairs = []
+    pairs, seen = [], {}
     for image in images:
+        if image.stem in seen:
+            raise MaskError(f"images {seen[image.stem]} and {image} share the stem of one mask; rename one of them")
+        seen[image.stem] = image
         if image.stem not in masks:
             raise MaskError(
                 f"image {image} has no mask: expected {masks_dir / image.stem}.png (a mask per image, same stem)"
@@ -54,19 +58,25 @@ def _pairs(images_dir: Path, masks_dir: Path) -> list[Pair]:
     return pairs
 
 
-def _checked_classes(root: Path, pairs: list[Pair]) -> SegmentationClasses:
+def _upright_size(path: Path) -> tuple[int, int]:
+    """An image's (width, height) as shown, from its header: EXIF orientations 5-8 turn it a quarter."""
+    with Image.open(path) as image:
+        turned = image.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
+        return (image.height, image.width) if turned else image.size
+
+
+def _checked_classes(root: Path, pairs: list[Pair], ignore_index: int) -> SegmentationClasses:
     """The classes ``root`` names, or, when it names none, one per index the masks use (0 to the
-    largest, 255 excepted, named by their index); every pair is checked on the way, each mask
-    decoded once."""
+    largest, ``ignore_index`` excepted, named by their index); every pair is checked on the way,
+    each mask decoded once."""
     named = read_classes(root)
     largest = 0
     for image_path, mask_path in pairs:
         mask = read_mask(mask_path, named)
-        with Image.open(image_path) as image:  # the header alone
-            size = image.size
         # without named classes every index below 255 is one; their count is known after the pass
-        check_mask(mask, mask_path, len(named.names) if named else IGNORE_INDEX, size)
-        largest = max(largest, int(mask[mask != IGNORE_INDEX].max(initial=0)))
+        count = len(named.names) if named else IGNORE_INDEX
+        check_mask(mask, mask_path, count, _upright_size(image_path), ignore_index)
+        largest = max(largest, int(mask[mask != ignore_index].max(initial=0)))
     return named or SegmentationClasses([str(index) for index in range(largest + 1)])
 
 
@@ -87,18 +97,21 @@ def _split(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair
     return [pairs[i] for i in train_idx], [pairs[i] for i in val_idx]
 
 
-def _with_classes(root: Path, train: list[Pair], val: list[Pair]) -> SegmentationFiles:
-    classes = _checked_classes(root, train + val)
+def _with_classes(root: Path, train: list[Pair], val: list[Pair], ignore_index: int) -> SegmentationFiles:
+    classes = _checked_classes(root, train + val, ignore_index)
     if len(classes.names) < 2:
         raise MaskError(f"{root}: the masks hold one class; segmentation needs a background and at least one more")
     return SegmentationFiles(train, val, classes)
 
 
-def load_segmentation_csv(path: Path, *, val_fraction: float, seed: int) -> SegmentationFiles:
+def load_segmentation_csv(
+    path: Path, *, val_fraction: float, seed: int, ignore_index: int = IGNORE_INDEX
+) -> SegmentationFiles:
     """The pairs a CSV with an ``image,mask`` header lists (paths relative to its folder, whose
-    ``classes.txt``/``classes.json`` names the classes), every one checked; a seeded
-    ``val_fraction`` is held out."""
-    pairs = []
+    ``classes.txt``/``classes.json`` names the classes), every one checked (mask values
+    ``ignore_index`` count for nothing); a seeded ``val_fraction`` is held out. An image listed
+    twice is an error naming both lines: it could land in both parts."""
+    pairs, lines = [], {}
     for line_no, row in enumerate(csv.reader(csv_lines(path)[1:]), start=2):
         if not row:
             continue
@@ -110,14 +123,20 @@ def load_segmentation_csv(path: Path, *, val_fraction: float, seed: int) -> Segm
         for what, file in (("image", image), ("mask", mask)):
             if not file.is_file():
                 raise MaskError(f"{path}, line {line_no}: the {what} {file} does not exist")
+        if image.resolve() in lines:
+            raise MaskError(f"{path}, lines {lines[image.resolve()]} and {line_no} both list {image}; keep one row")
+        lines[image.resolve()] = line_no
         pairs.append((image, mask))
     if len(pairs) < 2:
         raise MaskError(f"{path} lists {len(pairs)} image,mask pair(s); a training and a held-out set need two or more")
-    return _with_classes(path.parent, *_split(pairs, val_fraction, seed))
+    return _with_classes(path.parent, *_split(pairs, val_fraction, seed), ignore_index)
 
 
-def load_segmentation_folder(root: Path, *, val_fraction: float, seed: int) -> SegmentationFiles:
-    """The pairs under ``root`` (see the module docstring), every one checked."""
+def load_segmentation_folder(
+    root: Path, *, val_fraction: float, seed: int, ignore_index: int = IGNORE_INDEX
+) -> SegmentationFiles:
+    """The pairs under ``root`` (see the module docstring), every one checked (mask values
+    ``ignore_index`` count for nothing)."""
     split_dirs = (root / "train", root / "val")
     if all((folder / "images").is_dir() and (folder / "masks").is_dir() for folder in split_dirs):
         train, val = (_pairs(folder / "images", folder / "masks") for folder in split_dirs)
@@ -128,7 +147,7 @@ def load_segmentation_folder(root: Path, *, val_fraction: float, seed: int) -> S
             f"{root} is not a segmentation set: expected {root}/images and {root}/masks (or train/ and val/ "
             "folders each holding images/ and masks/)"
         )
-    return _with_classes(root, train, val)
+    return _with_classes(root, train, val, ignore_index)
 
 
 class MaskFileDataset(Dataset):
