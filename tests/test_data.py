@@ -96,7 +96,11 @@ def _all_files(data):
 @pytest.mark.parametrize(
     "settings",
     [
-        pytest.param({"epochs": 2, "crop_scale": [0.5, 1.0]}, marks=pytest.mark.slow, id="read each epoch"),
+        pytest.param(
+            {"epochs": 2, "crop_scale": [0.5, 1.0], "cache_decoded": False},
+            marks=pytest.mark.slow,
+            id="read each epoch",
+        ),
         pytest.param({"epochs": 1, "cache_decoded": True}, id="decoded once"),
     ],
 )

@@ -1,6 +1,7 @@
 """Image folders decoded once into a memory-mapped cache, renewed when a file changes."""
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,12 +11,12 @@ from PIL import Image
 
 from vitkit.data.augment import AugmentedBatches
 from vitkit.data.datasets.builtin import load_digits
-from vitkit.data.datasets.image_datasets import ArrayImageDataset
+from vitkit.data.datasets.image_datasets import ArrayImageDataset, FileImageDataset
 from vitkit.data.decoded import decoded
 from vitkit.data.load import load_data
 from vitkit.data.shards import write_shards
 from vitkit.data.transforms import eval_transform
-from vitkit.train import ConfigError, train
+from vitkit.train import ConfigError, inputs, train
 from vitkit.train.distributed import Processes
 from vitkit.train.inputs import decode_once, run_datasets
 
@@ -88,3 +89,14 @@ def test_shards_cannot_be_cached(tmp_path):
     write_shards(load_data("digits"), tmp_path / "shards", source="digits", shard_size=500)
     with pytest.raises(ConfigError, match="--cache-decoded is for image folders and CSVs"):
         train(digits_config(tmp_path, data=str(tmp_path / "shards"), cache_decoded=True), progress=False)
+
+
+def test_a_folder_that_fits_in_memory_is_decoded_once_by_default(tmp_path, cache, monkeypatch):
+    folder = _digit_folder(tmp_path / "digits", per_class=3)
+    config = digits_config(tmp_path, data=str(folder), in_chans=1, epochs=1)
+    assert config.cache_decoded is None
+    data = load_data(str(folder), in_chans=1)
+    assert isinstance(decode_once(config, data, 8, Processes()).train, ArrayImageDataset)
+    assert isinstance(decode_once(replace(config, cache_decoded=False), data, 8, Processes()).train, FileImageDataset)
+    monkeypatch.setattr(inputs, "DECODED_MEMORY_SHARE", 1e-12)  # a machine too small for the decoded set
+    assert isinstance(decode_once(config, data, 8, Processes()).train, FileImageDataset)

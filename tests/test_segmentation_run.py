@@ -295,3 +295,16 @@ def test_a_hostile_decoder_config_is_refused_before_anything_is_built(segmentati
     (folder / "config.json").write_text(json.dumps(document))
     with pytest.raises(ValueError, match=r'config.json: "decoder" must be .*decoder_depth": 1-32'):
         vitkit.load_model(folder)
+
+
+def test_eval_scores_the_runs_own_held_out_images_as_the_run_did(segmentation_run, capsys):
+    _, run_dir = segmentation_run
+    main(["eval", str(run_dir), "--json"])
+    document = json.loads(capsys.readouterr().out)
+    last_epoch = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert document["split"] == "val" and document["images"] == last_epoch["val_images"] == 5
+    # the run scored them at its training size in batches, eval at their own size one by one: the same
+    # size here, so the same answer
+    assert document["mean_iou"] == pytest.approx(last_epoch["val_mIoU"], abs=1e-3)
+    main(["eval", str(run_dir), "--json", "--split", "train"])
+    assert json.loads(capsys.readouterr().out)["images"] == 43

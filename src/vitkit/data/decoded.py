@@ -171,5 +171,5 @@ def _reserve(path: Path) -> None:
             raise OSError(
                 error.errno,
                 f"no room for the decoded images ({size / 2**20:.1f} MiB) in {path.parent}: free some space, or "
-                "point VITKIT_HOME at a disk with room (or drop --cache-decoded)",
+                "point VITKIT_HOME at a disk with room (or read the files each epoch: --no-cache-decoded)",
             ) from None

@@ -85,10 +85,11 @@ class TrainConfig:
     mixup: float = _opt(0.0, "Mixup Beta(α, α) parameter; 0 = off", only="classify")
     cutmix: float = _opt(0.0, "CutMix Beta(α, α) parameter; 0 = off", only="classify")
     workers: int = _opt(0, "data-loader worker processes (0 = load in the training process)")
-    cache_decoded: bool = _opt(
-        False,
+    cache_decoded: bool | None = _opt(
+        None,
         "folders and CSVs: decode every image once at the training size into a memory-mapped cache "
-        "($VITKIT_HOME/decoded, renewed when files change), then train from it as from in-memory data",
+        "($VITKIT_HOME/decoded, renewed when files change), then train from it as from in-memory data "
+        "(default: when the decoded images take at most a quarter of the machine's memory)",
     )
     shuffle_buffer: int = _opt(10_000, "shard streams (vitkit shards): samples held in the shuffle buffer")
     # model

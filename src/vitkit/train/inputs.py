@@ -41,6 +41,7 @@ from ..seeds import SEEDING, seed_for
 from . import distributed
 from .config import ConfigError, TrainConfig
 from .distributed import Processes
+from .memory import device_memory_bytes
 
 #: images per batch of the held-out evaluation
 EVAL_BATCH = 256
@@ -55,17 +56,31 @@ def image_size(config: TrainConfig, data: DataSplits, stride: int) -> int:
     return math.ceil(max(data.image_size) / stride) * stride
 
 
+#: the share of the machine's memory decoded images may take when ``cache_decoded`` is left to vitkit
+DECODED_MEMORY_SHARE = 0.25
+
+
 def decode_once(config: TrainConfig, data: DataSplits, img_size: int, processes: Processes) -> DataSplits:
-    """With ``cache_decoded``, and always for a segmentation set (whose images and masks are
-    augmented together, as whole batches), the data's image files as memory-mapped uint8 arrays at
-    ``img_size`` (see :mod:`vitkit.data.decoded`); rank 0 decodes, the other processes then read
-    its cache. Otherwise the data as it is."""
-    if not (config.cache_decoded or data.segmentation):
-        return data
+    """The data's image files as memory-mapped uint8 arrays at ``img_size`` (see
+    :mod:`vitkit.data.decoded`), when ``cache_decoded`` says so or, left unset, when they take at
+    most :data:`DECODED_MEMORY_SHARE` of the machine's memory; always for a segmentation set (its
+    images and masks are augmented together, as whole batches). Rank 0 decodes, the other
+    processes then read its cache. Otherwise the data as it is.
+
+    Decoding once is the default because decoding files every epoch starves a small model (the
+    loader's share of the training time is each run's ``data_wait_fraction``)."""
     if isinstance(data.train, ShardStream):
-        raise ConfigError("--cache-decoded is for image folders and CSVs; shards are streamed, not cached")
+        if config.cache_decoded:
+            raise ConfigError("--cache-decoded is for image folders and CSVs; shards are streamed, not cached")
+        return data
     if not isinstance(data.train, FileImageDataset | MaskFileDataset):
         return data  # already in memory
+    if config.cache_decoded is False and not data.segmentation:
+        return data
+    if config.cache_decoded is None and not data.segmentation:
+        decoded_bytes = (len(data.train) + len(data.val)) * data.in_chans * img_size**2
+        if decoded_bytes > DECODED_MEMORY_SHARE * device_memory_bytes(torch.device("cpu")):
+            return data
     if processes.distributed and not processes.is_main:
         torch.distributed.barrier()  # until rank 0 has written the cache
     skipped = list(data.skipped)  # files found unreadable when decoded count as skipped too

@@ -199,8 +199,8 @@ def score_segmenter(
     if split not in ("val", "train"):
         raise ValueError(f"split must be 'val' or 'train', got {split!r}")
     in_chans = loaded.model.backbone.config.in_chans
-    split = {"val_fraction": val_fraction, "seed": seed, "ignore_index": ignore_index}
-    data = load_data(data_spec, in_chans=in_chans, task="segmentation", **split)
+    held_out = {"val_fraction": val_fraction, "seed": seed, "ignore_index": ignore_index}
+    data = load_data(data_spec, in_chans=in_chans, task="segmentation", **held_out)
     if data.class_names != loaded.class_names:
         raise ValueError(
             f"the classes of {data_spec} ({', '.join(data.class_names)}) are not the segmenter's "
