@@ -10,8 +10,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import run_until_checkpoint
 from loopback import free_port
 from PIL import Image
+from safetensors.torch import load_file
 from test_serve import _headless_chromium, _start_serving
 
 import vitkit
@@ -22,7 +24,7 @@ from vitkit.data.masks import read_classes, read_mask
 from vitkit.interop.convert import convert
 from vitkit.models.segmenter import Segmenter
 from vitkit.segment import segment_image
-from vitkit.train import ConfigError, resolve_config, train
+from vitkit.train import ConfigError, resolve_config, resume_run, train
 from vitkit.train.segmentation import segmentation_loss
 
 COLOURS = {"background": [0, 0, 0], "red": [200, 30, 30], "blue": [30, 30, 200]}
@@ -308,3 +310,27 @@ def test_eval_scores_the_runs_own_held_out_images_as_the_run_did(segmentation_ru
     assert document["mean_iou"] == pytest.approx(last_epoch["val_mIoU"], abs=1e-3)
     main(["eval", str(run_dir), "--json", "--split", "train"])
     assert json.loads(capsys.readouterr().out)["images"] == 43
+
+
+@pytest.mark.slow
+def test_a_killed_segmentation_run_resumes_to_the_uninterrupted_runs_weights(tmp_path):
+    root = write_set(tmp_path / "set", count=40)
+    settings = {
+        "data": str(root),
+        "img_size": 24,
+        "model_args": {"patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_dim": 64},
+        "decoder": "mask",
+        "decoder_depth": 1,
+        "epochs": 3,
+        "batch_size": 8,
+        "checkpoint_every": 2,
+        "out": str(tmp_path / "stopped" / "run"),
+    }
+    config = resolve_config(overrides=settings)
+    resume_run(run_until_checkpoint(config, min_step=6), progress=False)  # stopped mid-epoch, then resumed
+    train(resolve_config(overrides={**settings, "out": str(tmp_path / "whole")}), progress=False)
+    resumed = load_file(str(tmp_path / "stopped" / "run" / "model.safetensors"))
+    uninterrupted = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    assert resumed.keys() == uninterrupted.keys() and any(key.startswith("decoder.") for key in resumed)
+    for key, value in uninterrupted.items():
+        assert torch.equal(resumed[key], value), key

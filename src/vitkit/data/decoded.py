@@ -124,7 +124,9 @@ def decoded(
 
 
 def _decode(files: Files, size: int, images_path: Path, index_path: Path, *, workers: int, progress: bool) -> None:
-    loader = DataLoader(_DecodeAtSize(files, size), batch_size=None, num_workers=workers)
+    # Its own generator: an iterator of a loader without one draws from the global generator, so a
+    # run that decodes would initialise and drop out otherwise than the same run reading the cache.
+    loader = DataLoader(_DecodeAtSize(files, size), batch_size=None, num_workers=workers, generator=torch.Generator())
     kept, broken = [], []
     full = images_path.with_suffix(".all.npy")
 
