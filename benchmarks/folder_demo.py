@@ -51,7 +51,7 @@ def main() -> None:
         root = Path(folder)
         os.environ["VITKIT_HOME"] = str(root / "home")  # a cold cache: run 2 includes the decoding
         write_folder(root / "images")
-        per_image = run(root / "images", root / "a", args.epochs, batch_augment=False)
+        per_image = run(root / "images", root / "a", args.epochs, batch_augment=False, cache_decoded=False)
         cached = run(root / "images", root / "b", args.epochs, cache_decoded=True)
         budget_epochs = max(1, int(args.epochs * per_image[1] / cached[1]))
         same_time = run(root / "images", root / "c", budget_epochs, cache_decoded=True)
