@@ -14,7 +14,7 @@ from conftest import run_until_checkpoint
 from loopback import free_port
 from PIL import Image
 from safetensors.torch import load_file
-from test_serve import _headless_chromium, _start_serving
+from test_serve import _start_serving, served_page
 
 import vitkit
 from vitkit.cli.main import main
@@ -209,12 +209,7 @@ def test_the_page_shows_a_segmenters_classes_with_an_opacity_slider_and_a_legend
     _, run_dir = segmentation_run
     image, _ = _scene(np.random.default_rng(5), size=(48, 48))
     Image.fromarray(image).save(tmp_path / "scene.png")
-    port = free_port()
-    driver = _headless_chromium(tmp_path)  # skips before the server starts where there is no chromium
-    process, output = _start_serving([str(run_dir), "--port", str(port)])
-    try:
-        assert "Uvicorn running" in output, output
-        driver.get(f"http://127.0.0.1:{port}/")
+    with served_page([str(run_dir)], tmp_path) as (driver, _):
         WebDriverWait(driver, 30).until(lambda d: "classes" in d.find_element(By.ID, "model").text)
         driver.find_element(By.ID, "file").send_keys(str(tmp_path / "scene.png"))
         rows = WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#legend .legend"))
@@ -227,10 +222,6 @@ def test_the_page_shows_a_segmenters_classes_with_an_opacity_slider_and_a_legend
         )
         assert mask.value_of_css_property("opacity") == "0.3"
         driver.save_screenshot(str(tmp_path / "page.png"))
-    finally:
-        driver.quit()
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_onnx_export_of_a_segmenter_takes_any_height_and_width(segmentation_run, tmp_path, capsys):

@@ -3,6 +3,7 @@ over loopback under load, and the page in a real headless chromium."""
 
 import asyncio
 import base64
+import contextlib
 import http.client
 import io
 import json
@@ -373,6 +374,23 @@ def _headless_chromium(tmp_path):
     return webdriver.Chrome(service=webdriver.ChromeService(shutil.which("chromedriver")), options=options)
 
 
+@contextlib.contextmanager
+def served_page(args, tmp_path):
+    """A headless chromium on the page of ``vitkit serve *args`` (skipped where there is no
+    chromium), and what the server printed as it started."""
+    port = free_port()
+    driver = _headless_chromium(tmp_path)  # skips before the server starts where there is no chromium
+    process, output = _start_serving([*args, "--port", str(port)])
+    try:
+        assert "Uvicorn running" in output, output
+        driver.get(f"http://127.0.0.1:{port}/")
+        yield driver, output
+    finally:
+        driver.quit()
+        process.terminate()
+        process.wait(timeout=30)
+
+
 @pytest.mark.slow
 def test_the_page_of_an_int8_server_answers_without_the_explanation_panel(trained_digits, tmp_path):
     from selenium.webdriver.common.by import By
@@ -380,21 +398,13 @@ def test_the_page_of_an_int8_server_answers_without_the_explanation_panel(traine
     from sklearn.datasets import load_digits
 
     Image.fromarray((load_digits().images[3] * 255 / 16).astype(np.uint8)).save(tmp_path / "digit.png")
-    port = free_port()
-    driver = _headless_chromium(tmp_path)  # skips before the server starts where there is no chromium
-    process, output = _start_serving([str(trained_digits), "--port", str(port), "--int8"])
-    try:
-        assert "Uvicorn running" in output and "(int8," in output, output
-        driver.get(f"http://127.0.0.1:{port}/")
+    with served_page([str(trained_digits), "--int8"], tmp_path) as (driver, output):
+        assert "(int8," in output, output
         WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "model").text.endswith("int8"))
         driver.find_element(By.ID, "file").send_keys(str(tmp_path / "digit.png"))
         rows = WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#bars .row"))
         assert len(rows) == 5 and driver.find_element(By.ID, "status").text == ""  # no error shown
         assert not driver.find_element(By.ID, "why").is_displayed()
-    finally:
-        driver.quit()
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.mark.slow
@@ -405,12 +415,7 @@ def test_the_page_in_a_real_browser(trained_digits, tmp_path):
 
     digit = load_digits()
     Image.fromarray((digit.images[3] * 255 / 16).astype(np.uint8)).resize((64, 64)).save(tmp_path / "digit.png")
-    port = free_port()
-    driver = _headless_chromium(tmp_path)  # skips before the server starts where there is no chromium
-    process, output = _start_serving([str(trained_digits), "--port", str(port)])
-    try:
-        assert "Uvicorn running" in output, output
-        driver.get(f"http://127.0.0.1:{port}/")
+    with served_page([str(trained_digits)], tmp_path) as (driver, _):
         WebDriverWait(driver, 30).until(lambda d: "classes" in d.find_element(By.ID, "model").text)
         driver.find_element(By.ID, "file").send_keys(str(tmp_path / "digit.png"))  # choosing predicts at once
         rows = WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#bars .row"))
@@ -436,7 +441,3 @@ def test_the_page_in_a_real_browser(trained_digits, tmp_path):
         )
         WebDriverWait(driver, 60).until(lambda d: explained.text == "(any class)")
         driver.save_screenshot(str(tmp_path / "page.png"))
-    finally:
-        driver.quit()
-        process.terminate()
-        process.wait(timeout=30)

@@ -48,15 +48,16 @@ class SegmentedImage:
 
     def mask_png(self) -> bytes:
         """The mask as a palette PNG: pixel values are class indices, the palette their colours."""
-        return _png(palette_png(self.mask, self.colours))
+        return png_bytes(palette_png(self.mask, self.colours))
 
     def overlay_png(self, opacity: float = OVERLAY_OPACITY) -> bytes:
         """The image with the classes drawn over it (the background left clear)."""
         pixels = np.asarray(self.image.convert("RGB"))
-        return _png(Image.fromarray(mask_overlay(pixels, self.mask, self.colours, opacity)))
+        return png_bytes(Image.fromarray(mask_overlay(pixels, self.mask, self.colours, opacity)))
 
 
-def _png(image: Image.Image) -> bytes:
+def png_bytes(image: Image.Image) -> bytes:
+    """``image`` encoded as a PNG file."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -66,7 +67,7 @@ def _png(image: Image.Image) -> bytes:
 def segment_image(
     loaded: LoadedModel, image: Image.Image, *, precision: str = "fp32", short_side: int | None = None
 ) -> SegmentedImage:
-    """The class of every pixel of ``image`` (already in the model's channels) by the segmenter
+    """The class of every pixel of ``image`` (converted to the model's channels) by the segmenter
     ``loaded``, its short side resized to ``short_side`` first (default: the training size; at
     least that); see the module docstring for how an image of any size is run."""
     if not loaded.segmenter:
@@ -142,7 +143,7 @@ def segment_files(
         result = SegmentedFile(str(path))
         results.append(result)
         try:
-            image = load_image(path, loaded.model.backbone.config.in_chans, max_pixels=max_pixels)
+            image = load_image(path, loaded.config.in_chans, max_pixels=max_pixels)
         except OSError as error:
             result.error = str(error)
             continue

@@ -36,7 +36,6 @@ from vitkit.interop.convert import TARGETS
 from vitkit.interop.export import EXPORT_FORMATS, check_export_path
 from vitkit.interop.sources import ALLOW_NONFINITE_ENV
 from vitkit.models import parameter_count
-from vitkit.models.segmenter import Segmenter
 from vitkit.predict import expand_image_paths, predict_files
 from vitkit.probe import FEATURE_POOLS, fewshot_evaluate, linear_probe
 from vitkit.segment import segment_files
@@ -391,8 +390,6 @@ def _for_inference(loaded: vitkit.LoadedModel, int8: bool) -> vitkit.LoadedModel
     """``loaded``, with its model quantized to int8 when ``int8`` (saying how long that took)."""
     if not int8:
         return loaded
-    if loaded.segmenter:
-        raise ValueError("--int8 quantizes classifiers; run a segmenter in fp32 or bf16 (--precision)")
     start = time.perf_counter()
     quantized = dataclasses.replace(loaded, model=quantize(loaded.model))
     print(f"quantized to int8 in {time.perf_counter() - start:.1f} s", file=sys.stderr)
@@ -576,15 +573,14 @@ def _export(args: argparse.Namespace) -> None:
     if args.int8 and args.format != "onnx":
         raise ValueError("an int8 export is ONNX (ONNX Runtime runs its int8 matmuls); drop --format pt2")
     check_export_path(args.out, args.format, overwrite=args.force)  # before the model is loaded
-    model = load_model(args.model).model
-    if args.int8 and isinstance(model, Segmenter):
-        raise ValueError("--int8 quantizes classifiers; export a segmenter in float (drop --int8)")
+    loaded = load_model(args.model)
+    model = loaded.model
     if args.int8:
         written = quantize(model, dynamic=args.dynamic).save(args.out)
     else:
         written = export_model(model, args.out, format=args.format, dynamic=args.dynamic, overwrite=args.force)
-    config = model.backbone.config if isinstance(model, Segmenter) else model.config
-    dynamic = args.dynamic or isinstance(model, Segmenter)
+    config = loaded.config
+    dynamic = args.dynamic or loaded.segmenter
     size = f"H×W multiples of {config.stride}" if dynamic else f"{config.img_size[0]}×{config.img_size[1]}"
     print(f"wrote {written} ({args.format}{', int8' if args.int8 else ''}, input B×{config.in_chans}×{size})")
 

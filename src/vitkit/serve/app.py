@@ -16,7 +16,6 @@ import asyncio
 import base64
 import dataclasses
 import functools
-import io
 import ipaddress
 import json
 import logging
@@ -49,7 +48,7 @@ from ..data.images import DEFAULT_MAX_PIXELS, ImageTooElongated, ImageTooLarge, 
 from ..interop import Int8Model, LoadedModel
 from ..models import parameter_count
 from ..predict import labels_above
-from ..segment import OVERLAY_OPACITY, segment_image
+from ..segment import OVERLAY_OPACITY, png_bytes, segment_image
 from .batching import DynamicBatcher
 from .connections import uvicorn_config
 
@@ -101,10 +100,12 @@ class ServeSettings:
 Explanation = Literal[EXPLANATIONS]
 
 
+def _base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
 def _png(picture: Image.Image) -> str:
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return _base64(png_bytes(picture))
 
 
 class _UploadTooLarge(Exception):
@@ -326,9 +327,9 @@ _ServingDep = Annotated[_Serving, Depends(_serving)]
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     serving: _Serving = app.state.serving
     batcher = serving.given or batcher_for(serving.loaded, serving.settings)
-    blank = Image.new("RGB", (64, 64))
-    if serving.loaded.segmenter:  # warm up before /ready says yes
-        await batcher.run(segment_image, serving.loaded, blank.convert(_mode(serving.loaded)))
+    blank = Image.new("RGB", (64, 64))  # warm up before /ready says yes
+    if serving.loaded.segmenter:
+        await batcher.run(segment_image, serving.loaded, blank)
     else:
         await batcher.probabilities(blank)
     serving.batcher = batcher
@@ -363,10 +364,6 @@ def _authorised(request: Request, serving: _ServingDep) -> None:
         raise HTTPException(
             401, "this server needs an API key: Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"}
         )
-
-
-def _mode(loaded: LoadedModel) -> str:
-    return "L" if loaded.config.in_chans == 1 else "RGB"
 
 
 def _decode(serving: _Serving, data: bytes) -> Image.Image:
@@ -637,7 +634,7 @@ async def segment(request: Request, serving: _ServingDep, opacity: float = _OPAC
             {"label": name, "index": index[name], "colour": list(colours[index[name]]), "area": area}
             for name, area in answer.areas.items()
         ],
-        "mask_png": base64.b64encode(mask_png).decode("ascii"),
-        "overlay_png": base64.b64encode(overlay_png).decode("ascii"),
+        "mask_png": _base64(mask_png),
+        "overlay_png": _base64(overlay_png),
         "latency_ms": round(1000 * (time.perf_counter() - start), 2),
     }

@@ -198,7 +198,7 @@ def score_segmenter(
         raise ValueError("this model classifies whole images; score it with vitkit eval on a classification set")
     if split not in ("val", "train"):
         raise ValueError(f"split must be 'val' or 'train', got {split!r}")
-    in_chans = loaded.model.backbone.config.in_chans
+    in_chans = loaded.config.in_chans
     held_out = {"val_fraction": val_fraction, "seed": seed, "ignore_index": ignore_index}
     data = load_data(data_spec, in_chans=in_chans, task="segmentation", **held_out)
     if data.class_names != loaded.class_names:
