@@ -84,13 +84,21 @@ def test_a_vitkit_0_1_run_resumes_exactly(tmp_path):
     resumed = load_file(str(stopped / "model.safetensors"))
     finished = upgrade_vitkit_keys(load_file(str(VITKIT_0_1 / "finished" / "model.safetensors")))
     assert set(resumed) == set(finished)
-    # Across machines, only up to rounding: the file was written on an AMD EPYC with AVX512-BF16
-    # (precision auto = bf16), where the difference is below 1e-5; on an Intel Xeon with AMX it is
-    # 2.3e-4; 1e-3 leaves a 4× margin. A CPU without native bf16 resolves auto to fp32, another
-    # computation: on an AVX2-only AMD EPYC the largest difference was 3.8e-2 (4.5e-2 with bf16
-    # forced, emulated), so there only gross errors (a tensor in the wrong place) are caught.
-    atol = 1e-3 if cpu_has_native_bf16() else 0.1
+    # Across machines, only up to rounding, which 60 bf16 steps grow with the kernels the machine
+    # chooses: the file was written on an AMD EPYC with AVX512-BF16 (precision auto = bf16); on an
+    # Intel Xeon with AMX the largest difference is 2.3e-4, on another AMD EPYC with AVX512-BF16 1.8e-3
+    # (SDPA attention; 4.5e-5 with the explicit kernel); 1e-2 leaves a 5× margin. A CPU without
+    # native bf16 resolves auto to fp32, another computation: on an AVX2-only AMD EPYC the largest
+    # difference was 3.8e-2 (4.5e-2 with bf16 forced, emulated), so there only gross errors (a
+    # tensor in the wrong place) are caught. The key bias is left out: it adds the same amount to
+    # every score of a query, so its gradient is zero but for rounding, which Adam scales into whole
+    # steps (0.04 apart here).
+    atol = 1e-2 if cpu_has_native_bf16() else 0.1
     for key, value in finished.items():
+        if key.endswith("attn.qkv.bias"):
+            third = len(value) // 3
+            keep = torch.cat([torch.arange(third), torch.arange(2 * third, 3 * third)])
+            resumed[key], value = resumed[key][keep], value[keep]
         torch.testing.assert_close(resumed[key], value, rtol=0, atol=atol, msg=key)
     # Within this machine, bits: the same run stopped here after its step-5 checkpoint and resumed.
     config = TrainConfig(**{**json.loads((stopped / "train_config.json").read_text()), "out": str(tmp_path / "here")})

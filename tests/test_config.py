@@ -135,3 +135,12 @@ def test_resume_may_lengthen_a_run_and_refuses_other_changes(tmp_path, capsys):
     assert json.loads((tmp_path / "run" / "train_config.json").read_text())["epochs"] == 2.0
     assert main(["train", "--resume", config.out, "--config", os.devnull]) == 2
     assert "drop --config" in capsys.readouterr().err
+
+
+def test_a_preset_shapes_its_own_model_not_the_one_named_instead():
+    assert resolve_config(preset="demo", overrides={"model": "BiT-Small"}).model_args == {}
+    assert resolve_config(preset="demo", overrides={"model": "S/16"}).model_args == {}
+    kept = resolve_config(preset="demo", overrides={"model_args": {"depth": 2}}).model_args
+    assert kept["depth"] == 2 and kept["patch_size"] == 7  # the preset's model, reshaped key by key
+    with pytest.raises(ConfigError, match="unknown ResNetV2Config field"):
+        resolve_config(preset="demo", overrides={"model": "BiT-Small", "model_args": {"patch_size": 7}})

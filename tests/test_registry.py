@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import vitkit
+from vitkit.benchmark import timm_bit_resnet
 
 # Exact counts of the reference PyTorch implementation (1000 classes, no representation layer, 224 px).
 PAPER_COUNTS = {
@@ -33,8 +34,10 @@ def test_parameter_count_matches_timm(name):
     timm = pytest.importorskip("timm")
     with torch.device("meta"):
         ours = vitkit.create_model(name)
-        theirs = timm.create_model(name, num_classes=1000)
-    assert count(ours) == count(theirs)
+        # timm registers BiT's own ResNet sizes; vitkit's CPU-sized ones are built from timm's parts
+        registered = name in timm.list_models()
+        theirs = timm.create_model(name, num_classes=1000) if registered else timm_bit_resnet(ours.config)
+    assert count(ours) == count(theirs) == vitkit.models.parameter_count(ours.config)
 
 
 @pytest.mark.parametrize("name", vitkit.list_models())
@@ -47,8 +50,11 @@ def test_every_variant_has_the_right_output_shapes(name):
     with torch.no_grad():
         features = model.forward_features(x)
         logits = model.forward_head(features)
-    tokens = 1 + config.grid[0] * config.grid[1]
-    assert features.shape == (2, tokens, config.embed_dim)
+    if isinstance(config, vitkit.ResNetV2Config):  # a feature map, 1/32 of the image's side
+        assert features.shape == (2, config.num_features, config.img_size[0] // 32, config.img_size[1] // 32)
+    else:
+        tokens = 1 + config.grid[0] * config.grid[1]
+        assert features.shape == (2, tokens, config.embed_dim)
     assert logits.shape == (2, 7)
 
 

@@ -1,6 +1,7 @@
 """End-to-end training on the real digits dataset: train → eval → predict, resume, NaN, errors."""
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -278,11 +279,19 @@ def test_init_from_a_run_folder_keeps_its_architecture(trained_run, tmp_path, ca
     run_dir, _ = trained_run
     config = resolve_config(
         preset="demo", overrides={"init": str(run_dir), "data": "digits", "out": str(tmp_path / "ft")}
-    )  # the demo preset's model_args describe another architecture
-    with logged(caplog, "fixes the architecture; ignoring model_args"):
+    )  # the demo preset's model_args describe another architecture: they go, without a word
+    assert config.model_args == {}
+    with caplog.at_level(logging.WARNING):
         model = build_model(config, num_classes=10, in_chans=1)
+    assert "ignoring model_args" not in caplog.text
     assert model.config.embed_dim == TINY["embed_dim"] and model.config.patch_size == TINY["patch_size"]
     assert torch.count_nonzero(model.head.weight) == 0
+    # model_args the user gives that the weights contradict are named
+    overrides = {"init": str(run_dir), "data": "digits", "model_args": {"patch_size": 4}}
+    config = resolve_config(preset="demo", overrides=overrides)
+    with logged(caplog, r"fixes the architecture; ignoring model_args \{'patch_size': 4\}"):
+        model = build_model(config, num_classes=10, in_chans=1)
+    assert model.config.patch_size == TINY["patch_size"]
 
 
 def test_importing_the_training_library_leaves_matplotlib_alone():

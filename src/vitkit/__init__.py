@@ -13,7 +13,7 @@ from .interop import (
     quantize,
     save_model,
 )
-from .models import VisionTransformer, ViTConfig, get_config, list_models, resample_pos_embed
+from .models import ResNetV2, ResNetV2Config, VisionTransformer, ViTConfig, get_config, list_models, resample_pos_embed
 
 __version__ = "0.1.0"
 
@@ -21,6 +21,8 @@ __all__ = [
     "Int8Model",
     "LoadedModel",
     "PretrainedWeights",
+    "ResNetV2",
+    "ResNetV2Config",
     "ViTConfig",
     "VisionTransformer",
     "__version__",

@@ -12,7 +12,9 @@ timm and transformers are needed only for their rows (``pip install timm transfo
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import logging
 import os
 import resource
 import statistics
@@ -42,8 +44,10 @@ from .device import autocast
 from .fileio import atomic_write
 from .interop.hf import hf_config_document
 from .interop.int8 import quantize
-from .models import VisionTransformer, get_config
+from .models import Network, ResNetV2Config, VisionTransformer, ViTConfig, build_network, get_config
 from .models.registry import resolve_name
+
+logger = logging.getLogger(__name__)
 
 LIBRARIES = ("vitkit", "timm", "transformers")
 #: fp32; bf16 autocast over fp32 weights; bf16 weights and inputs without autocast; int8 linear
@@ -75,21 +79,43 @@ class Result:
 
 def build_peer(library: str, name: str, *, img_size: int, num_classes: int = 1000) -> nn.Module:
     """The same architecture from ``library`` with random weights, as a module ``images → logits``."""
+    config = get_config(name, img_size=img_size, num_classes=num_classes)
     if library == "vitkit":
-        return VisionTransformer(get_config(name, img_size=img_size, num_classes=num_classes))
+        return build_network(config)
     if library == "timm":
         import timm
 
-        return timm.create_model(resolve_name(name), pretrained=False, img_size=img_size, num_classes=num_classes)
+        if isinstance(config, ViTConfig):
+            return timm.create_model(resolve_name(name), pretrained=False, img_size=img_size, num_classes=num_classes)
+        return timm_bit_resnet(config)
+    if not isinstance(config, ViTConfig):
+        raise ValueError(f"{name} is a ResNet: compare it with timm (transformers' ViT is a ViT)")
     if library == "transformers":
         import transformers
 
-        config = get_config(name, img_size=img_size, num_classes=num_classes)
         document = hf_config_document(config, [str(i) for i in range(num_classes)])
         hf_config = transformers.ViTConfig(**document)
         hf_config._attn_implementation = "sdpa"
         return _LogitsOnly(transformers.ViTForImageClassification(hf_config))
     raise ValueError(f"unknown library {library!r}; choose from {', '.join(LIBRARIES)}")
+
+
+def timm_bit_resnet(config: ResNetV2Config) -> nn.Module:
+    """timm's BiT ResNet-v2 of ``config``'s shape (built from its parts: timm registers only BiT's
+    own sizes, not vitkit's CPU-sized ones), with random weights."""
+    from timm.layers import StdConv2d
+    from timm.models.resnetv2 import ResNetV2
+
+    return ResNetV2(
+        layers=config.layers,
+        channels=tuple(config.root_width * 4 * 2**i for i in range(len(config.layers))),
+        stem_chs=config.root_width,
+        width_factor=config.width_factor,
+        stem_type="fixed",
+        conv_layer=functools.partial(StdConv2d, eps=1e-8),
+        num_classes=config.num_classes,
+        in_chans=config.in_chans,
+    )
 
 
 class _LogitsOnly(nn.Module):
@@ -113,13 +139,15 @@ def build_variant(library: str, name: str, *, img_size: int, precision: str) -> 
     return quantize(model.eval())
 
 
-def set_up_vitkit(model: VisionTransformer, *, task: str, precision: str, batch: int, img_size: int) -> list[Decision]:
-    """What vitkit's own commands choose on this machine for ``model`` (vitkit.decisions): its
+def set_up_vitkit(model: Network, *, task: str, precision: str, batch: int, img_size: int) -> list[Decision]:
+    """What vitkit's own commands choose on this machine for ``model`` (vitkit.decisions): a ViT's
     attention kernel is set, and for training the optimiser kernel is the last decision."""
     training = task == "train"
     dtype = dtype_of(precision)
-    decisions = [decide_attention_for(model, batch=batch, img_size=img_size, dtype=dtype, training=training)]
-    model.set_attention_kernel(*parse_attention_choice(decisions[0].choice))
+    decisions = []
+    if isinstance(model, VisionTransformer):
+        decisions.append(decide_attention_for(model, batch=batch, img_size=img_size, dtype=dtype, training=training))
+        model.set_attention_kernel(*parse_attention_choice(decisions[0].choice))
     if training:
         decisions.append(decide_optimizer(model.parameters(), "adamw", next(model.parameters()).device))
     return decisions
@@ -152,7 +180,7 @@ def _step(
     kernel = "foreach"
     if library == "vitkit" and precision != "int8":
         decisions = set_up_vitkit(model, task=task, precision=precision, batch=len(images), img_size=images.shape[-1])
-        kernel = decisions[-1].choice
+        kernel = decisions[-1].choice if task == "train" else kernel
     if compiled:
         model = torch.compile(model)
     if task == "train":
@@ -363,7 +391,11 @@ def run_benchmark(
     # counted with vitkit's explicit attention, plain matmuls: FlopCounterMode does not count
     # PyTorch's fused CPU attention kernel.
     reference = build_peer("vitkit", model, img_size=img_size)
-    reference.set_attention_kernel("explicit")
+    if isinstance(reference, VisionTransformer):
+        reference.set_attention_kernel("explicit")
+    elif "transformers" in libraries:
+        logger.warning(f"{model} is a ResNet: measured against timm's, not transformers' (its ViT classes)")
+        libraries = tuple(library for library in libraries if library != "transformers")
     flops = count_gflop(make(reference, torch.randn(1, 3, img_size, img_size), "fp32"))
     steps: dict[str, Callable[[], None]] = {}
     results: dict[str, Result] = {}

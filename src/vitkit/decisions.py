@@ -37,7 +37,7 @@ from torch import nn
 
 from .fileio import atomic_write, cache_dir
 from .machine import cpu_flags, cpu_model
-from .models import ViTConfig
+from .models import VisionTransformer, ViTConfig
 from .models.vit import ATTENTION_KERNELS, attention
 
 logger = logging.getLogger(__name__)
@@ -265,7 +265,10 @@ def decide_precision(model: nn.Module, *, batch: int, img_size: int, device: tor
     """What ``--precision auto`` means for inference with ``model``: the faster of fp32 and bf16
     autocast, each with its own best attention kernel, timed on a batch of up to 8 images."""
     config = model.config
-    shape = f"{config.depth} blocks of {config.embed_dim}, ~{_bucket(tokens_of(config, img_size))} tokens"
+    if isinstance(model, VisionTransformer):
+        shape = f"{config.depth} blocks of {config.embed_dim}, ~{_bucket(tokens_of(config, img_size))} tokens"
+    else:
+        shape = f"ResNet-v2 {'+'.join(map(str, config.layers))} of {config.num_features}, ~{_bucket(img_size)} px"
     situation = f"{device.type} inference, {shape}"
 
     def trials() -> dict[str, Callable[[], object]]:
@@ -277,10 +280,13 @@ def decide_precision(model: nn.Module, *, batch: int, img_size: int, device: tor
 
 def _inference_trial(model: nn.Module, images: torch.Tensor, precision: str) -> Callable[[], object]:
     dtype = dtype_of(precision)
-    kernel = decide_attention_for(model, batch=len(images), img_size=images.shape[-1], dtype=dtype, training=False)
+    attends = isinstance(model, VisionTransformer)
+    if attends:
+        kernel = decide_attention_for(model, batch=len(images), img_size=images.shape[-1], dtype=dtype, training=False)
 
     def run() -> None:
-        model.set_attention_kernel(*parse_attention_choice(kernel.choice))
+        if attends:
+            model.set_attention_kernel(*parse_attention_choice(kernel.choice))
         with torch.no_grad(), torch.autocast(images.device.type, dtype=dtype, enabled=precision == "bf16"):
             model(images)
 
@@ -319,12 +325,14 @@ def set_up_inference(
 ) -> tuple[str, list[Decision]]:
     """Make ``model`` (on ``device``, in eval mode) run inference the fastest way this machine
     has: ``precision`` ``"auto"`` becomes fp32 or bf16 by :func:`decide_precision` (a given one is
-    kept), and the attention kernel is :func:`decide_attention_for` that precision. Returns the
-    precision and the decisions, to show."""
+    kept), and a ViT's attention kernel is :func:`decide_attention_for` that precision. Returns
+    the precision and the decisions, to show."""
     decisions = []
     if precision == "auto":
         decisions.append(decide_precision(model, batch=batch, img_size=img_size, device=device))
         precision = decisions[-1].choice
+    if not isinstance(model, VisionTransformer):
+        return precision, decisions
     decisions.append(
         decide_attention_for(model, batch=batch, img_size=img_size, dtype=dtype_of(precision), training=False)
     )

@@ -14,6 +14,9 @@ Three methods, each a map ``(rows, cols)`` of how much every patch mattered:
   tokens; the map is the positive part of the weighted sum. The last block's *output* would not
   do: the classifier reads only the class token there, so patch tokens get no gradient.
 
+A BiT ResNet has no attention: of the three, only Grad-CAM applies, on its last feature map (the
+original method's own setting; 1/32 of the image's side, so coarse on small images).
+
 The class-specific methods explain any class (``target``), by default the predicted one. Maps are
 scaled to [0, 1] per image. Used by ``vitkit inspect`` and ``vitkit serve``.
 """
@@ -29,7 +32,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..data.transforms import Preprocessing
-from ..models import VisionTransformer
+from ..models import Network, VisionTransformer
 from .compute import attention_maps, attention_rollout, output_attention
 
 #: the explanation methods, class-agnostic first
@@ -38,8 +41,13 @@ METHODS = ("rollout", "relevance", "gradcam")
 EXPLANATIONS = ("none", *METHODS)
 
 
+def methods_for(model: Network) -> tuple[str, ...]:
+    """The explanation methods that apply to ``model``: all for a ViT, Grad-CAM for a ResNet."""
+    return METHODS if isinstance(model, VisionTransformer) else ("gradcam",)
+
+
 def explanation_maps(
-    model: VisionTransformer, images: Tensor, method: str, target: int | Sequence[int] | Tensor | None = None
+    model: Network, images: Tensor, method: str, target: int | Sequence[int] | Tensor | None = None
 ) -> Tensor:
     """``method``'s map for each preprocessed image ``(B, C, H, W)``: ``(B, rows, cols)`` in [0, 1].
 
@@ -47,6 +55,10 @@ def explanation_maps(
     image's predicted class. ``rollout`` ignores it."""
     if method not in METHODS:
         raise ValueError(f"unknown explanation {method!r}; choose one of {', '.join(METHODS)}")
+    if method not in methods_for(model):
+        raise ValueError(f"{method} reads attention, which a ResNet has none of; explain a ResNet with gradcam")
+    if not isinstance(model, VisionTransformer):
+        return _unit_range(_feature_map_gradcam(model, images, target))
     config = model.config
     device = next(model.parameters()).device
     images = images.to(device)
@@ -60,7 +72,24 @@ def explanation_maps(
     return _unit_range(maps.float())
 
 
-def predicted_classes(model: VisionTransformer, images: Tensor) -> Tensor:
+def _feature_map_gradcam(model: Network, images: Tensor, target: object) -> Tensor:
+    """Grad-CAM on a CNN's last feature map ``(B, C, h, w)``: channel weights are the class score's
+    gradient averaged over the map; ``(B, h, w)``, the positive part of the weighted sum."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            features = model.forward_features(images.to(next(model.parameters()).device))
+            logits = model.forward_head(features)
+            score = logits.gather(1, _targets(target, logits)[:, None]).sum()
+            (gradient,) = torch.autograd.grad(score, features)
+    finally:
+        model.train(was_training)
+    weights = gradient.float().mean(dim=(2, 3), keepdim=True)
+    return (features.detach().float() * weights).sum(dim=1).clamp_min(0)
+
+
+def predicted_classes(model: Network, images: Tensor) -> Tensor:
     """The top class of each preprocessed image ``(B,)``."""
     with torch.inference_mode():
         return model(images.to(next(model.parameters()).device)).argmax(dim=-1).cpu()

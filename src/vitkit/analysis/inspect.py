@@ -119,6 +119,12 @@ def inspect_model(
             insertion curves on ``images``, into ``faithfulness.json``.
         multi_label: the model gives a sigmoid per class (the curves follow it) instead of a softmax.
     """
+    if not isinstance(model, VisionTransformer):
+        raise ValueError(
+            "vitkit inspect draws a ViT's attention, position embeddings and patch filters, and this model is a "
+            "ResNet, which has none of them; explain its answers with Grad-CAM (vitkit serve, or "
+            'vitkit.analysis.explanation_maps(model, images, "gradcam"))'
+        )
     out_dir = Path(out_dir)
     check_out_folder(out_dir, own=PAGE_NAME, force=force)  # a folder of earlier figures is rewritten
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from vitkit.interop import convert, export_model, load_model, quantize
 from vitkit.interop.convert import TARGETS
 from vitkit.interop.export import EXPORT_FORMATS, check_export_path
 from vitkit.interop.sources import ALLOW_NONFINITE_ENV
-from vitkit.models import parameter_count
+from vitkit.models import ViTConfig, parameter_count
 from vitkit.predict import expand_image_paths, predict_files
 from vitkit.probe import FEATURE_POOLS, fewshot_evaluate, linear_probe
 from vitkit.segment import segment_files
@@ -76,6 +76,9 @@ def _models(args: argparse.Namespace) -> None:
     for name in vitkit.list_models(args.pattern, aliases=args.aliases):
         config = vitkit.get_config(name)
         params = parameter_count(config)
+        if not isinstance(config, ViTConfig):
+            print(f"{name:24s} {config.describe()}  {params / 1e6:7.2f}M params")
+            continue
         print(
             f"{name:24s} D={config.embed_dim:<5d} L={config.depth:<3d} heads={config.num_heads:<3d} "
             f"patch={config.stride:<3d} {config.img_size[0]}px  {params / 1e6:7.2f}M params"

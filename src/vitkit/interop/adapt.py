@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..models import VisionTransformer
+from ..models import Network
 from ..models.embed import resample_pos_embed
 
 
@@ -31,9 +31,7 @@ class LoadReport:
 _REPLACEABLE = ("head.", "pre_logits.")
 
 
-def load_state_into(
-    model: VisionTransformer, state: dict[str, torch.Tensor], *, source: str = "the weights"
-) -> LoadReport:
+def load_state_into(model: Network, state: dict[str, torch.Tensor], *, source: str = "the weights") -> LoadReport:
     """Load ``state`` into ``model``, adapting what the paper adapts when fine-tuning:
 
     - ``pos_embed`` of another grid is 2-D interpolated to the model's grid;

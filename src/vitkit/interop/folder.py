@@ -4,7 +4,8 @@
 class names and the preprocessing, so a folder is all that is needed to use the model
 (:func:`vitkit.load_model` reads it). A multi-label classifier's folder also holds
 ``"problem_type": "multi_label_classification"`` (transformers' name) and its decision
-``"threshold"`` on the sigmoid probabilities. A segmenter's folder holds its backbone's config as
+``"threshold"`` on the sigmoid probabilities. A BiT ResNet's folder holds its config as
+``"resnetv2"`` where a ViT's has ``"vit"``. A segmenter's folder holds its backbone's config as
 ``"vit"``, its decoder's as ``"decoder"`` (see :attr:`Segmenter.decoder_config`) and a colour per
 class (``"colours"``); its weights keep the segmenter's keys (``backbone.*``, ``decoder.*``).
 """
@@ -18,7 +19,7 @@ from safetensors.torch import save_file
 
 from ..data.transforms import Preprocessing, eval_transform
 from ..fileio import atomic_write
-from ..models import VisionTransformer
+from ..models import Network, ResNetV2Config, ViTConfig
 from ..models.segmenter import Segmenter
 
 FORMAT = "vitkit-model/1"
@@ -31,11 +32,13 @@ WEIGHT_FILES = (WEIGHTS_NAME, "pytorch_model.bin")
 MULTI_LABEL = "multi_label_classification"
 #: the decision threshold of a multi-label model that does not record one
 DEFAULT_THRESHOLD = 0.5
+#: the key under which ``config.json`` holds each kind of network's config
+ARCHITECTURE_KEYS: dict[type[ViTConfig | ResNetV2Config], str] = {ViTConfig: "vit", ResNetV2Config: "resnetv2"}
 
 
 def save_model(
     folder: str | Path,
-    model: VisionTransformer | Segmenter,
+    model: Network | Segmenter,
     *,
     class_names: list[str] | None = None,
     model_name: str | None = None,
@@ -43,7 +46,7 @@ def save_model(
     threshold: float | None = None,
     colours: list[tuple[int, int, int]] | None = None,
 ) -> Path:
-    """Write ``model`` (a ViT, or a :class:`Segmenter` with a colour per class in ``colours``) as a
+    """Write ``model`` (a ViT or a BiT ResNet, or a :class:`Segmenter` with a colour per class in ``colours``) as a
     vitkit model folder; each file is replaced atomically. ``preprocessing`` defaults to vitkit's
     own (centre crop at the model's size, [-1, 1]). ``threshold`` makes it a multi-label
     classifier: a label is predicted when its sigmoid probability is above it."""
@@ -58,7 +61,7 @@ def save_model(
     document = {
         "format": FORMAT,
         "model_name": model_name,
-        "vit": config.to_dict(),
+        ARCHITECTURE_KEYS[type(config)]: config.to_dict(),
         "class_names": names,
         "preprocess": preprocessing.to_dict(),
     }

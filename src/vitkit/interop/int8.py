@@ -97,8 +97,9 @@ def quantize(model: VisionTransformer, *, dynamic: bool | None = None, reduce_ra
     the 8-bit products saturate and the logits go wrong (measured on an AVX2 AMD EPYC: errors of 64 %
     of the largest logit, 2.6 % with 7 bits). By default it follows this machine
     (:func:`vitkit.machine.cpu_has_int8_dot_product`); pass ``True`` for a file meant to run anywhere."""
-    if isinstance(model, Segmenter):
-        raise ValueError("int8 quantization is for classifiers; run a segmenter in fp32 or bf16")
+    if not isinstance(model, VisionTransformer):
+        what = "a segmenter" if isinstance(model, Segmenter) else "a ResNet"
+        raise ValueError(f"int8 quantization is for ViT classifiers (their linear layers); run {what} in fp32 or bf16")
     _onnxruntime()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -36,12 +36,21 @@ import torch
 from torch import Tensor
 
 from ..data.transforms import Preprocessing, eval_transform
-from ..models import FeatureMaps, VisionTransformer, ViTConfig, get_config
+from ..models import (
+    FeatureMaps,
+    ModelConfig,
+    Network,
+    ResNetV2Config,
+    VisionTransformer,
+    ViTConfig,
+    build_network,
+    get_config,
+)
 from ..models.segmenter import DECODERS, Segmenter
 from .adapt import LoadReport, load_state_into
 from .download import fetch_google_file
 from .files import read_weight_file
-from .folder import CONFIG_NAME, DEFAULT_THRESHOLD, FORMAT, MULTI_LABEL, WEIGHT_FILES
+from .folder import ARCHITECTURE_KEYS, CONFIG_NAME, DEFAULT_THRESHOLD, FORMAT, MULTI_LABEL, WEIGHT_FILES
 from .hf import class_names_from_hf, config_from_hf, hf_to_vitkit, is_hf_config, is_hf_state, preprocessing_from_hf
 from .hub import hub_snapshot, is_hub_id
 from .keys import upgrade_vitkit_keys
@@ -73,7 +82,8 @@ class Weights:
 
     #: the source as given
     source: str
-    config: ViTConfig
+    #: the network's: a ViT's, or a BiT ResNet's
+    config: ModelConfig
     #: the tensors, with vitkit's keys
     state: dict[str, Tensor]
     class_names: list[str]
@@ -91,12 +101,12 @@ class Weights:
     decoder_state: dict[str, Tensor] | None = None
     colours: list[tuple[int, int, int]] | None = None
 
-    def build_model(self, **changes: Any) -> VisionTransformer:
+    def build_model(self, **changes: Any) -> Network:
         """The model these weights are for, holding them (in training mode, on the CPU). ``changes``
-        are :class:`ViTConfig` fields to change first (``num_classes``, ``img_size``, ``dropout``,
-        ...); position embeddings and the head adapt as :func:`~vitkit.interop.adapt.load_state_into`
+        are config fields to change first (``num_classes``, ``img_size``, ``dropout``, ...);
+        position embeddings and the head adapt as :func:`~vitkit.interop.adapt.load_state_into`
         says. ``pretrained_cfg`` tells timm's data helpers the weights' preprocessing."""
-        model = VisionTransformer(self.config.replace(**changes))
+        model = build_network(self.config.replace(**changes))
         load_state_into(model, self.state, source=self.source)
         model.pretrained_cfg = timm_data_config(self.preprocessing)
         return model
@@ -105,7 +115,10 @@ class Weights:
         """The segmenter these weights are for, holding them (in training mode, on the CPU)."""
         if self.decoder_config is None or self.decoder_state is None:
             raise ValueError(f"{self.source} holds a classifier or an encoder, not a segmenter")
-        segmenter = Segmenter(self.build_model(), **self.decoder_config)
+        backbone = self.build_model()
+        if not isinstance(backbone, VisionTransformer):
+            raise ValueError(f"{self.source}: a segmenter's backbone is a ViT, not {self.config.describe()}")
+        segmenter = Segmenter(backbone, **self.decoder_config)
         try:
             segmenter.decoder.load_state_dict(self.decoder_state)
         except RuntimeError as error:  # missing, unexpected or wrongly shaped tensors
@@ -203,7 +216,7 @@ def _open_folder(folder: Path, keep_pre_logits: bool) -> Weights:
     state = read_weight_file(_weight_file(folder))
     if document.get("format") == FORMAT:
         try:
-            config = ViTConfig.from_dict(document["vit"])
+            config = _architecture(document)
             preprocess = {"img_size": config.img_size, "in_chans": config.in_chans, **document.get("preprocess", {})}
             preprocessing = Preprocessing.from_dict(preprocess)
             names = list(document["class_names"])
@@ -275,6 +288,15 @@ def _segmenter_parts(weights: Weights, document: dict[str, Any], path: Path) -> 
     weights.decoder_config = decoder
     weights.colours = [(c[0], c[1], c[2]) for c in colours]
     return weights
+
+
+def _architecture(document: dict[str, Any]) -> ModelConfig:
+    """The network config of a vitkit ``config.json``: under ``"vit"`` or ``"resnetv2"``."""
+    kinds = {key: kind for kind, key in ARCHITECTURE_KEYS.items() if key in document}
+    if len(kinds) != 1:
+        raise KeyError(f"one architecture, under {' or '.join(map(repr, ARCHITECTURE_KEYS.values()))}")
+    ((key, kind),) = kinds.items()
+    return kind.from_dict(document[key])
 
 
 def _threshold(document: dict[str, Any], path: Path) -> float | None:
@@ -350,9 +372,13 @@ def _open_file(path: Path, architecture: str | ViTConfig | None, keep_pre_logits
     return Weights(str(path), config, state, names, eval_transform(config.img_size, config.in_chans), name, note)
 
 
-def _config_of_state(state: dict[str, Tensor], name: str) -> ViTConfig:
+def _config_of_state(state: dict[str, Tensor], name: str) -> ModelConfig:
     """Architecture ``name`` with the class count, resolution and channels the tensors have."""
     config = get_config(name)
+    if isinstance(config, ResNetV2Config):  # convolutions fit any resolution: the name's stays
+        classes = state["head.fc.weight"].shape[0] if "head.fc.weight" in state else 0
+        channels = state["stem.conv.weight"].shape[1] if "stem.conv.weight" in state else config.in_chans
+        return config.replace(num_classes=classes, in_chans=channels)
     changes: dict[str, Any] = {"num_classes": state["head.weight"].shape[0] if "head.weight" in state else 0}
     if "patch_embed.proj.weight" in state:
         changes["in_chans"] = state["patch_embed.proj.weight"].shape[1]
@@ -396,7 +422,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 
 def load_weights(
-    model: VisionTransformer,
+    model: Network,
     source: str | Path,
     *,
     keep_pre_logits: bool = False,
@@ -417,7 +443,7 @@ class LoadedModel:
     multi-label classifier the decision threshold on its sigmoid probabilities. It unpacks as
     ``model, preprocess, class_names = load_model(...)``."""
 
-    model: VisionTransformer | Segmenter
+    model: Network | Segmenter
     preprocess: Preprocessing
     class_names: list[str]
     threshold: float | None = None
@@ -444,8 +470,8 @@ class LoadedModel:
         return dataclasses.replace(self, model=self.model.backbone, class_names=[], colours=None)
 
     @property
-    def config(self) -> ViTConfig:
-        """The ViT's configuration (a segmenter's: its backbone's)."""
+    def config(self) -> ModelConfig:
+        """The network's configuration (a segmenter's: its backbone's)."""
         return self.model.backbone.config if isinstance(self.model, Segmenter) else self.model.config
 
     def require_classifier(self, what: str) -> None:
@@ -515,8 +541,9 @@ def create_model(
     img_size: int | tuple[int, int] | None = None,
     in_chans: int | None = None,
     **overrides: Any,
-) -> VisionTransformer | FeatureMaps:
-    """Build a registered ViT: initialised as the JAX reference does, or from pretrained weights.
+) -> Network | FeatureMaps:
+    """Build a registered model (a ViT, or a BiT ResNet): initialised as the reference does, or
+    from pretrained weights.
 
     Args:
         name: a registered name (``"vit_base_patch16_224"``), alias (``"B/16"``) or timm's
@@ -549,6 +576,8 @@ def create_model(
     device, dtype = overrides.pop("device", None), overrides.pop("dtype", None)
     model = _create_model(name, pretrained, weights, num_classes, img_size, in_chans, _vitkit_spellings(overrides))
     model.to(device=device, dtype=dtype)
+    if features_only and not isinstance(model, VisionTransformer):
+        raise ValueError(f"features_only gives a ViT's per-block feature maps; {name} is a ResNet")
     return FeatureMaps(model, out_indices) if features_only else model
 
 
@@ -573,6 +602,8 @@ def create_segmenter(
         >>> segmenter = create_segmenter("S/16", num_classes=21, decoder="mask", img_size=64)
     """
     encoder = create_model(name, pretrained=pretrained, weights=weights, num_classes=0, **backbone)
+    if not isinstance(encoder, VisionTransformer):
+        raise ValueError(f"a segmenter's backbone is a ViT; {name} is a ResNet")
     return Segmenter(encoder, num_classes, decoder=decoder, decoder_depth=decoder_depth, decoder_dim=decoder_dim)
 
 
@@ -584,18 +615,18 @@ def _create_model(
     img_size: int | tuple[int, int] | None,
     in_chans: int | None,
     overrides: dict[str, Any],
-) -> VisionTransformer:
+) -> Network:
     sizes = {k: v for k, v in (("img_size", img_size), ("in_chans", in_chans)) if v is not None}
     if not pretrained and "." in name and weights is None:  # timm's arch.tag: the tag's head and inputs
         row = find_pretrained(name)
         classes = row.num_classes if num_classes is None else num_classes
         sizes = {"img_size": row.img_size, **sizes}
-        model = VisionTransformer(get_config(row.architecture or name, num_classes=classes, **sizes, **overrides))
+        model = build_network(get_config(row.architecture or name, num_classes=classes, **sizes, **overrides))
         model.pretrained_cfg = {f: getattr(row, f) for f in ("mean", "std", "interpolation", "crop_pct", "crop_mode")}
         return model
     if not pretrained:
         classes = 1000 if num_classes is None else num_classes
-        model = VisionTransformer(get_config(name, num_classes=classes, **sizes, **overrides))
+        model = build_network(get_config(name, num_classes=classes, **sizes, **overrides))
         if weights is not None:
             load_weights(model, weights)
         return model

@@ -13,7 +13,7 @@ from typing import Any
 from torch import Tensor
 
 from ..data.transforms import Preprocessing
-from ..models import ViTConfig, get_config
+from ..models import ModelConfig, ResNetV2Config, get_config
 from .keys import rename_keys
 
 _STAGE = r"patch_embed\.backbone\.stages\.(\d+)"
@@ -75,8 +75,9 @@ def is_timm_config(document: dict[str, Any]) -> bool:
     return "architecture" in document and "pretrained_cfg" in document
 
 
-def config_from_timm(document: dict[str, Any]) -> ViTConfig:
-    """The :class:`ViTConfig` of a timm hub ``config.json`` (architecture, class count, input size)."""
+def config_from_timm(document: dict[str, Any]) -> ModelConfig:
+    """The config of a timm hub ``config.json`` (architecture, class count, input size): a ViT's,
+    or a BiT ResNet's (``resnetv2_*_bit``)."""
     arch = document["architecture"]
     if not isinstance(arch, str):
         raise ValueError(f"config.json: architecture must be a timm model name, got {arch!r}")
@@ -99,13 +100,20 @@ def config_from_timm(document: dict[str, Any]) -> ViTConfig:
             f"config.json: pretrained_cfg.input_size must be [channels, height, width] in pixels, got {input_size!r}"
         )
     in_chans, *size = input_size
-    pool = args.get("global_pool", document.get("global_pool", "token"))
+    sizes = {
+        "img_size": args.get("img_size", tuple(size)),
+        "in_chans": args.get("in_chans", in_chans),
+        "num_classes": args.get("num_classes", document.get("num_classes", cfg.get("num_classes", 1000))),
+    }
+    pool = args.get("global_pool", document.get("global_pool", "avg" if isinstance(base, ResNetV2Config) else "token"))
+    if isinstance(base, ResNetV2Config):
+        if pool != "avg" or {"class_token", "qkv_bias"} & set(args):
+            raise ValueError(f"vitkit builds timm's {arch} as BiT does: average pooling, no ViT arguments")
+        return base.replace(**sizes)
     if pool not in ("token", "avg"):
         raise ValueError(f"vitkit has no global_pool {pool!r} (timm's {arch}); it pools by token or avg")
     return base.replace(
-        img_size=args.get("img_size", tuple(size)),
-        in_chans=args.get("in_chans", in_chans),
-        num_classes=args.get("num_classes", document.get("num_classes", cfg.get("num_classes", 1000))),
+        **sizes,
         pool=pool,
         class_token=args.get("class_token", base.class_token),
         qkv_bias=args.get("qkv_bias", base.qkv_bias),
@@ -120,7 +128,7 @@ def _section(document: dict[str, Any], name: str) -> dict[str, Any]:
     return section
 
 
-def preprocessing_from_timm(document: dict[str, Any], config: ViTConfig) -> Preprocessing:
+def preprocessing_from_timm(document: dict[str, Any], config: ModelConfig) -> Preprocessing:
     """timm's ``pretrained_cfg`` as a :class:`Preprocessing`: bicubic (by default) resize of the
     short side to ``floor(size / crop_pct)`` and a centre crop, or a squash (``crop_mode``)."""
     cfg = _section(document, "pretrained_cfg")

@@ -8,7 +8,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from .embed import POS_EMBED_KINDS
 
@@ -71,8 +71,30 @@ def to_pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return pair  # type: ignore[return-value]
 
 
+class NetworkConfig:
+    """What the frozen network configs share: changed copies, validated again, and plain JSON
+    values (tuples as lists)."""
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with some fields changed (validated again). Unknown fields are an error."""
+        names = [f.name for f in dataclasses.fields(self)]  # type: ignore[arg-type]
+        unknown = sorted(set(changes) - set(names))
+        if unknown:
+            kind = type(self).__name__
+            raise TypeError(f"unknown {kind} field(s) {', '.join(unknown)}; known fields: {', '.join(names)}")
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        return cls().replace(**data)
+
+
 @dataclass(frozen=True)
-class ViTConfig:
+class ViTConfig(NetworkConfig):
     """Everything that defines a Vision Transformer; ``VisionTransformer(config)`` builds it.
 
     Sizes follow the paper's Table 1 names: ``embed_dim`` is D, ``depth`` is L, ``mlp_dim`` is
@@ -198,24 +220,6 @@ class ViTConfig:
             f"{self.depth} blocks × {self.embed_dim} wide ({self.num_heads} heads, MLP {self.mlp_dim}), "
             f"{patches}: {tokens} tokens{prefix} at {self.img_size[0]} px"
         )
-
-    def replace(self, **changes: Any) -> ViTConfig:
-        """A copy with some fields changed (validated again). Unknown fields are an error."""
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            known = ", ".join(f.name for f in dataclasses.fields(self))
-            raise TypeError(f"unknown ViTConfig field(s) {', '.join(unknown)}; known fields: {known}")
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["img_size"] = list(self.img_size)
-        data["hybrid_layers"] = list(self.hybrid_layers)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ViTConfig:
-        return cls().replace(**data)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -1,7 +1,9 @@
 """Model names → configs (paper Table 1 and the later Ti/S sizes), in timm's naming convention.
 
 ``vit_{size}_patch{P}_{resolution}`` for plain ViTs, ``vit_{size}_r{50,26}_s{16,32}_{resolution}``
-for hybrids, and big_vision-style short aliases such as ``"B/16"`` or ``"R50+B/16"``.
+for hybrids, ``resnetv2_{depth}x{width}_bit`` for the BiT ResNets the paper compares with (plus
+``resnetv2_{tiny,small}_bit``, narrow ones sized for a CPU), and big_vision-style short aliases
+such as ``"B/16"``, ``"R50+B/16"`` or ``"BiT-R50x1"``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import fnmatch
 from typing import Any
 
 from .config import ViTConfig
+from .resnet import ResNetV2Config
 
 # size: (embed_dim D, depth L, mlp_dim M, num_heads)
 _SIZES: dict[str, tuple[int, int, int, int]] = {
@@ -42,9 +45,23 @@ _HYBRID = [
     ("small", "r26", (2, 2, 2, 2), 32, (224, 384)),
 ]
 
+# BiT ResNet-v2s: name → (stage depths, width factor, root width); the paper's Figures 3-5 use
+# R50x1 to R152x4. The two narrow ones are for small images on a CPU: at 28 px the small one costs
+# about what the main job's 6-block ViT does.
+_BIT_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+_BIT = {
+    **{
+        f"resnetv2_{depth}x{width}_bit": (_BIT_DEPTHS[depth], width, 64)
+        for depth, width in ((50, 1), (50, 3), (101, 1), (101, 3), (152, 2), (152, 4))
+    },
+    "resnetv2_tiny_bit": ((1, 1, 1, 1), 1, 32),
+    "resnetv2_small_bit": ((2, 2, 2, 2), 1, 32),
+}
+ModelConfig = ViTConfig | ResNetV2Config
 
-def _build_registry() -> tuple[dict[str, ViTConfig], dict[str, str]]:
-    configs: dict[str, ViTConfig] = {}
+
+def _build_registry() -> tuple[dict[str, ModelConfig], dict[str, str]]:
+    configs: dict[str, ModelConfig] = {}
     aliases: dict[str, str] = {}
     for size, patch, resolutions in _PLAIN:
         dim, depth, mlp, heads = _SIZES[size]
@@ -68,6 +85,10 @@ def _build_registry() -> tuple[dict[str, ViTConfig], dict[str, str]]:
                 hybrid_layers=layers,
             )
         aliases[f"{resnet.upper()}+{_SHORT[size]}/{stride}"] = f"vit_{size}_{resnet}_s{stride}_{resolutions[0]}"
+    for name, (layers, width, root) in _BIT.items():
+        configs[name] = ResNetV2Config(layers=layers, width_factor=width, root_width=root)
+        short = name.removeprefix("resnetv2_").removesuffix("_bit")
+        aliases[f"BiT-{short.capitalize() if root != 64 else 'R' + short}"] = name
     return configs, aliases
 
 
@@ -94,6 +115,7 @@ def resolve_name(name: str) -> str:
     raise ValueError(f"unknown model {name!r}; {hint}vitkit.list_models() lists them all")
 
 
-def get_config(name: str, **overrides: Any) -> ViTConfig:
-    """The config registered as ``name`` (or alias), with ``overrides`` applied."""
+def get_config(name: str, **overrides: Any) -> ModelConfig:
+    """The config registered as ``name`` (or alias), with ``overrides`` applied: a
+    :class:`ViTConfig`, or a :class:`ResNetV2Config` for the BiT ResNets."""
     return _CONFIGS[resolve_name(name)].replace(**overrides)

@@ -672,21 +672,27 @@ def check_model_size(config: ViTConfig, max_params: int | None = None) -> None:
     """Refuse ``config`` if its model would hold more than ``max_params`` numbers, parameters and
     buffers (default :data:`MAX_PARAMS`, or the environment variable ``VITKIT_MAX_PARAMS``),
     naming the size and the largest tensor. Counted on the meta device: nothing is allocated."""
+    shell = _one_block_shell(config)
+    block = shell.blocks[0]
+    total = _numel(shell.parameters()) + _numel(shell.buffers())
+    total += (config.depth - 1) * (_numel(block.parameters()) + _numel(block.buffers()))
+    refuse_oversized(f"a ViT of {config.describe()}", total, shell, max_params)
+
+
+def refuse_oversized(what: str, total: int, shell: nn.Module, max_params: int | None) -> None:
+    """Refuse a model (``what``, in words) of ``total`` numbers above ``max_params`` (default
+    :data:`MAX_PARAMS`, or ``VITKIT_MAX_PARAMS``), naming the largest tensor of its ``shell``."""
     if max_params is None:
         setting = os.environ.get(MAX_PARAMS_ENV, "")
         try:
             max_params = int(float(setting)) if setting else MAX_PARAMS
         except ValueError:
             raise ValueError(f"{MAX_PARAMS_ENV}={setting!r} is not a number of parameters (e.g. 5e9)") from None
-    shell = _one_block_shell(config)
-    block = shell.blocks[0]
-    total = _numel(shell.parameters()) + _numel(shell.buffers())
-    total += (config.depth - 1) * (_numel(block.parameters()) + _numel(block.buffers()))
     if total <= max_params:
         return
     name, largest = max([*shell.named_parameters(), *shell.named_buffers()], key=lambda item: item[1].numel())
     raise ValueError(
-        f"a ViT of {config.describe()} would hold {total:.3g} numbers ({4 * total / 1e9:.3g} GB in fp32; its "
+        f"{what} would hold {total:.3g} numbers ({4 * total / 1e9:.3g} GB in fp32; its "
         f"largest tensor is {name} {tuple(largest.shape)}), over the limit of {max_params:.3g}. A config this "
         f"size is likelier wrong than meant; if it is meant, raise the limit ({MAX_PARAMS_ENV}=..., or max_params=)"
     )

@@ -43,7 +43,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..analysis.explain import EXPLANATIONS, explanation_maps, heatmap, input_picture, overlay
+from ..analysis.explain import EXPLANATIONS, explanation_maps, heatmap, input_picture, methods_for, overlay
 from ..data.images import DEFAULT_MAX_PIXELS, ImageTooElongated, ImageTooLarge, UnreadableImage, load_image
 from ..interop import Int8Model, LoadedModel
 from ..models import parameter_count
@@ -304,9 +304,11 @@ class _Serving:
 
     @property
     def explanations(self) -> tuple[str, ...]:
-        """The explain= values that answer; an int8 model has no attention to explain, and a
-        segmenter's answers are not explained yet."""
-        return ("none",) if isinstance(self.loaded.model, Int8Model) or self.loaded.segmenter else EXPLANATIONS
+        """The explain= values that answer: an int8 model has no attention to explain, a ResNet
+        only Grad-CAM, and a segmenter's answers are not explained yet."""
+        if isinstance(self.loaded.model, Int8Model) or self.loaded.segmenter:
+            return ("none",)
+        return ("none", *methods_for(self.loaded.model))
 
     def running(self) -> DynamicBatcher:
         """The batcher that answers, or 503 while the model is loading."""
@@ -396,11 +398,11 @@ async def _answer(serving: _Serving, data: bytes, question: _Question) -> dict[s
     if serving.loaded.segmenter:
         raise HTTPException(400, f"this server's model is a segmenter: POST the image to /{API_VERSION}/segment")
     if explain not in serving.explanations:
-        raise HTTPException(
-            400,
-            "this server runs the int8 model (--int8), which has no attention to explain; ask with "
-            "explain=none, or start a server without --int8 for explanations",
-        )
+        if isinstance(serving.loaded.model, Int8Model):
+            why = "runs the int8 model (--int8), which has no attention to explain; start one without --int8"
+        else:
+            why = "has a ResNet, which has no attention to explain"
+        raise HTTPException(400, f"this server {why}; ask with explain={' or '.join(serving.explanations)}")
     loaded = serving.loaded
     target = _explained_class(loaded, question.explain_class)
     start = time.perf_counter()

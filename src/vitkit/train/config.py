@@ -16,7 +16,7 @@ import yaml
 
 from ..data.datasets.builtin import BUILTIN
 from ..data.load import TASKS, detect_task
-from ..models import ATTENTION_KERNELS, get_config
+from ..models import ATTENTION_KERNELS, ResNetV2Config, get_config
 from ..models.config import type_errors
 from ..models.segmenter import DECODERS
 from . import presets
@@ -95,7 +95,7 @@ class TrainConfig:
     # model
     model: str = _opt("S/16", "model name or alias (vitkit models lists them)")
     model_args: dict[str, Any] = _opt(
-        {}, "ViTConfig overrides as KEY=VALUE, e.g. patch_size=7 embed_dim=128 (repeatable)", nargs="*"
+        {}, "model config overrides as KEY=VALUE, e.g. patch_size=7 embed_dim=128 (repeatable)", nargs="*"
     )
     dropout: float = _opt(0.0, "dropout after the position embeddings, in the MLP and after attention")
     drop_path: float = _opt(0.0, "stochastic depth rate of the last block (rising linearly from 0)")
@@ -316,6 +316,12 @@ class TrainConfig:
             base = get_config(self.model)
         except ValueError as error:
             raise ConfigError(str(error)) from error
+        if isinstance(base, ResNetV2Config):  # convolutions take any image size
+            try:
+                base.replace(**self.model_args)
+            except (TypeError, ValueError) as error:
+                raise ConfigError(f"--model-args: {error}") from error
+            return
         # The image size is not known yet: check the rest at a size that every stride divides.
         patch = self.model_args.get("patch_size", base.patch_size)
         layers = self.model_args.get("hybrid_layers", base.hybrid_layers)
@@ -441,15 +447,18 @@ def resolve_config(
     preset: str | None = None, file: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
     """Build the run's config: defaults ← preset ← file ← overrides (flags). ``model_args``
-    tables are merged key by key rather than replaced; an override of None switches a preset's
-    setting off (e.g. ``crop_scale``). Without a preset named anywhere, the recipe is ``demo``,
-    or ``seg-demo`` for a segmentation set."""
+    tables are merged key by key rather than replaced, but they shape the model of their layer: a
+    layer that names another ``model``, or starts from weights (``init``), drops the earlier ones.
+    An override of None switches a preset's setting off (e.g. ``crop_scale``). Without a preset
+    named anywhere, the recipe is ``demo``, or ``seg-demo`` for a segmentation set."""
     file_values = read_config_file(file) if file else {}
     overrides = dict(overrides or {})
     _check_keys(overrides, "flags")
     preset = overrides.get("preset") or file_values.get("preset") or preset or _default_preset(overrides, file_values)
     values: dict[str, Any] = {}
     for layer in (preset_values(preset), file_values, overrides):
+        if layer.get("model", values.get("model")) != values.get("model") or layer.get("init"):
+            values["model_args"] = {}
         model_args = {**values.get("model_args", {}), **layer.get("model_args", {})}
         values.update(layer)
         values["model_args"] = model_args

@@ -25,7 +25,7 @@ from .. import cores
 from ..decisions import Decision
 from ..fileio import atomic_write
 from ..interop.folder import save_model
-from ..models import VisionTransformer
+from ..models import build_network
 from . import distributed, inputs, report
 from .config import ConfigError, TrainConfig
 from .distributed import DistributedFailure, Processes
@@ -334,7 +334,7 @@ def _kept_module(run: Run) -> torch.nn.Module:
         return run.scored_module
     plain = build_objective(
         run.config,
-        VisionTransformer(run.model.config),
+        build_network(run.model.config),
         num_classes=len(run.data.class_names),
         device=run.device,
         precision=run.precision,

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from ..data.transforms import batch_mixing
 from ..device import autocast
-from ..models import VisionTransformer
+from ..models import Network, VisionTransformer
 from ..models.segmenter import Segmenter
 from ..pretrain import MaskedAutoencoder, MaskedPatchPrediction
 from .accuracy import score_single_label
@@ -76,7 +76,7 @@ class Objective(Protocol):
         """The objective's own metrics of ``module`` on the held-out images of ``loader``."""
         ...
 
-    def saved_model(self, module: nn.Module) -> VisionTransformer | Segmenter:
+    def saved_model(self, module: nn.Module) -> Network | Segmenter:
         """The model inside ``module`` (the module or its EMA copy) that the run folder keeps: the
         classifier, the pre-trained encoder, or the segmenter."""
         ...
@@ -88,7 +88,7 @@ class Classification:
     any set of classes (a sigmoid per class, binary cross-entropy on multi-hot targets, ranked by
     mAP). Mixup and CutMix mix multi-hot targets as they mix one-hot ones."""
 
-    module: VisionTransformer
+    module: Network
     num_classes: int
     label_smoothing: float
     mixup: float
@@ -129,7 +129,7 @@ class Classification:
         metrics = {"val_loss": result.loss, "val_mAP": result.mean_ap, "val_f1": result.f1, THRESHOLD: result.threshold}
         return EpochMetrics(metrics, result.count, "val_mAP", True, skipped=skipped)
 
-    def saved_model(self, module: nn.Module) -> VisionTransformer:
+    def saved_model(self, module: nn.Module) -> Network:
         return module  # type: ignore[return-value]
 
 
@@ -210,7 +210,7 @@ class Pretraining:
 
 def build_objective(
     config: TrainConfig,
-    model: VisionTransformer,
+    model: Network,
     *,
     num_classes: int,
     device: torch.device,

@@ -33,7 +33,7 @@ from ..device import resolve_device, resolve_precision
 from ..fileio import atomic_write, check_out_folder, lock_folder
 from ..interop.folder import WEIGHTS_NAME
 from ..interop.sources import open_weights
-from ..models import ARCHITECTURE_FIELDS, VisionTransformer, get_config
+from ..models import ARCHITECTURE_FIELDS, Network, VisionTransformer, ViTConfig, build_network, get_config
 from ..seeds import SEEDING, seed_for
 from . import distributed, inputs, report
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -50,41 +50,46 @@ logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------ the model
-def model_name(config: TrainConfig, model: VisionTransformer) -> str:
+def model_name(config: TrainConfig, model: Network) -> str:
     """What the run's model is called: where its starting weights came from, its registry name
-    if ``model_args`` left that architecture as it is, else "custom ViT"."""
+    if ``model_args`` left that architecture as it is, else "custom ViT" (or "custom ResNet")."""
     if config.init:
         return f"{config.init} (fine-tuned)"
     registry = get_config(config.model)
-    if all(getattr(registry, f) == getattr(model.config, f) for f in ARCHITECTURE_FIELDS - {"in_chans"}):
+    if isinstance(model, VisionTransformer):
+        fields, custom = ARCHITECTURE_FIELDS - {"in_chans"}, "custom ViT"
+    else:
+        fields, custom = {"layers", "width_factor", "root_width"}, "custom ResNet"
+    if all(getattr(registry, f) == getattr(model.config, f) for f in fields):
         return config.model
-    return "custom ViT"
+    return custom
 
 
-def build_model(config: TrainConfig, *, num_classes: int, in_chans: int) -> VisionTransformer:
+def build_model(config: TrainConfig, *, num_classes: int, in_chans: int) -> Network:
     """A fresh model, or with ``config.init`` (any source :func:`vitkit.open_weights` reads: a
     folder, a file, a pretrained name, ``hf-hub:...``) one started from those weights with a new,
     zero-initialised head (the paper's fine-tuning head), whatever the class count."""
     overrides = {**config.model_args, "dropout": config.dropout, "drop_path": config.drop_path}
     architecture = get_config(config.model, num_classes=num_classes, in_chans=in_chans, **overrides)
     if not config.init:
-        return VisionTransformer(architecture)
+        return build_network(architecture)
     weights = open_weights(config.init, architecture=architecture)
     if weights.decoder_config is not None:
         logger.warning(f"--init {config.init} is a segmenter: this run starts from its backbone, not its decoder")
     # The weights fix the architecture: model_args may only change what the weights do not depend
     # on (regularisation, resampling, dynamic sizes).
     ignored = {k: v for k, v in config.model_args.items() if k in ARCHITECTURE_FIELDS}
-    clashing = {k: v for k, v in ignored.items() if getattr(weights.config, k) != v}
+    clashing = {k: v for k, v in ignored.items() if getattr(weights.config, k, None) != v}
     if clashing:
         logger.warning(f"--init {config.init} fixes the architecture; ignoring model_args {clashing}")
     if weights.config.in_chans != in_chans:
         raise ConfigError(
             f"--init {config.init} takes {weights.config.in_chans}-channel images but the data has {in_chans}"
         )
+    head = {"representation_size": None} if isinstance(weights.config, ViTConfig) else {}
     model = weights.build_model(
         num_classes=num_classes,
-        representation_size=None,
+        **head,
         dropout=config.dropout,
         drop_path=config.drop_path,
         **{k: v for k, v in config.model_args.items() if k not in ARCHITECTURE_FIELDS},
@@ -96,7 +101,7 @@ def build_model(config: TrainConfig, *, num_classes: int, in_chans: int) -> Visi
 # ------------------------------------------------------------------ the run
 @dataclass
 class Run:
-    """Everything a run works with. One name per thing: ``model`` is the ViT being trained,
+    """Everything a run works with. One name per thing: ``model`` is the network being trained,
     ``objective.module`` what the optimiser updates (the ViT, or the ViT inside a pre-training
     module), ``wrapped`` that module as forward and backward run it (DDP, sharded, or itself),
     and ``ema`` its moving average."""
@@ -107,7 +112,7 @@ class Run:
     precision: str
     run_dir: Path
     data: DataSplits
-    model: VisionTransformer
+    model: Network
     objective: Objective
     wrapped: nn.Module
     train_set: Dataset
@@ -170,14 +175,20 @@ class Run:
 
 def _model_at_training_size(
     config: TrainConfig, data: DataSplits, device: torch.device, precision: str
-) -> tuple[VisionTransformer, int]:
+) -> tuple[Network, int]:
     """The run's model at its training resolution (and that resolution), once its activations are
-    known to fit the device's memory."""
+    known to fit the device's memory (a ViT's; a ResNet's are not estimated)."""
     # a segmenter's backbone has no classifier: its decoder classifies each patch
     num_classes = len(data.class_names) if config.supervised and not data.segmentation else 0
     model = build_model(config, num_classes=num_classes, in_chans=data.in_chans)
     model.set_grad_checkpointing(config.grad_checkpointing)
     img_size = inputs.image_size(config, data, model.config.stride)
+    if not isinstance(model, VisionTransformer):
+        if data.segmentation or not config.supervised:
+            task = "segmentation" if data.segmentation else f"{config.objective} pre-training"
+            raise ConfigError(f"{task} works on a ViT's patch tokens, and {config.model} is a ResNet: choose a ViT")
+        model.set_image_size(img_size)
+        return model, img_size
     check_activations_fit(
         model.config,
         img_size=img_size,
@@ -275,19 +286,20 @@ def set_up_run(config: TrainConfig, *, resume: bool, processes: Processes, force
 
 def _decide_kernels(
     config: TrainConfig,
-    model: VisionTransformer,
+    model: Network,
     trained: nn.Module,
     img_size: int,
     device: torch.device,
     precision: str,
     processes: Processes,
 ) -> tuple[TrainConfig, list[Decision]]:
-    """``config`` with ``attention`` and ``optimizer_kernel`` "auto" made the faster on this machine
-    (rank 0's measurement, the same in every process), set on ``model``. The run folder saves the
-    choices, so a resumed run keeps them."""
+    """``config`` with ``attention`` (a ViT's) and ``optimizer_kernel`` "auto" made the faster on
+    this machine (rank 0's measurement, the same in every process), set on ``model``. The run folder
+    saves the choices, so a resumed run keeps them."""
     decisions: list[Decision] = []
+    attends = isinstance(model, VisionTransformer)
     if processes.is_main:
-        if config.attention == "auto":
+        if config.attention == "auto" and attends:
             tokens = tokens_of(model.config, img_size, _visible_fraction(config))
             dtype = dtype_of(precision)
             decisions.append(
@@ -303,7 +315,8 @@ def _decide_kernels(
     decisions = shared[0]
     names = {"attention": "attention", "optimizer": "optimizer_kernel"}
     config = dataclasses.replace(config, **{names[d.what]: d.choice for d in decisions})
-    model.set_attention_kernel(*parse_attention_choice(config.attention))
+    if attends:
+        model.set_attention_kernel(*parse_attention_choice(config.attention))
     return config, decisions
 
 
