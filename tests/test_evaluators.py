@@ -69,3 +69,16 @@ def test_pretraining_reports_fewshot_accuracy_and_can_be_ranked_by_it(tmp_path):
 def test_fewshot_needs_enough_labelled_images(tmp_path):
     with pytest.raises(ConfigError, match=r"500 shots per class.*has only"):
         train(digits_config(tmp_path, evaluators=["fewshot:500"]), progress=False)
+
+
+def test_eval_every_scores_every_nth_epoch_and_the_last(tmp_path):
+    config = digits_config(tmp_path, epochs=5, eval_every=2)
+    summary = train(config, progress=False)
+    records = _records(summary.run_dir)
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5]
+    assert [r["epoch"] for r in records if "val_top1" in r] == [2, 4, 5]
+    assert all("train_loss" in r for r in records)
+    assert summary.best_epoch in (2, 4, 5) and summary.final_top1 == records[-1]["val_top1"]
+    assert (Path(summary.run_dir) / "curves.png").is_file()
+    with pytest.raises(ConfigError, match="--eval-every is a number of epochs, at least 1, got 0"):
+        resolve_config(overrides={"eval_every": 0})

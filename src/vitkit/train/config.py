@@ -164,7 +164,10 @@ class TrainConfig:
     dice: float = _opt(
         0.0, "segmentation: weight of a soft Dice loss added to the cross-entropy (0 = off)", only="classify"
     )
-    # evaluation at each epoch end
+    # evaluation at epoch ends
+    eval_every: int = _opt(
+        1, "evaluate every N epochs (and after the last): many epochs of a small set need not each be scored"
+    )
     evaluators: list[str] = _opt(
         ["heldout"],
         "what to measure at each epoch end (the first ranks epochs): heldout (the objective's own held-out "
@@ -300,6 +303,7 @@ class TrainConfig:
         need(0 <= self.ignore_index <= 255, "ignore_index", "is a mask value from 0 to 255")
         need(self.dice >= 0, "dice", "must be >= 0 (0 = off)")
         need(len(self.evaluators) >= 1, "evaluators", "names at least one evaluator (heldout, fewshot)")
+        need(self.eval_every >= 1, "eval_every", "is a number of epochs, at least 1")
 
     def _check_model_args(self) -> None:
         set_elsewhere = {

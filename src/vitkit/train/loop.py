@@ -146,7 +146,8 @@ def _train(
         run.objective.module.train()
         for epoch in range(run.progress.epoch, run.num_epochs):
             _train_epoch(run, epoch, log, stop)
-            result = _end_epoch(run, log)
+            scored = (epoch + 1) % run.config.eval_every == 0 or epoch + 1 == run.num_epochs
+            result = _end_epoch(run, log, scored)
     if result is None:  # resumed a run that had already finished
         result = run.evaluate()
     return _finish(run, result, time.perf_counter() - started)
@@ -254,24 +255,26 @@ def _next_micro_batches(run: Run, batches: Iterator) -> list[tuple[Tensor, Tenso
     return micro_batches
 
 
-def _end_epoch(run: Run, log: report.RunLog) -> EpochMetrics:
-    """Evaluate, record the epoch, and checkpoint it."""
+def _end_epoch(run: Run, log: report.RunLog, scored: bool) -> EpochMetrics | None:
+    """Evaluate (if ``scored``: see ``eval_every``), record the epoch, and checkpoint it."""
     progress = run.progress
-    result = run.evaluate()
-    progress.add_skipped(result.skipped)
+    result = run.evaluate() if scored else None
+    held_out = {}
+    if result is not None:
+        progress.add_skipped(result.skipped)
+        held_out = {**result.metrics, "val_images": result.count}
     record = {
         "epoch": progress.epoch + 1,
         "step": progress.step,
         "train_loss": progress.epoch_loss,
-        **result.metrics,
-        "val_images": result.count,
+        **held_out,
         "lr": run.scheduler.get_last_lr()[0],
         "images_per_second": progress.images_per_second,
         # share of training time spent waiting for data (more --workers if it is large)
         "data_wait_fraction": progress.data_wait_fraction,
     }
-    progress.finish_epoch(result.score)
-    log.epoch(record, result.metrics, run.num_epochs)
+    progress.finish_epoch(None if result is None else result.score)
+    log.epoch(record, {} if result is None else result.metrics, run.num_epochs)
     run.checkpoint()
     return result
 
@@ -346,7 +349,7 @@ def _kept_module(run: Run) -> torch.nn.Module:
 
 
 #: what may change when a run is resumed: its length (the schedule stretches to it) and machinery
-RESUMABLE_CHANGES = frozenset({"epochs", "steps", "checkpoint_every", "workers", "dist_timeout"})
+RESUMABLE_CHANGES = frozenset({"epochs", "steps", "checkpoint_every", "eval_every", "workers", "dist_timeout"})
 
 
 def resume_run(run_dir: str | Path, *, changes: dict[str, Any] | None = None, progress: bool = True) -> RunSummary:

@@ -74,10 +74,11 @@ class Progress:
         self.epoch_loss_sum += loss_sum
         self.epoch_loss_count += loss_count
 
-    def finish_epoch(self, score: float) -> None:
-        """Close the epoch whose held-out ``score`` (higher is better) was just measured."""
+    def finish_epoch(self, score: float | None) -> None:
+        """Close the epoch whose held-out ``score`` (higher is better) was just measured (None:
+        the epoch was not scored)."""
         self.epoch += 1
-        if score > self.best_score:
+        if score is not None and score > self.best_score:
             self.best_score, self.best_epoch = score, self.epoch
         self.step_in_epoch = self.images_in_epoch = self.epoch_loss_count = 0
         self.epoch_loss_sum = 0.0

@@ -70,21 +70,23 @@ def describe(metrics: dict[str, float]) -> str:
 
 
 def plot_curves(metrics: list[dict[str, Any]], path: Path) -> None:
-    """Training and held-out loss per epoch, and the held-out accuracies the run has."""
+    """Training and held-out loss per epoch, and the held-out accuracies the run has (at the
+    epochs it scored: see ``eval_every``)."""
     epochs = [m["epoch"] for m in metrics]
-    shown = percent_metrics(metrics[0]) if metrics else {}
+    scored = [m for m in metrics if "val_images" in m]
+    shown = percent_metrics(scored[0]) if scored else {}
     fig = Figure(figsize=(10 if shown else 5.5, 4))
     axes = fig.subplots(1, 2 if shown else 1, squeeze=False)
     loss_ax = axes[0, 0]
     loss_ax.plot(epochs, [m["train_loss"] for m in metrics], "o-", label="train (as optimised)")
-    if metrics and "val_loss" in metrics[0]:
-        loss_ax.plot(epochs, [m["val_loss"] for m in metrics], "o-", label="held-out")
+    if scored and "val_loss" in scored[0]:
+        loss_ax.plot([m["epoch"] for m in scored], [m["val_loss"] for m in scored], "o-", label="held-out")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss")
     loss_ax.legend()
     if shown:
         acc_ax = axes[0, 1]
         for key, label in shown.items():
-            acc_ax.plot(epochs, [100 * m[key] for m in metrics], "o-", label=label)
+            acc_ax.plot([m["epoch"] for m in scored], [100 * m[key] for m in scored], "o-", label=label)
         acc_ax.set(xlabel="epoch", ylabel="held-out score (%)", title="Held-out scores")
         acc_ax.legend()
     for ax in axes.flat:
