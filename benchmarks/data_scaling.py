@@ -51,7 +51,7 @@ MODELS = {
     "ResNet": ("resnetv2_small_bit", {}),
 }
 IMG_SIZE = 32
-MNIST_TRAIN = 60_000
+MNIST_TRAIN, DIGITS_TRAIN = 60_000, 1_437  # the digits' training split: 80 % of 1,797
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -69,7 +69,8 @@ def run(name: str, data: str, size: int | None, images: int, seed: int) -> dict:
     """One training run of model ``name`` on ``size`` images of ``data`` (None: all), for ``images``
     images in all; scored once, at the end, on the held-out set."""
     model, model_args = MODELS[name]
-    steps = max(1, images // 128)
+    batch = min(128, size or 128)  # a set smaller than a batch is one batch
+    steps = max(1, images // batch)
     with tempfile.TemporaryDirectory() as out:
         config = resolve_config(
             preset="demo",
@@ -80,6 +81,7 @@ def run(name: str, data: str, size: int | None, images: int, seed: int) -> dict:
                 "img_size": IMG_SIZE,
                 "train_images": size,
                 "steps": steps,
+                "batch_size": batch,
                 "warmup_steps": max(1, steps // 20),
                 "eval_every": 1_000_000,  # the last epoch only: no choice among epochs on the test set
                 "seed": seed,
@@ -94,7 +96,7 @@ def run(name: str, data: str, size: int | None, images: int, seed: int) -> dict:
         "model": name,
         "data": data,
         "train_images": size,
-        "images_seen": steps * 128,
+        "images_seen": steps * batch,
         "epochs": summary.epochs,
         "seed": seed,
         "top1": summary.final_top1,
@@ -189,7 +191,8 @@ def main() -> None:
                 mnist.append(row)
                 print(f"mnist {n:>6,} {name:7s} seed {seed}: {100 * row['top1']:.2f} % ({row['wall_seconds']:.0f} s)")
             for n in args.digits_sizes:
-                digits.append(run(name, "digits", n, args.digits_images, seed))
+                size = None if n == DIGITS_TRAIN else n  # all of it: its classes are not equal in size
+                digits.append({**run(name, "digits", size, args.digits_images, seed), "train_images": n})
                 print(f"digits {n:>5,} {name:7s} seed {seed}: {100 * digits[-1]['top1']:.2f} %", flush=True)
     budgets = sorted({*args.budgets, args.images})
     for name in MODELS:
