@@ -144,3 +144,12 @@ def test_a_preset_shapes_its_own_model_not_the_one_named_instead():
     assert kept["depth"] == 2 and kept["patch_size"] == 7  # the preset's model, reshaped key by key
     with pytest.raises(ConfigError, match="unknown ResNetV2Config field"):
         resolve_config(preset="demo", overrides={"model": "BiT-Small", "model_args": {"patch_size": 7}})
+
+
+def test_starting_from_weights_defaults_to_the_finetuning_recipe():
+    config = resolve_config(overrides={"init": "vit_small_patch16_224.augreg_in21k", "data": "digits"})
+    assert (config.preset, config.optimizer, config.weight_decay, config.grad_clip) == ("finetune", "sgd", 0.0, 1.0)
+    assert config.model_args == {}  # the weights fix the architecture
+    named = resolve_config(preset="demo", overrides={"init": "vit_small_patch16_224.augreg_in21k"})
+    assert (named.preset, named.optimizer) == ("demo", "adamw")  # a preset named is the preset used
+    assert resolve_config(overrides={"data": "digits"}).preset == "demo"

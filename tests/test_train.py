@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import vitkit
 from vitkit.cli.main import main
 from vitkit.train import SingleLabelScores, TrainingDiverged, resolve_config, resume_run, train
 
@@ -298,3 +299,16 @@ def test_importing_the_training_library_leaves_matplotlib_alone():
     script = "import sys, vitkit.train; print('matplotlib.pyplot' in sys.modules)"
     found = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert found.stdout.strip() == "False"
+
+
+def test_a_vit_from_scratch_on_little_data_is_told_what_helps(tmp_path, capsys):
+    from vitkit.train.advice import small_data_advice
+
+    summary = train(digits_config(tmp_path, epochs=1), progress=True)
+    shown = capsys.readouterr().out
+    assert "is little for a ViT trained from scratch" in shown and "--model resnetv2_small_bit" in shown
+    model = vitkit.load_model(summary.run_dir).model
+    assert small_data_advice(model, train_images=50_000, starts_from_weights=False) is None
+    assert small_data_advice(model, train_images=500, starts_from_weights=True) is None
+    resnet = vitkit.create_model("BiT-Tiny", num_classes=10)
+    assert small_data_advice(resnet, train_images=500, starts_from_weights=False) is None

@@ -439,12 +439,15 @@ def preset_values(name: str) -> dict[str, Any]:
 
 
 def _default_preset(*layers: dict[str, Any]) -> str:
-    """``seg-demo`` where the data the settings name holds a class per pixel, else ``demo``."""
+    """``seg-demo`` where the data the settings name holds a class per pixel, else ``finetune``
+    when the run starts from weights (``init``), else ``demo``."""
     data = next((layer["data"] for layer in layers if layer.get("data")), None)
     task = next((layer["task"] for layer in layers if layer.get("task")), "auto")
     if task == "auto" and data is not None:
         task = detect_task(str(data))
-    return "seg-demo" if task == "segmentation" else "demo"
+    if task == "segmentation":
+        return "seg-demo"
+    return "finetune" if any(layer.get("init") for layer in layers) else "demo"
 
 
 def resolve_config(

@@ -27,6 +27,7 @@ from ..fileio import atomic_write
 from ..interop.folder import save_model
 from ..models import build_network
 from . import distributed, inputs, report
+from .advice import small_data_advice
 from .config import ConfigError, TrainConfig
 from .distributed import DistributedFailure, Processes
 from .objectives import THRESHOLD, EpochMetrics, build_objective
@@ -140,6 +141,9 @@ def _train(
     show = progress and run.main
     if show:
         print(_banner(run), flush=True)
+        advice = small_data_advice(run.model, train_images=len(run.train_set), starts_from_weights=bool(config.init))
+        if advice and config.supervised and not run.data.segmentation:
+            print(advice, flush=True)
     result: EpochMetrics | None = None
     log = report.RunLog(run.run_dir, main=run.main, bar=show, total_steps=run.total_steps, step=run.progress.step)
     with log:
@@ -164,7 +168,8 @@ def _banner(run: Run) -> str:
     return (
         f"{doing} {model_name(config, model)}: {model.config.describe()}, {params:,} parameters; "
         f"{config.data}: {len(run.train_set):,} training / {len(run.val_set):,} held-out images, "
-        f"{len(run.data.class_names)} classes; {run.device} {run.precision}, {config.attention} attention, "
+        f"{len(run.data.class_names)} classes; recipe {config.preset} ({config.optimizer} at lr {config.lr:g}); "
+        f"{run.device} {run.precision}, {config.attention} attention, "
         f"{config.optimizer_kernel} {config.optimizer}{_how(run.decisions)}; run folder {run.run_dir}"
     )
 
