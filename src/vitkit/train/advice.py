@@ -24,6 +24,7 @@ def small_data_advice(model: Network, *, train_images: int, starts_from_weights:
         "CNN's biases (locality, translation equivariance). Measured here on 2,000 MNIST digits at equal "
         "compute, a ViT reached 86.9 % where a hybrid reached 98.3 % and a BiT ResNet 98.3 % (on 400 of "
         "the scikit-learn digits: 39.0, 85.1 and 91.8 %). What helps: a pre-trained start (--init NAME, see "
-        "vitkit models --pretrained), the ResNet (--model resnetv2_small_bit), or a hybrid (--model-args "
-        "hybrid_layers=[1] patch_size=2)."
+        "vitkit models --pretrained; pre-trained on other digits, a ViT fine-tuned on 100 labels reached 86.8 % "
+        "where from scratch it reached 73.4 %), the ResNet (--model resnetv2_small_bit), or a hybrid "
+        "(--model-args hybrid_layers=[1] patch_size=2)."
     )
