@@ -148,8 +148,9 @@ def test_a_preset_shapes_its_own_model_not_the_one_named_instead():
 
 def test_starting_from_weights_defaults_to_the_finetuning_recipe():
     config = resolve_config(overrides={"init": "vit_small_patch16_224.augreg_in21k", "data": "digits"})
-    assert (config.preset, config.optimizer, config.weight_decay, config.grad_clip) == ("finetune", "sgd", 0.0, 1.0)
+    assert (config.preset, config.optimizer, config.lr, config.crop_scale) == ("finetune", "adamw", 2e-3, [0.5, 1.0])
+    assert config.rotate == 0 and config.label_smoothing == 0  # none of the digit-style demo recipe
     assert config.model_args == {}  # the weights fix the architecture
-    named = resolve_config(preset="demo", overrides={"init": "vit_small_patch16_224.augreg_in21k"})
-    assert (named.preset, named.optimizer) == ("demo", "adamw")  # a preset named is the preset used
+    named = resolve_config(preset="paper-finetune", overrides={"init": "vit_small_patch16_224.augreg_in21k"})
+    assert (named.preset, named.optimizer) == ("paper-finetune", "sgd")  # a preset named is the preset used
     assert resolve_config(overrides={"data": "digits"}).preset == "demo"
