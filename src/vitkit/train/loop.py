@@ -25,7 +25,7 @@ from .. import cores
 from ..decisions import Decision
 from ..fileio import atomic_write
 from ..interop.folder import save_model
-from ..models import build_network
+from ..models import VisionTransformer, build_network
 from . import distributed, inputs, report
 from .advice import small_data_advice
 from .config import ConfigError, TrainConfig
@@ -165,12 +165,13 @@ def _banner(run: Run) -> str:
     else:
         task = "training" if config.supervised else f"pre-training ({config.objective})"
     doing = ("resuming " if run.resumed else "") + task
+    attention = f"{config.attention} attention, " if isinstance(model, VisionTransformer) else ""
     return (
         f"{doing} {model_name(config, model)}: {model.config.describe()}, {params:,} parameters; "
         f"{config.data}: {len(run.train_set):,} training / {len(run.val_set):,} held-out images, "
         f"{len(run.data.class_names)} classes; recipe {config.preset} ({config.optimizer} at lr {config.lr:g}); "
-        f"{run.device} {run.precision}, {config.attention} attention, "
-        f"{config.optimizer_kernel} {config.optimizer}{_how(run.decisions)}; run folder {run.run_dir}"
+        f"{run.device} {run.precision}, {attention}{config.optimizer_kernel} {config.optimizer}{_how(run.decisions)}; "
+        f"run folder {run.run_dir}"
     )
 
 
