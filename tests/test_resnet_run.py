@@ -10,6 +10,7 @@ from test_serve import jpeg
 
 import vitkit
 from vitkit.cli.main import main
+from vitkit.data.load import load_data
 from vitkit.predict import predict_files
 from vitkit.serve import ServeSettings, create_app
 from vitkit.train import ConfigError, train
@@ -70,3 +71,15 @@ def test_what_needs_a_vit_says_so(resnet_run, tmp_path):
         )
         with pytest.raises(ConfigError, match=f"{objective} pre-training works on a ViT's patch tokens.*choose a ViT"):
             train(config, progress=False)
+
+
+def test_frozen_features_of_a_resnet_are_its_pooled_map(resnet_run):
+    from vitkit.probe.features import extract_features
+
+    out, _ = resnet_run
+    loaded = vitkit.load_model(out)
+    splits = load_data("digits", in_chans=1)
+    features, labels = extract_features(loaded.model, splits.val, loaded.preprocess)
+    assert features.shape == (len(splits.val), loaded.config.num_features) and len(labels) == len(splits.val)
+    with pytest.raises(ValueError, match="use --pool head"):
+        extract_features(loaded.model, splits.val, loaded.preprocess, pool="avg")

@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ..data.datasets.image_datasets import TransformedDataset, collate_skipping_broken, preprocess_in_memory
-from ..models import VisionTransformer
+from ..models import Network, VisionTransformer
 from ..models.config import POOLS
 
 #: "head": what the classifier would see (the model's own pooling and pre-logits); or a pooling
@@ -20,7 +20,7 @@ FEATURE_POOLS = ("head", *POOLS)
 
 @torch.inference_mode()
 def extract_features(
-    model: VisionTransformer,
+    model: Network,
     dataset: Dataset,
     preprocess: Callable,
     *,
@@ -33,6 +33,8 @@ def extract_features(
         raise ValueError(f"unknown feature pooling {pool!r}; choose one of {', '.join(FEATURE_POOLS)}")
     if isinstance(dataset, IterableDataset):
         raise ValueError("frozen features are computed from an image folder, a CSV or a built-in dataset, not shards")
+    if pool != "head" and not isinstance(model, VisionTransformer):
+        raise ValueError(f"--pool {pool} pools a ViT's tokens; a ResNet's features are its pooled map: use --pool head")
     if pool == "token" and not model.config.class_token:
         raise ValueError("the model has no class token; use --pool avg or head")
     was_training = model.training
