@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
 from torch.utils.flop_counter import FlopCounterMode
 
 from vitkit.benchmark import save_for_host
@@ -158,6 +159,8 @@ def plot_compute(rows: list[dict], flops: dict[str, float], path: Path) -> None:
         compute = [3 * flops[name] * images / 1e12 for images in budgets]
         ax.errorbar(compute, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label=name)
     ax.set(xscale="log", xlabel="training compute (TFLOPs)", ylabel="held-out top-1 (%)", title="MNIST, all 60,000")
+    ax.xaxis.set_major_formatter(ScalarFormatter())  # 1, 2, 4 rather than 2×10⁰
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
