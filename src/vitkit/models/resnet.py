@@ -191,7 +191,8 @@ class ResNetV2(nn.Module):
         if torch.get_default_device().type != "meta":  # on meta nothing is allocated (and the check builds there)
             with torch.device("meta"):
                 shell = ResNetV2(config)
-            refuse_oversized(f"a {config.describe()}", parameter_count(shell), shell, max_params)
+            held = sum(t.numel() for t in (*shell.parameters(), *shell.buffers()))
+            refuse_oversized(f"a {config.describe()}", held, shell, max_params)
         self.config = config
         self.grad_checkpointing = False
         root = config.root_width * config.width_factor
@@ -269,8 +270,3 @@ class ResNetV2(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-def parameter_count(model: nn.Module) -> int:
-    """The numbers ``model`` holds: parameters and buffers."""
-    return sum(t.numel() for t in (*model.parameters(), *model.buffers()))

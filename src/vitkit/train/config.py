@@ -320,18 +320,16 @@ class TrainConfig:
             base = get_config(self.model)
         except ValueError as error:
             raise ConfigError(str(error)) from error
-        if isinstance(base, ResNetV2Config):  # convolutions take any image size
-            try:
-                base.replace(**self.model_args)
-            except (TypeError, ValueError) as error:
-                raise ConfigError(f"--model-args: {error}") from error
-            return
-        # The image size is not known yet: check the rest at a size that every stride divides.
-        patch = self.model_args.get("patch_size", base.patch_size)
-        layers = self.model_args.get("hybrid_layers", base.hybrid_layers)
-        size = patch * 4 * 2 ** len(layers) if isinstance(patch, int) and isinstance(layers, list | tuple) else 224
+        # The image size is not known yet: check the rest at a size that every stride divides (a
+        # ResNet's convolutions take any size).
+        sizes = {}
+        if not isinstance(base, ResNetV2Config):
+            patch = self.model_args.get("patch_size", base.patch_size)
+            layers = self.model_args.get("hybrid_layers", base.hybrid_layers)
+            fits = isinstance(patch, int) and isinstance(layers, list | tuple)
+            sizes["img_size"] = patch * 4 * 2 ** len(layers) if fits else 224
         try:
-            base.replace(img_size=size, **self.model_args)
+            base.replace(**sizes, **self.model_args)
         except (TypeError, ValueError) as error:
             raise ConfigError(f"--model-args: {error}") from error
 
