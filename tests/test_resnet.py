@@ -6,12 +6,13 @@ import json
 import pytest
 import timm
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from timm.models._hub import save_for_hf
 
 import vitkit
 from vitkit.analysis.explain import explanation_maps
 from vitkit.benchmark import timm_bit_resnet
+from vitkit.interop.convert import convert
 from vitkit.models.resnet import ResNetV2, ResNetV2Config
 
 
@@ -155,3 +156,14 @@ def test_gradcam_explains_a_resnet_and_attention_methods_say_why_not():
     for method in ("rollout", "relevance"):
         with pytest.raises(ValueError, match="ResNet has none of; explain a ResNet with gradcam"):
             explanation_maps(model, images, method)
+
+
+def test_convert_writes_a_resnet_for_timm_and_says_why_not_for_transformers_or_google(tmp_path):
+    reference = ResNetV2(ResNetV2Config(layers=(1, 1), num_classes=3))
+    vitkit.save_model(tmp_path / "m", reference)
+    convert(tmp_path / "m", tmp_path / "timm.safetensors", to="timm")
+    theirs = timm_bit_resnet(reference.config).eval()
+    theirs.load_state_dict(load_file(str(tmp_path / "timm.safetensors")))  # strict: timm's names and shapes
+    for to, dst in (("hf", "hf"), ("npz", "x.npz")):
+        with pytest.raises(ValueError, match=r"is a BiT ResNet.*convert it --to timm"):
+            convert(tmp_path / "m", tmp_path / dst, to=to)

@@ -10,6 +10,7 @@ from typing import Any
 from safetensors.torch import save_file
 
 from ..fileio import atomic_write
+from ..models import ResNetV2Config
 from .folder import save_model
 from .hf import save_hf
 from .npz import save_npz
@@ -55,6 +56,11 @@ def convert(
         raise ValueError(
             f"{src} is a segmenter: vitkit convert writes classifiers and encoders; export it with vitkit export "
             "(ONNX, torch.export), or use its folder as it is"
+        )
+    if to in ("hf", "npz") and isinstance(weights.config, ResNetV2Config):
+        raise ValueError(
+            f"{src} is a BiT ResNet: transformers' ViT classes and Google's ViT .npz layout hold ViTs; "
+            "convert it --to timm (timm's resnetv2_*_bit) or --to vitkit"
         )
     model = weights.build_model()
     dst = Path(dst)
