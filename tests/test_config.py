@@ -154,3 +154,15 @@ def test_starting_from_weights_defaults_to_the_finetuning_recipe():
     named = resolve_config(preset="paper-finetune", overrides={"init": "vit_small_patch16_224.augreg_in21k"})
     assert (named.preset, named.optimizer) == ("paper-finetune", "sgd")  # a preset named is the preset used
     assert resolve_config(overrides={"data": "digits"}).preset == "demo"
+
+
+def test_image_files_trained_from_scratch_default_to_the_hybrid_recipe(tmp_path):
+    (tmp_path / "images" / "cat").mkdir(parents=True)
+    (tmp_path / "labels.csv").write_text("path,label\nimages/cat/1.png,cat\n")
+    for data in ("images", "labels.csv"):
+        config = resolve_config(overrides={"data": str(tmp_path / data)})
+        assert (config.preset, config.img_size, config.min_steps, config.flip) == ("hybrid-demo", 32, 1000, False)
+        assert config.model_args["hybrid_layers"] == [1] and config.rotate == 0 and config.zoom is None
+    assert resolve_config(overrides={"data": "mnist"}).preset == "demo"  # built-in sets keep the main job's
+    weights = resolve_config(overrides={"data": str(tmp_path / "images"), "init": "vit_small_patch16_224.augreg_in21k"})
+    assert weights.preset == "finetune" and weights.min_steps is None

@@ -294,9 +294,9 @@ def test_a_full_disk_while_decoding_once_is_one_error_and_leaves_no_file(tmp_pat
 
     for label in ("a", "b"):
         _twelve_images(tmp_path / "data" / label)  # 24 images × 3 × 160² bytes = 1.8 MB decoded: over 1 MiB
-    command = [sys.executable, "-m", "vitkit.cli.main", "train", "--data", str(tmp_path / "data"), "--img-size", "160",
-               "--model-args", "patch_size=16", "embed_dim=16", "depth=1", "num_heads=2", "mlp_dim=16",
-               "--epochs", "1", "--cache-decoded", "--out", str(tmp_path / "run"), "--quiet"]  # fmt: skip
+    command = [sys.executable, "-m", "vitkit.cli.main", "train", "--data", str(tmp_path / "data"), "--preset", "demo",
+               "--img-size", "160", "--model-args", "patch_size=16", "embed_dim=16", "depth=1", "num_heads=2",
+               "mlp_dim=16", "--epochs", "1", "--cache-decoded", "--out", str(tmp_path / "run"), "--quiet"]  # fmt: skip
     done = subprocess.run(
         command, capture_output=True, text=True, env={**os.environ, "VITKIT_HOME": str(small_disk)}, timeout=300
     )

@@ -82,3 +82,14 @@ def test_eval_every_scores_every_nth_epoch_and_the_last(tmp_path):
     assert (Path(summary.run_dir) / "curves.png").is_file()
     with pytest.raises(ConfigError, match="--eval-every is a number of epochs, at least 1, got 0"):
         resolve_config(overrides={"eval_every": 0})
+
+
+def test_a_small_set_trains_min_steps_and_is_scored_about_twenty_times(tmp_path):
+    # 20 images in batches of 16: one step an epoch, so 45 steps are 45 epochs, scored every 2nd
+    config = digits_config(tmp_path, train_images=20, batch_size=16, epochs=1, min_steps=45, checkpoint_every=0)
+    summary = train(config, progress=False)
+    records = _records(summary.run_dir)
+    assert summary.steps == 45 and [r["epoch"] for r in records] == list(range(1, 46))
+    assert [r["epoch"] for r in records if "val_top1" in r] == [*range(2, 45, 2), 45]
+    longer = digits_config(tmp_path, epochs=2, min_steps=3, out=str(tmp_path / "longer"))
+    assert train(longer, progress=False).steps == 2 * 22  # epochs that make more steps than min_steps win

@@ -1,6 +1,6 @@
 """What the measurements say to someone about to train a ViT from scratch on little data.
 
-The figures are benchmarks/data_scaling.py's and benchmarks/transfer.py's, measured on an AMD EPYC
+The figures are benchmarks/data_scaling.py's, transfer.py's and small_data.py's, measured on an AMD EPYC
 with AVX512-BF16 (2 cores, bf16; results/*.json hold the runs); re-measured, they belong here too.
 """
 
@@ -26,5 +26,7 @@ def small_data_advice(model: Network, *, train_images: int, starts_from_weights:
         "the scikit-learn digits: 39.0, 85.1 and 91.8 %). What helps: a pre-trained start (--init NAME, see "
         "vitkit models --pretrained; pre-trained on other digits, a ViT fine-tuned on 100 labels reached 86.8 % "
         "where from scratch it reached 73.4 %), the ResNet (--model resnetv2_small_bit), or a hybrid "
-        "(--model-args hybrid_layers=[1] patch_size=2)."
+        "(--model-args hybrid_layers=[1] patch_size=2; the hybrid-demo recipe, the default for image folders "
+        "and CSVs, averaged 97.1 % on five small sets of real images where the same recipe with a plain ViT "
+        "averaged 93.8 %)."
     )

@@ -122,6 +122,9 @@ class TrainConfig:
     warmup_steps: int | None = _opt(None, "linear warmup length in optimiser steps (replaces warmup_epochs)")
     epochs: float = _opt(10.0, "training length in epochs (fractions allowed)")
     steps: int | None = _opt(None, "training length in optimiser steps (replaces epochs)")
+    min_steps: int | None = _opt(
+        None, "train at least this many optimiser steps, however few the epochs make: a small set is seen more often"
+    )
     batch_size: int = _opt(128, "images per optimiser micro-batch")
     accum_steps: int = _opt(1, "micro-batches per optimiser step (global batch = batch_size × accum_steps × processes)")
     grad_clip: float = _opt(1.0, "clip the global gradient norm to this value; 0 = no clipping")
@@ -165,8 +168,10 @@ class TrainConfig:
         0.0, "segmentation: weight of a soft Dice loss added to the cross-entropy (0 = off)", only="classify"
     )
     # evaluation at epoch ends
-    eval_every: int = _opt(
-        1, "evaluate every N epochs (and after the last): many epochs of a small set need not each be scored"
+    eval_every: int | None = _opt(
+        None,
+        "evaluate every N epochs (and after the last); default: every epoch, or about 20 times a run when a small "
+        "set makes it longer than 40 epochs",
     )
     evaluators: list[str] = _opt(
         ["heldout"],
@@ -203,7 +208,7 @@ class TrainConfig:
     )
     seed: int = _opt(0, "seed of initialisation, data order and augmentation")
     deterministic: bool = _opt(False, "use only deterministic kernels (slower)")
-    checkpoint_every: int = _opt(500, "write a checkpoint every N optimiser steps (and at each epoch end)")
+    checkpoint_every: int = _opt(500, "write a checkpoint every N optimiser steps (and at each scored epoch's end)")
     init: str | None = _opt(
         None,
         "start from these weights (a run or model folder, weight file, pretrained name such as "
@@ -261,6 +266,7 @@ class TrainConfig:
 
         need(self.epochs > 0, "epochs", "must be positive (fractions allowed)")
         need(self.steps is None or self.steps >= 1, "steps", "must be at least 1")
+        need(self.min_steps is None or self.min_steps >= 1, "min_steps", "must be at least 1")
         need(self.batch_size >= 1, "batch_size", "must be at least 1")
         need(self.accum_steps >= 1, "accum_steps", "must be at least 1")
         need(self.lr > 0, "lr", "must be positive")
@@ -303,7 +309,7 @@ class TrainConfig:
         need(0 <= self.ignore_index <= 255, "ignore_index", "is a mask value from 0 to 255")
         need(self.dice >= 0, "dice", "must be >= 0 (0 = off)")
         need(len(self.evaluators) >= 1, "evaluators", "names at least one evaluator (heldout, fewshot)")
-        need(self.eval_every >= 1, "eval_every", "is a number of epochs, at least 1")
+        need(self.eval_every is None or self.eval_every >= 1, "eval_every", "is a number of epochs, at least 1")
 
     def _check_model_args(self) -> None:
         set_elsewhere = {
@@ -438,14 +444,17 @@ def preset_values(name: str) -> dict[str, Any]:
 
 def _default_preset(*layers: dict[str, Any]) -> str:
     """``seg-demo`` where the data the settings name holds a class per pixel, else ``finetune``
-    when the run starts from weights (``init``), else ``demo``."""
+    when the run starts from weights (``init``), else ``hybrid-demo`` for image files (folders,
+    CSVs), whose sets are often small, and ``demo`` for the built-in ones."""
     data = next((layer["data"] for layer in layers if layer.get("data")), None)
     task = next((layer["task"] for layer in layers if layer.get("task")), "auto")
     if task == "auto" and data is not None:
         task = detect_task(str(data))
     if task == "segmentation":
         return "seg-demo"
-    return "finetune" if any(layer.get("init") for layer in layers) else "demo"
+    if any(layer.get("init") for layer in layers):
+        return "finetune"
+    return "demo" if data is None or data in BUILTIN else "hybrid-demo"
 
 
 def resolve_config(
@@ -455,7 +464,7 @@ def resolve_config(
     tables are merged key by key rather than replaced, but they shape the model of their layer: a
     layer that names another ``model``, or starts from weights (``init``), drops the earlier ones.
     An override of None switches a preset's setting off (e.g. ``crop_scale``). Without a preset
-    named anywhere, the recipe is ``demo``, or ``seg-demo`` for a segmentation set."""
+    named anywhere, the data decides it (see :func:`_default_preset`)."""
     file_values = read_config_file(file) if file else {}
     overrides = dict(overrides or {})
     _check_keys(overrides, "flags")

@@ -1,5 +1,5 @@
-"""The training loop: a run's epochs of optimiser steps, each epoch ending with its evaluators,
-a metrics record and a checkpoint, and the run ending with a model folder.
+"""The training loop: a run's epochs of optimiser steps, each epoch ending with a metrics record
+(and, when scored, its evaluators and a checkpoint), and the run ending with a model folder.
 
 The parts live in their own modules: :mod:`.run` sets a run up (data, model, objective,
 optimiser, schedule, resume), :mod:`.step` is one optimiser step, :mod:`.evaluators` measure,
@@ -107,7 +107,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, f
     ``config.out`` holding files vitkit did not write is refused unless ``force``.
 
     Writes into the run folder: ``train_config.json``, ``checkpoint.safetensors`` (every
-    ``checkpoint_every`` steps and at each epoch end), ``metrics.jsonl``, ``tensorboard/``,
+    ``checkpoint_every`` steps and at each scored epoch's end), ``metrics.jsonl``, ``tensorboard/``,
     and at the end the model folder files (``config.json``, ``model.safetensors``: for
     pre-training the encoder without a classifier), ``summary.json``, ``curves.png``, and
     ``confusion.png`` (classification), ``class_iou.png`` and ``segmentations.png``
@@ -150,8 +150,7 @@ def _train(
         run.objective.module.train()
         for epoch in range(run.progress.epoch, run.num_epochs):
             _train_epoch(run, epoch, log, stop)
-            scored = (epoch + 1) % run.config.eval_every == 0 or epoch + 1 == run.num_epochs
-            result = _end_epoch(run, log, scored)
+            result = _end_epoch(run, log, run.scores(epoch))
     if result is None:  # resumed a run that had already finished
         result = run.evaluate()
     return _finish(run, result, time.perf_counter() - started)
@@ -262,7 +261,7 @@ def _next_micro_batches(run: Run, batches: Iterator) -> list[tuple[Tensor, Tenso
 
 
 def _end_epoch(run: Run, log: report.RunLog, scored: bool) -> EpochMetrics | None:
-    """Evaluate (if ``scored``: see ``eval_every``), record the epoch, and checkpoint it."""
+    """Evaluate (if ``scored``: see ``eval_every``), record the epoch, and checkpoint a scored one."""
     progress = run.progress
     result = run.evaluate() if scored else None
     held_out = {}
@@ -281,7 +280,8 @@ def _end_epoch(run: Run, log: report.RunLog, scored: bool) -> EpochMetrics | Non
     }
     progress.finish_epoch(None if result is None else result.score)
     log.epoch(record, {} if result is None else result.metrics, run.num_epochs)
-    run.checkpoint()
+    if scored:  # and every checkpoint_every steps: hundreds of one-step epochs are not each saved
+        run.checkpoint()
     return result
 
 
@@ -355,7 +355,9 @@ def _kept_module(run: Run) -> torch.nn.Module:
 
 
 #: what may change when a run is resumed: its length (the schedule stretches to it) and machinery
-RESUMABLE_CHANGES = frozenset({"epochs", "steps", "checkpoint_every", "eval_every", "workers", "dist_timeout"})
+RESUMABLE_CHANGES = frozenset(
+    {"epochs", "steps", "min_steps", "checkpoint_every", "eval_every", "workers", "dist_timeout"}
+)
 
 
 def resume_run(run_dir: str | Path, *, changes: dict[str, Any] | None = None, progress: bool = True) -> RunSummary:

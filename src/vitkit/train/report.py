@@ -134,15 +134,17 @@ class RunLog:
             self.writer.add_scalar("train/lr", lr, step)
 
     def epoch(self, record: dict[str, Any], metrics: dict[str, float], num_epochs: int) -> None:
-        """Append the epoch's ``record`` (it holds ``train_loss`` and the held-out ``metrics``)."""
+        """Append the epoch's ``record`` (it holds ``train_loss`` and the held-out ``metrics``); an
+        epoch that was scored is also printed (the bar shows the others' loss as they run)."""
         if not self.main:
             return
         append_metrics(self.run_dir, record)
         for key in ("train_loss", *metrics):
             self.writer.add_scalar(f"epoch/{key}", record[key], record["epoch"])
-        self.bar.write(
-            f"epoch {record['epoch']}/{num_epochs}: train loss {record['train_loss']:.4f}  " + describe(metrics)
-        )
+        if metrics:
+            self.bar.write(
+                f"epoch {record['epoch']}/{num_epochs}: train loss {record['train_loss']:.4f}  " + describe(metrics)
+            )
 
 
 @torch.no_grad()

@@ -99,6 +99,10 @@ def build_model(config: TrainConfig, *, num_classes: int, in_chans: int) -> Netw
 
 
 # ------------------------------------------------------------------ the run
+#: about how many epochs of a run are scored when ``eval_every`` is left to vitkit
+SCORED_EPOCHS = 20
+
+
 @dataclass
 class Run:
     """Everything a run works with. One name per thing: ``model`` is the network being trained,
@@ -142,6 +146,13 @@ class Run:
     @property
     def num_epochs(self) -> int:
         return -(-self.total_steps // self.steps_per_epoch)
+
+    def scores(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (from 0) is evaluated: every ``eval_every``-th and the last; by
+        default about :data:`SCORED_EPOCHS` times a run (every epoch of a run of fewer than twice as
+        many), so that a small set seen for hundreds of short epochs is not scored after each."""
+        every = self.config.eval_every or max(1, self.num_epochs // SCORED_EPOCHS)
+        return (epoch + 1) % every == 0 or epoch + 1 == self.num_epochs
 
     @property
     def checkpoint_path(self) -> Path:
@@ -242,7 +253,7 @@ def set_up_run(config: TrainConfig, *, resume: bool, processes: Processes, force
         raise ConfigError("--fsdp with shard streams is not supported yet; use DDP (no --fsdp) for shards")
     inputs.check_shares(config, processes, train_set, val_set)
     steps_per_epoch = inputs.steps_per_epoch(config, processes, train_set)
-    total_steps = config.steps or max(1, round(config.epochs * steps_per_epoch))
+    total_steps = config.steps or max(config.min_steps or 1, round(config.epochs * steps_per_epoch))
     config, decisions = _decide_kernels(config, model, objective.module, img_size, device, precision, processes)
     optimizer = build_optimizer(objective.module, config, processes.world_size)
     scheduler = build_scheduler(optimizer, config, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
