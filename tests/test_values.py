@@ -71,6 +71,13 @@ def test_a_resolution_whose_activations_cannot_fit_is_refused_with_the_estimate(
     assert "--img-size 4200 cannot fit" in line and "GB of activations" in line and "tokens" in line
 
 
+def test_a_size_the_patches_do_not_divide_is_named_as_given(tmp_path, capsys):
+    # the hybrid's stride is 4 × the patch: 64 px, which divides neither 160 nor the registry's 224
+    argv = ["train", "--data", "digits", "--img-size", "160", "--model-args", "hybrid_layers=[1]", "patch_size=16"]
+    status, line = run_cli([*argv, "--out", str(tmp_path / "r"), "--quiet"], capsys)
+    assert status == 2 and "image size (160, 160) is not divisible by the patch size 64" in line
+
+
 def test_the_activation_estimate_is_a_lower_bound_of_what_autograd_keeps():
     import torch
 

@@ -70,6 +70,8 @@ def build_model(config: TrainConfig, *, num_classes: int, in_chans: int) -> Netw
     folder, a file, a pretrained name, ``hf-hub:...``) one started from those weights with a new,
     zero-initialised head (the paper's fine-tuning head), whatever the class count."""
     overrides = {**config.model_args, "dropout": config.dropout, "drop_path": config.drop_path}
+    if config.img_size and not config.init:  # built at the run's size, so that a size error names it
+        overrides["img_size"] = config.img_size
     architecture = get_config(config.model, num_classes=num_classes, in_chans=in_chans, **overrides)
     if not config.init:
         return build_network(architecture)
