@@ -150,6 +150,7 @@ def test_starting_from_weights_defaults_to_the_finetuning_recipe():
     config = resolve_config(overrides={"init": "vit_small_patch16_224.augreg_in21k", "data": "digits"})
     assert (config.preset, config.optimizer, config.lr, config.crop_scale) == ("finetune", "adamw", 2e-3, [0.5, 1.0])
     assert config.rotate == 0 and config.label_smoothing == 0  # none of the digit-style demo recipe
+    assert config.flip is False  # unknown content: flips are the user's call (--flip)
     assert config.model_args == {}  # the weights fix the architecture
     named = resolve_config(preset="paper-finetune", overrides={"init": "vit_small_patch16_224.augreg_in21k"})
     assert (named.preset, named.optimizer) == ("paper-finetune", "sgd")  # a preset named is the preset used
