@@ -77,7 +77,9 @@ def test_the_cache_is_reused_and_renewed_when_a_file_changes(tmp_path, cache):
 @pytest.mark.slow
 def test_a_run_with_cache_decoded_trains_from_batched_memory(tmp_path, cache):
     folder = _digit_folder(tmp_path / "digits", per_class=30)
-    config = digits_config(tmp_path, data=str(folder), in_chans=1, cache_decoded=True, epochs=3, rotate=10.0)
+    config = digits_config(
+        tmp_path, data=str(folder), in_chans=1, cache_decoded=True, epochs=3, min_steps=40, rotate=10.0
+    )
     summary = train(config, progress=False)
     assert summary.final_top1 > 0.5  # 3 classes: chance is a third
     data = decode_once(config, load_data(str(folder), in_chans=1, val_fraction=0.1, seed=0), 8, Processes())
