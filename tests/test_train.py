@@ -311,4 +311,8 @@ def test_a_vit_from_scratch_on_little_data_is_told_what_helps(tmp_path, capsys):
     assert small_data_advice(model, train_images=50_000, starts_from_weights=False) is None
     assert small_data_advice(model, train_images=500, starts_from_weights=True) is None
     resnet = vitkit.create_model("BiT-Tiny", num_classes=10)
-    assert small_data_advice(resnet, train_images=500, starts_from_weights=False) is None
+    hybrid = vitkit.create_model("Ti/16", num_classes=10, img_size=32, hybrid_layers=[1], patch_size=2)
+    for network in (resnet, hybrid):  # CNN biases already: told what else helps
+        shown = small_data_advice(network, train_images=500, starts_from_weights=False)
+        assert "from scratch. What else helps: a pre-trained start" in shown and "lacks" not in shown
+    assert small_data_advice(hybrid, train_images=500, starts_from_weights=True) is None
