@@ -33,7 +33,8 @@ from vitkit.train import resolve_config, train
 RESULTS = Path(__file__).resolve().parent / "results" / "folder_demo.json"
 
 
-def write_folder(root: Path, per_class_train: int = 600, per_class_val: int = 100) -> None:
+def write_folder(root: Path, per_class_train: int = 600, per_class_val: int = 100) -> Path:
+    """MNIST digits as PNGs in ImageFolder layout: ``root/train/<digit>/`` and ``root/val/<digit>/``."""
     mnist = load_mnist()
     for split, dataset, count in (("train", mnist.train, per_class_train), ("val", mnist.val, per_class_val)):
         for label in range(10):
@@ -41,6 +42,7 @@ def write_folder(root: Path, per_class_train: int = 600, per_class_val: int = 10
             folder.mkdir(parents=True)
             for i, index in enumerate((dataset.labels == label).nonzero().flatten()[:count].tolist()):
                 Image.fromarray(dataset.images[index, 0].numpy()).save(folder / f"{i}.png")
+    return root
 
 
 def run(data: Path, out: Path, epochs: float, **overrides) -> dict:

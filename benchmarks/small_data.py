@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from folder_demo import write_folder
 from PIL import Image
 from skimage import data as skimage_data
 from skimage.data import lfw_subset
@@ -55,15 +56,6 @@ CANDIDATES: dict[str, dict] = {
 def _save(image: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path)
-
-
-def write_mnist_png(root: Path) -> Path:
-    mnist = load_mnist()
-    for split, dataset, count in (("train", mnist.train, 600), ("val", mnist.val, 100)):
-        for label in range(10):
-            for i, index in enumerate((dataset.labels == label).nonzero().flatten()[:count].tolist()):
-                _save(dataset.images[index, 0].numpy(), root / split / str(label) / f"{i}.png")
-    return root
 
 
 def write_digits_png(root: Path) -> Path:
@@ -122,7 +114,7 @@ def write_collages_csv(root: Path, count: int = 4_000, cell: int = 16) -> Path:
 
 
 SETS = {
-    "mnist-png": write_mnist_png,
+    "mnist-png": write_folder,  # folder_demo's: 600 per class, 100 held out
     "digits-png": write_digits_png,
     "faces": write_faces,
     "photo-crops": write_photo_crops,
