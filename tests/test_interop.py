@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 
 import vitkit
-from vitkit.interop import read_state_dict, vitkit_to_timm
+from vitkit.interop import convert, read_state_dict, vitkit_to_timm
 
 PARITY = ["vit_tiny_patch16_224", "vit_small_patch16_224"]
 
@@ -54,6 +54,14 @@ def test_vitkit_weights_load_in_timm(name):
     peer = timm.create_model(name, pretrained=False).eval()
     peer.load_state_dict(vitkit_to_timm(ours.state_dict()))  # strict: every key accounted for
     assert max_logit_difference(ours, peer) <= 1e-4
+
+
+def test_a_model_timm_cannot_hold_is_not_converted_for_timm(tmp_path):
+    model = vitkit.create_model("Ti/16", img_size=32, patch_size=8, depth=1, pos_embed="relative", pool="avg")
+    folder = vitkit.save_model(tmp_path / "relative", model)
+    with pytest.raises(ValueError, match="pos_embed='relative', which it cannot hold: convert it --to vitkit"):
+        convert(folder, tmp_path / "timm.safetensors", to="timm")
+    assert not (tmp_path / "timm.safetensors").exists()
 
 
 @pytest.mark.parametrize("name", PARITY)

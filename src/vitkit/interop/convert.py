@@ -20,6 +20,8 @@ from .timm import vitkit_to_timm
 logger = logging.getLogger(__name__)
 
 TARGETS = ("vitkit", "timm", "hf", "npz")
+#: the position embeddings timm's VisionTransformer can hold
+TIMM_POS_EMBEDS = ("learn", "none")
 
 
 def _is_bare_weight_file(src: str | Path) -> bool:
@@ -61,6 +63,11 @@ def convert(
         raise ValueError(
             f"{src} is a BiT ResNet: transformers' ViT classes and Google's ViT .npz layout hold ViTs; "
             "convert it --to timm (timm's resnetv2_*_bit) or --to vitkit"
+        )
+    if to == "timm" and getattr(weights.config, "pos_embed", "learn") not in TIMM_POS_EMBEDS:
+        raise ValueError(
+            f"timm's VisionTransformer has learned 1-D position embeddings or none; {src} has "
+            f"pos_embed={weights.config.pos_embed!r}, which it cannot hold: convert it --to vitkit"
         )
     model = weights.build_model()
     dst = Path(dst)
