@@ -105,7 +105,7 @@ def test_eval_int8_reports_it_next_to_fp32_with_the_same_answers(trained_digits,
     assert "int8 vs fp32: the same top-1 class for" in text
 
 
-def test_predict_and_export_with_int8(trained_digits, tmp_path, capsys):
+def test_predict_and_export_with_int8(trained_digits, tmp_path, capsys, monkeypatch):
     picture = tmp_path / "digit.png"
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(picture)
     assert main(["predict", str(trained_digits), str(picture), "--json"]) == 0
@@ -113,6 +113,13 @@ def test_predict_and_export_with_int8(trained_digits, tmp_path, capsys):
     assert main(["predict", str(trained_digits), str(picture), "--int8", "--json"]) == 0
     int8_answer = json.loads(capsys.readouterr().out)[0]["top"]
     assert int8_answer[0][0] == float_answer[0][0]
+    # int8 as what --precision auto chose (here forced, as a measurement would): the same answer
+    monkeypatch.setenv("VITKIT_PRECISION", "int8")
+    assert main(["predict", str(trained_digits), str(picture), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)[0]["top"] == int8_answer
+    assert ", int8 a candidate: int8 (set by VITKIT_PRECISION)" in err
+    assert "quantized to int8 in" in err
 
     assert main(["export", str(trained_digits), str(tmp_path / "int8.onnx"), "--int8"]) == 0
     assert "int8" in capsys.readouterr().out
