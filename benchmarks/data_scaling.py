@@ -44,7 +44,9 @@ from vitkit.interop import create_model
 from vitkit.machine import describe_host, host_record
 from vitkit.train import resolve_config, train
 
-VIT = {"embed_dim": 128, "num_heads": 4, "mlp_dim": 256}
+#: the paper's ViT (class token, learned positions), as recorded; the demo preset's own model has
+#: relative positions and average pooling, which model_args are merged into
+VIT = {"embed_dim": 128, "num_heads": 4, "mlp_dim": 256, "pos_embed": "learn", "pool": "token", "class_token": True}
 #: name → (registered model, model_args): each sees 32-px images
 MODELS = {
     "ViT": ("Ti/16", {**VIT, "depth": 6, "patch_size": 8}),

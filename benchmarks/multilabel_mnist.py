@@ -94,7 +94,8 @@ def main() -> None:
             "flip": False,  # a mirrored digit is no digit
             "cache_decoded": True,  # decode the PNGs once, then augment whole batches in memory
             "epochs": args.epochs,
-            "model_args": {"patch_size": args.patch_size},  # merged into the demo's model_args
+            # merged into the demo's model_args: the paper's ViT, whose class token transformers' ViT has
+            "model_args": {"patch_size": args.patch_size, "pos_embed": "learn", "pool": "token", "class_token": True},
             "seed": args.seed,
             "out": str(Path(tmp) / "run"),
         }

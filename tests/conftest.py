@@ -65,14 +65,19 @@ def randomize_head(model):
 
 
 def run_until_checkpoint(config, min_step):
-    """Start ``vitkit train`` in a subprocess (any objective: the config file says which) and
-    kill -9 it once a checkpoint at or after ``min_step`` exists (mid-epoch for the configs used here)."""
+    """Start training ``config`` in a subprocess (any objective: the config says which) and kill -9
+    it once a checkpoint at or after ``min_step`` exists (mid-epoch for the configs used here). The
+    config is run as it is: through ``--config`` its preset's model_args would be merged in again."""
     run_dir = Path(config.out)
     config_file = run_dir.parent / "config.json"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(config.to_json())
+    script = (
+        "import json, sys; from vitkit.train import TrainConfig, train; "
+        "train(TrainConfig(**json.loads(open(sys.argv[1]).read())), progress=False)"
+    )
     process = subprocess.Popen(
-        [sys.executable, "-m", "vitkit.cli.main", "train", "--config", str(config_file), "--quiet"],
+        [sys.executable, "-c", script, str(config_file)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -103,7 +108,14 @@ def run_until_checkpoint(config, min_step):
 
 
 # A 2-block ViT on 8×8 digits with 2×2 patches (16 tokens): an epoch takes about a second.
-TINY = {"patch_size": 2, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_dim": 64}
+#: the paper's ViT: a class token and learned 1-D positions (the demo preset's model has neither)
+PAPER_VIT = {"pos_embed": "learn", "pool": "token", "class_token": True}
+TINY = {"patch_size": 2, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_dim": 64, **PAPER_VIT}
+
+
+def model_args_flags(model_args):
+    """``model_args`` as ``--model-args`` words (JSON values: ``true``, not Python's ``True``)."""
+    return [f"{key}={json.dumps(value) if isinstance(value, bool) else value}" for key, value in model_args.items()]
 
 
 def digits_config(tmp_path, **overrides):

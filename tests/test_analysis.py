@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_vit
+from conftest import PAPER_VIT, tiny_vit
 from PIL import Image
 
 import vitkit
@@ -144,7 +144,7 @@ def digits_run(tmp_path_factory):
         overrides={
             "data": "digits",
             "img_size": 16,
-            "model_args": {"patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 4, "mlp_dim": 128},
+            "model_args": {"patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 4, "mlp_dim": 128, **PAPER_VIT},
             "epochs": 20,
             "batch_size": 64,
             "lr": 3e-3,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import digits_config, logged, randomize_head, tiny_vit
+from conftest import PAPER_VIT, digits_config, logged, randomize_head, tiny_vit
 from fastapi.testclient import TestClient
 from PIL import Image
 from sklearn.datasets import load_digits
@@ -214,7 +214,7 @@ def write_digit_collages(folder, count, seed=0):
     return folder / "labels.csv", label_sets
 
 
-COLLAGE_MODEL = {"patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 4, "mlp_dim": 128}
+COLLAGE_MODEL = {"patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 4, "mlp_dim": 128, **PAPER_VIT}
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, run_until_checkpoint
+from conftest import TINY, model_args_flags, run_until_checkpoint
 from safetensors.torch import load_file
 
 from vitkit import create_model
@@ -209,7 +209,7 @@ def test_pretraining_resumes_exactly(tmp_path):
 def test_pretrain_from_the_cli(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["pretrain", "--objective", "mae", "--data", "digits", "--img-size", "8", "--epochs", "1", "--quiet"]
-    args += ["--model-args", *[f"{k}={v}" for k, v in TINY.items()], "--decoder-dim", "16", "--decoder-depth", "1"]
+    args += ["--model-args", *model_args_flags(TINY), "--decoder-dim", "16", "--decoder-depth", "1"]
     args += ["--decoder-heads", "2", "--out", str(out)]
     assert main(args) == 0
     assert "mae pre-training, held-out loss" in capsys.readouterr().out
@@ -230,7 +230,7 @@ def test_pretraining_on_a_flat_folder_of_unlabeled_images(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["pretrain", "--objective", "mpp", "--data", str(folder), "--in-chans", "1", "--img-size", "8"]
     args += ["--epochs", "1", "--batch-size", "32", "--quiet", "--out", str(out), "--model-args"]
-    args += [f"{k}={v}" for k, v in TINY.items()]
+    args += model_args_flags(TINY)
     assert main(args) == 0
     capsys.readouterr()
     # Classification still needs classes; an encoder has no classifier to evaluate.
