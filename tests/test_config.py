@@ -167,3 +167,13 @@ def test_image_files_trained_from_scratch_default_to_the_hybrid_recipe(tmp_path)
     assert resolve_config(overrides={"data": "mnist"}).preset == "demo"  # built-in sets keep the main job's
     weights = resolve_config(overrides={"data": str(tmp_path / "images"), "init": "vit_small_patch16_224.augreg_in21k"})
     assert weights.preset == "finetune" and weights.min_steps is None
+
+
+def test_the_main_jobs_model_says_which_of_the_papers_variants_it_is():
+    config = vitkit.get_config("Ti/16", **resolve_config(preset="demo").model_args, img_size=28)
+    assert config.describe() == (
+        "6 blocks × 128 wide (4 heads, MLP 256), 7×7 px patches: 16 tokens at 28 px, "
+        "relative positions, average pooling"
+    )
+    paper = vitkit.get_config("Ti/16", img_size=28, patch_size=7)
+    assert paper.describe().endswith("16 tokens + class token at 28 px")  # the default goes without saying

@@ -93,6 +93,16 @@ class NetworkConfig:
         return cls().replace(**data)
 
 
+#: position embeddings in words (``describe``)
+_POSITIONS = {
+    "none": "no",
+    "learn": "learned",
+    "learn2d": "learned 2-D",
+    "relative": "relative",
+    "sincos2d": "2-D sin-cos",
+}
+
+
 @dataclass(frozen=True)
 class ViTConfig(NetworkConfig):
     """Everything that defines a Vision Transformer; ``VisionTransformer(config)`` builds it.
@@ -208,7 +218,8 @@ class ViTConfig(NetworkConfig):
 
     def describe(self) -> str:
         """The architecture in words, e.g. ``6 blocks × 128 wide (4 heads, MLP 256), 7×7 px patches:
-        16 tokens + class token at 28 px``."""
+        16 tokens + class token at 28 px``, or ``...: 16 tokens at 28 px, relative positions,
+        average pooling``."""
         tokens = self.grid[0] * self.grid[1]
         p = self.patch_size
         if self.hybrid_layers:
@@ -216,9 +227,12 @@ class ViTConfig(NetworkConfig):
         else:
             patches = f"{p}×{p} px patches"
         prefix = " + class token" if self.class_token else ""
+        # the paper's default (learned 1-D positions, the class token's output) goes without saying
+        variants = [f"{_POSITIONS[self.pos_embed]} positions"] if self.pos_embed != "learn" else []
+        variants += ["average pooling"] if self.pool == "avg" else []
         return (
             f"{self.depth} blocks × {self.embed_dim} wide ({self.num_heads} heads, MLP {self.mlp_dim}), "
-            f"{patches}: {tokens} tokens{prefix} at {self.img_size[0]} px"
+            f"{patches}: {tokens} tokens{prefix} at {self.img_size[0]} px" + "".join(f", {v}" for v in variants)
         )
 
     def to_json(self) -> str:
