@@ -69,6 +69,21 @@ def test_relative_position_models_refuse_a_free_image_size(tmp_path):
         vitkit.interop.export_onnx(model, tmp_path / "vit.onnx", dynamic=True)
 
 
+def test_relative_position_models_export_with_a_free_batch(tmp_path):
+    # the main job's kind of model: relative positions, average pooling
+    model = vitkit.create_model(
+        "Ti/16", img_size=28, in_chans=1, num_classes=10, patch_size=7, depth=2, pos_embed="relative", pool="avg"
+    ).eval()
+    torch.nn.init.normal_(model.head.weight, std=0.1)
+    vitkit.interop.export_onnx(model, tmp_path / "vit.onnx")
+    session = onnxruntime.InferenceSession(str(tmp_path / "vit.onnx"))
+    for batch in (1, 3):
+        x = torch.randn(batch, 1, 28, 28)
+        (logits,) = session.run(None, {"images": x.numpy()})
+        with torch.no_grad():
+            assert np.abs(logits - model(x).numpy()).max() <= 1e-4, batch
+
+
 def test_torch_export_program_with_free_size(tmp_path):
     model = trained_like_model()
     vitkit.save_model(tmp_path / "model", model)

@@ -116,8 +116,12 @@ def attention(
     explicit kernel takes ``query_chunk`` queries at a time, so the weights held at once are
     (B, heads, chunk, N), not (B, heads, N, N); by default (0) a chunk holds about 2¹⁶ weights
     per image and head, and at least 64 queries. Under torch.compile and export the kernel is
-    sdpa whatever ``kernel`` says: a graph has no machine to measure, and inductor fuses it."""
-    if kernel == "sdpa" or torch.compiler.is_compiling():
+    sdpa whatever ``kernel`` says: a graph has no machine to measure, and inductor fuses it; with
+    a ``bias`` (relative positions) it is explicit, as torch.export decomposes sdpa with a mask
+    into a view that fails at a free batch size (torch 2.14)."""
+    if torch.compiler.is_compiling():
+        kernel = "sdpa" if bias is None else "explicit"
+    if kernel == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
     scale = q.shape[-1] ** -0.5
     tokens = q.shape[-2]
