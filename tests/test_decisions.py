@@ -11,7 +11,7 @@ from conftest import digits_config, logged, tiny_vit
 
 from vitkit import decisions
 from vitkit.cli.main import main
-from vitkit.decisions import decide, decide_attention_for, decide_optimizer, decide_precision, set_up_inference
+from vitkit.decisions import decide, decide_attention_for, decide_optimizer, set_up_inference
 from vitkit.train import train
 
 CPU = torch.device("cpu")
@@ -113,21 +113,6 @@ def test_auto_inference_precision_is_the_faster_and_sets_its_attention_kernel():
     precision, chosen = set_up_inference(model, precision="bf16", batch=4, img_size=32, device=CPU)
     assert precision == "bf16" and [d.what for d in chosen] == ["attention"]
     assert "bfloat16 inference" in chosen[0].situation
-
-
-def test_int8_is_a_candidate_only_where_the_caller_can_run_it(monkeypatch):
-    model = tiny_vit().eval()
-    floats = decide_precision(model, batch=4, img_size=32, device=CPU)
-    assert set(floats.seconds) == {"fp32", "bf16"}
-    # A situation of its own: a server's cached float choice is not predict's, nor the reverse.
-    with_int8 = decide_precision(model, batch=4, img_size=32, device=CPU, int8=True)
-    assert set(with_int8.seconds) == {"fp32", "bf16", "int8"} and with_int8.how == "measured"
-    assert with_int8.situation == floats.situation + ", int8 a candidate"
-    monkeypatch.setenv("VITKIT_PRECISION", "int8")
-    precision, chosen = set_up_inference(model, precision="auto", batch=4, img_size=32, device=CPU, int8=True)
-    assert precision == "int8" and [d.what for d in chosen] == ["precision"]  # no float kernel to choose
-    with pytest.raises(ValueError, match="VITKIT_PRECISION='int8' is not a choice here; use one of fp32, bf16"):
-        set_up_inference(model, precision="auto", batch=4, img_size=32, device=CPU)
 
 
 def test_a_run_records_its_kernels_and_each_choice_trains_to_the_same_result(tmp_path, monkeypatch):

@@ -14,7 +14,6 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import vitkit
-import vitkit.cli.main
 from vitkit.cli.main import main
 from vitkit.machine import cpu_has_int8_dot_product
 from vitkit.serve import ServeSettings, create_app
@@ -106,7 +105,7 @@ def test_eval_int8_reports_it_next_to_fp32_with_the_same_answers(trained_digits,
     assert "int8 vs fp32: the same top-1 class for" in text
 
 
-def test_predict_and_export_with_int8(trained_digits, tmp_path, capsys, monkeypatch):
+def test_predict_and_export_with_int8(trained_digits, tmp_path, capsys):
     picture = tmp_path / "digit.png"
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(picture)
     assert main(["predict", str(trained_digits), str(picture), "--json"]) == 0
@@ -114,18 +113,6 @@ def test_predict_and_export_with_int8(trained_digits, tmp_path, capsys, monkeypa
     assert main(["predict", str(trained_digits), str(picture), "--int8", "--json"]) == 0
     int8_answer = json.loads(capsys.readouterr().out)[0]["top"]
     assert int8_answer[0][0] == float_answer[0][0]
-    # For a few images int8 is no candidate of --precision auto: quantizing would cost more than it saves.
-    monkeypatch.delenv("VITKIT_PRECISION")
-    assert main(["predict", str(trained_digits), str(picture), "--json"]) == 0
-    assert "int8 a candidate" not in capsys.readouterr().err
-    # Past the threshold it is; chosen (here forced, as a measurement would), the same answer.
-    monkeypatch.setattr(vitkit.cli.main, "INT8_MIN_IMAGES", 1)
-    monkeypatch.setenv("VITKIT_PRECISION", "int8")
-    assert main(["predict", str(trained_digits), str(picture), "--json"]) == 0
-    out, err = capsys.readouterr()
-    assert json.loads(out)[0]["top"] == int8_answer
-    assert ", int8 a candidate: int8 (set by VITKIT_PRECISION)" in err
-    assert "quantized to int8 in" in err
 
     assert main(["export", str(trained_digits), str(tmp_path / "int8.onnx"), "--int8"]) == 0
     assert "int8" in capsys.readouterr().out

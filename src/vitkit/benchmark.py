@@ -43,7 +43,7 @@ from .decisions import (
 from .device import autocast
 from .fileio import atomic_write
 from .interop.hf import hf_config_document
-from .interop.int8 import can_quantize, quantize
+from .interop.int8 import quantize
 from .models import Network, ResNetV2Config, VisionTransformer, ViTConfig, build_network, get_config
 from .models.registry import resolve_name
 
@@ -158,8 +158,7 @@ def explain_choices(
 ) -> list[Decision]:
     """The choices vitkit makes on this machine for ``model`` (see vitkit.decisions): the
     attention kernel per precision, and the optimiser kernel (training) or what ``--precision
-    auto`` means (inference: for serve, and for predict, where int8 is a candidate too when the
-    model can be quantized). Measured now where the cache holds none."""
+    auto`` means (inference). Measured now where the cache holds none."""
     target = torch.device(device)
     net = build_peer("vitkit", model, img_size=img_size).to(target)
     decisions: dict[str, Decision] = {}
@@ -167,10 +166,9 @@ def explain_choices(
         if precision != "int8":
             for decision in set_up_vitkit(net, task=task, precision=precision, batch=batch, img_size=img_size):
                 decisions[f"{decision.what}: {decision.situation}"] = decision
-    if task == "inference":  # what serve's auto means, then predict's, which may choose int8
-        for int8 in (False, True) if can_quantize(net) else (False,):
-            decision = decide_precision(net.eval(), batch=batch, img_size=img_size, device=target, int8=int8)
-            decisions[f"precision: {decision.situation}"] = decision
+    if task == "inference":
+        decision = decide_precision(net.eval(), batch=batch, img_size=img_size, device=target)
+        decisions["precision"] = decision
     return list(decisions.values())
 
 

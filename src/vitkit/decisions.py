@@ -7,8 +7,8 @@ each of these by a short timed trial the first time it meets a situation, and re
 - ``attention``: the kernel (:data:`~vitkit.models.vit.ATTENTION_KERNELS`) for a device, dtype,
   training or inference, and shape class; env ``VITKIT_ATTENTION`` (``sdpa``, ``explicit``);
 - ``optimizer``: PyTorch's ``fused`` or ``foreach`` implementation; env ``VITKIT_OPTIMIZER``;
-- ``precision``: what ``--precision auto`` means for inference (``fp32``, ``bf16``, or where the
-  caller can run it, ``int8``: ONNX Runtime's int8 model of a ViT classifier); env ``VITKIT_PRECISION``.
+- ``precision``: what ``--precision auto`` means for inference (``fp32`` or ``bf16``); env
+  ``VITKIT_PRECISION``.
 
 Choices are cached in ``$VITKIT_HOME/decisions.json`` under the machine's fingerprint (CPU model
 and flags or GPU name, torch version, threads), so another CPU or a torch upgrade measures again.
@@ -36,7 +36,6 @@ import torch
 from torch import nn
 
 from .fileio import atomic_write, cache_dir
-from .interop.int8 import quantize
 from .machine import cpu_flags, cpu_model
 from .models import VisionTransformer, ViTConfig
 from .models.vit import ATTENTION_KERNELS, attention
@@ -44,7 +43,7 @@ from .models.vit import ATTENTION_KERNELS, attention
 logger = logging.getLogger(__name__)
 
 OPTIMIZER_KERNELS = ("foreach", "fused")
-INFERENCE_PRECISIONS = ("fp32", "bf16", "int8")
+INFERENCE_PRECISIONS = ("fp32", "bf16")
 ENVIRONMENT = {"attention": "VITKIT_ATTENTION", "optimizer": "VITKIT_OPTIMIZER", "precision": "VITKIT_PRECISION"}
 #: seconds one trial may take (each candidate runs at least ``_MIN_ROUNDS`` times, interleaved)
 TRIAL_SECONDS = 0.5
@@ -262,31 +261,21 @@ def decide_optimizer(parameters: Iterable[nn.Parameter], optimizer: str, device:
     return decide("optimizer", situation, OPTIMIZER_KERNELS, trials, device)
 
 
-def decide_precision(
-    model: nn.Module, *, batch: int, img_size: int, device: torch.device, int8: bool = False
-) -> Decision:
-    """What ``--precision auto`` means for inference with ``model``: the fastest of fp32 and bf16
-    autocast, each with its own best attention kernel, and, when ``int8`` (the caller can run an
-    int8 model: see :func:`~vitkit.interop.int8.can_quantize`), ONNX Runtime's int8 model; timed
-    on a batch of up to 8 images. int8 is a situation of its own: a server, which explains with
-    the float model, chooses among the float precisions alone."""
+def decide_precision(model: nn.Module, *, batch: int, img_size: int, device: torch.device) -> Decision:
+    """What ``--precision auto`` means for inference with ``model``: the faster of fp32 and bf16
+    autocast, each with its own best attention kernel, timed on a batch of up to 8 images."""
     config = model.config
     if isinstance(model, VisionTransformer):
         shape = f"{config.depth} blocks of {config.embed_dim}, ~{_bucket(tokens_of(config, img_size))} tokens"
     else:
         shape = f"ResNet-v2 {'+'.join(map(str, config.layers))} of {config.num_features}, ~{_bucket(img_size)} px"
-    choices = INFERENCE_PRECISIONS if int8 else tuple(p for p in INFERENCE_PRECISIONS if p != "int8")
-    situation = f"{device.type} inference, {shape}{', int8 a candidate' if int8 else ''}"
+    situation = f"{device.type} inference, {shape}"
 
     def trials() -> dict[str, Callable[[], object]]:
         images = torch.randn(min(batch, 8), config.in_chans, img_size, img_size, device=device)
-        runs = {precision: _inference_trial(model, images, precision) for precision in choices if precision != "int8"}
-        if int8:
-            quantized = quantize(model)
-            runs["int8"] = lambda: quantized(images)
-        return runs
+        return {precision: _inference_trial(model, images, precision) for precision in INFERENCE_PRECISIONS}
 
-    return decide("precision", situation, choices, trials, device)
+    return decide("precision", situation, INFERENCE_PRECISIONS, trials, device)
 
 
 def _inference_trial(model: nn.Module, images: torch.Tensor, precision: str) -> Callable[[], object]:
@@ -332,18 +321,17 @@ def decide_attention_for(
 
 
 def set_up_inference(
-    model: nn.Module, *, precision: str, batch: int, img_size: int, device: torch.device, int8: bool = False
+    model: nn.Module, *, precision: str, batch: int, img_size: int, device: torch.device
 ) -> tuple[str, list[Decision]]:
     """Make ``model`` (on ``device``, in eval mode) run inference the fastest way this machine
-    has: ``precision`` ``"auto"`` becomes fp32, bf16 or (when ``int8`` allows it) int8 by
-    :func:`decide_precision` (a given one is kept), and a ViT's float attention kernel is
-    :func:`decide_attention_for` that precision. Returns the precision and the decisions, to show;
-    for ``"int8"`` the caller quantizes the model (:func:`vitkit.quantize`)."""
+    has: ``precision`` ``"auto"`` becomes fp32 or bf16 by :func:`decide_precision` (a given one is
+    kept), and a ViT's attention kernel is :func:`decide_attention_for` that precision. Returns
+    the precision and the decisions, to show."""
     decisions = []
     if precision == "auto":
-        decisions.append(decide_precision(model, batch=batch, img_size=img_size, device=device, int8=int8))
+        decisions.append(decide_precision(model, batch=batch, img_size=img_size, device=device))
         precision = decisions[-1].choice
-    if not isinstance(model, VisionTransformer) or precision == "int8":
+    if not isinstance(model, VisionTransformer):
         return precision, decisions
     decisions.append(
         decide_attention_for(model, batch=batch, img_size=img_size, dtype=dtype_of(precision), training=False)

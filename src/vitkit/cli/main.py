@@ -34,7 +34,6 @@ from vitkit.device import device_of, resolve_device, resolve_precision
 from vitkit.interop import convert, export_model, load_model, quantize
 from vitkit.interop.convert import TARGETS
 from vitkit.interop.export import EXPORT_FORMATS, check_export_path
-from vitkit.interop.int8 import can_quantize
 from vitkit.interop.sources import ALLOW_NONFINITE_ENV
 from vitkit.models import ViTConfig, parameter_count
 from vitkit.predict import expand_image_paths, predict_files
@@ -400,48 +399,28 @@ def _for_inference(loaded: vitkit.LoadedModel, int8: bool) -> vitkit.LoadedModel
     return quantized
 
 
-def _set_up_inference(loaded: vitkit.LoadedModel, precision: str, *, batch: int, int8: bool = False) -> str:
+def _set_up_inference(loaded: vitkit.LoadedModel, precision: str, *, batch: int) -> str:
     """The precision and attention kernel this machine runs ``loaded`` fastest with (measured once,
-    then cached; see vitkit.decisions), each said on stderr; a segmenter's backbone decides for it.
-    ``int8``: int8 is a candidate of ``auto`` where the model can be quantized."""
+    then cached; see vitkit.decisions), each said on stderr; a segmenter's backbone decides for it."""
     model = loaded.model.backbone if loaded.segmenter else loaded.model
     precision, decisions = set_up_inference(
-        model,
-        precision=precision,
-        batch=batch,
-        img_size=model.config.img_size[0],
-        device=device_of(model),
-        int8=int8 and can_quantize(loaded.model),
+        model, precision=precision, batch=batch, img_size=model.config.img_size[0], device=device_of(model)
     )
     for decision in decisions:
         print(f"vitkit: {decision}", file=sys.stderr)
     return precision
 
 
-#: from this many images on, ``predict --precision auto`` weighs int8 too
-INT8_MIN_IMAGES = 1000
-
-
 def _predict(args: argparse.Namespace) -> None:
     files = expand_image_paths(args.images)  # before the model, which may have to be downloaded
     if not files:
         raise ValueError(f"no image files in {', '.join(args.images)}")
-    loaded = load_model(args.model, class_names=args.class_names)
-    if loaded.segmenter and not args.int8:  # (quantize says why int8 is for classifiers)
+    loaded = _for_inference(load_model(args.model, class_names=args.class_names), args.int8)
+    if loaded.segmenter:
         _segment(args, loaded, files)
         return
-    # int8 pays only over many images: quantizing takes 3–6 s a start, and int8 saved at most ~20 ms
-    # per 8 images against the best float path (the main job's model, AVX512-BF16 EPYC)
-    many = len(files) >= INT8_MIN_IMAGES
-    precision = "int8" if args.int8 else _set_up_inference(loaded, args.precision, batch=min(len(files), 64), int8=many)
-    loaded = _for_inference(loaded, precision == "int8")
-    predictions = predict_files(
-        loaded,
-        files,
-        top_k=args.top_k,
-        precision="fp32" if precision == "int8" else precision,  # an int8 model takes fp32 images
-        max_pixels=args.max_pixels,
-    )
+    precision = "fp32" if args.int8 else _set_up_inference(loaded, args.precision, batch=min(len(files), 64))
+    predictions = predict_files(loaded, files, top_k=args.top_k, precision=precision, max_pixels=args.max_pixels)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
     else:
@@ -614,11 +593,13 @@ def _add_inference_flags(
     command: argparse.ArgumentParser,
     *,
     precision: str,
-    auto: str,
     int8_help: str = "int8 linear layers, run by ONNX Runtime on the CPU (see vitkit.quantize)",
 ) -> None:
     command.add_argument(
-        "--precision", default=precision, choices=("auto", "bf16", "fp32"), help=f"number format (auto: {auto})"
+        "--precision",
+        default=precision,
+        choices=("auto", "bf16", "fp32"),
+        help="float format (auto: the faster here, measured once and cached; VITKIT_PRECISION forces one)",
     )
     command.add_argument("--int8", action="store_true", help=int8_help)
 
@@ -682,12 +663,7 @@ def _add_eval_command(commands: Commands) -> None:
     eval_cmd.add_argument("--split", default="val", choices=("val", "train"), help="which part of the data")
     eval_cmd.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     eval_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _add_inference_flags(
-        eval_cmd,
-        precision="fp32",
-        auto="bf16 where this machine computes it natively",
-        int8_help="also score the int8 model, next to the float one",
-    )
+    _add_inference_flags(eval_cmd, precision="fp32", int8_help="also score the int8 model, next to the float one")
     eval_cmd.set_defaults(func=_eval)
 
 
@@ -747,12 +723,7 @@ def _add_predict_command(commands: Commands) -> None:
         "a larger image is run in windows of that size), e.g. the image's own size where objects are at the scale "
         "the model was trained at",
     )
-    _add_inference_flags(
-        predict_cmd,
-        precision="auto",
-        auto=f"the fastest of fp32, bf16 and, for {INT8_MIN_IMAGES:,} images or more with a ViT classifier and "
-        "onnxruntime installed, int8, measured once on this machine and cached; VITKIT_PRECISION forces one",
-    )
+    _add_inference_flags(predict_cmd, precision="auto")
     _add_max_pixels(predict_cmd)
     predict_cmd.set_defaults(func=_predict)
 
@@ -873,12 +844,7 @@ def _add_serve_command(commands: Commands) -> None:
         "--keep-alive-s", type=positive_float, default=5.0, help="how long an idle connection stays open"
     )
     _add_max_pixels(serve_cmd)
-    _add_inference_flags(
-        serve_cmd,
-        precision="auto",
-        auto="the faster of fp32 and bf16, which can both explain, measured once on this machine and cached; "
-        "VITKIT_PRECISION forces one",
-    )
+    _add_inference_flags(serve_cmd, precision="auto")
     serve_cmd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the model runs")
     serve_cmd.add_argument("--log-level", default="info", choices=("warning", "info", "debug"), help="uvicorn's log")
     serve_cmd.set_defaults(func=_serve)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.util
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -28,13 +27,6 @@ from ..machine import cpu_has_int8_dot_product
 from ..models import VisionTransformer, ViTConfig
 from ..models.segmenter import Segmenter
 from .export import export_onnx
-
-
-def can_quantize(model: nn.Module) -> bool:
-    """Whether :func:`quantize` can make an int8 model of ``model`` here: a ViT classifier on the
-    CPU, with ONNX Runtime installed (the ``onnx`` extra)."""
-    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-    return isinstance(model, VisionTransformer) and on_cpu and importlib.util.find_spec("onnxruntime") is not None
 
 
 def _onnxruntime():
