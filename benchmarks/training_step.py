@@ -19,7 +19,7 @@ import torch
 
 from vitkit.benchmark import interleaved, save_for_host, set_up_vitkit, train_step
 from vitkit.machine import describe_host, host_record
-from vitkit.models import build_network
+from vitkit.models import build_network, get_config
 from vitkit.train import resolve_config
 from vitkit.train.run import build_model
 
@@ -49,8 +49,6 @@ def main_job_models() -> tuple[torch.nn.Module, torch.nn.Module, int, int]:
 
 
 def s16_models() -> tuple[torch.nn.Module, torch.nn.Module, int, int]:
-    from vitkit import get_config
-
     return build_network(get_config("S/16")), timm.create_model("vit_small_patch16_224"), 32, 224
 
 
