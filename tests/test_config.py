@@ -5,10 +5,10 @@ import os
 
 import numpy as np
 import pytest
-from conftest import digits_config
 from PIL import Image
 
 import vitkit
+from conftest import digits_config
 from vitkit.cli.main import main
 from vitkit.train import PRESETS, resolve_config, train
 from vitkit.train.config import ConfigError
@@ -140,6 +140,8 @@ def test_resume_may_lengthen_a_run_and_refuses_other_changes(tmp_path, capsys):
 def test_a_preset_shapes_its_own_model_not_the_one_named_instead():
     assert resolve_config(preset="demo", overrides={"model": "BiT-Small"}).model_args == {}
     assert resolve_config(preset="demo", overrides={"model": "S/16"}).model_args == {}
+    # naming the preset's own model asks for that model, not the preset's variant of it
+    assert resolve_config(preset="demo", overrides={"model": "Ti/16"}).model_args == {}
     kept = resolve_config(preset="demo", overrides={"model_args": {"depth": 2}}).model_args
     assert kept["depth"] == 2 and kept["patch_size"] == 7  # the preset's model, reshaped key by key
     with pytest.raises(ConfigError, match="unknown ResNetV2Config field"):

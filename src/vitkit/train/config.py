@@ -462,7 +462,8 @@ def resolve_config(
 ) -> TrainConfig:
     """Build the run's config: defaults ← preset ← file ← overrides (flags). ``model_args``
     tables are merged key by key rather than replaced, but they shape the model of their layer: a
-    layer that names another ``model``, or starts from weights (``init``), drops the earlier ones.
+    layer that names a ``model`` (even the preset's own), or starts from weights (``init``), drops
+    the earlier ones, so ``--model Ti/16`` is Ti/16 whatever the preset's table made of it.
     An override of None switches a preset's setting off (e.g. ``crop_scale``). Without a preset
     named anywhere, the data decides it (see :func:`_default_preset`)."""
     file_values = read_config_file(file) if file else {}
@@ -471,7 +472,7 @@ def resolve_config(
     preset = overrides.get("preset") or file_values.get("preset") or preset or _default_preset(overrides, file_values)
     values: dict[str, Any] = {}
     for layer in (preset_values(preset), file_values, overrides):
-        if layer.get("model", values.get("model")) != values.get("model") or layer.get("init"):
+        if layer.get("model") or layer.get("init"):
             values["model_args"] = {}
         model_args = {**values.get("model_args", {}), **layer.get("model_args", {})}
         values.update(layer)
