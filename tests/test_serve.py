@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import torch
 import uvicorn
-from conftest import tiny_vit
 from fastapi.testclient import TestClient
 from loopback import free_port
 from PIL import Image
 
 import vitkit
 import vitkit.cli.main as cli
+from conftest import tiny_vit
 from vitkit.predict import predict_files
 from vitkit.serve import DynamicBatcher, ServeSettings, create_app
 
@@ -76,8 +76,12 @@ def test_health_ready_model_page_and_docs(api):
     assert info["preprocessing"]["resize_shorter"] == 32
     page = api.get("/")
     assert page.status_code == 200 and "<title>vitkit</title>" in page.text and "cdn" not in page.text.lower()
-    assert "/v1/predict" in api.get("/openapi.json").json()["paths"]
+    paths = api.get("/openapi.json").json()["paths"]
     assert api.get("/docs").status_code == 200
+    # the schema names the errors an image request can get (the manual's HTTP reference is made from it)
+    for endpoint in ("/v1/predict", "/v1/predict/batch", "/v1/segment"):
+        assert {"200", "400", "401", "413", "415", "422"} <= set(paths[endpoint]["post"]["responses"])
+    assert set(paths["/ready"]["get"]["responses"]) == {"200", "503"}
 
 
 def test_predict_answers_as_the_library_does(api, model_folder, tmp_path):

@@ -490,6 +490,22 @@ def _page_html() -> str:
     return resources.files(__package__).joinpath("page.html").read_text()
 
 
+#: the errors an image request may get, each as JSON {"error": ...}: the OpenAPI schema lists them
+_KEY_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "a server started with an API key, asked without `Authorization: Bearer KEY`"}
+}
+_IMAGE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_KEY_ERRORS,
+    400: {"description": "no image, an empty body or a form without its field; an explanation or a class this "
+          "model cannot give; the other endpoint's kind of model"},
+    408: {"description": "an upload that stalled"},
+    413: {"description": "an upload over --max-upload-mb, or an image over --max-pixels (read from its header)"},
+    415: {"description": "not an image, a corrupt one, or a body that is neither multipart nor image/*"},
+    422: {"description": "a bad query parameter, or an image more than 20 times longer than it is wide"},
+    500: {"description": "the model's output is not finite"},
+    503: {"description": "the model is still loading"},
+}  # fmt: skip
+
 #: the page that asks for and explains predictions, at /
 _page = APIRouter()
 
@@ -509,14 +525,14 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@_status.get("/ready")
+@_status.get("/ready", responses={503: {"description": "not yet: the model is loading or warming up"}})
 async def ready(serving: _ServingDep) -> JSONResponse:
     """Readiness: the model is loaded and has run once."""
     is_ready = serving.batcher is not None
     return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
 
-@_status.get(f"/{API_VERSION}/model", dependencies=[Depends(_authorised)])
+@_status.get(f"/{API_VERSION}/model", dependencies=[Depends(_authorised)], responses=_KEY_ERRORS)
 async def describe(serving: _ServingDep) -> dict[str, Any]:
     """What is served: name, classes, input size, preprocessing, parameters, batching."""
     loaded, settings = serving.loaded, serving.settings
@@ -583,14 +599,14 @@ _QuestionDep = Annotated[_Question, Depends(_question)]
 _predictions = APIRouter(prefix=f"/{API_VERSION}", dependencies=[Depends(_authorised)])
 
 
-@_predictions.post("/predict")
+@_predictions.post("/predict", responses=_IMAGE_ERRORS)
 async def predict(request: Request, serving: _ServingDep, question: _QuestionDep) -> dict[str, Any]:
     """Classify one image: multipart field ``image``, or the raw image as the body."""
     data = (await _uploads(request, "image", serving.settings.max_images_per_batch))[0]
     return await _answer(serving, data, question)
 
 
-@_predictions.post("/predict/batch")
+@_predictions.post("/predict/batch", responses=_IMAGE_ERRORS)
 async def predict_batch(request: Request, serving: _ServingDep, question: _QuestionDep) -> dict[str, Any]:
     """Classify several images (multipart fields ``images``); a bad one gets its own error."""
     uploads = await _uploads(request, "images", serving.settings.max_images_per_batch)
@@ -602,7 +618,7 @@ _OPACITY = Query(
 )
 
 
-@_predictions.post("/segment")
+@_predictions.post("/segment", responses=_IMAGE_ERRORS)
 async def segment(request: Request, serving: _ServingDep, opacity: float = _OPACITY) -> dict[str, Any]:
     """Segment one image (multipart field ``image``, or the raw image as the body): the class of
     every pixel as a palette PNG of class indices at the image's own size (``mask_png``), the image
