@@ -5,7 +5,7 @@ The same operations on a batch of 128 MNIST images (28 px): random-resized crop 
 timed repetitions after one warm-up; kornia is timed only if it is installed (it is not a vitkit
 dependency: ``pip install kornia``).
 
-    python benchmarks/augment.py
+    python benchmarks/augment.py      # → benchmarks/results/augment.json
 """
 
 from __future__ import annotations
@@ -13,14 +13,20 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torchvision.transforms import v2
 
+from vitkit.benchmark import save_for_host
 from vitkit.data.augment import BatchAugment
 from vitkit.data.datasets.builtin import load_mnist
+from vitkit.machine import host_record
 
 BATCH = 128
+
+
+RESULTS = Path(__file__).parent / "results" / "augment.json"
 
 
 def milliseconds(run: Callable[[], object]) -> float:
@@ -68,6 +74,9 @@ def main() -> None:
     print("|---|---|---|")
     for name, ms in rows:
         print(f"| {name} | {ms:.1f} | {1000 * BATCH / ms:,.0f} |")
+    records = [{"augmentation": name, "ms_per_batch": ms, "img_per_s": 1000 * BATCH / ms} for name, ms in rows]
+    save_for_host(RESULTS, host_record(), {"batch": BATCH, "rows": records})
+    print(f"\nwrote {RESULTS}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 AUC (see ``vitkit.analysis.faithfulness``) for rollout, relevance, Grad-CAM and a random order.
 
     vitkit train --out runs/main                     # the main job (MNIST, 99 %)
-    python benchmarks/faithfulness.py runs/main --images 500
+    python benchmarks/faithfulness.py runs/main --images 500   # → benchmarks/results/faithfulness.json
 
 Each image is explained for its predicted class.
 """
@@ -10,13 +10,18 @@ Each image is explained for its predicted class.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
 from vitkit import load_model
 from vitkit.analysis import METHODS, explanation_maps, faithfulness, inspection_images, random_maps
 from vitkit.analysis.explain import predicted_classes
+from vitkit.benchmark import save_for_host
+from vitkit.machine import host_record
 from vitkit.train.run_folder import run_data
+
+RESULTS = Path(__file__).parent / "results" / "faithfulness.json"
 
 
 def main() -> None:
@@ -44,6 +49,9 @@ def main() -> None:
     print("|---|---|---|")
     for method, deletion, insertion in rows:
         print(f"| {method} | {deletion:.3f} | {insertion:.3f} |")
+    records = [{"method": m, "deletion_auc": d, "insertion_auc": i} for m, d, i in rows]
+    save_for_host(RESULTS, host_record(), {"model": args.model, "images": images.shape[0], "rows": records})
+    print(f"\nwrote {RESULTS}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ Model: the demo model's training step (forward, backward, AdamW) on a batch of t
 bf16 autocast where the CPU has native bf16. Loader figures are the median of 3 passes over 40
 batches.
 
-    python benchmarks/loader.py
+    python benchmarks/loader.py      # → benchmarks/results/loader.json
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ from pathlib import Path
 import torch
 from folder_demo import write_folder
 
-from vitkit.benchmark import train_step
+from vitkit.benchmark import save_for_host, train_step
 from vitkit.data.load import load_data
 from vitkit.data.shards import write_shards
-from vitkit.machine import cpu_has_native_bf16
+from vitkit.machine import cpu_has_native_bf16, host_record
+from vitkit.seeds import SEEDING
 from vitkit.train import resolve_config
 from vitkit.train.distributed import Processes
 from vitkit.train.inputs import decode_once, epoch_batches, image_size, run_datasets
@@ -49,6 +50,7 @@ def loader_images_per_second(config, train_set) -> float:
             train_set,
             epoch=epoch,
             images_done=0,
+            seeding=SEEDING,
             steps=BATCHES,
             processes=Processes(),
             device=torch.device("cpu"),
@@ -103,6 +105,19 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, workers, rate in rows:
         print(f"| {name} | {workers} | {rate:,.0f} | {model_rate:,.0f} | {rate / model_rate:.2f} |")
+    records = [
+        {
+            "pipeline": name,
+            "workers": workers,
+            "loader_img_per_s": rate,
+            "model_img_per_s": model_rate,
+            "ratio": rate / model_rate,
+        }
+        for name, workers, rate in rows
+    ]
+    results = Path(__file__).parent / "results" / "loader.json"
+    save_for_host(results, host_record(), {"precision": precision, "img_size": size, "rows": records})
+    print(f"\nwrote {results}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ Prints a Markdown table and writes JSON next to this script (results/multilabel_
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import tempfile
@@ -28,9 +27,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
+from vitkit.benchmark import save_for_host
 from vitkit.data.load import load_data
 from vitkit.interop import load_model
-from vitkit.machine import cpu_has_native_bf16
+from vitkit.machine import cpu_has_native_bf16, host_record
 from vitkit.train import resolve_config, train
 from vitkit.train.multilabel import average_precision, mean_average_precision, multilabel_logits, score_multilabel
 
@@ -153,10 +153,8 @@ def main() -> None:
         f"{summary.train_seconds:.0f} s | {wall:.0f} s | {summary.train_images_per_second:.0f} | "
         f"{summary.precision} |"
     )
-    results = Path(__file__).parent / "results"
-    results.mkdir(exist_ok=True)
-    document = json.dumps({"machine": machine, "run": row}, indent=2) + "\n"
-    (results / f"multilabel_mnist_patch{args.patch_size}.json").write_text(document)
+    results = Path(__file__).parent / "results" / f"multilabel_mnist_patch{args.patch_size}.json"
+    save_for_host(results, host_record(), {"run": row})
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Self-supervised pre-training with 1 % of MNIST's labels (the README's table, issue 7).
+"""Self-supervised pre-training with 1 % of MNIST's labels (the self-supervised page's tables).
 
 1. Pre-train with masked patch prediction (MPP) and with a masked autoencoder (MAE) on the
    60,000 MNIST training images, labels unused (presets mpp-demo and mae-demo).
@@ -21,8 +21,10 @@ from pathlib import Path
 
 import torch
 
+from vitkit.benchmark import save_for_host
 from vitkit.data.transforms import eval_transform
 from vitkit.interop import LoadedModel, load_model
+from vitkit.machine import host_record
 from vitkit.probe import fewshot_evaluate, linear_probe
 from vitkit.train import resolve_config, train
 from vitkit.train.run import build_model
@@ -152,14 +154,13 @@ def main() -> None:
             print(f"| {name} | {feature} | " + " | ".join(cells) + f" | {100 * result['linear_probe']:.2f} |")
 
     document = {
-        "machine": f"{torch.get_num_threads()} threads, torch {torch.__version__}",
         "pretrain_epochs": args.pretrain_epochs,
         "finetune_epochs": args.finetune_epochs,
         "pretrained": {k: v["summary"] for k, v in pretrained.items()},
         "finetuned": finetuned,
         "probes": probes,
     }
-    Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+    save_for_host(Path(args.json), host_record(), document)
     print(f"\nwrote {args.json}")
 
 

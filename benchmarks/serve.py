@@ -47,8 +47,9 @@ import torch
 from PIL import Image
 
 import vitkit
+from vitkit.benchmark import save_for_host
 from vitkit.device import resolve_precision
-from vitkit.machine import cpu_has_int8_dot_product, cpu_has_native_bf16
+from vitkit.machine import cpu_has_int8_dot_product, cpu_has_native_bf16, host_record
 
 
 def _free_port() -> int:
@@ -405,9 +406,8 @@ def normal(args: argparse.Namespace, folder: Path) -> None:
         f"the model alone ({alone['precision']}): "
         + ", ".join(f"{k} {v:.1f} img/s" for k, v in alone.items() if k != "precision")
     )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k != "out"}
-    Path(args.out).write_text(json.dumps({"settings": settings, "rows": rows, "model_alone": alone}, indent=2) + "\n")
+    save_for_host(Path(args.out), host_record(), {"settings": settings, "rows": rows, "model_alone": alone})
     print(f"wrote {args.out}")
 
 

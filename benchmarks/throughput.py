@@ -1,7 +1,7 @@
 """vitkit vs timm vs transformers: inference (eager, compiled, int8) and training img/s, FLOP
 rate, memory, token scaling.
 
-Runs the sets shown in the README and keeps this host kind's in benchmarks/results/throughput.json
+Runs the sets of the manual's performance page and keeps this host kind's in benchmarks/results/throughput.json
 (one entry per host kind, the host with every row). Each set is
 one interleaved measurement (see vitkit.benchmark); ratios within a set are what to compare.
 

@@ -23,6 +23,9 @@ import tempfile
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
+from vitkit.benchmark import save_for_host
+from vitkit.machine import host_record
+
 MODELS = ("vit_tiny_patch16_224", "vit_small_patch16_224")
 
 PLUGIN = f"""
@@ -73,6 +76,8 @@ def main() -> None:
         print(f"| {name} | {outcome} |")
     passed = sum(outcome == "passed" for _, outcome in rows)
     print(f"\n{passed} of {len(rows)} passed; vitkit.create_model built {calls} models for them")
+    record = {"passed": passed, "rows": [{"test": name, "outcome": outcome} for name, outcome in rows]}
+    save_for_host(Path(__file__).parent / "results" / "timm_model_tests.json", host_record(), record)
 
 
 def _outcomes(report: Path) -> list[tuple[str, str]]:
