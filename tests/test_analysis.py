@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-from conftest import PAPER_VIT, tiny_vit
 from PIL import Image
 
 import vitkit
+from conftest import PAPER_VIT, tiny_vit
 from vitkit import analysis, load_model, save_model
 from vitkit.cli.main import main
 from vitkit.train import resolve_config, train

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from conftest import tiny_vit
 
 import vitkit
+from conftest import tiny_vit
 from vitkit.cli import main as cli
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_until_checkpoint, tiny_vit
 from safetensors.torch import load_file, save_file
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import vitkit
+from conftest import run_until_checkpoint, tiny_vit
 from vitkit.interop.keys import upgrade_vitkit_keys
 from vitkit.machine import cpu_has_native_bf16
 from vitkit.seeds import SEEDING, seed_for

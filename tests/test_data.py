@@ -6,10 +6,10 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import logged
 from PIL import Image
 from torchvision import tv_tensors
 
+from conftest import logged
 from vitkit.data.datasets.image_datasets import (
     DataError,
     TransformedDataset,

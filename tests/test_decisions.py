@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import digits_config, logged, tiny_vit
 
+from conftest import digits_config, logged, tiny_vit
 from vitkit import decisions
 from vitkit.cli.main import main
 from vitkit.decisions import decide, decide_attention_for, decide_optimizer, set_up_inference

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import digits_config, logged
 from PIL import Image
 
+from conftest import digits_config, logged
 from vitkit.data.augment import AugmentedBatches
 from vitkit.data.datasets.builtin import load_digits
 from vitkit.data.datasets.image_datasets import ArrayImageDataset, FileImageDataset

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import digits_config, torchrun, write_config
 from safetensors.torch import load_file
 
+from conftest import digits_config, torchrun, write_config
 from vitkit.interop import load_model
 from vitkit.train import resume_run, train
 from vitkit.train.accuracy import score_model

@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TINY, digits_config
 
+from conftest import TINY, digits_config
 from vitkit.interop import load_model
 from vitkit.probe import fewshot_evaluate
 from vitkit.train import ConfigError, resolve_config, train

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from conftest import randomize_head, tiny_vit
 
 import vitkit
+from conftest import randomize_head, tiny_vit
 from vitkit.analysis import METHODS, explanation_maps, faithfulness, perturbation_curves, random_maps
 
 

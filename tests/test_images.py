@@ -10,12 +10,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_vit
 from fastapi.testclient import TestClient
 from PIL import Image, ImageFilter
 from torchvision.transforms import v2
 
 import vitkit
+from conftest import tiny_vit
 from vitkit.cli.main import main
 from vitkit.data.images import ImageTooElongated, ImageTooLarge, load_image
 from vitkit.data.transforms import Preprocessing, decode_transform

@@ -9,11 +9,11 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from conftest import digits_config, randomize_head, tiny_vit
 from fastapi.testclient import TestClient
 from PIL import Image
 
 import vitkit
+from conftest import digits_config, randomize_head, tiny_vit
 from vitkit.cli.main import main
 from vitkit.machine import cpu_has_int8_dot_product
 from vitkit.serve import ServeSettings, create_app

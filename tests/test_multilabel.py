@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import PAPER_VIT, digits_config, logged, randomize_head, tiny_vit
 from fastapi.testclient import TestClient
 from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.metrics import average_precision_score, f1_score
 
 import vitkit
+from conftest import PAPER_VIT, digits_config, logged, randomize_head, tiny_vit
 from vitkit.analysis import explanation_maps, perturbation_curves
 from vitkit.cli.main import main
 from vitkit.data.datasets.image_datasets import DataError

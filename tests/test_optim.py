@@ -3,9 +3,9 @@ and layer-wise learning-rate decay built on the model's group_matcher."""
 
 import pytest
 import timm.optim
-from conftest import digits_config, tiny_vit
 from torch import nn
 
+from conftest import digits_config, tiny_vit
 from vitkit.pretrain import MaskedAutoencoder, MaskedPatchPrediction
 from vitkit.train import ConfigError, train
 from vitkit.train.optim import build_optimizer, param_groups

@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
-from conftest import digits_config, tiny_vit
 
 import vitkit
+from conftest import digits_config, tiny_vit
 from vitkit import analysis
 from vitkit.cli.main import main
 from vitkit.data.load import load_data

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, model_args_flags, run_until_checkpoint
 from safetensors.torch import load_file
 
+from conftest import TINY, model_args_flags, run_until_checkpoint
 from vitkit import create_model
 from vitkit.cli.main import main
 from vitkit.data.datasets.builtin import load_digits

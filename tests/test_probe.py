@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-from conftest import digits_config
 
+from conftest import digits_config
 from vitkit.cli.main import main
 from vitkit.data.datasets.builtin import load_digits
 from vitkit.data.datasets.subsets import balanced_subset, dataset_labels, per_class_indices

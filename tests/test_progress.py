@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import digits_config, run_until_checkpoint
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from conftest import digits_config, run_until_checkpoint
 from vitkit.train import resume_run, train
 from vitkit.train.progress import Progress
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import digits_config, logged, tiny_vit
 from PIL import Image
 from safetensors.torch import load_file
 
 import vitkit
+from conftest import digits_config, logged, tiny_vit
 from vitkit.analysis import inspection_images
 from vitkit.cli.main import main
 from vitkit.data.datasets.builtin import load_digits

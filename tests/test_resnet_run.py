@@ -4,11 +4,11 @@ applies only to a ViT (attention figures, int8, pre-training, segmentation) says
 import json
 
 import pytest
-from conftest import digits_config
 from fastapi.testclient import TestClient
 from test_serve import jpeg
 
 import vitkit
+from conftest import digits_config
 from vitkit.cli.main import main
 from vitkit.data.load import load_data
 from vitkit.predict import predict_files

@@ -10,13 +10,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import run_until_checkpoint
 from loopback import free_port
 from PIL import Image
 from safetensors.torch import load_file
 from test_serve import _start_serving, served_page
 
 import vitkit
+from conftest import run_until_checkpoint
 from vitkit.cli.main import main
 from vitkit.data.datasets.image_datasets import DataError
 from vitkit.data.load import detect_task, load_data

@@ -3,9 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_vit
 
 import vitkit
+from conftest import tiny_vit
 from vitkit.models.segmenter import DECODERS, LinearDecoder, Segmenter, sliding_window_logits
 
 

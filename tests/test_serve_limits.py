@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import torch
 import uvicorn
-from conftest import tiny_vit
 from loopback import free_port
 from PIL import Image
 
 import vitkit
+from conftest import tiny_vit
 from vitkit.serve import DynamicBatcher, ServeSettings, create_app
 
 NAMES = ["cat", "dog", "bird"]

@@ -6,10 +6,10 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, torchrun, write_config
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from conftest import TINY, torchrun, write_config
 from vitkit.cli.main import main
 from vitkit.data.datasets.builtin import load_digits
 from vitkit.data.datasets.image_datasets import DataError

@@ -10,13 +10,13 @@ import pytest
 import safetensors.torch
 import timm
 import torch
-from conftest import logged, tiny_vit
 from PIL import Image
 from timm.models import save_for_hf
 from transformers import pipeline
 
 import vitkit
 import vitkit.cli.main
+from conftest import logged, tiny_vit
 from vitkit.data.transforms import Preprocessing
 from vitkit.interop import convert, list_pretrained, open_weights, save_hf, save_model
 from vitkit.interop.npz import save_npz

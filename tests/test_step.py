@@ -4,8 +4,8 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_vit
 
+from conftest import tiny_vit
 from vitkit.train.distributed import Processes
 from vitkit.train.objectives import Classification
 from vitkit.train.step import train_step

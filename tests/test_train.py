@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, digits_config, logged, run_until_checkpoint
 from PIL import Image
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import vitkit
+from conftest import TINY, digits_config, logged, run_until_checkpoint
 from vitkit.cli.main import main
 from vitkit.train import SingleLabelScores, TrainingDiverged, resolve_config, resume_run, train
 

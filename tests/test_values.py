@@ -3,9 +3,9 @@
 import math
 
 import pytest
-from conftest import tiny_vit
 
 import vitkit
+from conftest import tiny_vit
 from vitkit.cli import main as cli
 from vitkit.train import ConfigError, TrainConfig, resolve_config
 

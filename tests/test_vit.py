@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import randomize_head, tiny_vit
 
 import vitkit
+from conftest import randomize_head, tiny_vit
 from vitkit.models.vit import Attention, _attention_weights, attention
 
 POS_KINDS = ["none", "learn", "learn2d", "relative", "sincos2d"]

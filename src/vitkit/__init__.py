@@ -15,7 +15,7 @@ from .interop import (
 )
 from .models import ResNetV2, ResNetV2Config, VisionTransformer, ViTConfig, get_config, list_models, resample_pos_embed
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Int8Model",

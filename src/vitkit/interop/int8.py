@@ -1,11 +1,12 @@
 """int8 inference on CPUs: the model exported to ONNX, its linear layers quantized with ONNX
 Runtime's dynamic quantization, and run by ONNX Runtime.
 
-Why ONNX Runtime: on CPUs with AVX512-VNNI its int8 matmuls (MLAS) outrun PyTorch's bf16 ones,
-while PyTorch's own int8 kernels (``torch._int_mm``, fbgemm's and oneDNN's dynamic linear) ran
-slower than its bf16 matmuls on the machine vitkit is measured on (see the README's performance
-section). Dynamic quantization needs no calibration data: every weight matrix is stored as int8
-with a scale per output channel, and each matmul's input is quantized on the fly, per tensor.
+Why ONNX Runtime: on CPUs with AVX512-VNNI but without AMX its int8 matmuls (MLAS) outrun
+PyTorch's bf16 ones (on a CPU with AMX, bf16 is faster), while PyTorch's own int8 kernels
+(``torch._int_mm``, fbgemm's and oneDNN's dynamic linear) ran slower than its bf16 matmuls on the
+machines vitkit is measured on (the manual's int8 page has the figures). Dynamic quantization
+needs no calibration data: every weight matrix is stored as int8 with a scale per output channel,
+and each matmul's input is quantized on the fly, per tensor.
 Static quantization (activation scales calibrated on held-out images) was measured slower here,
 so it is not offered. Attention's own products, LayerNorm, GELU and the softmax stay fp32.
 """

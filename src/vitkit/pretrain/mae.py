@@ -41,8 +41,9 @@ class MaskedAutoencoder(nn.Module):
         encoder: a plain ViT (no hybrid stem: it would see the hidden pixels; no relative
             positions: they are tied to the full token count).
         mask_ratio: fraction of patches hidden from the encoder (paper: 0.75).
-        decoder_dim, decoder_depth, decoder_heads: the decoder's width, blocks and heads
-            (paper: 512, 8, 16 for ViT-L; a few narrow blocks suffice for small models).
+        decoder_dim: the decoder's width (paper: 512 for ViT-L; narrow suffices for small models).
+        decoder_depth: the decoder's blocks (paper: 8; a few suffice for small models).
+        decoder_heads: the decoder's attention heads (paper: 16).
         norm_pix_loss: predict each patch's pixels normalised by its own mean and variance.
     """
 
