@@ -21,6 +21,8 @@ from vitkit.cli.main import build_parser
 from vitkit.serve import ServeSettings, create_app
 
 RESULTS = Path(__file__).parent.parent / "benchmarks" / "results"
+#: the docstrings' Sphinx roles (:func:`name`), which Markdown leaves as text before the code
+SPHINX_ROLE = re.compile(r":(?:func|class|meth|mod|attr|data|exc|obj):(?=<code>)")
 MARKER = re.compile(r"^<!-- (table: (?P<table>[\w-]+)|(?P<generated>openapi|cli)) -->$", re.MULTILINE)
 
 
@@ -269,3 +271,7 @@ def on_page_markdown(markdown: str, **_: object) -> str:
         return http_reference() if match["generated"] == "openapi" else cli_reference()
 
     return MARKER.sub(expand, markdown)
+
+
+def on_page_content(html: str, **_: object) -> str:
+    return SPHINX_ROLE.sub("", html)

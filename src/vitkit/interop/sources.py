@@ -563,7 +563,7 @@ def create_model(
             :class:`FeatureMaps` of per-block feature maps, as timm's does; ``device`` and
             ``dtype`` place the model.
 
-    Example:
+    Examples:
         >>> model = create_model("vit_base_patch16_224", pretrained=True)  # doctest: +SKIP
         >>> scratch = create_model("S/16", num_classes=10, img_size=32, patch_size=4)
     """
@@ -598,7 +598,7 @@ def create_segmenter(
     dropped. ``decoder`` is ``"linear"`` or ``"mask"`` (Segmenter's mask transformer, with
     ``decoder_depth`` blocks of width ``decoder_dim``, by default the backbone's).
 
-    Example:
+    Examples:
         >>> segmenter = create_segmenter("S/16", num_classes=21, decoder="mask", img_size=64)
     """
     encoder = create_model(name, pretrained=pretrained, weights=weights, num_classes=0, **backbone)
