@@ -16,6 +16,7 @@ Each page runs in a fresh working directory of its own, top to bottom, in one py
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import io
@@ -75,7 +76,9 @@ class Workspace:
         ``settings`` are training settings (``in_chans=3``) or model arguments (``pool="token"``)."""
         key = repr(sorted(settings.items()))
         if key not in self._runs:
-            out = Path(tempfile.mkdtemp(prefix="vitkit-docs-run-")) / "run"
+            folder = tempfile.mkdtemp(prefix="vitkit-docs-run-")
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            out = Path(folder) / "run"
             overrides = {"data": "digits", "img_size": 8, "epochs": 1, "out": str(out), "precision": "fp32"}
             model_args = {"patch_size": 2, "depth": 2, "embed_dim": 32, "num_heads": 2, "mlp_dim": 64}
             for name, value in settings.items():
