@@ -44,7 +44,7 @@ from sybil.parsers.markdown import CodeBlockParser
 from vitkit.cli.main import main
 from vitkit.train import TrainConfig, resolve_config, train
 
-NOT_RUN = re.compile(r'title="Not run by the tests: ([^"]+)"')
+NOT_RUN = re.compile(r'title="Not run by the tests: [^"]+"')
 DOCS_PORT = "8000"
 TRAIN_SETTINGS = {field.name for field in dataclasses.fields(TrainConfig)}
 
@@ -117,7 +117,7 @@ class Workspace:
         csv = self.root / path
         rows = ["path,label"]
         for label in range(10):
-            for image in self.images(f"{csv.parent.name}/{label}", count // 10, label):
+            for image in self.images(f"{csv.parent.relative_to(self.root)}/{label}", count // 10, label):
                 parity, size = "even" if label % 2 == 0 else "odd", "small" if label < 5 else "large"
                 rows.append(f'{image.relative_to(csv.parent)},"{parity};{size}"')
         csv.write_text("\n".join(rows) + "\n")
