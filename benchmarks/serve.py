@@ -28,7 +28,6 @@ import argparse
 import http.client
 import io
 import json
-import os
 import platform
 import resource
 import socket
@@ -49,7 +48,7 @@ from PIL import Image
 import vitkit
 from vitkit.benchmark import save_for_host
 from vitkit.device import resolve_precision
-from vitkit.machine import cpu_has_int8_dot_product, cpu_has_native_bf16, host_record
+from vitkit.machine import host_record
 
 
 def _free_port() -> int:
@@ -131,13 +130,6 @@ def _model_alone(arch: str, max_batch: int) -> dict[str, float]:
     rate(1), rate(max_batch)
     rates = [(rate(1), rate(max_batch)) for _ in range(3)]
     return {"precision": precision, "batch 1": max(r[0] for r in rates), f"batch {max_batch}": max(r[1] for r in rates)}
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def _png(width: int, height: int) -> bytes:
@@ -326,20 +318,10 @@ def hostile(args: argparse.Namespace, folder: Path) -> None:
         "open_file_limit": 1024,
         "address_space_cap_gb": args.memory_cap_gb,
     }
-    host = {
-        "cpu": _cpu_name(),
-        "cores": os.cpu_count(),
-        "machine": platform.machine(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "native_bf16": cpu_has_native_bf16(),
-        "int8_dot_product": cpu_has_int8_dot_product(),
-    }
     print(json.dumps(results, indent=2))
     out = Path(args.out if args.out != "benchmarks/results/serve.json" else "benchmarks/results/serve_hostile.json")
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "clients", "rounds", "int8")}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"host": host, "settings": settings, **results}, indent=2) + "\n")
+    save_for_host(out, host_record(), {"settings": settings, **results})
     print(f"wrote {out}")
 
 
