@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import digits_config, logged, tiny_vit
+import vitkit
+from conftest import digits_config, logged, randomize_head, tiny_vit
 from vitkit import decisions
 from vitkit.cli.main import main
 from vitkit.decisions import decide, decide_attention_for, decide_optimizer, set_up_inference
+from vitkit.device import autocast
 from vitkit.train import train
 
 CPU = torch.device("cpu")
@@ -105,14 +107,51 @@ def test_the_optimizer_kernel_is_timed_on_the_models_parameters():
 
 def test_auto_inference_precision_is_the_faster_and_sets_its_attention_kernel():
     model = tiny_vit().eval()
-    precision, chosen = set_up_inference(model, precision="auto", batch=4, img_size=32, device=CPU)
+    inference = set_up_inference(model, precision="auto", batch=4, img_size=32, device=CPU)
+    chosen = inference.decisions
     assert [d.what for d in chosen] == ["precision", "attention"]
-    assert precision == chosen[0].choice == min(chosen[0].seconds, key=chosen[0].seconds.get)
-    assert model.attention_kernel[0] == chosen[1].choice.partition(":")[0]
+    assert set(chosen[0].seconds) == {"fp32", "bf16"} and chosen[0].situation.endswith("among fp32/bf16")
+    assert inference.precision == chosen[0].choice == min(chosen[0].seconds, key=chosen[0].seconds.get)
+    assert inference.model is model and model.attention_kernel[0] == chosen[1].choice.partition(":")[0]
     # A precision that is given is kept: only the kernel is chosen.
-    precision, chosen = set_up_inference(model, precision="bf16", batch=4, img_size=32, device=CPU)
-    assert precision == "bf16" and [d.what for d in chosen] == ["attention"]
-    assert "bfloat16 inference" in chosen[0].situation
+    inference = set_up_inference(model, precision="bf16", batch=4, img_size=32, device=CPU)
+    assert inference.precision == "bf16" and [d.what for d in inference.decisions] == ["attention"]
+    assert "bfloat16 inference" in inference.decisions[0].situation
+
+
+def test_auto_may_choose_int8_where_the_caller_can_run_it():
+    model = randomize_head(tiny_vit()).eval()
+    inference = set_up_inference(model, precision="auto", batch=4, img_size=32, device=CPU, int8=True)
+    decision = inference.decisions[0]
+    assert set(decision.seconds) == {"fp32", "bf16", "int8"} and decision.situation.endswith("among fp32/bf16/int8")
+    assert inference.precision == decision.choice == min(decision.seconds, key=decision.seconds.get)
+    assert isinstance(inference.model, vitkit.Int8Model) == (inference.precision == "int8")
+    # A choice between floats only (serve's) is its own situation, not answered by the one above.
+    floats = set_up_inference(model, precision="auto", batch=4, img_size=32, device=CPU)
+    assert (floats.decisions[0].how, set(floats.decisions[0].seconds)) == ("measured", {"fp32", "bf16"})
+    assert set_up_inference(model, precision="auto", batch=4, img_size=32, device=CPU, int8=True).decisions[0].how == (
+        "cached"
+    )
+    # Neither a ResNet nor a model on a GPU has an int8 form.
+    resnet = vitkit.ResNetV2(vitkit.ResNetV2Config(layers=(1, 1, 1, 1), root_width=32))
+    assert not decisions.int8_runs(resnet, CPU) and not decisions.int8_runs(model, torch.device("cuda"))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_each_forced_precision_runs_and_answers_as_the_float_model(monkeypatch, precision):
+    model = randomize_head(tiny_vit()).eval()
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(images)
+    monkeypatch.setenv("VITKIT_PRECISION", precision)
+    inference = set_up_inference(model, precision="auto", batch=3, img_size=32, device=CPU, int8=True)
+    assert (inference.precision, inference.decisions[0].how) == (precision, "set by VITKIT_PRECISION")
+    with torch.no_grad(), autocast(CPU, inference.precision):
+        logits = inference.model(images).float()
+    assert (logits - expected).abs().max() <= 0.05 * expected.abs().max()
+    if precision == "int8":  # where the caller has no int8 form, forcing it is an error that says so
+        with pytest.raises(ValueError, match="VITKIT_PRECISION='int8' is not a choice here; use one of fp32, bf16"):
+            set_up_inference(model, precision="auto", batch=3, img_size=32, device=CPU)
 
 
 def test_a_run_records_its_kernels_and_each_choice_trains_to_the_same_result(tmp_path, monkeypatch):

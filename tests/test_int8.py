@@ -13,8 +13,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import vitkit
-from conftest import digits_config, randomize_head, tiny_vit
+from conftest import digits_config, logged, randomize_head, tiny_vit
 from vitkit.cli.main import main
+from vitkit.interop import int8 as int8_module
 from vitkit.machine import cpu_has_int8_dot_product
 from vitkit.serve import ServeSettings, create_app
 
@@ -78,6 +79,27 @@ def test_a_model_that_takes_any_size_stays_so():
         vitkit.quantize(randomize_head(tiny_vit()).eval())(x)
 
 
+def test_a_quantized_model_is_kept_and_read_back_by_its_weights(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("VITKIT_HOME", str(tmp_path))
+    model = randomize_head(tiny_vit()).eval()
+    first = vitkit.quantize(model)
+    (kept,) = (tmp_path / "int8").glob("*.onnx")
+    assert kept.read_bytes() == first.onnx_model
+    with monkeypatch.context() as patched:  # read back, not exported again
+        patched.setattr(int8_module, "export_onnx", lambda *_, **__: pytest.fail("exported again"))
+        assert vitkit.quantize(model).onnx_model == first.onnx_model
+    with torch.no_grad():  # other weights are another model
+        next(model.parameters()).add_(1)
+    vitkit.quantize(model)
+    assert len(list((tmp_path / "int8").glob("*.onnx"))) == 2
+    with torch.no_grad():
+        next(model.parameters()).sub_(1)
+    kept.write_bytes(b"cut short")
+    with logged(caplog, rf"ignoring {kept}: ONNX Runtime cannot load it .*quantizing again"):
+        assert vitkit.quantize(model).onnx_model == first.onnx_model
+    assert kept.read_bytes() == first.onnx_model
+
+
 @pytest.mark.slow
 def test_the_saved_file_runs_in_onnxruntime_alone(tmp_path):
     model = randomize_head(tiny_vit()).eval()
@@ -111,14 +133,29 @@ def test_predict_and_export_with_int8(trained_digits, tmp_path, capsys):
     assert main(["predict", str(trained_digits), str(picture), "--json"]) == 0
     float_answer = json.loads(capsys.readouterr().out)[0]["top"]
     assert main(["predict", str(trained_digits), str(picture), "--int8", "--json"]) == 0
-    int8_answer = json.loads(capsys.readouterr().out)[0]["top"]
+    captured = capsys.readouterr()
+    int8_answer = json.loads(captured.out)[0]["top"]
     assert int8_answer[0][0] == float_answer[0][0]
+    assert "vitkit: int8 model ready in" in captured.err
 
     assert main(["export", str(trained_digits), str(tmp_path / "int8.onnx"), "--int8"]) == 0
     assert "int8" in capsys.readouterr().out
     assert onnxruntime.InferenceSession(str(tmp_path / "int8.onnx")).get_inputs()[0].shape[0] == "batch"
     assert main(["export", str(trained_digits), str(tmp_path / "int8.pt2"), "--format", "pt2", "--int8"]) != 0
     assert "an int8 export is ONNX" in capsys.readouterr().err
+
+
+def test_auto_precision_may_mean_int8_for_predict_but_not_for_serve(trained_digits, tmp_path, capsys, monkeypatch):
+    """What a measurement may choose, forced: predict runs the int8 model; serve's auto stays float,
+    as its page explains answers with the float model."""
+    picture = tmp_path / "digit.png"
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(picture)
+    monkeypatch.setenv("VITKIT_PRECISION", "int8")
+    assert main(["predict", str(trained_digits), str(picture)]) == 0
+    err = capsys.readouterr().err
+    assert "among fp32/bf16/int8: int8 (set by VITKIT_PRECISION)" in err and "int8 model ready" in err
+    assert main(["serve", str(trained_digits), "--port", "1"]) == 2
+    assert "VITKIT_PRECISION='int8' is not a choice here; use one of fp32, bf16" in capsys.readouterr().err
 
 
 def test_an_int8_server_answers_and_refuses_explanations_with_400(trained_digits):

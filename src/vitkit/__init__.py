@@ -14,8 +14,7 @@ from .interop import (
     save_model,
 )
 from .models import ResNetV2, ResNetV2Config, VisionTransformer, ViTConfig, get_config, list_models, resample_pos_embed
-
-__version__ = "0.2.0"
+from .version import __version__
 
 __all__ = [
     "Int8Model",

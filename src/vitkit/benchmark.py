@@ -167,7 +167,7 @@ def explain_choices(
             for decision in set_up_vitkit(net, task=task, precision=precision, batch=batch, img_size=img_size):
                 decisions[f"{decision.what}: {decision.situation}"] = decision
     if task == "inference":
-        decision = decide_precision(net.eval(), batch=batch, img_size=img_size, device=target)
+        decision = decide_precision(net.eval(), batch=batch, img_size=img_size, device=target, int8=True)
         decisions["precision"] = decision
     return list(decisions.values())
 

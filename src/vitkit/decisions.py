@@ -7,8 +7,8 @@ each of these by a short timed trial the first time it meets a situation, and re
 - ``attention``: the kernel (:data:`~vitkit.models.vit.ATTENTION_KERNELS`) for a device, dtype,
   training or inference, and shape class; env ``VITKIT_ATTENTION`` (``sdpa``, ``explicit``);
 - ``optimizer``: PyTorch's ``fused`` or ``foreach`` implementation; env ``VITKIT_OPTIMIZER``;
-- ``precision``: what ``--precision auto`` means for inference (``fp32`` or ``bf16``); env
-  ``VITKIT_PRECISION``.
+- ``precision``: what ``--precision auto`` means for inference (``fp32``, ``bf16``, or, where
+  the caller can run it, ``int8`` by ONNX Runtime); env ``VITKIT_PRECISION``.
 
 Choices are cached in ``$VITKIT_HOME/decisions.json`` under the machine's fingerprint (CPU model
 and flags or GPU name, torch version, threads), so another CPU or a torch upgrade measures again.
@@ -20,6 +20,7 @@ run keeps them, so it stays bit-identical.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -30,12 +31,14 @@ import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .fileio import atomic_write, cache_dir
+from .interop.int8 import quantize
 from .machine import cpu_flags, cpu_model
 from .models import VisionTransformer, ViTConfig
 from .models.vit import ATTENTION_KERNELS, attention
@@ -43,7 +46,7 @@ from .models.vit import ATTENTION_KERNELS, attention
 logger = logging.getLogger(__name__)
 
 OPTIMIZER_KERNELS = ("foreach", "fused")
-INFERENCE_PRECISIONS = ("fp32", "bf16")
+INFERENCE_PRECISIONS = ("fp32", "bf16", "int8")
 ENVIRONMENT = {"attention": "VITKIT_ATTENTION", "optimizer": "VITKIT_OPTIMIZER", "precision": "VITKIT_PRECISION"}
 #: seconds one trial may take (each candidate runs at least ``_MIN_ROUNDS`` times, interleaved)
 TRIAL_SECONDS = 0.5
@@ -261,24 +264,36 @@ def decide_optimizer(parameters: Iterable[nn.Parameter], optimizer: str, device:
     return decide("optimizer", situation, OPTIMIZER_KERNELS, trials, device)
 
 
-def decide_precision(model: nn.Module, *, batch: int, img_size: int, device: torch.device) -> Decision:
-    """What ``--precision auto`` means for inference with ``model``: the faster of fp32 and bf16
-    autocast, each with its own best attention kernel, timed on a batch of up to 8 images."""
+def decide_precision(
+    model: nn.Module, *, batch: int, img_size: int, device: torch.device, int8: bool = False
+) -> Decision:
+    """What ``--precision auto`` means for inference with ``model``: the fastest of fp32 and bf16
+    autocast, each with its own best attention kernel, and, when ``int8`` and
+    :func:`int8_runs` ``model``, its int8 model (:func:`~vitkit.interop.quantize`, which keeps it
+    for the next time), timed on a batch of up to 8 images."""
     config = model.config
     if isinstance(model, VisionTransformer):
         shape = f"{config.depth} blocks of {config.embed_dim}, ~{_bucket(tokens_of(config, img_size))} tokens"
     else:
         shape = f"ResNet-v2 {'+'.join(map(str, config.layers))} of {config.num_features}, ~{_bucket(img_size)} px"
-    situation = f"{device.type} inference, {shape}"
+    candidates = INFERENCE_PRECISIONS if int8 and int8_runs(model, device) else INFERENCE_PRECISIONS[:2]
+    situation = f"{device.type} inference, {shape}, among {'/'.join(candidates)}"
 
     def trials() -> dict[str, Callable[[], object]]:
         images = torch.randn(min(batch, 8), config.in_chans, img_size, img_size, device=device)
-        return {precision: _inference_trial(model, images, precision) for precision in INFERENCE_PRECISIONS}
+        return {precision: _inference_trial(model, images, precision) for precision in candidates}
 
-    return decide("precision", situation, INFERENCE_PRECISIONS, trials, device)
+    return decide("precision", situation, candidates, trials, device)
+
+
+def int8_runs(model: nn.Module, device: torch.device) -> bool:
+    """Whether ``model`` has an int8 form here: a ViT, on the CPU, with ONNX Runtime installed."""
+    return device.type == "cpu" and isinstance(model, VisionTransformer) and find_spec("onnxruntime") is not None
 
 
 def _inference_trial(model: nn.Module, images: torch.Tensor, precision: str) -> Callable[[], object]:
+    if precision == "int8":
+        return functools.partial(quantize(model), images)
     dtype = dtype_of(precision)
     attends = isinstance(model, VisionTransformer)
     if attends:
@@ -320,21 +335,32 @@ def decide_attention_for(
     )
 
 
+@dataclass(frozen=True)
+class Inference:
+    """How to run inference fast here: ``model`` (the float model given, its attention kernel
+    set, or its int8 form), the ``precision`` to run it at, and the ``decisions`` behind both."""
+
+    model: nn.Module
+    precision: str
+    decisions: list[Decision]
+
+
 def set_up_inference(
-    model: nn.Module, *, precision: str, batch: int, img_size: int, device: torch.device
-) -> tuple[str, list[Decision]]:
+    model: nn.Module, *, precision: str, batch: int, img_size: int, device: torch.device, int8: bool = False
+) -> Inference:
     """Make ``model`` (on ``device``, in eval mode) run inference the fastest way this machine
-    has: ``precision`` ``"auto"`` becomes fp32 or bf16 by :func:`decide_precision` (a given one is
-    kept), and a ViT's attention kernel is :func:`decide_attention_for` that precision. Returns
-    the precision and the decisions, to show."""
+    has. ``precision`` ``"auto"`` becomes fp32, bf16 or (when ``int8``) int8 by
+    :func:`decide_precision`; a given one is kept. At int8 the model is :func:`~vitkit.interop.quantize`'d;
+    else a ViT's attention kernel is :func:`decide_attention_for` that precision."""
     decisions = []
     if precision == "auto":
-        decisions.append(decide_precision(model, batch=batch, img_size=img_size, device=device))
+        decisions.append(decide_precision(model, batch=batch, img_size=img_size, device=device, int8=int8))
         precision = decisions[-1].choice
-    if not isinstance(model, VisionTransformer):
-        return precision, decisions
-    decisions.append(
-        decide_attention_for(model, batch=batch, img_size=img_size, dtype=dtype_of(precision), training=False)
-    )
-    model.set_attention_kernel(*parse_attention_choice(decisions[-1].choice))
-    return precision, decisions
+    if precision == "int8":
+        return Inference(quantize(model), precision, decisions)
+    if isinstance(model, VisionTransformer):
+        decisions.append(
+            decide_attention_for(model, batch=batch, img_size=img_size, dtype=dtype_of(precision), training=False)
+        )
+        model.set_attention_kernel(*parse_attention_choice(decisions[-1].choice))
+    return Inference(model, precision, decisions)

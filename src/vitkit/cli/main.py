@@ -31,6 +31,7 @@ from vitkit.data.shards import write_shards
 from vitkit.decisions import ENVIRONMENT, machine_fingerprint, set_up_inference
 from vitkit.decisions import cache_path as decisions_cache_path
 from vitkit.device import device_of, resolve_device, resolve_precision
+from vitkit.fileio import cache_dir
 from vitkit.interop import convert, export_model, load_model, quantize
 from vitkit.interop.convert import TARGETS
 from vitkit.interop.export import EXPORT_FORMATS, check_export_path
@@ -246,7 +247,8 @@ def _eval(args: argparse.Namespace) -> None:
     scores = score_model(loaded, data, **settings)
     int8 = None
     if args.int8:
-        int8 = score_model(_for_inference(loaded, True), data, **{**settings, "precision": "fp32"})
+        quantized, _ = _set_up_inference(loaded, "int8", batch=args.batch_size)
+        int8 = score_model(quantized, data, **{**settings, "precision": "int8"})
     if isinstance(scores, MultiLabelScores):
         _print_multilabel(args, data, precision, loaded.class_names, scores, int8)
     else:
@@ -389,37 +391,42 @@ def _linear_probe(args: argparse.Namespace) -> None:
     )
 
 
-def _for_inference(loaded: vitkit.LoadedModel, int8: bool) -> vitkit.LoadedModel:
-    """``loaded``, with its model quantized to int8 when ``int8`` (saying how long that took)."""
-    if not int8:
-        return loaded
-    start = time.perf_counter()
-    quantized = dataclasses.replace(loaded, model=quantize(loaded.model))
-    print(f"quantized to int8 in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    return quantized
-
-
-def _set_up_inference(loaded: vitkit.LoadedModel, precision: str, *, batch: int) -> str:
-    """The precision and attention kernel this machine runs ``loaded`` fastest with (measured once,
-    then cached; see vitkit.decisions), each said on stderr; a segmenter's backbone decides for it."""
+def _set_up_inference(
+    loaded: vitkit.LoadedModel, precision: str, *, batch: int, int8: bool = False
+) -> tuple[vitkit.LoadedModel, str]:
+    """``loaded`` as this machine runs it fastest, and the precision to run it at (measured once,
+    then cached; see vitkit.decisions); ``precision`` ``int8`` (or ``auto`` choosing it, where
+    ``int8`` lets it) runs its int8 model. Each decision is said on stderr; a segmenter's backbone
+    decides for it."""
+    if loaded.segmenter and precision == "int8":
+        raise ValueError("--int8 applies to classifiers; run a segmenter in fp32 or bf16")
     model = loaded.model.backbone if loaded.segmenter else loaded.model
-    precision, decisions = set_up_inference(
-        model, precision=precision, batch=batch, img_size=model.config.img_size[0], device=device_of(model)
+    start = time.perf_counter()
+    inference = set_up_inference(
+        model, precision=precision, batch=batch, img_size=model.config.img_size[0], device=device_of(model), int8=int8
     )
-    for decision in decisions:
+    for decision in inference.decisions:
         print(f"vitkit: {decision}", file=sys.stderr)
-    return precision
+    if inference.precision != "int8":
+        return loaded, inference.precision
+    print(
+        f"vitkit: int8 model ready in {time.perf_counter() - start:.1f} s "
+        f"(quantized models are kept in {cache_dir() / 'int8'})",
+        file=sys.stderr,
+    )
+    return dataclasses.replace(loaded, model=inference.model), "int8"
 
 
 def _predict(args: argparse.Namespace) -> None:
     files = expand_image_paths(args.images)  # before the model, which may have to be downloaded
     if not files:
         raise ValueError(f"no image files in {', '.join(args.images)}")
-    loaded = _for_inference(load_model(args.model, class_names=args.class_names), args.int8)
+    loaded = load_model(args.model, class_names=args.class_names)
     if loaded.segmenter:
         _segment(args, loaded, files)
         return
-    precision = "fp32" if args.int8 else _set_up_inference(loaded, args.precision, batch=min(len(files), 64))
+    precision = "int8" if args.int8 else args.precision
+    loaded, precision = _set_up_inference(loaded, precision, batch=min(len(files), 64), int8=True)
     predictions = predict_files(loaded, files, top_k=args.top_k, precision=precision, max_pixels=args.max_pixels)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
@@ -439,7 +446,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _segment(args: argparse.Namespace, loaded: vitkit.LoadedModel, files: list[Path]) -> None:
     """``vitkit predict`` with a segmenter: a mask and an overlay PNG per image, and the areas."""
-    precision = _set_up_inference(loaded, args.precision, batch=1)
+    loaded, precision = _set_up_inference(loaded, "int8" if args.int8 else args.precision, batch=1)
     results = segment_files(
         loaded, files, Path(args.out), precision=precision, max_pixels=args.max_pixels, short_side=args.short_side
     )
@@ -541,7 +548,6 @@ def _convert(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     device = resolve_device("cpu" if args.int8 else args.device)
     loaded = load_model(args.model, device=str(device), architecture=args.architecture, class_names=args.class_names)
-    loaded = _for_inference(loaded, args.int8)
     settings = ServeSettings(
         model_name=served_name(args.model),
         max_batch=args.max_batch,
@@ -555,9 +561,10 @@ def _serve(args: argparse.Namespace) -> None:
         max_connections=args.max_connections,
         max_pixels=args.max_pixels,
     )
-    if not args.int8:  # once the settings are known to be right: measuring takes a moment
-        precision = _set_up_inference(loaded, args.precision, batch=args.max_batch)
-        settings = dataclasses.replace(settings, precision=precision)
+    # Once the settings are known to be right: measuring takes a moment. Auto stays float: the
+    # page's explanations need the float model.
+    loaded, precision = _set_up_inference(loaded, settings.precision, batch=args.max_batch)
+    settings = dataclasses.replace(settings, precision=precision)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
             f"vitkit: warning: serving on {args.host}: every machine that can reach this one can use the model"

@@ -9,12 +9,19 @@ needs no calibration data: every weight matrix is stored as int8 with a scale pe
 and each matmul's input is quantized on the fly, per tensor.
 Static quantization (activation scales calibrated on held-out images) was measured slower here,
 so it is not offered. Attention's own products, LayerNorm, GELU and the softmax stay fp32.
+
+Exporting and quantizing take seconds (9 s for S/16 on 2 cores), more than a short prediction
+job gains, so each quantized model is kept under ``$VITKIT_HOME/int8/``, named by a digest of its
+weights, configuration and the quantizer's settings and versions: the same weights quantize once
+per machine (delete the folder to reclaim the space).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import json
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -23,11 +30,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..fileio import atomic_write
+from ..fileio import atomic_write, cache_dir
 from ..machine import cpu_has_int8_dot_product
 from ..models import VisionTransformer, ViTConfig
 from ..models.segmenter import Segmenter
+from ..version import __version__
 from .export import export_onnx
+
+logger = logging.getLogger(__name__)
 
 
 def _onnxruntime():
@@ -105,9 +115,16 @@ def quantize(model: VisionTransformer, *, dynamic: bool | None = None, reduce_ra
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     dynamic = model.config.dynamic_img_size if dynamic is None else dynamic
+    reduce_range = not cpu_has_int8_dot_product() if reduce_range is None else reduce_range
     weights = next(model.parameters())
     if weights.device.type != "cpu" or weights.dtype != torch.float32:
         model = copy.deepcopy(model).float().cpu()
+    cached = cache_dir() / "int8" / f"{_digest(model, dynamic=dynamic, reduce_range=reduce_range)}.onnx"
+    if cached.is_file():
+        try:
+            return Int8Model(cached.read_bytes(), model.config)
+        except Exception as error:  # ONNX Runtime's own error classes (a truncated file, another version)
+            logger.warning(f"ignoring {cached}: ONNX Runtime cannot load it ({error}); quantizing again")
     with tempfile.TemporaryDirectory(prefix="vitkit-int8-") as folder, _without_preprocessing_advice():
         float_path, int8_path = Path(folder, "float.onnx"), Path(folder, "int8.onnx")
         export_onnx(model, float_path, dynamic=dynamic)
@@ -117,7 +134,25 @@ def quantize(model: VisionTransformer, *, dynamic: bool | None = None, reduce_ra
             int8_path,
             weight_type=QuantType.QInt8,
             per_channel=True,
-            reduce_range=not cpu_has_int8_dot_product() if reduce_range is None else reduce_range,
+            reduce_range=reduce_range,
             op_types_to_quantize=["MatMul"],
         )
-        return Int8Model(int8_path.read_bytes(), model.config)
+        quantized = Int8Model(int8_path.read_bytes(), model.config)
+    try:
+        quantized.save(cached)
+    except OSError as error:  # a read-only home still quantizes, each time
+        logger.warning(f"could not keep the int8 model in {cached}: {error}")
+    return quantized
+
+
+def _digest(model: VisionTransformer, *, dynamic: bool, reduce_range: bool) -> str:
+    """What names a quantized model: the float model's configuration and weights, the settings,
+    and the versions of the code that writes it."""
+    digest = hashlib.sha256()
+    versions = {"vitkit": __version__, "torch": torch.__version__, "onnxruntime": _onnxruntime().__version__}
+    settings = {"dynamic": dynamic, "reduce_range": reduce_range, "config": model.config.to_dict(), **versions}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}".encode())
+        digest.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:32]
