@@ -15,6 +15,7 @@ import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from statistics import median
 
 import vitkit
 from vitkit.cli.main import build_parser
@@ -165,6 +166,11 @@ def field(key: str, spec: str = "") -> Callable[[dict], str]:
     return lambda row: format(row[key], spec)
 
 
+def seconds(setting: str) -> Callable[[dict], str]:
+    """The median of a row's timed runs at ``setting``."""
+    return lambda row: f"{median(row['seconds'][setting]):.1f}"
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "mnist_demo": rows_table(
         "mnist_demo",
@@ -204,6 +210,17 @@ TABLES: dict[str, Callable[[], str]] = {
             "loader img/s": field("loader_img_per_s", ",.0f"),
             "model img/s (training)": field("model_img_per_s", ",.0f"),
             "loader / model": field("ratio", ".2f"),
+        },
+    ),
+    "predict_precision": rows_table(
+        "predict_precision",
+        {
+            "model": field("model"),
+            "images": field("images", ","),
+            **{f"{setting} s": seconds(setting) for setting in ("fp32", "bf16", "int8")},
+            "auto s (chose)": lambda row: f"{median(row['seconds']['auto']):.1f} ({row['auto_chose']})",
+            "auto × best": lambda row: f"**{row['auto_vs_best']:.2f}**",
+            "auto's first use": lambda row: f"{row['auto_first_use']['seconds']:.1f} s",
         },
     ),
     "augment": rows_table(

@@ -30,7 +30,7 @@ from vitkit.data.masks import IGNORE_INDEX
 from vitkit.data.shards import write_shards
 from vitkit.decisions import ENVIRONMENT, machine_fingerprint, set_up_inference
 from vitkit.decisions import cache_path as decisions_cache_path
-from vitkit.device import device_of, resolve_device, resolve_precision
+from vitkit.device import device_of, resolve_device
 from vitkit.fileio import cache_dir
 from vitkit.interop import convert, export_model, load_model, quantize
 from vitkit.interop.convert import TARGETS
@@ -239,7 +239,7 @@ def _eval(args: argparse.Namespace) -> None:
     data = _data_of(args)
     # the run's own data: its own held-out images
     holdout = {} if args.data else run_split(args.model)
-    precision = resolve_precision(args.precision, torch.device("cpu"))
+    loaded, precision = _set_up_inference(loaded, args.precision, batch=args.batch_size)
     if loaded.segmenter:
         _eval_segmenter(args, loaded, data, {"split": args.split, "precision": precision, **holdout})
         return
@@ -600,13 +600,14 @@ def _add_inference_flags(
     command: argparse.ArgumentParser,
     *,
     precision: str,
+    auto: str = "the faster here of fp32 and bf16",
     int8_help: str = "int8 linear layers, run by ONNX Runtime on the CPU (see vitkit.quantize)",
 ) -> None:
     command.add_argument(
         "--precision",
         default=precision,
         choices=("auto", "bf16", "fp32"),
-        help="float format (auto: the faster here, measured once and cached; VITKIT_PRECISION forces one)",
+        help=f"number format (auto: {auto}, measured once and cached; VITKIT_PRECISION forces one)",
     )
     command.add_argument("--int8", action="store_true", help=int8_help)
 
@@ -730,7 +731,7 @@ def _add_predict_command(commands: Commands) -> None:
         "a larger image is run in windows of that size), e.g. the image's own size where objects are at the scale "
         "the model was trained at",
     )
-    _add_inference_flags(predict_cmd, precision="auto")
+    _add_inference_flags(predict_cmd, precision="auto", auto="the fastest here of fp32, bf16 and int8")
     _add_max_pixels(predict_cmd)
     predict_cmd.set_defaults(func=_predict)
 
@@ -851,7 +852,9 @@ def _add_serve_command(commands: Commands) -> None:
         "--keep-alive-s", type=positive_float, default=5.0, help="how long an idle connection stays open"
     )
     _add_max_pixels(serve_cmd)
-    _add_inference_flags(serve_cmd, precision="auto")
+    _add_inference_flags(
+        serve_cmd, precision="auto", auto="the faster here of fp32 and bf16, as explanations need a float model"
+    )
     serve_cmd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the model runs")
     serve_cmd.add_argument("--log-level", default="info", choices=("warning", "info", "debug"), help="uvicorn's log")
     serve_cmd.set_defaults(func=_serve)

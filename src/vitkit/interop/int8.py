@@ -100,7 +100,8 @@ def _without_preprocessing_advice() -> Iterator[None]:
 
 def quantize(model: VisionTransformer, *, dynamic: bool | None = None, reduce_range: bool | None = None) -> Int8Model:
     """``model`` with int8 linear layers (see the module docstring for what is quantized and how),
-    for CPU inference; ``model`` itself is left as it was. Any batch; the image size is free when
+    for CPU inference; ``model`` itself is left as it was. Kept under ``$VITKIT_HOME/int8/``: the
+    same weights and settings load from there the next time. Any batch; the image size is free when
     ``dynamic`` (by default: when the model itself takes any size, ``dynamic_img_size``), else
     fixed at the model's own.
 
@@ -111,9 +112,6 @@ def quantize(model: VisionTransformer, *, dynamic: bool | None = None, reduce_ra
     if not isinstance(model, VisionTransformer):
         what = "a segmenter" if isinstance(model, Segmenter) else "a ResNet"
         raise ValueError(f"int8 quantization is for ViT classifiers (their linear layers); run {what} in fp32 or bf16")
-    _onnxruntime()
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     dynamic = model.config.dynamic_img_size if dynamic is None else dynamic
     reduce_range = not cpu_has_int8_dot_product() if reduce_range is None else reduce_range
     weights = next(model.parameters())
@@ -125,6 +123,8 @@ def quantize(model: VisionTransformer, *, dynamic: bool | None = None, reduce_ra
             return Int8Model(cached.read_bytes(), model.config)
         except Exception as error:  # ONNX Runtime's own error classes (a truncated file, another version)
             logger.warning(f"ignoring {cached}: ONNX Runtime cannot load it ({error}); quantizing again")
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # optional, and slow to import: only to quantize
+
     with tempfile.TemporaryDirectory(prefix="vitkit-int8-") as folder, _without_preprocessing_advice():
         float_path, int8_path = Path(folder, "float.onnx"), Path(folder, "int8.onnx")
         export_onnx(model, float_path, dynamic=dynamic)
