@@ -5,10 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-
 from ..data.datasets.subsets import balanced_subset
 from ..data.load import load_data
 from ..interop.sources import LoadedModel
@@ -49,6 +45,11 @@ def linear_probe(
         train = balanced_subset(train, train_images, num_classes=len(data.class_names), seed=seed)
     train_x, train_y = extract_features(model, train, preprocess, pool=pool, batch_size=batch_size)
     test_x, test_y = extract_features(model, data.val, preprocess, pool=pool, batch_size=batch_size)
+    # Imported on use: scikit-learn takes a second to import, which every vitkit command paid.
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=regularization, max_iter=max_iter))
     probe.fit(train_x.numpy(), train_y.numpy())
     return LinearProbeResult(
