@@ -4,10 +4,11 @@ For each model (the main job's model on 28 px digits; S/16 and B/16 on 224 px pi
 random weights: speed does not depend on their values) it writes a folder of PNGs, then runs
 `vitkit predict` on it as a user does, a fresh process each time: `--precision fp32`,
 `--precision bf16`, `--int8` and `--precision auto`, in interleaved rounds. Before the rounds, one
-untimed-as-a-round run of auto on an empty `$VITKIT_HOME` shows the cost of a first use (measuring,
-and quantizing where int8 is a candidate); the timed runs then find the choices and the int8 model
-kept, as a user's next runs do. Prints a table and keeps this host kind's entry in
-results/predict_precision.json.
+run of auto on an empty `$VITKIT_HOME` shows the cost of a first use on a machine (measuring, and
+quantizing where int8 is a candidate); the timed runs then find the choices and the int8 model
+kept, as a user's next runs do. After them, one run of auto with new weights of the same shape
+(a model trained since, say) shows what auto does when int8 would first have to quantize them.
+Prints a table and keeps this host kind's entry in results/predict_precision.json.
 
     python benchmarks/predict_precision.py [--rounds 3] [--models demo S/16 B/16]
 """
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 import vitkit
@@ -42,14 +44,15 @@ SETTINGS = {
 }
 
 
-def build(name: str, folder: Path) -> Path:
+def build(name: str, folder: Path, seed: int = 0) -> Path:
     """A model folder of ``name`` (``demo``: the main job's model) with random weights."""
+    torch.manual_seed(seed)
     if name == "demo":
         config = resolve_config(preset="demo")
         model = vitkit.create_model(config.model, num_classes=10, in_chans=1, img_size=28, **config.model_args)
     else:
         model = vitkit.create_model(name, num_classes=1000)
-    return vitkit.save_model(folder / "model", model.eval())
+    return vitkit.save_model(folder / f"model-{seed}", model.eval())
 
 
 def write_images(folder: Path, count: int, size: int, channels: int) -> Path:
@@ -70,8 +73,8 @@ def predict(model: Path, images: Path, flags: list[str], env: dict[str, str]) ->
     seconds = time.perf_counter() - began
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-2000:])
-    chosen = re.search(r"vitkit: precision for .*?: (\w+) \(", done.stderr)
-    return seconds, chosen.group(1) if chosen else ("int8" if "--int8" in flags else flags[-1])
+    chosen = re.findall(r"vitkit: precision for .*?: (\w+) \(", done.stderr)  # the last one is what ran
+    return seconds, chosen[-1] if chosen else ("int8" if "--int8" in flags else flags[-1])
 
 
 def main() -> None:
@@ -96,6 +99,7 @@ def main() -> None:
                 for setting, flags in SETTINGS.items():
                     seconds, chosen[setting] = predict(model, images, flags, env)
                     times[setting].append(seconds)
+            new_weights, new_weights_choice = predict(build(name, work, seed=1), images, SETTINGS["auto"], env)
             best = min(statistics.median(times[s]) for s in ("fp32", "bf16", "int8"))
             rows.append(
                 {
@@ -105,18 +109,23 @@ def main() -> None:
                     "seconds": times,
                     "auto_chose": chosen["auto"],
                     "auto_first_use": {"seconds": first, "chose": first_choice},
+                    "auto_new_weights": {"seconds": new_weights, "chose": new_weights_choice},
                     "auto_vs_best": best / statistics.median(times["auto"]),
                 }
             )
     print(f"Machine: {describe_host(host)}\n")
-    print("| model | images | fp32 s | bf16 s | int8 s | auto s (chose) | auto × best | auto's first use s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| model | images | fp32 s | bf16 s | int8 s | auto s (chose) | auto × best | auto's first use s "
+        "| auto, new weights s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         median = {setting: statistics.median(seconds) for setting, seconds in row["seconds"].items()}
         print(
             f"| {row['model']} | {row['images']} | {median['fp32']:.1f} | {median['bf16']:.1f} | "
             f"{median['int8']:.1f} | {median['auto']:.1f} ({row['auto_chose']}) | {row['auto_vs_best']:.2f}× | "
-            f"{row['auto_first_use']['seconds']:.1f} ({row['auto_first_use']['chose']}) |"
+            f"{row['auto_first_use']['seconds']:.1f} ({row['auto_first_use']['chose']}) | "
+            f"{row['auto_new_weights']['seconds']:.1f} ({row['auto_new_weights']['chose']}) |"
         )
     out = Path(__file__).parent / "results" / "predict_precision.json"
     save_for_host(out, host, {"rounds": args.rounds, "rows": rows})

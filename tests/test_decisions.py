@@ -137,6 +137,34 @@ def test_auto_may_choose_int8_where_the_caller_can_run_it():
     assert not decisions.int8_runs(resnet, CPU) and not decisions.int8_runs(model, torch.device("cuda"))
 
 
+def test_auto_passes_over_int8_where_quantizing_new_weights_costs_more_than_it_saves():
+    model = randomize_head(tiny_vit()).eval()
+    measured = set_up_inference(model, precision="auto", batch=4, img_size=32, device=CPU, int8=True, images=4)
+    situation = measured.decisions[0].situation
+    cache = json.loads(decisions.cache_path().read_text())
+    entries = cache[decisions.machine_fingerprint(CPU)]
+    if measured.precision == "int8":  # the trial quantized these weights: what that cost is recorded
+        costs = entries[f"int8 costs: {situation}"]["seconds"]
+        assert costs["quantizing"] > 0 and costs["saved per image"] > 0
+    # Say the trial found int8 faster by 1 ms an image and quantizing 5 s: new weights (another
+    # model of the same shape) run in the fastest float for 10 images, in int8 for 10,000.
+    entries[f"precision: {situation}"] = {"choice": "int8", "seconds": {"fp32": 0.006, "bf16": 0.008, "int8": 0.002}}
+    entries[f"int8 costs: {situation}"] = {"choice": "int8", "seconds": {"quantizing": 5.0, "saved per image": 0.001}}
+    decisions.cache_path().write_text(json.dumps(cache))
+    other = randomize_head(tiny_vit()).eval()
+    few = set_up_inference(other, precision="auto", batch=4, img_size=32, device=CPU, int8=True, images=10)
+    assert few.precision == "fp32" and few.model is other
+    assert str(few.decisions[1]) == (
+        "precision for 10 image(s), weights not quantized yet: "
+        "fp32 (int8 would save ~10 ms and quantizing takes ~5.00 s)"
+    )
+    many = set_up_inference(other, precision="auto", batch=4, img_size=32, device=CPU, int8=True, images=10_000)
+    assert many.precision == "int8" and isinstance(many.model, vitkit.Int8Model)
+    # Once kept, int8 costs nothing more to start: a job of any size runs it.
+    again = set_up_inference(other, precision="auto", batch=4, img_size=32, device=CPU, int8=True, images=1)
+    assert again.precision == "int8" and [d.how for d in again.decisions] == ["cached"]
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
 def test_each_forced_precision_runs_and_answers_as_the_float_model(monkeypatch, precision):
     model = randomize_head(tiny_vit()).eval()

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .fileio import atomic_write, cache_dir
-from .interop.int8 import quantize
+from .interop.int8 import kept_file, quantize
 from .machine import cpu_flags, cpu_model
 from .models import VisionTransformer, ViTConfig
 from .models.vit import ATTENTION_KERNELS, attention
@@ -278,12 +278,19 @@ def decide_precision(
         shape = f"ResNet-v2 {'+'.join(map(str, config.layers))} of {config.num_features}, ~{_bucket(img_size)} px"
     candidates = INFERENCE_PRECISIONS if int8 and int8_runs(model, device) else INFERENCE_PRECISIONS[:2]
     situation = f"{device.type} inference, {shape}, among {'/'.join(candidates)}"
+    images = torch.randn(min(batch, 8), config.in_chans, img_size, img_size, device=device)
+    quantizing = []
 
     def trials() -> dict[str, Callable[[], object]]:
-        images = torch.randn(min(batch, 8), config.in_chans, img_size, img_size, device=device)
-        return {precision: _inference_trial(model, images, precision) for precision in candidates}
+        return {precision: _inference_trial(model, images, precision, quantizing) for precision in candidates}
 
-    return decide("precision", situation, candidates, trials, device)
+    decision = decide("precision", situation, candidates, trials, device)
+    if quantizing and decision.choice == "int8":  # what int8 saves per image, against what quantizing costs
+        floats = [seconds for name, seconds in decision.seconds.items() if name != "int8"]
+        saved = (min(floats) - decision.seconds["int8"]) / len(images)
+        costs = {"quantizing": quantizing[0], "saved per image": saved}
+        _remember(device, f"int8 costs: {situation}", Decision("int8 costs", situation, "int8", "measured", costs))
+    return decision
 
 
 def int8_runs(model: nn.Module, device: torch.device) -> bool:
@@ -291,9 +298,16 @@ def int8_runs(model: nn.Module, device: torch.device) -> bool:
     return device.type == "cpu" and isinstance(model, VisionTransformer) and find_spec("onnxruntime") is not None
 
 
-def _inference_trial(model: nn.Module, images: torch.Tensor, precision: str) -> Callable[[], object]:
+def _inference_trial(
+    model: nn.Module, images: torch.Tensor, precision: str, quantizing: list[float]
+) -> Callable[[], object]:
     if precision == "int8":
-        return functools.partial(quantize(model), images)
+        kept = kept_file(model).is_file()
+        began = time.perf_counter()
+        quantized = quantize(model)
+        if not kept:  # what quantizing costs, for weights not quantized before
+            quantizing.append(time.perf_counter() - began)
+        return functools.partial(quantized, images)
     dtype = dtype_of(precision)
     attends = isinstance(model, VisionTransformer)
     if attends:
@@ -346,16 +360,30 @@ class Inference:
 
 
 def set_up_inference(
-    model: nn.Module, *, precision: str, batch: int, img_size: int, device: torch.device, int8: bool = False
+    model: nn.Module,
+    *,
+    precision: str,
+    batch: int,
+    img_size: int,
+    device: torch.device,
+    int8: bool = False,
+    images: int | None = None,
 ) -> Inference:
     """Make ``model`` (on ``device``, in eval mode) run inference the fastest way this machine
     has. ``precision`` ``"auto"`` becomes fp32, bf16 or (when ``int8``) int8 by
-    :func:`decide_precision`; a given one is kept. At int8 the model is :func:`~vitkit.interop.quantize`'d;
-    else a ViT's attention kernel is :func:`decide_attention_for` that precision."""
+    :func:`decide_precision`; a given one is kept. Knowing the job's ``images``, auto passes over
+    int8 for weights not quantized yet when quantizing them would cost more than int8 saves on
+    that many images (both measured by the trial). At int8 the model is
+    :func:`~vitkit.interop.quantize`'d; else a ViT's attention kernel is :func:`decide_attention_for`
+    that precision."""
     decisions = []
     if precision == "auto":
         decisions.append(decide_precision(model, batch=batch, img_size=img_size, device=device, int8=int8))
         precision = decisions[-1].choice
+        passed_over = _int8_passed_over(model, decisions[-1], images, device)
+        if passed_over:
+            decisions.append(passed_over)
+            precision = passed_over.choice
     if precision == "int8":
         return Inference(quantize(model), precision, decisions)
     if isinstance(model, VisionTransformer):
@@ -364,3 +392,20 @@ def set_up_inference(
         )
         model.set_attention_kernel(*parse_attention_choice(decisions[-1].choice))
     return Inference(model, precision, decisions)
+
+
+def _int8_passed_over(model: nn.Module, chosen: Decision, images: int | None, device: torch.device) -> Decision | None:
+    """The fastest float precision instead of ``chosen``'s int8, when ``model``'s weights have no
+    int8 form kept yet and quantizing them costs more than int8 saves on ``images``."""
+    if chosen.choice != "int8" or chosen.how not in ("measured", "cached") or images is None:
+        return None
+    costs = _read_cache(cache_path()).get(machine_fingerprint(device), {}).get(f"int8 costs: {chosen.situation}")
+    measured = costs.get("seconds") if isinstance(costs, dict) else None
+    floats = {name: seconds for name, seconds in chosen.seconds.items() if name != "int8"}
+    if not isinstance(measured, dict) or not floats or kept_file(model).is_file():
+        return None
+    quantizing, saved = measured.get("quantizing"), measured.get("saved per image")
+    if not isinstance(quantizing, float) or not isinstance(saved, float) or images * saved >= quantizing:
+        return None
+    why = f"int8 would save ~{_duration(images * saved)} and quantizing takes ~{_duration(quantizing)}"
+    return Decision("precision", f"{images} image(s), weights not quantized yet", min(floats, key=floats.get), why)

@@ -392,18 +392,24 @@ def _linear_probe(args: argparse.Namespace) -> None:
 
 
 def _set_up_inference(
-    loaded: vitkit.LoadedModel, precision: str, *, batch: int, int8: bool = False
+    loaded: vitkit.LoadedModel, precision: str, *, batch: int, int8: bool = False, images: int | None = None
 ) -> tuple[vitkit.LoadedModel, str]:
-    """``loaded`` as this machine runs it fastest, and the precision to run it at (measured once,
-    then cached; see vitkit.decisions); ``precision`` ``int8`` (or ``auto`` choosing it, where
-    ``int8`` lets it) runs its int8 model. Each decision is said on stderr; a segmenter's backbone
-    decides for it."""
+    """``loaded`` as this machine runs it fastest on a job of ``images`` (when known), and the
+    precision to run it at (measured once, then cached; see vitkit.decisions); ``precision``
+    ``int8`` (or ``auto`` choosing it, where ``int8`` lets it) runs its int8 model. Each decision
+    is said on stderr; a segmenter's backbone decides for it."""
     if loaded.segmenter and precision == "int8":
         raise ValueError("--int8 applies to classifiers; run a segmenter in fp32 or bf16")
     model = loaded.model.backbone if loaded.segmenter else loaded.model
     start = time.perf_counter()
     inference = set_up_inference(
-        model, precision=precision, batch=batch, img_size=model.config.img_size[0], device=device_of(model), int8=int8
+        model,
+        precision=precision,
+        batch=batch,
+        img_size=model.config.img_size[0],
+        device=device_of(model),
+        int8=int8,
+        images=images,
     )
     for decision in inference.decisions:
         print(f"vitkit: {decision}", file=sys.stderr)
@@ -426,7 +432,7 @@ def _predict(args: argparse.Namespace) -> None:
         _segment(args, loaded, files)
         return
     precision = "int8" if args.int8 else args.precision
-    loaded, precision = _set_up_inference(loaded, precision, batch=min(len(files), 64), int8=True)
+    loaded, precision = _set_up_inference(loaded, precision, batch=min(len(files), 64), int8=True, images=len(files))
     predictions = predict_files(loaded, files, top_k=args.top_k, precision=precision, max_pixels=args.max_pixels)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))

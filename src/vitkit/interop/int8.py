@@ -117,7 +117,7 @@ def quantize(model: VisionTransformer, *, dynamic: bool | None = None, reduce_ra
     weights = next(model.parameters())
     if weights.device.type != "cpu" or weights.dtype != torch.float32:
         model = copy.deepcopy(model).float().cpu()
-    cached = cache_dir() / "int8" / f"{_digest(model, dynamic=dynamic, reduce_range=reduce_range)}.onnx"
+    cached = kept_file(model, dynamic=dynamic, reduce_range=reduce_range)
     if cached.is_file():
         try:
             return Int8Model(cached.read_bytes(), model.config)
@@ -145,14 +145,18 @@ def quantize(model: VisionTransformer, *, dynamic: bool | None = None, reduce_ra
     return quantized
 
 
-def _digest(model: VisionTransformer, *, dynamic: bool, reduce_range: bool) -> str:
-    """What names a quantized model: the float model's configuration and weights, the settings,
-    and the versions of the code that writes it."""
+def kept_file(model: VisionTransformer, *, dynamic: bool | None = None, reduce_range: bool | None = None) -> Path:
+    """Where :func:`quantize` keeps ``model``'s int8 form (which exists once it has quantized it),
+    named by a digest of the float model's configuration and weights, the settings, and the
+    versions of the code that writes it."""
+    dynamic = model.config.dynamic_img_size if dynamic is None else dynamic
+    reduce_range = not cpu_has_int8_dot_product() if reduce_range is None else reduce_range
     digest = hashlib.sha256()
     versions = {"vitkit": __version__, "torch": torch.__version__, "onnxruntime": _onnxruntime().__version__}
     settings = {"dynamic": dynamic, "reduce_range": reduce_range, "config": model.config.to_dict(), **versions}
     digest.update(json.dumps(settings, sort_keys=True).encode())
-    for name, tensor in model.state_dict().items():
-        digest.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}".encode())
-        digest.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:32]
+    for name, tensor in model.state_dict().items():  # as quantize exports them: fp32, on the CPU
+        weights = (tensor.float() if tensor.is_floating_point() else tensor).detach().cpu()
+        digest.update(f"{name} {tuple(weights.shape)} {weights.dtype}".encode())
+        digest.update(weights.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return cache_dir() / "int8" / f"{digest.hexdigest()[:32]}.onnx"
