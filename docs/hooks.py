@@ -218,13 +218,11 @@ TABLES: dict[str, Callable[[], str]] = {
             "model": field("model"),
             "images": field("images", ","),
             **{f"{setting} s": seconds(setting) for setting in ("fp32", "bf16", "int8")},
-            "auto s (chose)": lambda row: f"{median(row['seconds']['auto']):.1f} ({row['auto_chose']})",
+            "auto s (chose)": lambda row: f"{seconds('auto')(row)} ({row['auto_chose']})",
             "auto × best": lambda row: f"**{row['auto_vs_best']:.2f}**",
             "auto's first use": lambda row: f"{row['auto_first_use']['seconds']:.1f} s",
             "auto, new weights (chose)": lambda row: (
                 f"{row['auto_new_weights']['seconds']:.1f} s ({row['auto_new_weights']['chose']})"
-                if "auto_new_weights" in row
-                else "not measured"
             ),
         },
     ),
