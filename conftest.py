@@ -69,6 +69,7 @@ class Workspace:
             VITKIT_ATTENTION="sdpa",
             VITKIT_OPTIMIZER="foreach",
             VITKIT_PRECISION="fp32",
+            VITKIT_LINEAR="packed",
         )
 
     def run(self, path: str = "runs/digits", **settings: object) -> Path:

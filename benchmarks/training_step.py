@@ -55,7 +55,9 @@ def s16_models() -> tuple[torch.nn.Module, torch.nn.Module, int, int]:
 def measure(name: str, models, precision: str, reps: int) -> dict:
     vitkit_model, timm_model, batch, img_size = models
     images = torch.randn(batch, vitkit_model.config.in_chans, img_size, img_size)
-    decisions = set_up_vitkit(vitkit_model, task="train", precision=precision, batch=batch, img_size=img_size)
+    vitkit_model, decisions = set_up_vitkit(
+        vitkit_model, task="train", precision=precision, batch=batch, img_size=img_size
+    )
     steps = {
         "vitkit": train_step(vitkit_model, images, precision, decisions[-1].choice),
         "timm": train_step(timm_model, images, precision),

@@ -15,10 +15,11 @@ atexit.register(shutil.rmtree, HF_HOME, ignore_errors=True)
 configure_hub_env(os.environ, HUB.url, HF_HOME)
 # vitkit's own cache (its measured kernel choices among it) is the tests' too, never the user's; and
 # the kernels are fixed, so a result never depends on which one a timing picked (test_decisions
-# measures, and other tests force each kernel where they check it)
+# measures, and other tests force each kernel where they check it); linear layers are packed, so
+# every inference test runs through them
 os.environ["VITKIT_HOME"] = tempfile.mkdtemp(prefix="vitkit-tests-home-")
 atexit.register(shutil.rmtree, os.environ["VITKIT_HOME"], ignore_errors=True)
-os.environ.update(VITKIT_ATTENTION="sdpa", VITKIT_OPTIMIZER="foreach", VITKIT_PRECISION="fp32")
+os.environ.update(VITKIT_ATTENTION="sdpa", VITKIT_OPTIMIZER="foreach", VITKIT_PRECISION="fp32", VITKIT_LINEAR="packed")
 
 import contextlib
 import json

@@ -14,6 +14,7 @@ from vitkit import decisions
 from vitkit.cli.main import main
 from vitkit.decisions import decide, decide_attention_for, decide_optimizer, set_up_inference
 from vitkit.device import autocast
+from vitkit.packed import PackedLinear
 from vitkit.train import train
 
 CPU = torch.device("cpu")
@@ -109,14 +110,48 @@ def test_auto_inference_precision_is_the_faster_and_sets_its_attention_kernel():
     model = tiny_vit().eval()
     inference = set_up_inference(model, precision="auto", batch=4, img_size=32, device=CPU)
     chosen = inference.decisions
-    assert [d.what for d in chosen] == ["precision", "attention"]
+    assert [d.what for d in chosen] == ["precision", "attention", "linear"]
     assert set(chosen[0].seconds) == {"fp32", "bf16"} and chosen[0].situation.endswith("among fp32/bf16")
     assert inference.precision == chosen[0].choice == min(chosen[0].seconds, key=chosen[0].seconds.get)
-    assert inference.model is model and model.attention_kernel[0] == chosen[1].choice.partition(":")[0]
-    # A precision that is given is kept: only the kernel is chosen.
+    assert model.attention_kernel[0] == chosen[1].choice.partition(":")[0]
+    assert set(chosen[2].seconds) == {"plain", "packed"} and chosen[2].choice == min(
+        chosen[2].seconds, key=chosen[2].seconds.get
+    )
+    packed = isinstance(inference.model.blocks[0].mlp.fc1, PackedLinear)
+    assert (inference.model is model) == (not packed) and packed == (chosen[2].choice == "packed")
+    # A precision that is given is kept: only the kernels are chosen.
     inference = set_up_inference(model, precision="bf16", batch=4, img_size=32, device=CPU)
-    assert inference.precision == "bf16" and [d.what for d in inference.decisions] == ["attention"]
-    assert "bfloat16 inference" in inference.decisions[0].situation
+    assert inference.precision == "bf16" and [d.what for d in inference.decisions] == ["attention", "linear"]
+    assert all("bfloat16 inference" in decision.situation for decision in inference.decisions)
+
+
+@pytest.mark.parametrize("linear", ["plain", "packed"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_each_forced_linear_kernel_answers_as_the_float_model(monkeypatch, linear, precision):
+    model = randomize_head(tiny_vit()).eval()
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(images)
+    monkeypatch.setenv("VITKIT_LINEAR", linear)
+    inference = set_up_inference(model, precision=precision, batch=3, img_size=32, device=CPU)
+    assert (inference.decisions[-1].choice, inference.decisions[-1].how) == (linear, "set by VITKIT_LINEAR")
+    assert isinstance(inference.model.blocks[0].attn.qkv, PackedLinear) == (linear == "packed")
+    with torch.no_grad(), autocast(CPU, precision):
+        logits = inference.model(images).float()
+        again = inference.model(images).float()
+    assert torch.equal(logits, again)  # a given choice gives the same bits every time
+    tolerance = 1e-5 if precision == "fp32" else 0.05
+    assert (logits - expected).abs().max() <= tolerance * expected.abs().max()
+
+
+def test_a_machine_without_packing_has_plain_linear_layers_only(monkeypatch):
+    monkeypatch.setattr(decisions, "packing_runs", lambda device, dtype: False)
+    model = tiny_vit().eval()
+    decision = set_up_inference(model, precision="fp32", batch=3, img_size=32, device=CPU).decisions[-1]
+    assert (decision.choice, decision.how) == ("plain", "the only choice here")
+    monkeypatch.setenv("VITKIT_LINEAR", "packed")
+    with pytest.raises(ValueError, match="VITKIT_LINEAR='packed' is not a choice here; use one of plain"):
+        set_up_inference(model, precision="fp32", batch=3, img_size=32, device=CPU)
 
 
 def test_auto_may_choose_int8_where_the_caller_can_run_it():
@@ -153,7 +188,7 @@ def test_auto_passes_over_int8_where_quantizing_new_weights_costs_more_than_it_s
     decisions.cache_path().write_text(json.dumps(cache))
     other = randomize_head(tiny_vit()).eval()
     few = set_up_inference(other, precision="auto", batch=4, img_size=32, device=CPU, int8=True, images=10)
-    assert few.precision == "fp32" and few.model is other
+    assert few.precision == "fp32" and not isinstance(few.model, vitkit.Int8Model)
     assert str(few.decisions[1]) == (
         "precision for 10 image(s), weights not quantized yet: "
         "fp32 (int8 would save ~10 ms and quantizing takes ~5.00 s)"
@@ -209,7 +244,8 @@ def test_benchmark_explain_says_what_is_chosen_here(capsys):
     out = capsys.readouterr().out
     assert "what vitkit chooses on this machine" in out
     assert "attention for cpu float32 inference" in out and "precision for cpu inference" in out
-    assert "(measured: " in out and "VITKIT_ATTENTION" in out
+    assert "linear for cpu float32 inference" in out
+    assert "(measured: " in out and "VITKIT_ATTENTION" in out and "VITKIT_LINEAR" in out
     assert main(args) == 0
     assert "(cached: " in capsys.readouterr().out
 

@@ -39,6 +39,7 @@ from .decisions import (
     decide_precision,
     dtype_of,
     parse_attention_choice,
+    set_up_inference,
 )
 from .device import autocast
 from .fileio import atomic_write
@@ -139,18 +140,26 @@ def build_variant(library: str, name: str, *, img_size: int, precision: str) -> 
     return quantize(model.eval())
 
 
-def set_up_vitkit(model: Network, *, task: str, precision: str, batch: int, img_size: int) -> list[Decision]:
-    """What vitkit's own commands choose on this machine for ``model`` (vitkit.decisions): a ViT's
-    attention kernel is set, and for training the optimiser kernel is the last decision."""
-    training = task == "train"
+def set_up_vitkit(
+    model: Network, *, task: str, precision: str, batch: int, img_size: int
+) -> tuple[nn.Module, list[Decision]]:
+    """``model`` as vitkit's own commands run it on this machine (vitkit.decisions), and the
+    decisions behind it: for inference :func:`~vitkit.decisions.set_up_inference`'s model at
+    ``precision``'s dtype (a ViT's attention kernel set, its linear layers packed where that is
+    faster); for training ``model`` with its attention kernel set, the optimiser kernel the last
+    decision."""
     dtype = dtype_of(precision)
+    if task != "train":
+        device = next(model.parameters()).device
+        float_precision = "bf16" if dtype == torch.bfloat16 else "fp32"
+        inference = set_up_inference(model, precision=float_precision, batch=batch, img_size=img_size, device=device)
+        return inference.model, inference.decisions
     decisions = []
     if isinstance(model, VisionTransformer):
-        decisions.append(decide_attention_for(model, batch=batch, img_size=img_size, dtype=dtype, training=training))
+        decisions.append(decide_attention_for(model, batch=batch, img_size=img_size, dtype=dtype, training=True))
         model.set_attention_kernel(*parse_attention_choice(decisions[0].choice))
-    if training:
-        decisions.append(decide_optimizer(model.parameters(), "adamw", next(model.parameters()).device))
-    return decisions
+    decisions.append(decide_optimizer(model.parameters(), "adamw", next(model.parameters()).device))
+    return model, decisions
 
 
 def explain_choices(
@@ -161,10 +170,11 @@ def explain_choices(
     auto`` means (inference). Measured now where the cache holds none."""
     target = torch.device(device)
     net = build_peer("vitkit", model, img_size=img_size).to(target)
+    net.train(task == "train")
     decisions: dict[str, Decision] = {}
     for precision in precisions:
         if precision != "int8":
-            for decision in set_up_vitkit(net, task=task, precision=precision, batch=batch, img_size=img_size):
+            for decision in set_up_vitkit(net, task=task, precision=precision, batch=batch, img_size=img_size)[1]:
                 decisions[f"{decision.what}: {decision.situation}"] = decision
     if task == "inference":
         decision = decide_precision(net.eval(), batch=batch, img_size=img_size, device=target, int8=True)
@@ -179,8 +189,11 @@ def _step(
     kernels it chooses on this machine, the peers' as they come."""
     kernel = "foreach"
     if library == "vitkit" and precision != "int8":
-        decisions = set_up_vitkit(model, task=task, precision=precision, batch=len(images), img_size=images.shape[-1])
+        running, decisions = set_up_vitkit(
+            model, task=task, precision=precision, batch=len(images), img_size=images.shape[-1]
+        )
         kernel = decisions[-1].choice if task == "train" else kernel
+        model = model if compiled else running  # a graph of oneDNN's packed-weight calls is inductor's to make
     if compiled:
         model = torch.compile(model)
     if task == "train":

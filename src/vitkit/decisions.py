@@ -8,7 +8,9 @@ each of these by a short timed trial the first time it meets a situation, and re
   training or inference, and shape class; env ``VITKIT_ATTENTION`` (``sdpa``, ``explicit``);
 - ``optimizer``: PyTorch's ``fused`` or ``foreach`` implementation; env ``VITKIT_OPTIMIZER``;
 - ``precision``: what ``--precision auto`` means for inference (``fp32``, ``bf16``, or, where
-  the caller can run it, ``int8`` by ONNX Runtime); env ``VITKIT_PRECISION``.
+  the caller can run it, ``int8`` by ONNX Runtime); env ``VITKIT_PRECISION``;
+- ``linear``: whether a ViT's encoder runs its linear layers ``packed`` for inference
+  (:func:`~vitkit.packed.pack_linears`, on a CPU with oneDNN) or ``plain``; env ``VITKIT_LINEAR``.
 
 Choices are cached in ``$VITKIT_HOME/decisions.json`` under the machine's fingerprint (CPU model
 and flags or GPU name, torch version, threads), so another CPU or a torch upgrade measures again.
@@ -41,13 +43,21 @@ from .fileio import atomic_write, cache_dir
 from .interop.int8 import kept_file, quantize
 from .machine import cpu_flags, cpu_model
 from .models import VisionTransformer, ViTConfig
+from .models.segmenter import Segmenter
 from .models.vit import ATTENTION_KERNELS, attention
+from .packed import pack_linears, packing_runs
 
 logger = logging.getLogger(__name__)
 
 OPTIMIZER_KERNELS = ("foreach", "fused")
 INFERENCE_PRECISIONS = ("fp32", "bf16", "int8")
-ENVIRONMENT = {"attention": "VITKIT_ATTENTION", "optimizer": "VITKIT_OPTIMIZER", "precision": "VITKIT_PRECISION"}
+LINEAR_KERNELS = ("plain", "packed")
+ENVIRONMENT = {
+    "attention": "VITKIT_ATTENTION",
+    "optimizer": "VITKIT_OPTIMIZER",
+    "precision": "VITKIT_PRECISION",
+    "linear": "VITKIT_LINEAR",
+}
 #: seconds one trial may take (each candidate runs at least ``_MIN_ROUNDS`` times, interleaved)
 TRIAL_SECONDS = 0.5
 _MIN_ROUNDS = 3
@@ -57,8 +67,8 @@ _DROP_RATIO = 3.0
 
 @dataclass(frozen=True)
 class Decision:
-    """One choice: ``what`` (attention, optimizer, precision) for ``situation``, and ``how`` it
-    was made (measured, cached, set by an environment variable, or set). ``seconds`` holds the
+    """One choice: ``what`` (attention, optimizer, precision, linear) for ``situation``, and ``how``
+    it was made (measured, cached, set by an environment variable, the only choice, or set). ``seconds`` holds the
     median time of one trial call per candidate, when it was measured."""
 
     what: str
@@ -148,6 +158,8 @@ def decide(
     forced = forced_choice(what, choices)
     if forced:
         return Decision(what, situation, forced, f"set by {ENVIRONMENT[what]}")
+    if len(choices) == 1:
+        return Decision(what, situation, choices[0], "the only choice here")
     key = f"{what}: {situation}"
     cached = _read_cache(cache_path()).get(machine_fingerprint(device), {}).get(key)
     if isinstance(cached, dict) and cached.get("choice") in choices:
@@ -161,8 +173,6 @@ def decide(
 
 
 def _fastest(candidates: Mapping[str, Callable[[], object]], device: torch.device) -> tuple[str, dict[str, float]]:
-    if len(candidates) == 1:
-        return next(iter(candidates)), {}
     # The first call of each (which allocates and picks kernels) is timed too: one far slower than
     # the best (emulated bf16 can be 10×) is out without more calls, and keeps that time.
     first = {name: _timed(run, device) for name, run in candidates.items()}
@@ -309,12 +319,13 @@ def _inference_trial(
             quantizing.append(time.perf_counter() - began)
         return functools.partial(quantized, images)
     dtype = dtype_of(precision)
-    attends = isinstance(model, VisionTransformer)
-    if attends:
-        kernel = decide_attention_for(model, batch=len(images), img_size=images.shape[-1], dtype=dtype, training=False)
+    kernel = None
+    if isinstance(model, VisionTransformer):  # as set_up_inference would run it at this precision
+        kernel, linear = _decide_form(model, batch=len(images), img_size=images.shape[-1], dtype=dtype)
+        model = pack_linears(model, dtype) if linear.choice == "packed" else model
 
     def run() -> None:
-        if attends:
+        if kernel is not None:  # the fp32 and bf16 trials share the model: each sets its own kernel
             model.set_attention_kernel(*parse_attention_choice(kernel.choice))
         with torch.no_grad(), torch.autocast(images.device.type, dtype=dtype, enabled=precision == "bf16"):
             model(images)
@@ -349,10 +360,48 @@ def decide_attention_for(
     )
 
 
+def decide_linear(model: VisionTransformer, *, batch: int, img_size: int, dtype: torch.dtype) -> Decision:
+    """Whether ``model``'s encoder runs its linear layers ``packed`` (:func:`~vitkit.packed.pack_linears`)
+    or ``plain`` for inference at ``dtype``: timed on one of its blocks with up to 8 images."""
+    config = model.config
+    device = next(model.parameters()).device
+    images, tokens = min(batch, 8), tokens_of(config, img_size)
+    dtype_name = str(dtype).removeprefix("torch.")
+    situation = f"{device.type} {dtype_name} inference, blocks of {config.embed_dim}, ~{_bucket(images * tokens)} rows"
+    choices = LINEAR_KERNELS if packing_runs(device, dtype) else LINEAR_KERNELS[:1]
+
+    def trials() -> dict[str, Callable[[], object]]:
+        block = model.blocks[0]
+        tokens_in = torch.randn(images, tokens, config.embed_dim, device=device)
+        forms = {"plain": block, "packed": pack_linears(block, dtype)}
+        return {name: _block_trial(forms[name], tokens_in, dtype) for name in choices}
+
+    return decide("linear", situation, choices, trials, device)
+
+
+def _block_trial(block: nn.Module, tokens: torch.Tensor, dtype: torch.dtype) -> Callable[[], object]:
+    def run() -> None:
+        with torch.no_grad(), torch.autocast(tokens.device.type, dtype=dtype, enabled=dtype == torch.bfloat16):
+            block(tokens)
+
+    return run
+
+
+def _decide_form(
+    model: VisionTransformer, *, batch: int, img_size: int, dtype: torch.dtype
+) -> tuple[Decision, Decision]:
+    """How ``model`` runs inference fastest at ``dtype``: its attention kernel (set on ``model``)
+    and whether its linear layers are packed (left to the caller)."""
+    kernel = decide_attention_for(model, batch=batch, img_size=img_size, dtype=dtype, training=False)
+    model.set_attention_kernel(*parse_attention_choice(kernel.choice))
+    return kernel, decide_linear(model, batch=batch, img_size=img_size, dtype=dtype)
+
+
 @dataclass(frozen=True)
 class Inference:
-    """How to run inference fast here: ``model`` (the float model given, its attention kernel
-    set, or its int8 form), the ``precision`` to run it at, and the ``decisions`` behind both."""
+    """How to run inference fast here: ``model`` (the model given, its attention kernel set; a
+    copy with its linear layers packed; or its int8 form), the ``precision`` to run it at, and
+    the ``decisions`` behind them."""
 
     model: nn.Module
     precision: str
@@ -369,28 +418,30 @@ def set_up_inference(
     int8: bool = False,
     images: int | None = None,
 ) -> Inference:
-    """Make ``model`` (on ``device``, in eval mode) run inference the fastest way this machine
-    has. ``precision`` ``"auto"`` becomes fp32, bf16 or (when ``int8``) int8 by
-    :func:`decide_precision`; a given one is kept. Knowing the job's ``images``, auto passes over
-    int8 for weights not quantized yet when quantizing them would cost more than int8 saves on
-    that many images (both measured by the trial). At int8 the model is
+    """Make ``model`` (on ``device``, in eval mode; a classifier or a
+    :class:`~vitkit.models.segmenter.Segmenter`, which its backbone decides for) run inference
+    the fastest way this machine has. ``precision`` ``"auto"`` becomes fp32, bf16 or (when
+    ``int8``) int8 by :func:`decide_precision`; a given one is kept. Knowing the job's ``images``,
+    auto passes over int8 for weights not quantized yet when quantizing them would cost more than
+    int8 saves on that many images (both measured by the trial). At int8 the model is
     :func:`~vitkit.interop.quantize`'d; else a ViT's attention kernel is :func:`decide_attention_for`
-    that precision."""
+    that precision, and its linear layers are packed where :func:`decide_linear` says so (the
+    model given is not changed by that: the inference model is a copy sharing its other weights)."""
+    network = model.backbone if isinstance(model, Segmenter) else model
     decisions = []
     if precision == "auto":
-        decisions.append(decide_precision(model, batch=batch, img_size=img_size, device=device, int8=int8))
+        decisions.append(decide_precision(network, batch=batch, img_size=img_size, device=device, int8=int8))
         precision = decisions[-1].choice
-        passed_over = _int8_passed_over(model, decisions[-1], images, device)
+        passed_over = _int8_passed_over(network, decisions[-1], images, device)
         if passed_over:
             decisions.append(passed_over)
             precision = passed_over.choice
     if precision == "int8":
-        return Inference(quantize(model), precision, decisions)
-    if isinstance(model, VisionTransformer):
-        decisions.append(
-            decide_attention_for(model, batch=batch, img_size=img_size, dtype=dtype_of(precision), training=False)
-        )
-        model.set_attention_kernel(*parse_attention_choice(decisions[-1].choice))
+        return Inference(quantize(network), precision, decisions)
+    if isinstance(network, VisionTransformer):
+        dtype = dtype_of(precision)
+        decisions.extend(_decide_form(network, batch=batch, img_size=img_size, dtype=dtype))
+        model = pack_linears(model, dtype) if decisions[-1].choice == "packed" else model
     return Inference(model, precision, decisions)
 
 

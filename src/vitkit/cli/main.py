@@ -239,14 +239,14 @@ def _eval(args: argparse.Namespace) -> None:
     data = _data_of(args)
     # the run's own data: its own held-out images
     holdout = {} if args.data else run_split(args.model)
-    loaded, precision = _set_up_inference(loaded, args.precision, batch=args.batch_size)
+    running, precision = _set_up_inference(loaded, args.precision, batch=args.batch_size)
     if loaded.segmenter:
-        _eval_segmenter(args, loaded, data, {"split": args.split, "precision": precision, **holdout})
+        _eval_segmenter(args, running, data, {"split": args.split, "precision": precision, **holdout})
         return
     settings = {"split": args.split, "batch_size": args.batch_size, "precision": precision, **holdout}
-    scores = score_model(loaded, data, **settings)
+    scores = score_model(running, data, **settings)
     int8 = None
-    if args.int8:
+    if args.int8:  # quantized from the float model, not the packed one
         quantized, _ = _set_up_inference(loaded, "int8", batch=args.batch_size)
         int8 = score_model(quantized, data, **{**settings, "precision": "int8"})
     if isinstance(scores, MultiLabelScores):
@@ -395,32 +395,31 @@ def _set_up_inference(
     loaded: vitkit.LoadedModel, precision: str, *, batch: int, int8: bool = False, images: int | None = None
 ) -> tuple[vitkit.LoadedModel, str]:
     """``loaded`` as this machine runs it fastest on a job of ``images`` (when known), and the
-    precision to run it at (measured once, then cached; see vitkit.decisions); ``precision``
-    ``int8`` (or ``auto`` choosing it, where ``int8`` lets it) runs its int8 model. Each decision
-    is said on stderr; a segmenter's backbone decides for it."""
+    precision to run it at (measured once, then cached; see vitkit.decisions): its model may be a
+    copy with packed linear layers, for inference only; ``precision`` ``int8`` (or ``auto``
+    choosing it, where ``int8`` lets it) runs its int8 model. Each decision is said on stderr."""
     if loaded.segmenter and precision == "int8":
         raise ValueError("--int8 applies to classifiers; run a segmenter in fp32 or bf16")
-    model = loaded.model.backbone if loaded.segmenter else loaded.model
+    network = loaded.model.backbone if loaded.segmenter else loaded.model
     start = time.perf_counter()
     inference = set_up_inference(
-        model,
+        loaded.model,
         precision=precision,
         batch=batch,
-        img_size=model.config.img_size[0],
-        device=device_of(model),
+        img_size=network.config.img_size[0],
+        device=device_of(network),
         int8=int8,
         images=images,
     )
     for decision in inference.decisions:
         print(f"vitkit: {decision}", file=sys.stderr)
-    if inference.precision != "int8":
-        return loaded, inference.precision
-    print(
-        f"vitkit: int8 model ready in {time.perf_counter() - start:.1f} s "
-        f"(quantized models are kept in {cache_dir() / 'int8'})",
-        file=sys.stderr,
-    )
-    return dataclasses.replace(loaded, model=inference.model), "int8"
+    if inference.precision == "int8":
+        print(
+            f"vitkit: int8 model ready in {time.perf_counter() - start:.1f} s "
+            f"(quantized models are kept in {cache_dir() / 'int8'})",
+            file=sys.stderr,
+        )
+    return dataclasses.replace(loaded, model=inference.model), inference.precision
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -568,8 +567,8 @@ def _serve(args: argparse.Namespace) -> None:
         max_pixels=args.max_pixels,
     )
     # Once the settings are known to be right: measuring takes a moment. Auto stays float: the
-    # page's explanations need the float model.
-    loaded, precision = _set_up_inference(loaded, settings.precision, batch=args.max_batch)
+    # page's explanations take gradients through the float model, while batches run the fastest form.
+    running, precision = _set_up_inference(loaded, settings.precision, batch=args.max_batch)
     settings = dataclasses.replace(settings, precision=precision)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
@@ -582,7 +581,8 @@ def _serve(args: argparse.Namespace) -> None:
         f"{settings.max_batch}, waiting up to {settings.max_wait_ms:g} ms); API docs at /docs",
         flush=True,
     )
-    serve(loaded, settings, host=args.host, port=args.port, log_level=args.log_level)
+    explained = running if precision == "int8" else loaded  # an int8 model has nothing to explain with
+    serve(explained, settings, host=args.host, port=args.port, log_level=args.log_level, model=running.model)
 
 
 def _export(args: argparse.Namespace) -> None:

@@ -42,6 +42,7 @@ from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from torch import nn
 
 from ..analysis.explain import EXPLANATIONS, explanation_maps, heatmap, input_picture, methods_for, overlay
 from ..data.images import DEFAULT_MAX_PIXELS, ImageTooElongated, ImageTooLarge, UnreadableImage, load_image
@@ -217,10 +218,13 @@ def _is_address(name: str) -> bool:
     return True
 
 
-def batcher_for(loaded: LoadedModel, settings: ServeSettings, *, thread: bool = True) -> DynamicBatcher:
-    """The dynamic batcher ``settings`` describe, for ``loaded``'s model and preprocessing."""
+def batcher_for(
+    loaded: LoadedModel, settings: ServeSettings, *, thread: bool = True, model: nn.Module | None = None
+) -> DynamicBatcher:
+    """The dynamic batcher ``settings`` describe, running ``model`` (default ``loaded``'s) with
+    ``loaded``'s preprocessing."""
     return DynamicBatcher(
-        loaded.model,
+        loaded.model if model is None else model,
         loaded.preprocess,
         max_batch=settings.max_batch,
         max_wait_ms=settings.max_wait_ms,
@@ -230,14 +234,24 @@ def batcher_for(loaded: LoadedModel, settings: ServeSettings, *, thread: bool = 
     )
 
 
-def serve(loaded: LoadedModel, settings: ServeSettings, *, host: str, port: int, log_level: str = "info") -> None:
+def serve(
+    loaded: LoadedModel,
+    settings: ServeSettings,
+    *,
+    host: str,
+    port: int,
+    log_level: str = "info",
+    model: nn.Module | None = None,
+) -> None:
     """Serve until Ctrl-C or SIGTERM: uvicorn in a thread of its own, the model in this (the main)
-    thread (see :mod:`vitkit.serve.batching` for why). Slow and idle clients are bounded by the
+    thread (see :mod:`vitkit.serve.batching` for why). Batches run ``model``, a faster form of
+    ``loaded``'s (:func:`~vitkit.decisions.set_up_inference`'s), or ``loaded``'s own; explanations
+    always take ``loaded``'s. Slow and idle clients are bounded by the
     settings' connection limits (see :mod:`vitkit.serve.connections`). Raises ``ValueError`` if
     uvicorn could not start (a port in use, say) or the limits do not fit the open-file limit."""
     if not _is_address(_host_name(host)) and host not in settings.allowed_hosts:  # served by its name
         settings = dataclasses.replace(settings, allowed_hosts=(*settings.allowed_hosts, host))
-    batcher = batcher_for(loaded, settings, thread=False)
+    batcher = batcher_for(loaded, settings, thread=False, model=model)
     config = uvicorn_config(
         create_app(loaded, settings, batcher),
         host=host,
@@ -638,7 +652,8 @@ async def segment(request: Request, serving: _ServingDep, opacity: float = _OPAC
         with batcher.expecting():
             picture = await anyio.to_thread.run_sync(_decode, serving, data)
         try:
-            answer = await batcher.run(functools.partial(segment_image, precision=precision), loaded, picture)
+            running = dataclasses.replace(loaded, model=batcher.model)  # its fastest form (set_up_inference)
+            answer = await batcher.run(functools.partial(segment_image, precision=precision), running, picture)
         except ValueError as error:  # non-finite logits
             raise HTTPException(500, str(error)) from error
         mask_png, overlay_png = await anyio.to_thread.run_sync(lambda: (answer.mask_png(), answer.overlay_png(opacity)))
