@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import vitkit
+import vitkit.cli.main as cli
 from conftest import digits_config, logged, randomize_head, tiny_vit
 from vitkit.cli.main import main
 from vitkit.interop import int8 as int8_module
@@ -145,17 +146,23 @@ def test_predict_and_export_with_int8(trained_digits, tmp_path, capsys):
     assert "an int8 export is ONNX" in capsys.readouterr().err
 
 
-def test_auto_precision_may_mean_int8_for_predict_but_not_for_serve(trained_digits, tmp_path, capsys, monkeypatch):
-    """What a measurement may choose, forced: predict runs the int8 model; serve's auto stays float,
-    as its page explains answers with the float model."""
+def test_auto_precision_may_mean_int8_for_predict_and_for_serves_batches(trained_digits, tmp_path, capsys, monkeypatch):
+    """What a measurement may choose, forced: predict runs the int8 model; serve's batches run it
+    while its explanations keep the float model."""
     picture = tmp_path / "digit.png"
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(picture)
     monkeypatch.setenv("VITKIT_PRECISION", "int8")
     assert main(["predict", str(trained_digits), str(picture)]) == 0
     err = capsys.readouterr().err
     assert "among fp32/bf16/int8: int8 (set by VITKIT_PRECISION)" in err and "int8 model ready" in err
-    assert main(["serve", str(trained_digits), "--port", "1"]) == 2
-    assert "VITKIT_PRECISION='int8' is not a choice here; use one of fp32, bf16" in capsys.readouterr().err
+    served = {}
+    monkeypatch.setattr(
+        cli, "serve", lambda loaded, settings, **kw: served.update(loaded=loaded, settings=settings, **kw)
+    )
+    assert main(["serve", str(trained_digits)]) == 0
+    assert "among fp32/bf16/int8: int8 (set by VITKIT_PRECISION)" in capsys.readouterr().err
+    assert served["settings"].precision == "int8" and isinstance(served["model"], vitkit.Int8Model)
+    assert isinstance(served["loaded"].model, vitkit.VisionTransformer)  # what explanations take
 
 
 def test_an_int8_server_answers_and_refuses_explanations_with_400(trained_digits):

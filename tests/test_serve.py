@@ -396,7 +396,7 @@ def served_page(args, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_page_of_an_int8_server_answers_without_the_explanation_panel(trained_digits, tmp_path):
+def test_the_page_of_an_int8_server_answers_and_explains_with_the_float_model(trained_digits, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     from sklearn.datasets import load_digits
@@ -408,7 +408,11 @@ def test_the_page_of_an_int8_server_answers_without_the_explanation_panel(traine
         driver.find_element(By.ID, "file").send_keys(str(tmp_path / "digit.png"))
         rows = WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#bars .row"))
         assert len(rows) == 5 and driver.find_element(By.ID, "status").text == ""  # no error shown
-        assert not driver.find_element(By.ID, "why").is_displayed()
+        assert driver.find_element(By.ID, "why").is_displayed()
+        heat = WebDriverWait(driver, 60).until(
+            lambda d: d.find_element(By.ID, "heat") if d.find_element(By.ID, "heat").get_attribute("src") else None
+        )
+        assert heat.get_attribute("src").startswith("data:image/png;base64,")
 
 
 @pytest.mark.slow

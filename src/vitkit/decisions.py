@@ -428,6 +428,7 @@ def set_up_inference(
     that precision, and its linear layers are packed where :func:`decide_linear` says so (the
     model given is not changed by that: the inference model is a copy sharing its other weights)."""
     network = model.backbone if isinstance(model, Segmenter) else model
+    int8 = int8 and network is model  # a segmenter has no int8 form
     decisions = []
     if precision == "auto":
         decisions.append(decide_precision(network, batch=batch, img_size=img_size, device=device, int8=int8))

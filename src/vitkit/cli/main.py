@@ -566,9 +566,9 @@ def _serve(args: argparse.Namespace) -> None:
         max_connections=args.max_connections,
         max_pixels=args.max_pixels,
     )
-    # Once the settings are known to be right: measuring takes a moment. Auto stays float: the
-    # page's explanations take gradients through the float model, while batches run the fastest form.
-    running, precision = _set_up_inference(loaded, settings.precision, batch=args.max_batch)
+    # Once the settings are known to be right: measuring takes a moment. Batches run the fastest
+    # form (int8 included); explanations take gradients through the float model, kept beside it.
+    running, precision = _set_up_inference(loaded, settings.precision, batch=args.max_batch, int8=True)
     settings = dataclasses.replace(settings, precision=precision)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
@@ -581,8 +581,7 @@ def _serve(args: argparse.Namespace) -> None:
         f"{settings.max_batch}, waiting up to {settings.max_wait_ms:g} ms); API docs at /docs",
         flush=True,
     )
-    explained = running if precision == "int8" else loaded  # an int8 model has nothing to explain with
-    serve(explained, settings, host=args.host, port=args.port, log_level=args.log_level, model=running.model)
+    serve(loaded, settings, host=args.host, port=args.port, log_level=args.log_level, model=running.model)
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -859,7 +858,7 @@ def _add_serve_command(commands: Commands) -> None:
     )
     _add_max_pixels(serve_cmd)
     _add_inference_flags(
-        serve_cmd, precision="auto", auto="the faster here of fp32 and bf16, as explanations need a float model"
+        serve_cmd, precision="auto", auto="the fastest here of fp32, bf16 and int8 (explanations stay float)"
     )
     serve_cmd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the model runs")
     serve_cmd.add_argument("--log-level", default="info", choices=("warning", "info", "debug"), help="uvicorn's log")

@@ -318,7 +318,7 @@ class _Serving:
 
     @property
     def explanations(self) -> tuple[str, ...]:
-        """The explain= values that answer: an int8 model has no attention to explain, a ResNet
+        """The explain= values that answer: an int8 model alone has no attention to explain, a ResNet
         only Grad-CAM, and a segmenter's answers are not explained yet."""
         if isinstance(self.loaded.model, Int8Model) or self.loaded.segmenter:
             return ("none",)
@@ -413,7 +413,10 @@ async def _answer(serving: _Serving, data: bytes, question: _Question) -> dict[s
         raise HTTPException(400, f"this server's model is a segmenter: POST the image to /{API_VERSION}/segment")
     if explain not in serving.explanations:
         if isinstance(serving.loaded.model, Int8Model):
-            why = "runs the int8 model (--int8), which has no attention to explain; start one without --int8"
+            why = (
+                "has only an int8 model, which has no attention to explain; give create_app the float model "
+                "and batcher_for the int8 one, as vitkit serve --int8 does"
+            )
         else:
             why = "has a ResNet, which has no attention to explain"
         raise HTTPException(400, f"this server {why}; ask with explain={' or '.join(serving.explanations)}")
