@@ -13,7 +13,7 @@ each of these by a short timed trial the first time it meets a situation, and re
   (:func:`~vitkit.packed.pack_linears`, on a CPU with oneDNN) or ``plain``; env ``VITKIT_LINEAR``.
 
 Choices are cached in ``$VITKIT_HOME/decisions.json`` under the machine's fingerprint (CPU model
-and flags or GPU name, torch version, threads), so another CPU or a torch upgrade measures again.
+and flags or GPU name, torch and vitkit versions, threads), so another CPU or an upgrade measures again.
 An unreadable cache is measured over, with a warning. A setting that is not ``auto`` (a flag, a
 config file) wins over all of this, and the environment variable over the cache. The choice
 changes speed, not results beyond rounding; a training run records its choices, and a resumed
@@ -46,6 +46,7 @@ from .models import VisionTransformer, ViTConfig
 from .models.segmenter import Segmenter
 from .models.vit import ATTENTION_KERNELS, attention
 from .packed import pack_linears, packing_runs
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -87,13 +88,14 @@ def _duration(seconds: float) -> str:
 
 
 def machine_fingerprint(device: torch.device) -> str:
-    """What a measurement holds for: the device's model (and a CPU's flags), torch, threads."""
+    """What a measurement holds for: the device's model (and a CPU's flags), torch, vitkit (whose
+    candidates change between versions), threads."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
         flags = sorted(cpu_flags())
         name = f"{cpu_model()} {platform.machine()} flags:{_digest(' '.join(flags))}"
-    return f"{name} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    return f"{name} | torch {torch.__version__} | vitkit {__version__} | {torch.get_num_threads()} threads"
 
 
 def _digest(text: str) -> str:
