@@ -47,7 +47,8 @@ from PIL import Image
 
 import vitkit
 from vitkit.benchmark import save_for_host
-from vitkit.device import resolve_precision
+from vitkit.decisions import set_up_inference
+from vitkit.device import autocast
 from vitkit.machine import host_record
 
 
@@ -75,6 +76,13 @@ def _start(
             time.sleep(0.2)
     process.kill()
     raise RuntimeError(f"the server did not become ready:\n{process.stdout.read()}")
+
+
+def _served_precision(port: int) -> str:
+    """The precision the server at ``port`` answers in (its ``/v1/model``): what its auto chose."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("GET", "/v1/model")
+    return json.loads(connection.getresponse().read())["precision"]
 
 
 def _load(port: int, image: bytes, clients: int, seconds: float) -> dict[str, float]:
@@ -114,14 +122,17 @@ def _load(port: int, image: bytes, clients: int, seconds: float) -> dict[str, fl
 
 
 def _model_alone(arch: str, max_batch: int) -> dict[str, float]:
-    """img/s of the model itself at batch 1 and ``max_batch`` (interleaved, best of 3), under the
-    precision ``vitkit serve`` picks: what batching can gain at most."""
-    model = vitkit.create_model(arch).eval()
-    precision = resolve_precision("auto", torch.device("cpu"))
+    """img/s of the model itself at batch 1 and ``max_batch`` (interleaved, best of 3), as
+    ``vitkit serve``'s auto runs it (the same cached choices): what batching can gain at most."""
+    cpu = torch.device("cpu")
+    inference = set_up_inference(
+        vitkit.create_model(arch).eval(), precision="auto", batch=max_batch, img_size=224, device=cpu, int8=True
+    )
+    model, precision = inference.model, inference.precision
     images = torch.randn(max_batch, 3, 224, 224)
 
     def rate(batch: int) -> float:
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.inference_mode(), autocast(cpu, precision):
             start = time.perf_counter()
             for first in range(0, max_batch, batch):
                 model(images[first : first + batch])
@@ -363,24 +374,27 @@ def normal(args: argparse.Namespace, folder: Path) -> None:
             port = _free_port()
             server = _start(folder, port, max_batch, args.max_wait_ms, int8)
             try:
+                precision = _served_precision(port)
                 for clients in args.clients:
-                    runs.setdefault((mode, clients), []).append(_load(port, image, clients, args.seconds))
+                    measured = _load(port, image, clients, args.seconds)
+                    runs.setdefault((mode, clients), []).append({**measured, "precision": precision})
             finally:
                 server.terminate()
                 server.wait(timeout=60)
 
     rows = []
     for (mode, clients), measured in runs.items():
-        best = {key: statistics.median(m[key] for m in measured) for key in measured[0]}
-        rows.append({"mode": mode, "clients": clients, **best})
+        best = {key: statistics.median(m[key] for m in measured) for key in measured[0] if key != "precision"}
+        precision = "/".join(sorted({m["precision"] for m in measured}))  # what the server chose, each round
+        rows.append({"mode": mode, "clients": clients, "precision": precision, **best})
     print(f"{args.arch} at 224 px, {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"{'mode':17s} {'clients':>7s} {'img/s':>7s} {'p50 ms':>8s} {'p99 ms':>8s} {'vs off':>7s}")
+    print(f"{'mode':17s} {'precision':9s} {'clients':>7s} {'img/s':>7s} {'p50 ms':>8s} {'p99 ms':>8s} {'vs off':>7s}")
     for row in sorted(rows, key=lambda r: (r["clients"], r["mode"])):
         off = next(r for r in rows if r["clients"] == row["clients"] and r["mode"] == "batching off")
         ratio = row["images_per_second"] / off["images_per_second"]
         row["throughput_vs_off"] = ratio
         print(
-            f"{row['mode']:17s} {row['clients']:7d} {row['images_per_second']:7.1f} "
+            f"{row['mode']:17s} {row['precision']:9s} {row['clients']:7d} {row['images_per_second']:7.1f} "
             f"{row['p50_ms']:8.0f} {row['p99_ms']:8.0f} {ratio:6.2f}×"
         )
     alone = _model_alone(args.arch, args.max_batch)

@@ -126,7 +126,7 @@ def serving(name: str) -> Callable[[], str]:
             settings = entry["settings"]
             rows = [
                 [
-                    r["mode"],
+                    r["mode"] + (f" ({r['precision']})" if "precision" in r else ""),  # what the server ran
                     r["clients"],
                     f"{r['images_per_second']:.1f}",
                     f"{r['p50_ms']:.0f}",
