@@ -69,8 +69,8 @@ _DROP_RATIO = 3.0
 @dataclass(frozen=True)
 class Decision:
     """One choice: ``what`` (attention, optimizer, precision, linear) for ``situation``, and ``how``
-    it was made (measured, cached, set by an environment variable, the only choice, or set). ``seconds`` holds the
-    median time of one trial call per candidate, when it was measured."""
+    it was made (measured, cached, set by an environment variable, the only choice, or set).
+    ``seconds`` holds the median time of one trial call per candidate, when it was measured."""
 
     what: str
     situation: str
